@@ -1,0 +1,127 @@
+//! Runtime configuration of a gateway, independent of how it was given (flags,
+//! environment, tests). Every limit, timeout and buffer lives here with its
+//! production default; `cli.rs` maps flags onto these.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::filter::FilterLimits;
+use crate::hub::HubConfig;
+
+/// Limits that protect the replica and its clients from each other.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open WebSocket connections per replica; further upgrades get 503.
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold.
+    pub max_channels_per_connection: usize,
+    /// Largest frame a client may send (close 1009 beyond).
+    pub max_frame_bytes: usize,
+    /// Largest message a client may send, all fragments together (close 1009 beyond).
+    /// Also the largest body accepted by `POST /api/v1/publish`.
+    pub max_message_bytes: usize,
+    /// Bytes queued for one client before it is closed as a slow consumer (4000).
+    pub max_outbound_bytes: usize,
+    /// Bytes read from a socket at a time. Nothing is allocated while a client is idle.
+    pub read_chunk_bytes: usize,
+    /// Nesting depth of JSON accepted from clients and publishers.
+    pub max_json_depth: usize,
+    /// Length of a channel name, in bytes.
+    pub max_channel_len: usize,
+    /// History entries replayed to one resuming subscription at most.
+    pub max_replay: usize,
+    /// Filter size limits.
+    pub filter: FilterLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_channels_per_connection: 64,
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_outbound_bytes: 1024 * 1024,
+            read_chunk_bytes: 4096,
+            max_json_depth: 32,
+            max_channel_len: crate::channel::DEFAULT_MAX_CHANNEL_LEN,
+            max_replay: 10_000,
+            filter: FilterLimits::default(),
+        }
+    }
+}
+
+/// Timers of the WebSocket side.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Interval of server WebSocket pings (and the `heartbeat_interval` sent to clients).
+    pub ping_interval: Duration,
+    /// Time a client has to answer a ping with a pong.
+    pub pong_timeout: Duration,
+    /// Time a client may send nothing at all before it is closed (4003).
+    pub idle_timeout: Duration,
+    /// Time allowed for the closing handshake before the socket is dropped.
+    pub close_timeout: Duration,
+    /// Time an HTTP client has to send its request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            close_timeout: Duration::from_secs(2),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a replica leaves on SIGTERM.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Clients are closed (1001) spread evenly over this window, so that they do
+    /// not all reconnect to the other replicas at once.
+    pub window: Duration,
+    /// The process exits by this deadline whatever is left.
+    pub deadline: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            deadline: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Everything a gateway replica needs to run.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Names this replica in logs, connection ids and the admin API.
+    pub replica_id: String,
+    /// Accepted as `X-API-Key` on the publish and admin endpoints.
+    pub api_key: Option<String>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub drain: Drain,
+    pub hub: HubConfig,
+}
+
+impl GatewayConfig {
+    /// A configuration with production defaults listening on `listen`.
+    pub fn new(listen: SocketAddr, replica_id: String) -> Self {
+        Self {
+            listen,
+            replica_id,
+            api_key: None,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            drain: Drain::default(),
+            hub: HubConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! The Redis engine: channels, history and snapshots in Redis, shared by every
+//! gateway replica.
+//!
+//! Commands go through a `deadpool-redis` pool. The live feed is one dedicated
+//! pub/sub connection per replica, owned by the subscriber task below: it holds
+//! the set of channels this replica needs, subscribes each once however many
+//! clients want it, and after a lost connection reconnects with backoff,
+//! subscribes everything again and reports [`EngineEvent::Restored`] so the hub
+//! can fill the gap from history. A probe message published to the replica's
+//! own probe channel every few seconds detects a connection that is alive but no
+//! longer delivering; it is then rebuilt.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_redis::{Pool, Runtime};
+use futures_util::StreamExt;
+use redis::{AsyncConnectionConfig, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::keys::Keys;
+use super::{
+    Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
+    HistoryPage, IncomingMessage, Offset, Position, PublishOptions, Published, Snapshot,
+};
+use crate::backoff::Backoff;
+use crate::channel::ChannelName;
+use crate::json::Json;
+use crate::metrics::Metrics;
+
+/// Connection settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub url: String,
+    /// Prefix of every key and channel name.
+    pub prefix: String,
+    /// Limit on one command's round trip.
+    pub response_timeout: Duration,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Pooled command connections (each is multiplexed).
+    pub pool_size: usize,
+    /// Interval between pub/sub liveness probes; a probe unanswered for three
+    /// intervals rebuilds the pub/sub connection.
+    pub probe_interval: Duration,
+    /// Longest channel name accepted from the feed.
+    pub max_channel_len: usize,
+    /// JSON nesting accepted from plain `PUBLISH`es.
+    pub max_json_depth: usize,
+    /// History per namespace.
+    pub history: HistoryConfig,
+    /// Names this replica in its probe channel.
+    pub replica_id: String,
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    pool: Pool,
+    keys: Keys,
+    config: RedisConfig,
+    publish_script: Script,
+    history_script: Script,
+    subscriber: mpsc::Sender<SubCommand>,
+    health: Arc<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    feed_up: AtomicBool,
+    commands_ok: AtomicBool,
+    detail: Mutex<String>,
+}
+
+impl Health {
+    fn set_detail(&self, detail: impl Into<String>) {
+        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = detail.into();
+    }
+}
+
+enum SubCommand {
+    Subscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
+    Unsubscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+impl RedisEngine {
+    /// Creates the engine and starts its subscriber and health tasks. Does not
+    /// wait for Redis: a replica may start first and turn ready when Redis is up.
+    pub fn start(
+        config: RedisConfig,
+        events: EventSink,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, EngineError> {
+        let keys = Keys::new(&config.prefix).map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
+        let connection_config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connect_timeout));
+        let manager =
+            deadpool_redis::Manager::new_with_config(config.url.as_str(), connection_config)
+                .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.response_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.response_timeout))
+            .build()
+            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let health = Arc::new(Health::default());
+        health.set_detail("connecting to Redis");
+        let (tx, rx) = mpsc::channel(1024);
+        let engine = Arc::new(Self {
+            pool,
+            keys: keys.clone(),
+            publish_script: Script::new(include_str!("publish.lua")),
+            history_script: Script::new(include_str!("history.lua")),
+            subscriber: tx,
+            health: health.clone(),
+            config: config.clone(),
+        });
+        let subscriber = Subscriber {
+            client,
+            pool: engine.pool.clone(),
+            keys,
+            config,
+            events,
+            commands: rx,
+            health,
+            metrics,
+            wanted: HashSet::new(),
+        };
+        tokio::spawn(subscriber.run(shutdown.clone()));
+        tokio::spawn(health_loop(Arc::downgrade(&engine), shutdown));
+        Ok(engine)
+    }
+
+    /// The key names this engine uses.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A pooled connection, for other Redis-backed stores (sessions, presence).
+    pub async fn connection(&self) -> Result<deadpool_redis::Connection, EngineError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        let mut conn = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn subscriber_call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), EngineError>>) -> SubCommand,
+    ) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.subscriber
+            .send(make(tx))
+            .await
+            .map_err(|_| unavailable("the subscriber task has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the subscriber task has stopped"))?
+    }
+}
+
+async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: CancellationToken) {
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        let ok = e.ping().await.is_ok();
+        e.health.commands_ok.store(ok, Ordering::Relaxed);
+        drop(e);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: &Json,
+        options: PublishOptions,
+    ) -> Result<Published, EngineError> {
+        let policy = self.config.history.policy(channel);
+        let mut conn = self.connection().await?;
+        let reply: Value = self
+            .publish_script
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .key(self.keys.snapshot(channel))
+            .arg(self.keys.pubsub(channel))
+            .arg(data.as_bytes())
+            .arg(policy.size)
+            .arg(policy.ttl.as_millis() as u64)
+            .arg(Epoch::random().as_str())
+            .arg(if options.snapshot { "1" } else { "0" })
+            .arg(options.version.map(|v| v.to_string()).unwrap_or_default())
+            .arg("publish")
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let items = array(reply)?;
+        let first = items.first().map(integer).transpose()?;
+        match (first, items.get(1)) {
+            (Some(-1), Some(current)) => Err(EngineError::StaleVersion {
+                current: text(current)?.parse().unwrap_or(0),
+            }),
+            (Some(offset), Some(epoch)) if offset > 0 => Ok(Published {
+                offset: offset as Offset,
+                epoch: Epoch::new(&text(epoch)?),
+            }),
+            _ => Err(EngineError::Protocol("publish script reply".into())),
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        after: Offset,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        let policy = self.config.history.policy(channel);
+        let mut conn = self.connection().await?;
+        let reply: Value = self
+            .history_script
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(after)
+            .arg(limit)
+            .arg(Epoch::random().as_str())
+            .arg(policy.ttl.as_millis() as u64)
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let mut items = array(reply)?.into_iter();
+        let (Some(epoch), Some(top), Some(entries)) = (items.next(), items.next(), items.next())
+        else {
+            return Err(EngineError::Protocol("history script reply".into()));
+        };
+        let position = Position {
+            epoch: Epoch::new(&text(&epoch)?),
+            offset: integer(&top)?.max(0) as Offset,
+        };
+        let entries = array(entries)?
+            .into_iter()
+            .map(|e| parse_entry(e, self.config.max_json_depth))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HistoryPage::new(position, after, entries))
+    }
+
+    async fn snapshot(&self, channel: &ChannelName) -> Result<Option<Snapshot>, EngineError> {
+        let mut conn = self.connection().await?;
+        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.keys.snapshot(channel))
+            .arg(&["o", "e", "d", "v"])
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let [Some(o), Some(e), Some(d), v] = <[Option<Vec<u8>>; 4]>::try_from(fields)
+            .map_err(|_| EngineError::Protocol("HMGET reply".into()))?
+        else {
+            return Ok(None);
+        };
+        let parse_num = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        Ok(Some(Snapshot {
+            offset: parse_num(&o).ok_or_else(|| EngineError::Protocol("snapshot offset".into()))?,
+            epoch: Epoch::new(&String::from_utf8_lossy(&e)),
+            data: Json::parse(Bytes::from(d), self.config.max_json_depth)
+                .map_err(|e| EngineError::Protocol(format!("stored snapshot: {e}")))?,
+            version: v.as_deref().and_then(parse_num),
+        }))
+    }
+
+    async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+        let channels = channels.to_vec();
+        self.subscriber_call(|tx| SubCommand::Subscribe(channels, tx))
+            .await
+    }
+
+    async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+        let channels = channels.to_vec();
+        self.subscriber_call(|tx| SubCommand::Unsubscribe(channels, tx))
+            .await
+    }
+
+    fn health(&self) -> EngineHealth {
+        let feed = self.health.feed_up.load(Ordering::Relaxed);
+        let commands = self.health.commands_ok.load(Ordering::Relaxed);
+        let detail = if !commands {
+            "Redis does not answer commands".to_string()
+        } else {
+            self.health
+                .detail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        EngineHealth {
+            ready: feed && commands,
+            detail,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+fn array(v: Value) -> Result<Vec<Value>, EngineError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(EngineError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
+    }
+}
+
+fn integer(v: &Value) -> Result<i64, EngineError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| EngineError::Protocol("expected an integer".into())),
+        other => Err(EngineError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
+    }
+}
+
+fn text(v: &Value) -> Result<String, EngineError> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(EngineError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+/// One XRANGE item: `[id, [field, value, …]]` with id `<offset>-0`.
+fn parse_entry(v: Value, max_depth: usize) -> Result<Entry, EngineError> {
+    let bad = || EngineError::Protocol("history entry".into());
+    let mut parts = array(v)?.into_iter();
+    let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let id = text(&id)?;
+    let offset = id
+        .split_once('-')
+        .and_then(|(o, _)| o.parse().ok())
+        .ok_or_else(bad)?;
+    let mut data = None;
+    let mut published_us = 0;
+    let mut fields = array(fields)?.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match (text(&name)?.as_str(), value) {
+            ("d", Value::BulkString(b)) => data = Some(b),
+            ("t", v) => published_us = text(&v)?.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let data = Json::parse(Bytes::from(data.ok_or_else(bad)?), max_depth)
+        .map_err(|e| EngineError::Protocol(format!("history entry {offset}: {e}")))?;
+    Ok(Entry {
+        offset,
+        data,
+        published_us,
+    })
+}
+
+/// Splits a pub/sub payload: `sb1:<offset>:<epoch>:<µs>:<json>` from the publish
+/// script, or anything else as a plain JSON message.
+pub fn parse_payload(payload: &[u8]) -> (Option<(Offset, Epoch, u64)>, &[u8]) {
+    let Some(rest) = payload.strip_prefix(b"sb1:") else {
+        return (None, payload);
+    };
+    let mut parts = rest.splitn(4, |b| *b == b':');
+    let (Some(offset), Some(epoch), Some(ts), Some(data)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return (None, payload);
+    };
+    let num = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    match (num(offset), std::str::from_utf8(epoch), num(ts)) {
+        (Some(o), Ok(e), Some(t)) => (Some((o, Epoch::new(e), t)), data),
+        _ => (None, payload),
+    }
+}
+
+/// Owns the pub/sub connection; see the module documentation.
+struct Subscriber {
+    client: redis::Client,
+    pool: Pool,
+    keys: Keys,
+    config: RedisConfig,
+    events: EventSink,
+    commands: mpsc::Receiver<SubCommand>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// Channels this replica needs, kept across reconnects.
+    wanted: HashSet<ChannelName>,
+}
+
+/// Why a pub/sub session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The connection failed; `established` if it had been subscribed first.
+    Lost {
+        why: String,
+        established: bool,
+    },
+}
+
+fn lost(why: impl Into<String>) -> SessionEnd {
+    SessionEnd::Lost {
+        why: why.into(),
+        established: false,
+    }
+}
+
+impl Subscriber {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut was_up = false;
+        loop {
+            match self.session(&shutdown, &mut was_up).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Lost { why, established } => {
+                    if established {
+                        backoff.reset();
+                    }
+                    self.health.feed_up.store(false, Ordering::Relaxed);
+                    self.health.set_detail(format!("Redis pub/sub: {why}"));
+                    if was_up {
+                        tracing::warn!(reason = %why, "Redis pub/sub connection lost; reconnecting");
+                        self.metrics.redis_reconnects.inc();
+                        if self.events.send(EngineEvent::Lost).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        tracing::warn!(reason = %why, "Redis pub/sub not available; retrying");
+                    }
+                    self.metrics.redis_errors.inc();
+                }
+            }
+            let delay = backoff.next_delay();
+            let until = tokio::time::Instant::now() + delay;
+            // Keep answering (un)subscribe requests while waiting to reconnect.
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(until) => break,
+                    cmd = self.commands.recv() => match cmd {
+                        None => return,
+                        Some(cmd) => self.answer_offline(cmd),
+                    },
+                }
+            }
+        }
+    }
+
+    fn answer_offline(&mut self, cmd: SubCommand) {
+        match cmd {
+            SubCommand::Subscribe(channels, reply) => {
+                self.wanted.extend(channels);
+                let _ = reply.send(Err(unavailable("Redis pub/sub is reconnecting")));
+            }
+            SubCommand::Unsubscribe(channels, reply) => {
+                for c in &channels {
+                    self.wanted.remove(c);
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken, was_up: &mut bool) -> SessionEnd {
+        let connect =
+            tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub());
+        let pubsub = tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = connect => match r {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return lost(e.to_string()),
+                Err(_) => return lost("connect timed out"),
+            },
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let probe = self
+            .keys
+            .global(&format!("probe:{}", self.config.replica_id));
+        let mut names: Vec<String> = self.wanted.iter().map(|c| self.keys.pubsub(c)).collect();
+        names.push(probe.clone());
+        for chunk in names.chunks(512) {
+            let sub = tokio::time::timeout(self.config.response_timeout * 4, sink.subscribe(chunk));
+            match sub.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return lost(e.to_string()),
+                Err(_) => return lost("SUBSCRIBE timed out"),
+            }
+        }
+        self.health.feed_up.store(true, Ordering::Relaxed);
+        self.health
+            .set_detail("Redis reachable, subscriptions live");
+        if *was_up {
+            tracing::info!(
+                channels = self.wanted.len(),
+                "Redis pub/sub restored; resubscribed"
+            );
+            if self.events.send(EngineEvent::Restored).await.is_err() {
+                return SessionEnd::Shutdown;
+            }
+        } else {
+            tracing::info!(channels = self.wanted.len(), "Redis pub/sub connected");
+        }
+        *was_up = true;
+
+        let mut probe_timer = tokio::time::interval(self.config.probe_interval);
+        probe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_probe_seen = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { return SessionEnd::Shutdown };
+                    if let Err(why) = self.apply(&mut sink, cmd).await {
+                        return SessionEnd::Lost { why, established: true };
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return SessionEnd::Lost { why: "connection closed".into(), established: true };
+                    };
+                    if msg.get_channel_name() == probe {
+                        last_probe_seen = Instant::now();
+                        continue;
+                    }
+                    if let Some(event) = self.decode(&msg)
+                        && self.events.send(event).await.is_err()
+                    {
+                        return SessionEnd::Shutdown;
+                    }
+                }
+                _ = probe_timer.tick() => {
+                    if last_probe_seen.elapsed() > self.config.probe_interval * 3 {
+                        return SessionEnd::Lost {
+                            why: "probe messages stopped arriving".into(),
+                            established: true,
+                        };
+                    }
+                    self.send_probe(&probe).await;
+                }
+            }
+        }
+    }
+
+    async fn send_probe(&self, probe: &str) {
+        let Ok(mut conn) = self.pool.get().await else {
+            return;
+        };
+        let _: Result<(), _> = redis::cmd("PUBLISH")
+            .arg(probe)
+            .arg("probe")
+            .query_async(&mut *conn)
+            .await;
+    }
+
+    async fn apply(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        cmd: SubCommand,
+    ) -> Result<(), String> {
+        let timeout = self.config.response_timeout * 4;
+        match cmd {
+            SubCommand::Subscribe(channels, reply) => {
+                let names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+                self.wanted.extend(channels);
+                match tokio::time::timeout(timeout, sink.subscribe(&names)).await {
+                    Ok(Ok(())) => {
+                        let _ = reply.send(Ok(()));
+                        Ok(())
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(unavailable(&e)));
+                        Err(e.to_string())
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(unavailable("SUBSCRIBE timed out")));
+                        Err("SUBSCRIBE timed out".into())
+                    }
+                }
+            }
+            SubCommand::Unsubscribe(channels, reply) => {
+                let names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+                for c in &channels {
+                    self.wanted.remove(c);
+                }
+                let result = tokio::time::timeout(timeout, sink.unsubscribe(&names)).await;
+                let _ = reply.send(Ok(()));
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("UNSUBSCRIBE timed out".into()),
+                }
+            }
+        }
+    }
+
+    fn decode(&self, msg: &redis::Msg) -> Option<EngineEvent> {
+        let channel = self
+            .keys
+            .channel_of(msg.get_channel_name(), self.config.max_channel_len)?;
+        let (seq, data) = parse_payload(msg.get_payload_bytes());
+        let data = match Json::parse(Bytes::copy_from_slice(data), self.config.max_json_depth) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.invalid_messages.inc();
+                tracing::debug!(%channel, error = %e, "dropped a published message that is not valid JSON");
+                return None;
+            }
+        };
+        self.metrics.messages_in.inc();
+        let (seq, published_us) = match seq {
+            Some((offset, epoch, ts)) => (Some((offset, epoch)), Some(ts)),
+            None => (None, None),
+        };
+        Some(EngineEvent::Message(IncomingMessage {
+            channel,
+            seq,
+            published_us,
+            data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_envelope_and_plain_messages() {
+        let (seq, data) = parse_payload(b"sb1:42:abc:1700000000000000:{\"x\":\"a:b\"}");
+        assert_eq!(seq, Some((42, Epoch::new("abc"), 1_700_000_000_000_000)));
+        assert_eq!(data, b"{\"x\":\"a:b\"}");
+        let (seq, data) = parse_payload(b"{\"plain\":true}");
+        assert_eq!(seq, None);
+        assert_eq!(data, b"{\"plain\":true}");
+        let (seq, _) = parse_payload(b"sb1:notanumber:e:1:{}");
+        assert_eq!(seq, None);
+    }
+}

@@ -1,0 +1,627 @@
+//! One client connection, from the upgrade to the close.
+//!
+//! The session task reads and decodes the client's frames, answers requests,
+//! starts and ends subscriptions, drains the outbound queue when the kernel
+//! buffer was full, and performs the closing handshake. Broadcast messages do
+//! not pass through it: the connection's fan-out shard writes them directly.
+//! While a client is idle the task holds no buffer at all.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+use super::Gateway;
+use super::recovery;
+use crate::auth::Identity;
+use crate::channel::ChannelName;
+use crate::filter::Filter;
+use crate::hub::{Delivery, FrameKind, Mode};
+use crate::protocol::{ClientMessage, CloseCode, ErrorCode, RequestId, Since, server};
+use crate::ws::conn::{Conn, Flush, OutState};
+use crate::ws::frame::{self, Decoder, Incoming, OpCode};
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// `/ws`: the native JSON protocol.
+    Native,
+    /// `/ws/{channel}`: the channel's snapshot at once, then each new message,
+    /// as bare JSON (the ARK dashboards of seed 000).
+    Snapshot(ChannelName),
+    /// `/api/ws/{channel}`: the channel's messages as published (seed 002).
+    Relay(ChannelName),
+}
+
+impl Route {
+    /// Label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Snapshot(_) => "snapshot",
+            Self::Relay(_) => "relay",
+        }
+    }
+}
+
+/// How a connection ended, for logs and `switchboard_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The gateway closed it with this code.
+    Closed(CloseCode),
+    /// The client closed it.
+    ClientClosed,
+    /// The socket failed or ended without a closing handshake.
+    Lost,
+}
+
+impl Ending {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Closed(code) => code.label(),
+            Self::ClientClosed => "client",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+pub(crate) struct Session {
+    gw: Arc<Gateway>,
+    conn: Arc<Conn>,
+    shard: usize,
+    route: Route,
+    identity: Identity,
+    connection_id: String,
+    subscriptions: HashSet<ChannelName>,
+    decoder: Decoder,
+    /// Empty (no allocation) whenever no frame is partly received.
+    rbuf: BytesMut,
+    /// The client sent its close frame.
+    client_closed: bool,
+    /// The close was the client's initiative.
+    client_initiated: bool,
+}
+
+impl Session {
+    pub(crate) fn new(gw: Arc<Gateway>, conn: Arc<Conn>, route: Route, identity: Identity) -> Self {
+        let shard = gw.hub.assign_shard();
+        let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
+        let limits = &gw.config.limits;
+        let decoder = Decoder::new(frame::DecodeLimits {
+            max_frame: limits.max_frame_bytes,
+            max_message: limits.max_message_bytes,
+        });
+        Self {
+            gw,
+            conn,
+            shard,
+            route,
+            identity,
+            connection_id,
+            subscriptions: HashSet::new(),
+            decoder,
+            rbuf: BytesMut::new(),
+            client_closed: false,
+            client_initiated: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let route = self.route.label();
+        let metrics = self.gw.metrics.clone();
+        metrics.connections.with_label_values(&[route]).inc();
+        metrics.connections_opened.with_label_values(&[route]).inc();
+        tracing::debug!(connection = %self.connection_id, route, user = ?self.identity.user, "connected");
+
+        let ending = self.serve().await;
+
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.gw
+                .hub
+                .leave(self.conn.id(), self.shard, &channel)
+                .await;
+        }
+        self.conn.mark_closed();
+        let _ = socket2::SockRef::from(self.conn.stream()).shutdown(std::net::Shutdown::Both);
+        metrics.connections.with_label_values(&[route]).dec();
+        metrics
+            .disconnects
+            .with_label_values(&[ending.label()])
+            .inc();
+        tracing::debug!(connection = %self.connection_id, ending = ending.label(), "disconnected");
+    }
+
+    async fn serve(&mut self) -> Ending {
+        self.greet().await;
+        let drain = drain_signal(self.gw.clone(), self.conn.id());
+        tokio::pin!(drain);
+        let mut drained = false;
+        let mut close_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if self.conn.flush() == Flush::Broken {
+                return Ending::Lost;
+            }
+            match self.conn.state() {
+                OutState::Closed => return Ending::Lost,
+                OutState::Closing(code) => {
+                    let sent = !self.conn.has_queued();
+                    if sent && self.client_closed {
+                        return self.ending(code);
+                    }
+                    if close_deadline.is_none() {
+                        close_deadline = Some(
+                            tokio::time::Instant::now() + self.gw.config.timeouts.close_timeout,
+                        );
+                    }
+                }
+                OutState::Open => {}
+            }
+            let want_write = self.conn.has_queued();
+            let deadline = close_deadline;
+            tokio::select! {
+                _ = &mut drain, if !drained => {
+                    drained = true;
+                    self.conn.close(CloseCode::GoingAway);
+                }
+                _ = self.conn.woken() => {}
+                ready = self.conn.stream().readable() => {
+                    if ready.is_err() {
+                        return Ending::Lost;
+                    }
+                    if let Some(ending) = self.read().await {
+                        return ending;
+                    }
+                }
+                _ = self.conn.stream().writable(), if want_write => {}
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    return match self.conn.state() {
+                        OutState::Closing(code) => self.ending(code),
+                        _ => Ending::Lost,
+                    };
+                }
+            }
+        }
+    }
+
+    fn ending(&self, code: CloseCode) -> Ending {
+        if self.client_initiated {
+            Ending::ClientClosed
+        } else {
+            Ending::Closed(code)
+        }
+    }
+
+    /// What a connection gets first, by route.
+    async fn greet(&mut self) {
+        match self.route.clone() {
+            Route::Native => {
+                let text = server::connection_established(
+                    &self.connection_id,
+                    &self.gw.config.replica_id,
+                    self.gw.config.timeouts.ping_interval.as_secs(),
+                    None,
+                    self.identity.user.as_deref(),
+                );
+                self.conn.send_text(&text);
+            }
+            Route::Snapshot(channel) | Route::Relay(channel) => {
+                let want_snapshot = matches!(self.route, Route::Snapshot(_));
+                let mode = Mode {
+                    kind: FrameKind::Raw,
+                    filter: None,
+                };
+                if let Err((_, why)) = self
+                    .start_subscription(channel.clone(), mode, None, want_snapshot, None)
+                    .await
+                {
+                    tracing::warn!(%channel, error = %why, "could not start a drop-in subscription");
+                    self.conn.close(CloseCode::TryAgainLater);
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has and handles every complete frame.
+    async fn read(&mut self) -> Option<Ending> {
+        self.rbuf.reserve(self.gw.config.limits.read_chunk_bytes);
+        match self.conn.stream().try_read_buf(&mut self.rbuf) {
+            Ok(0) => {
+                return Some(match self.conn.state() {
+                    OutState::Closing(code) => self.ending(code),
+                    _ => Ending::Lost,
+                });
+            }
+            Ok(n) => self.gw.metrics.client_bytes.inc_by(n as u64),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Some(Ending::Lost),
+        }
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(incoming)) => self.on_frame(incoming).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(connection = %self.connection_id, error = %e, "bad frame");
+                    self.rbuf.clear();
+                    self.conn.close(CloseCode::from_frame_error(e.close_code()));
+                    break;
+                }
+            }
+        }
+        if self.rbuf.is_empty() && !self.decoder.in_message() {
+            // Give the buffer back: an idle client costs no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+        None
+    }
+
+    async fn on_frame(&mut self, incoming: Incoming) {
+        self.conn.touch();
+        self.gw.metrics.client_messages.inc();
+        let open = self.conn.state() == OutState::Open;
+        match incoming {
+            Incoming::Close(_) => {
+                self.client_closed = true;
+                if open {
+                    self.client_initiated = true;
+                    self.conn.close(CloseCode::Normal);
+                }
+            }
+            _ if !open => {}
+            Incoming::Ping(payload) => {
+                self.conn.send(frame::encode(OpCode::Pong, &payload));
+            }
+            Incoming::Pong(_) => {}
+            Incoming::Binary(_) => self.send_error(
+                ErrorCode::BinaryNotSupported,
+                "binary frames are not supported: send JSON as text frames",
+                None,
+                None,
+            ),
+            Incoming::Text(text) => match self.route {
+                Route::Native => self.on_native(text).await,
+                Route::Snapshot(_) | Route::Relay(_) => self.on_dropin(text).await,
+            },
+        }
+    }
+
+    fn send_error(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        channel: Option<&str>,
+        id: Option<&RequestId>,
+    ) {
+        self.gw
+            .metrics
+            .client_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.conn
+            .send_text(&server::error(code, message, channel, id));
+    }
+
+    async fn on_native(&mut self, text: Bytes) {
+        let message = match ClientMessage::parse(&text, self.gw.config.limits.max_json_depth) {
+            Ok(m) => m,
+            Err(e) => return self.send_error(e.code, &e.message, None, e.id.as_ref()),
+        };
+        match message {
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                filters,
+                id,
+            } => self.subscribe(&channel, since, filters, id).await,
+            ClientMessage::Unsubscribe { channel, id } => self.unsubscribe(&channel, id).await,
+            ClientMessage::Ping { id } => {
+                self.conn.send_text(&server::pong(id.as_ref()));
+            }
+            ClientMessage::Refresh { channel, id } => {
+                let Some(channel) = self.subscribed_channel(&channel, id.as_ref()) else {
+                    return;
+                };
+                self.refresh(&channel, true, id.as_ref()).await;
+            }
+            ClientMessage::Ack {
+                channel,
+                offset,
+                id,
+            } => {
+                let Some(channel) = self.subscribed_channel(&channel, id.as_ref()) else {
+                    return;
+                };
+                if id.is_some() {
+                    self.conn
+                        .send_text(&server::acked(channel.as_str(), offset, id.as_ref()));
+                }
+            }
+            ClientMessage::RefreshToken { id, .. } => self.send_error(
+                ErrorCode::InvalidMessage,
+                "this gateway runs without authentication: there is no token to refresh",
+                None,
+                id.as_ref(),
+            ),
+        }
+    }
+
+    /// Validates a channel name the client says it is subscribed to.
+    fn subscribed_channel(&self, name: &str, id: Option<&RequestId>) -> Option<ChannelName> {
+        let channel = match ChannelName::parse(name, self.gw.config.limits.max_channel_len) {
+            Ok(c) => c,
+            Err(e) => {
+                self.send_error(ErrorCode::BadChannel, &e.to_string(), Some(name), id);
+                return None;
+            }
+        };
+        if !self.subscriptions.contains(&channel) {
+            self.send_error(
+                ErrorCode::NotSubscribed,
+                "not subscribed to this channel",
+                Some(name),
+                id,
+            );
+            return None;
+        }
+        Some(channel)
+    }
+
+    async fn subscribe(
+        &mut self,
+        name: &str,
+        since: Option<Since>,
+        filters: Option<serde_json::Map<String, Value>>,
+        id: Option<RequestId>,
+    ) {
+        let limits = &self.gw.config.limits;
+        let channel = match ChannelName::parse(name, limits.max_channel_len) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.send_error(
+                    ErrorCode::BadChannel,
+                    &e.to_string(),
+                    Some(name),
+                    id.as_ref(),
+                );
+            }
+        };
+        if self.subscriptions.contains(&channel) {
+            return self.send_error(
+                ErrorCode::AlreadySubscribed,
+                "already subscribed to this channel on this connection",
+                Some(name),
+                id.as_ref(),
+            );
+        }
+        if self.subscriptions.len() >= limits.max_channels_per_connection {
+            let message = format!(
+                "a connection may hold at most {} subscriptions",
+                limits.max_channels_per_connection
+            );
+            return self.send_error(
+                ErrorCode::TooManyChannels,
+                &message,
+                Some(name),
+                id.as_ref(),
+            );
+        }
+        if !self.identity.can_subscribe(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow subscribing to this channel",
+                Some(name),
+                id.as_ref(),
+            );
+        }
+        let filter = match filters
+            .map(|f| Filter::compile(&f, &limits.filter))
+            .transpose()
+        {
+            Ok(f) => f.map(Arc::new),
+            Err(e) => {
+                return self.send_error(
+                    ErrorCode::BadFilter,
+                    &e.to_string(),
+                    Some(name),
+                    id.as_ref(),
+                );
+            }
+        };
+        let mode = Mode {
+            kind: FrameKind::Native,
+            filter,
+        };
+        if let Err((code, why)) = self
+            .start_subscription(channel, mode, since, true, id.clone())
+            .await
+        {
+            self.send_error(code, &why, Some(name), id.as_ref());
+        }
+    }
+
+    /// Joins the channel, sends its start (reply, snapshot, history), goes live.
+    async fn start_subscription(
+        &mut self,
+        channel: ChannelName,
+        mode: Mode,
+        since: Option<Since>,
+        want_snapshot: bool,
+        id: Option<RequestId>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let gw = self.gw.clone();
+        gw.hub
+            .join(&self.conn, self.shard, &channel, mode.clone())
+            .await
+            .map_err(|e| (ErrorCode::Unavailable, format!("{e}; retry with backoff")))?;
+        let start = match recovery::plan(
+            &*gw.engine,
+            &channel,
+            since.as_ref(),
+            want_snapshot,
+            gw.config.limits.max_replay,
+        )
+        .await
+        {
+            Ok(start) => start,
+            Err(e) => {
+                gw.hub.leave(self.conn.id(), self.shard, &channel).await;
+                return Err((ErrorCode::Unavailable, format!("{e}; retry with backoff")));
+            }
+        };
+        if let Some(recovered) = start.recovered {
+            let label = if recovered {
+                "recovered"
+            } else {
+                "not_recovered"
+            };
+            gw.metrics.resumes.with_label_values(&[label]).inc();
+        }
+        let native = mode.kind == FrameKind::Native;
+        if native {
+            self.conn.send_text(&server::subscribed(
+                channel.as_str(),
+                start.position.epoch.as_str(),
+                start.position.offset,
+                start.recovered,
+                id.as_ref(),
+            ));
+        }
+        if let Some(snapshot) = &start.snapshot {
+            self.send_snapshot(&channel, snapshot, native, None);
+        }
+        let mut replayed = 0;
+        for entry in start.replay.iter() {
+            let d = Delivery::new(
+                channel.clone(),
+                Some(entry.offset),
+                Some(entry.published_us),
+                entry.data.clone(),
+            );
+            if d.passes(mode.filter.as_deref()) {
+                self.conn.send(d.frame(mode.kind).clone());
+                replayed += 1;
+            }
+        }
+        gw.metrics.messages_out.inc_by(replayed);
+        gw.hub
+            .release(self.conn.id(), self.shard, &channel, start.live_after())
+            .await;
+        self.subscriptions.insert(channel);
+        Ok(())
+    }
+
+    fn send_snapshot(
+        &self,
+        channel: &ChannelName,
+        snapshot: &crate::engine::Snapshot,
+        native: bool,
+        id: Option<&RequestId>,
+    ) {
+        let text = if native {
+            server::snapshot(channel.as_str(), snapshot.offset, &snapshot.data, id)
+        } else {
+            snapshot.data.as_str().to_owned()
+        };
+        self.conn.send_text(&text);
+    }
+
+    async fn unsubscribe(&mut self, name: &str, id: Option<RequestId>) {
+        let Some(channel) = self.subscribed_channel(name, id.as_ref()) else {
+            return;
+        };
+        self.subscriptions.remove(&channel);
+        self.gw
+            .hub
+            .leave(self.conn.id(), self.shard, &channel)
+            .await;
+        self.conn
+            .send_text(&server::unsubscribed(channel.as_str(), id.as_ref()));
+    }
+
+    async fn refresh(&mut self, channel: &ChannelName, native: bool, id: Option<&RequestId>) {
+        match self.gw.engine.snapshot(channel).await {
+            Ok(Some(snapshot)) => self.send_snapshot(channel, &snapshot, native, id),
+            Ok(None) => self.send_error(
+                ErrorCode::NoSnapshot,
+                "this channel has no snapshot yet",
+                Some(channel.as_str()),
+                id,
+            ),
+            Err(e) => self.send_error(
+                ErrorCode::Unavailable,
+                &format!("{e}; retry with backoff"),
+                Some(channel.as_str()),
+                id,
+            ),
+        }
+    }
+
+    /// Drop-in routes understand `ping` and `refresh`, as plain text or as
+    /// `{"type": …}`.
+    async fn on_dropin(&mut self, text: Bytes) {
+        let (Route::Snapshot(channel) | Route::Relay(channel)) = self.route.clone() else {
+            return;
+        };
+        match dropin_command(&text) {
+            Some("ping") => {
+                self.conn.send_text(&server::pong(None));
+            }
+            Some("refresh") => self.refresh(&channel, false, None).await,
+            _ => self.send_error(
+                ErrorCode::UnknownType,
+                "this route understands \"ping\" and \"refresh\" (as text or {\"type\": …})",
+                None,
+                None,
+            ),
+        }
+    }
+}
+
+/// `ping`, `refresh`, `{"type":"ping"}` … → the command word.
+fn dropin_command(text: &[u8]) -> Option<&'static str> {
+    let word = |w: &str| match w {
+        "ping" => Some("ping"),
+        "refresh" => Some("refresh"),
+        _ => None,
+    };
+    let trimmed = std::str::from_utf8(text).ok()?.trim();
+    if let Some(cmd) = word(trimmed) {
+        return Some(cmd);
+    }
+    let value: Value = serde_json::from_str(trimmed).ok()?;
+    word(value.get("type")?.as_str()?)
+}
+
+/// Resolves when this connection's turn to close comes during a drain: the
+/// replica's clients are closed evenly over the drain window.
+async fn drain_signal(gw: Arc<Gateway>, conn_id: u64) {
+    gw.shutdown.cancelled().await;
+    // A well-mixed fraction in [0, 1) from the connection id.
+    let fraction = (conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    tokio::time::sleep(gw.config.drain.window.mul_f64(fraction)).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropin_commands_as_text_or_json() {
+        assert_eq!(dropin_command(b"ping"), Some("ping"));
+        assert_eq!(dropin_command(b" refresh\n"), Some("refresh"));
+        assert_eq!(dropin_command(br#"{"type":"ping"}"#), Some("ping"));
+        assert_eq!(
+            dropin_command(br#"{"type":"refresh","x":1}"#),
+            Some("refresh")
+        );
+        assert_eq!(dropin_command(b"hello"), None);
+        assert_eq!(dropin_command(br#"{"type":"dance"}"#), None);
+    }
+}

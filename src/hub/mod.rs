@@ -1,0 +1,488 @@
+//! The hub: a replica's local fan-out, between the engine's live feed and the
+//! client connections.
+//!
+//! * One engine subscription per channel however many local clients want it,
+//!   taken on the first local subscriber and dropped after the last (the
+//!   subscription manager task serializes these, in batches).
+//! * The dispatcher task reads the engine feed, checks each message's offset
+//!   against the last one seen on its channel — dropping duplicates and filling
+//!   gaps from history — and hands one shared [`Delivery`] to each shard that
+//!   has subscribers of the channel.
+//! * Shards ([`shard`]) write the frames to the sockets.
+//!
+//! Joining is two-phase so that a subscription can start with a snapshot and
+//! history and continue with live messages with no gap and no duplicate: the
+//! shard holds live messages for the new subscriber until the session has sent
+//! the start and releases it from the last offset it sent.
+
+pub mod delivery;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use delivery::{Delivery, FrameKind};
+pub use shard::Mode;
+use shard::{Shard, ShardCmd};
+
+use crate::channel::ChannelName;
+use crate::engine::{Engine, EngineEvent, Epoch, IncomingMessage, Offset};
+use crate::metrics::Metrics;
+use crate::ws::conn::{Conn, ConnId};
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Fan-out shards (tasks that write to sockets); default: one per worker thread.
+    pub shards: usize,
+    /// Commands queued per shard before senders wait.
+    pub shard_queue: usize,
+    /// Messages held for a joining subscriber before it is closed as a slow consumer.
+    pub max_held: usize,
+    /// Longest wait for the engine to confirm a new channel subscription.
+    pub subscribe_timeout: Duration,
+    /// Most history entries read to fill one gap in the live feed.
+    pub gap_fill_limit: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            shards: 2,
+            shard_queue: 8192,
+            max_held: 10_000,
+            subscribe_timeout: Duration::from_secs(5),
+            gap_fill_limit: 10_000,
+        }
+    }
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("the engine could not subscribe the channel: {0}")]
+    Unavailable(String),
+    #[error("the gateway is shutting down")]
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubStatus {
+    Pending,
+    Live,
+    Failed(String),
+}
+
+struct ChannelEntry {
+    subscribers: usize,
+    per_shard: Vec<u32>,
+    status: watch::Sender<SubStatus>,
+    /// The newest offset dispatched (or known at subscribe time), with its epoch.
+    last: Option<(Epoch, Offset)>,
+}
+
+enum SubOp {
+    Subscribe(ChannelName),
+    Unsubscribe(ChannelName),
+}
+
+/// See the module documentation.
+pub struct Hub {
+    engine: Arc<dyn Engine>,
+    shards: Vec<mpsc::Sender<ShardCmd>>,
+    table: Mutex<HashMap<ChannelName, ChannelEntry>>,
+    ops: mpsc::UnboundedSender<SubOp>,
+    metrics: Arc<Metrics>,
+    next_shard: AtomicUsize,
+    config: HubConfig,
+}
+
+/// What the dispatcher does with one live message.
+enum Step {
+    Drop,
+    Deliver(Vec<usize>),
+    Fill { after: Offset },
+}
+
+impl Hub {
+    /// Starts the shards, the subscription manager and the dispatcher.
+    pub fn start(
+        engine: Arc<dyn Engine>,
+        events: mpsc::Receiver<EngineEvent>,
+        metrics: Arc<Metrics>,
+        config: HubConfig,
+    ) -> Arc<Self> {
+        let shard_count = config.shards.max(1);
+        let shards = (0..shard_count)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(config.shard_queue);
+                tokio::spawn(Shard::new(rx, metrics.clone(), config.max_held).run());
+                tx
+            })
+            .collect();
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            engine,
+            shards,
+            table: Mutex::new(HashMap::new()),
+            ops: ops_tx,
+            metrics,
+            next_shard: AtomicUsize::new(0),
+            config,
+        });
+        tokio::spawn(hub.clone().manage(ops_rx));
+        tokio::spawn(hub.clone().dispatch(events));
+        hub
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ChannelName, ChannelEntry>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Picks the shard for a new connection (round robin).
+    pub fn assign_shard(&self) -> usize {
+        self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len()
+    }
+
+    /// Adds `conn` as a subscriber of `channel` in held mode: live messages are
+    /// kept for it until [`Hub::release`]. Returns once the engine subscription
+    /// is active, so any message published from now on reaches the subscriber.
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        shard: usize,
+        channel: &ChannelName,
+        mode: Mode,
+    ) -> Result<(), HubError> {
+        let (mut status, first) = {
+            let mut table = self.lock();
+            let shards = self.shards.len();
+            let entry = table
+                .entry(channel.clone())
+                .or_insert_with(|| ChannelEntry {
+                    subscribers: 0,
+                    per_shard: vec![0; shards],
+                    status: watch::Sender::new(SubStatus::Pending),
+                    last: None,
+                });
+            entry.subscribers += 1;
+            entry.per_shard[shard] += 1;
+            (entry.status.subscribe(), entry.subscribers == 1)
+        };
+        if first {
+            self.metrics.channels.inc();
+            if self.ops.send(SubOp::Subscribe(channel.clone())).is_err() {
+                self.forget(shard, channel);
+                return Err(HubError::Closed);
+            }
+        }
+        let wait = status.wait_for(|s| *s != SubStatus::Pending);
+        let outcome = match tokio::time::timeout(self.config.subscribe_timeout, wait).await {
+            Ok(Ok(s)) => s.clone(),
+            Ok(Err(_)) => SubStatus::Failed("the subscription was dropped".into()),
+            Err(_) => {
+                SubStatus::Failed("the engine did not confirm the subscription in time".into())
+            }
+        };
+        if let SubStatus::Failed(why) = outcome {
+            self.forget(shard, channel);
+            return Err(HubError::Unavailable(why));
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let join = ShardCmd::Join {
+            conn: conn.clone(),
+            channel: channel.clone(),
+            mode,
+            done: done_tx,
+        };
+        if self.shards[shard].send(join).await.is_err() || done_rx.await.is_err() {
+            self.forget(shard, channel);
+            return Err(HubError::Closed);
+        }
+        self.metrics.subscriptions.inc();
+        Ok(())
+    }
+
+    /// Turns a joined subscriber live: held messages with offsets after `after`
+    /// (and plain ones without an offset) go out, then every new message.
+    pub async fn release(&self, conn: ConnId, shard: usize, channel: &ChannelName, after: Offset) {
+        let _ = self.shards[shard]
+            .send(ShardCmd::Release {
+                conn,
+                channel: channel.clone(),
+                after,
+            })
+            .await;
+    }
+
+    /// Removes a joined subscriber.
+    pub async fn leave(&self, conn: ConnId, shard: usize, channel: &ChannelName) {
+        let _ = self.shards[shard]
+            .send(ShardCmd::Leave {
+                conn,
+                channel: channel.clone(),
+            })
+            .await;
+        self.forget(shard, channel);
+        self.metrics.subscriptions.dec();
+    }
+
+    /// Drops one subscriber from the counts; unsubscribes after the last.
+    fn forget(&self, shard: usize, channel: &ChannelName) {
+        let last = {
+            let mut table = self.lock();
+            let Some(entry) = table.get_mut(channel) else {
+                return;
+            };
+            entry.subscribers = entry.subscribers.saturating_sub(1);
+            entry.per_shard[shard] = entry.per_shard[shard].saturating_sub(1);
+            if entry.subscribers == 0 {
+                table.remove(channel);
+                true
+            } else {
+                false
+            }
+        };
+        if last {
+            self.metrics.channels.dec();
+            let _ = self.ops.send(SubOp::Unsubscribe(channel.clone()));
+        }
+    }
+
+    /// Channels with local subscribers and their subscriber counts.
+    pub fn channel_counts(&self) -> Vec<(ChannelName, usize)> {
+        self.lock()
+            .iter()
+            .map(|(c, e)| (c.clone(), e.subscribers))
+            .collect()
+    }
+
+    /// The subscription manager: applies subscribe/unsubscribe in order, batching
+    /// consecutive ones of the same kind into one engine call.
+    async fn manage(self: Arc<Self>, mut ops: mpsc::UnboundedReceiver<SubOp>) {
+        let mut batch = Vec::new();
+        while ops.recv_many(&mut batch, 512).await > 0 {
+            let mut run: Vec<ChannelName> = Vec::new();
+            let mut subscribing = true;
+            for op in batch.drain(..) {
+                let (is_sub, channel) = match op {
+                    SubOp::Subscribe(c) => (true, c),
+                    SubOp::Unsubscribe(c) => (false, c),
+                };
+                if is_sub != subscribing && !run.is_empty() {
+                    self.apply_ops(subscribing, std::mem::take(&mut run)).await;
+                }
+                subscribing = is_sub;
+                run.push(channel);
+            }
+            if !run.is_empty() {
+                self.apply_ops(subscribing, run).await;
+            }
+        }
+    }
+
+    async fn apply_ops(&self, subscribe: bool, channels: Vec<ChannelName>) {
+        if !subscribe {
+            // Only channels that nobody re-joined meanwhile.
+            let gone: Vec<ChannelName> = {
+                let table = self.lock();
+                channels
+                    .into_iter()
+                    .filter(|c| !table.contains_key(c))
+                    .collect()
+            };
+            if !gone.is_empty()
+                && let Err(e) = self.engine.unsubscribe(&gone).await
+            {
+                tracing::warn!(error = %e, "engine unsubscribe failed");
+            }
+            return;
+        }
+        let wanted: Vec<ChannelName> = {
+            let table = self.lock();
+            channels
+                .into_iter()
+                .filter(|c| table.contains_key(c))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let result = self.engine.subscribe(&wanted).await;
+        for channel in &wanted {
+            let status = match &result {
+                Err(e) => SubStatus::Failed(e.to_string()),
+                // The position at subscribe time anchors gap detection: every
+                // later message must continue from it.
+                Ok(()) => match self.engine.position(channel).await {
+                    Ok(p) => {
+                        if let Some(entry) = self.lock().get_mut(channel)
+                            && entry.last.is_none()
+                        {
+                            entry.last = Some((p.epoch, p.offset));
+                        }
+                        SubStatus::Live
+                    }
+                    Err(e) => SubStatus::Failed(e.to_string()),
+                },
+            };
+            if let Some(entry) = self.lock().get(channel) {
+                entry.status.send_replace(status);
+            }
+        }
+    }
+
+    /// The dispatcher: the engine feed, in order, to the shards.
+    async fn dispatch(self: Arc<Self>, mut events: mpsc::Receiver<EngineEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                EngineEvent::Message(m) => self.dispatch_message(m).await,
+                EngineEvent::Lost => {
+                    tracing::warn!("engine feed lost: live delivery paused until it is restored");
+                }
+                EngineEvent::Restored => self.catch_up_all().await,
+            }
+        }
+    }
+
+    fn step(&self, m: &IncomingMessage) -> Step {
+        let mut table = self.lock();
+        let Some(entry) = table.get_mut(&m.channel) else {
+            return Step::Drop;
+        };
+        if let Some((offset, epoch)) = &m.seq {
+            match &entry.last {
+                Some((last_epoch, last)) if last_epoch == epoch => {
+                    if offset <= last {
+                        return Step::Drop;
+                    }
+                    if *offset > last + 1 {
+                        return Step::Fill { after: *last };
+                    }
+                }
+                Some((last_epoch, _)) => {
+                    tracing::warn!(
+                        channel = %m.channel, old = %last_epoch, new = %epoch,
+                        "channel epoch changed: its history was lost in the engine"
+                    );
+                }
+                None => {}
+            }
+            entry.last = Some((epoch.clone(), *offset));
+        }
+        Step::Deliver(targets(entry))
+    }
+
+    async fn dispatch_message(&self, m: IncomingMessage) {
+        match self.step(&m) {
+            Step::Drop => {}
+            Step::Deliver(shards) => {
+                let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
+                self.send_to(shards, Arc::new(d)).await;
+            }
+            Step::Fill { after } => {
+                self.fill_gap(&m.channel, after).await;
+                // The message itself was in the history just read, unless the
+                // history was lost; then deliver it and move on.
+                if let Step::Deliver(shards) = self.step(&m) {
+                    let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
+                    self.send_to(shards, Arc::new(d)).await;
+                }
+            }
+        }
+    }
+
+    /// Dispatches what history holds after `after` on `channel`.
+    async fn fill_gap(&self, channel: &ChannelName, after: Offset) {
+        let page = match self
+            .engine
+            .history(channel, after, self.config.gap_fill_limit)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "could not read history to fill a gap");
+                self.metrics.gap_fills.with_label_values(&["lost"]).inc();
+                return;
+            }
+        };
+        let result = if page.covered { "filled" } else { "lost" };
+        self.metrics.gap_fills.with_label_values(&[result]).inc();
+        if !page.covered {
+            tracing::warn!(
+                %channel, after, top = page.position.offset,
+                "messages missed by the live feed are no longer in history"
+            );
+        }
+        let epoch = page.position.epoch.clone();
+        for entry in page.entries {
+            let m = IncomingMessage {
+                channel: channel.clone(),
+                seq: Some((entry.offset, epoch.clone())),
+                published_us: Some(entry.published_us),
+                data: entry.data,
+            };
+            // History entries are contiguous from the first one on.
+            let shards = {
+                let mut table = self.lock();
+                let Some(e) = table.get_mut(channel) else {
+                    return;
+                };
+                match &e.last {
+                    Some((le, lo)) if *le == epoch && entry.offset <= *lo => continue,
+                    _ => {}
+                }
+                e.last = Some((epoch.clone(), entry.offset));
+                targets(e)
+            };
+            let d = Delivery::new(m.channel, Some(entry.offset), m.published_us, m.data);
+            self.send_to(shards, Arc::new(d)).await;
+        }
+    }
+
+    /// After the feed is restored: every channel catches up from history.
+    async fn catch_up_all(&self) {
+        let channels: Vec<(ChannelName, Option<Offset>)> = self
+            .lock()
+            .iter()
+            .map(|(c, e)| (c.clone(), e.last.as_ref().map(|(_, o)| *o)))
+            .collect();
+        tracing::info!(
+            channels = channels.len(),
+            "catching up from history after the feed was restored"
+        );
+        for (channel, last) in channels {
+            match last {
+                Some(after) => self.fill_gap(&channel, after).await,
+                None => {
+                    if let Ok(p) = self.engine.position(&channel).await
+                        && let Some(e) = self.lock().get_mut(&channel)
+                        && e.last.is_none()
+                    {
+                        e.last = Some((p.epoch, p.offset));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_to(&self, shards: Vec<usize>, d: Arc<Delivery>) {
+        for s in shards {
+            let _ = self.shards[s].send(ShardCmd::Deliver(d.clone())).await;
+        }
+    }
+}
+
+fn targets(entry: &ChannelEntry) -> Vec<usize> {
+    entry
+        .per_shard
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, _)| i)
+        .collect()
+}

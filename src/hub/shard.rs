@@ -1,0 +1,266 @@
+//! A fan-out shard: owns a slice of the replica's connections and writes each
+//! batch of messages to them.
+//!
+//! A shard is one task with one ordered command queue, so joins, releases,
+//! leaves and deliveries are applied in the order they were sent — the property
+//! the resume path relies on. Deliveries that queue up while the shard is busy
+//! are coalesced: one buffer per (channel, subscriber group), written to each
+//! socket with one non-blocking write. No lock is shared between shards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::delivery::{Delivery, FrameKind};
+use crate::channel::ChannelName;
+use crate::engine::Offset;
+use crate::filter::Filter;
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::ws::conn::{Conn, ConnId, Sent};
+
+/// How a subscriber wants its messages.
+#[derive(Debug, Clone)]
+pub struct Mode {
+    pub kind: FrameKind,
+    pub filter: Option<Arc<Filter>>,
+}
+
+impl Mode {
+    fn same_group(&self, other: &Mode) -> bool {
+        self.kind == other.kind
+            && self.filter.as_ref().map(|f| f.key()) == other.filter.as_ref().map(|f| f.key())
+    }
+}
+
+/// Commands a shard executes, in order.
+pub(crate) enum ShardCmd {
+    /// A message for the shard's subscribers of its channel.
+    Deliver(Arc<Delivery>),
+    /// Add a subscriber whose messages are held until `Release`.
+    Join {
+        conn: Arc<Conn>,
+        channel: ChannelName,
+        mode: Mode,
+        done: oneshot::Sender<()>,
+    },
+    /// Send the held messages with offsets after `after`, then go live.
+    Release {
+        conn: ConnId,
+        channel: ChannelName,
+        after: Offset,
+    },
+    /// Remove a subscriber.
+    Leave { conn: ConnId, channel: ChannelName },
+}
+
+struct Subscriber {
+    conn: Arc<Conn>,
+    /// `Some` until released: messages that arrived while the session was
+    /// sending the subscription's start (snapshot, history).
+    held: Option<Vec<Arc<Delivery>>>,
+}
+
+struct Group {
+    mode: Mode,
+    subscribers: Vec<Subscriber>,
+}
+
+/// The shard's state and its queue.
+pub(crate) struct Shard {
+    commands: mpsc::Receiver<ShardCmd>,
+    channels: HashMap<ChannelName, Vec<Group>>,
+    metrics: Arc<Metrics>,
+    max_held: usize,
+}
+
+/// Commands taken from the queue per round.
+const BATCH: usize = 512;
+
+impl Shard {
+    pub(crate) fn new(
+        commands: mpsc::Receiver<ShardCmd>,
+        metrics: Arc<Metrics>,
+        max_held: usize,
+    ) -> Self {
+        Self {
+            commands,
+            channels: HashMap::new(),
+            metrics,
+            max_held,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut commands = Vec::with_capacity(BATCH);
+        let mut pending: Vec<Arc<Delivery>> = Vec::new();
+        while self.commands.recv_many(&mut commands, BATCH).await > 0 {
+            for cmd in commands.drain(..) {
+                match cmd {
+                    ShardCmd::Deliver(d) => pending.push(d),
+                    other => {
+                        self.flush(&mut pending);
+                        self.apply(other);
+                    }
+                }
+            }
+            self.flush(&mut pending);
+        }
+    }
+
+    fn apply(&mut self, cmd: ShardCmd) {
+        match cmd {
+            ShardCmd::Deliver(_) => {}
+            ShardCmd::Join {
+                conn,
+                channel,
+                mode,
+                done,
+            } => {
+                let groups = self.channels.entry(channel).or_default();
+                let subscriber = Subscriber {
+                    conn,
+                    held: Some(Vec::new()),
+                };
+                match groups.iter_mut().find(|g| g.mode.same_group(&mode)) {
+                    Some(g) => g.subscribers.push(subscriber),
+                    None => groups.push(Group {
+                        mode,
+                        subscribers: vec![subscriber],
+                    }),
+                }
+                let _ = done.send(());
+            }
+            ShardCmd::Release {
+                conn,
+                channel,
+                after,
+            } => {
+                let Some(groups) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                for group in groups.iter_mut() {
+                    let Some(sub) = group.subscribers.iter_mut().find(|s| s.conn.id() == conn)
+                    else {
+                        continue;
+                    };
+                    let held = sub.held.take().unwrap_or_default();
+                    let frames: Vec<&Bytes> = held
+                        .iter()
+                        .filter(|d| d.offset.is_none_or(|o| o > after))
+                        .map(|d| d.frame(group.mode.kind))
+                        .collect();
+                    if !frames.is_empty() {
+                        self.metrics.messages_out.inc_by(frames.len() as u64);
+                        if sub.conn.send(concat(&frames)) == Sent::Overflow {
+                            self.metrics.slow_consumer_closes.inc();
+                        }
+                    }
+                    return;
+                }
+            }
+            ShardCmd::Leave { conn, channel } => {
+                let Some(groups) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                for group in groups.iter_mut() {
+                    if let Some(i) = group.subscribers.iter().position(|s| s.conn.id() == conn) {
+                        group.subscribers.swap_remove(i);
+                        break;
+                    }
+                }
+                groups.retain(|g| !g.subscribers.is_empty());
+                if groups.is_empty() {
+                    self.channels.remove(&channel);
+                }
+            }
+        }
+    }
+
+    /// Writes the pending deliveries, one coalesced buffer per channel and group.
+    fn flush(&mut self, pending: &mut Vec<Arc<Delivery>>) {
+        if pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let now_us = crate::time::unix_micros();
+        for d in pending.iter() {
+            if let Some(published) = d.published_us {
+                self.metrics
+                    .delivery_lag
+                    .observe(now_us.saturating_sub(published) as f64 / 1e6);
+            }
+        }
+        // Usually one channel; otherwise group by channel, keeping each channel's order.
+        let mut by_channel: Vec<(ChannelName, Vec<Arc<Delivery>>)> = Vec::new();
+        for d in pending.drain(..) {
+            match by_channel.iter_mut().find(|(c, _)| *c == d.channel) {
+                Some((_, list)) => list.push(d),
+                None => by_channel.push((d.channel.clone(), vec![d])),
+            }
+        }
+        for (channel, deliveries) in by_channel {
+            self.deliver(&channel, &deliveries);
+        }
+        self.metrics
+            .broadcast_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn deliver(&mut self, channel: &ChannelName, deliveries: &[Arc<Delivery>]) {
+        let Some(groups) = self.channels.get_mut(channel) else {
+            return;
+        };
+        for group in groups.iter_mut() {
+            let matching: Vec<&Arc<Delivery>> = deliveries
+                .iter()
+                .filter(|d| d.passes(group.mode.filter.as_deref()))
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            let frames: Vec<&Bytes> = matching.iter().map(|d| d.frame(group.mode.kind)).collect();
+            let batch = concat(&frames);
+            let mut live = 0u64;
+            for sub in group.subscribers.iter_mut() {
+                match sub.held.as_mut() {
+                    Some(held) => {
+                        held.extend(matching.iter().map(|d| Arc::clone(d)));
+                        if held.len() > self.max_held {
+                            held.clear();
+                            if sub.conn.close(CloseCode::SlowConsumer) {
+                                self.metrics.slow_consumer_closes.inc();
+                            }
+                        }
+                    }
+                    None => {
+                        live += 1;
+                        if sub.conn.send(batch.clone()) == Sent::Overflow {
+                            self.metrics.slow_consumer_closes.inc();
+                        }
+                    }
+                }
+            }
+            self.metrics
+                .messages_out
+                .inc_by(live * matching.len() as u64);
+        }
+    }
+}
+
+/// One buffer holding `frames` back to back (no copy for a single frame).
+fn concat(frames: &[&Bytes]) -> Bytes {
+    match frames {
+        [one] => (*one).clone(),
+        many => {
+            let mut out = BytesMut::with_capacity(many.iter().map(|f| f.len()).sum());
+            for f in many {
+                out.extend_from_slice(f);
+            }
+            out.freeze()
+        }
+    }
+}

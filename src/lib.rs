@@ -1,0 +1,26 @@
+//! switchboard: a horizontally scaled real-time gateway.
+//!
+//! `docs/ARCHITECTURE.md` maps these modules and the path a message takes
+//! through them. In short: the [`engine`] (in-memory or Redis) carries channels,
+//! history and snapshots; the [`hub`] fans each live message out to local
+//! subscribers through fan-out shards that write shared [`ws`] frames; the
+//! [`gateway`] terminates WebSockets and speaks the [`protocol`]; the
+//! [`collector`] publishes the dashboard snapshots.
+
+pub mod app;
+pub mod auth;
+pub mod backoff;
+pub mod channel;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod engine;
+pub mod filter;
+pub mod gateway;
+pub mod hub;
+pub mod json;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod time;
+pub mod ws;

@@ -1,0 +1,40 @@
+//! The `switchboard` binary: parses the command line, starts logging and the
+//! runtime, and runs the chosen subcommand until it ends or a signal stops it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard::cli::{Cli, Command};
+use switchboard::{app, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("switchboard: {e}");
+        return ExitCode::from(2);
+    }
+    let workers = match &cli.command {
+        Command::Standalone(a) => a.server.workers(),
+        Command::Gateway(a) => a.server.workers(),
+        Command::Collector(_) => 2,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

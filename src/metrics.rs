@@ -1,0 +1,274 @@
+//! Prometheus metrics of one process (`/metrics`).
+//!
+//! Names follow Prometheus conventions: `switchboard_` prefix, `_total` for
+//! counters, `_seconds` for durations. Labels are bounded sets (route, close
+//! code, result); channel names are never labels.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connections_opened: IntCounterVec,
+    pub upgrades_rejected: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub channels: IntGauge,
+    pub messages_in: IntCounter,
+    pub invalid_messages: IntCounter,
+    pub messages_out: IntCounter,
+    pub bytes_out: IntCounter,
+    pub client_messages: IntCounter,
+    pub client_bytes: IntCounter,
+    pub client_errors: IntCounterVec,
+    pub slow_consumer_closes: IntCounter,
+    pub publishes: IntCounterVec,
+    pub broadcast_duration: Histogram,
+    pub delivery_lag: Histogram,
+    pub resumes: IntCounterVec,
+    pub gap_fills: IntCounterVec,
+    pub redis_errors: IntCounter,
+    pub redis_reconnects: IntCounter,
+    pub ready: IntGauge,
+    pub collector_cycle: Histogram,
+    pub collector_source_up: IntGaugeVec,
+    pub collector_leader: IntGauge,
+    pub collector_last_publish: IntGauge,
+    pub collector_publishes: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric. The names are static and distinct,
+    /// so registration cannot fail.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        let build = gauge_vec(
+            &r,
+            "switchboard_build_info",
+            "Build information (always 1).",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            connections: gauge_vec(
+                &r,
+                "switchboard_connections",
+                "Open WebSocket connections, by route (native, snapshot, relay).",
+                &["route"],
+            ),
+            connections_opened: counter_vec(
+                &r,
+                "switchboard_connections_opened_total",
+                "WebSocket connections accepted, by route.",
+                &["route"],
+            ),
+            upgrades_rejected: counter_vec(
+                &r,
+                "switchboard_upgrades_rejected_total",
+                "WebSocket upgrades refused before the handshake, by reason.",
+                &["reason"],
+            ),
+            disconnects: counter_vec(
+                &r,
+                "switchboard_disconnects_total",
+                "Closed WebSocket connections, by close code (none = connection lost without a close frame).",
+                &["code"],
+            ),
+            subscriptions: gauge(
+                &r,
+                "switchboard_subscriptions",
+                "Client subscriptions on this replica.",
+            ),
+            channels: gauge(
+                &r,
+                "switchboard_channels",
+                "Channels with at least one local subscriber (each one engine subscription).",
+            ),
+            messages_in: counter(
+                &r,
+                "switchboard_messages_received_total",
+                "Messages received from the engine's live feed.",
+            ),
+            invalid_messages: counter(
+                &r,
+                "switchboard_invalid_messages_total",
+                "Messages from the feed dropped because they were not valid JSON.",
+            ),
+            messages_out: counter(
+                &r,
+                "switchboard_messages_delivered_total",
+                "Messages handed to client sockets (one per message per client).",
+            ),
+            bytes_out: counter(
+                &r,
+                "switchboard_bytes_sent_total",
+                "Bytes written to client sockets.",
+            ),
+            client_messages: counter(
+                &r,
+                "switchboard_client_messages_total",
+                "Frames received from clients.",
+            ),
+            client_bytes: counter(
+                &r,
+                "switchboard_client_bytes_received_total",
+                "Bytes received from clients.",
+            ),
+            client_errors: counter_vec(
+                &r,
+                "switchboard_client_errors_total",
+                "Error frames sent to clients, by code.",
+                &["code"],
+            ),
+            slow_consumer_closes: counter(
+                &r,
+                "switchboard_slow_consumer_closes_total",
+                "Clients closed because their outbound queue overflowed.",
+            ),
+            publishes: counter_vec(
+                &r,
+                "switchboard_publishes_total",
+                "Publishes through this process, by result (ok, stale, error).",
+                &["result"],
+            ),
+            broadcast_duration: histogram(
+                &r,
+                "switchboard_broadcast_duration_seconds",
+                "Time a fan-out shard spends writing one batch to its subscribers.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            delivery_lag: histogram(
+                &r,
+                "switchboard_delivery_lag_seconds",
+                "From publish (engine clock) to the fan-out writing it to sockets.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            resumes: counter_vec(
+                &r,
+                "switchboard_resumes_total",
+                "Subscriptions with `since`, by result (recovered, not_recovered).",
+                &["result"],
+            ),
+            gap_fills: counter_vec(
+                &r,
+                "switchboard_gap_fills_total",
+                "Live-feed gaps found by offset and filled from history, by result (filled, lost).",
+                &["result"],
+            ),
+            redis_errors: counter(
+                &r,
+                "switchboard_redis_errors_total",
+                "Failed connections or commands to Redis.",
+            ),
+            redis_reconnects: counter(
+                &r,
+                "switchboard_redis_reconnects_total",
+                "Times the Redis pub/sub connection was lost and rebuilt.",
+            ),
+            ready: gauge(
+                &r,
+                "switchboard_ready",
+                "1 when the process is ready (engine reachable, subscriptions live, not draining).",
+            ),
+            collector_cycle: histogram(
+                &r,
+                "switchboard_collector_cycle_seconds",
+                "Duration of one collector cycle (read sources, compute, publish).",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            collector_source_up: gauge_vec(
+                &r,
+                "switchboard_collector_source_up",
+                "1 when a collector source answered in its last cycle, by source.",
+                &["source"],
+            ),
+            collector_leader: gauge(
+                &r,
+                "switchboard_collector_leader",
+                "1 while this collector holds the lease and publishes.",
+            ),
+            collector_last_publish: gauge(
+                &r,
+                "switchboard_collector_last_publish_timestamp_seconds",
+                "Unix time of the collector's last successful publish.",
+            ),
+            collector_publishes: counter_vec(
+                &r,
+                "switchboard_collector_publishes_total",
+                "Snapshots published by the collector, by channel (federation, memory) and result.",
+                &["channel", "result"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,222 @@
+//! Encoding what the gateway sends on the native protocol.
+//!
+//! Each function returns the JSON text of one server message. `data` is spliced
+//! in as raw JSON, never re-serialized.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{ErrorCode, RequestId};
+use crate::json::Json;
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+}
+
+fn encode<T: Serialize>(kind: &'static str, body: T, id: Option<&RequestId>) -> String {
+    serde_json::to_string(&Envelope { kind, body, id })
+        // Serializing these plain structs cannot fail; keep a valid frame if it ever did.
+        .unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"encoding failed"}"#.into()
+        })
+}
+
+#[derive(Serialize)]
+struct Established<'a> {
+    connection_id: &'a str,
+    replica: &'a str,
+    heartbeat_interval: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+}
+
+/// `connection_established`: sent once, first.
+pub fn connection_established(
+    connection_id: &str,
+    replica: &str,
+    heartbeat_interval_secs: u64,
+    session: Option<&str>,
+    user: Option<&str>,
+) -> String {
+    encode(
+        "connection_established",
+        Established {
+            connection_id,
+            replica,
+            heartbeat_interval: heartbeat_interval_secs,
+            session,
+            user,
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+struct Subscribed<'a> {
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+}
+
+/// `subscribed`: the channel's epoch and current offset; `recovered` answers a `since`.
+pub fn subscribed(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    recovered: Option<bool>,
+    id: Option<&RequestId>,
+) -> String {
+    encode(
+        "subscribed",
+        Subscribed {
+            channel,
+            epoch,
+            offset,
+            recovered,
+        },
+        id,
+    )
+}
+
+#[derive(Serialize)]
+struct ChannelOnly<'a> {
+    channel: &'a str,
+}
+
+/// `unsubscribed`.
+pub fn unsubscribed(channel: &str, id: Option<&RequestId>) -> String {
+    encode("unsubscribed", ChannelOnly { channel }, id)
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    data: &'a RawValue,
+}
+
+/// `message`: one published message; `offset` is absent for plain `PUBLISH`es.
+pub fn message(channel: &str, offset: Option<u64>, data: &Json) -> String {
+    encode(
+        "message",
+        Data {
+            channel,
+            offset,
+            data: data.as_raw(),
+        },
+        None,
+    )
+}
+
+/// `snapshot`: the channel's latest state.
+pub fn snapshot(channel: &str, offset: u64, data: &Json, id: Option<&RequestId>) -> String {
+    encode(
+        "snapshot",
+        Data {
+            channel,
+            offset: Some(offset),
+            data: data.as_raw(),
+        },
+        id,
+    )
+}
+
+#[derive(Serialize)]
+struct Pong {
+    timestamp: String,
+}
+
+/// `pong`, with the server's time (RFC 3339, as seeds 002 and 003 expect).
+pub fn pong(id: Option<&RequestId>) -> String {
+    encode(
+        "pong",
+        Pong {
+            timestamp: crate::time::rfc3339_now(),
+        },
+        id,
+    )
+}
+
+#[derive(Serialize)]
+struct Acked<'a> {
+    channel: &'a str,
+    offset: u64,
+}
+
+/// `acked`: confirms an `ack` that carried an `id`.
+pub fn acked(channel: &str, offset: u64, id: Option<&RequestId>) -> String {
+    encode("acked", Acked { channel, offset }, id)
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+}
+
+/// `error`: a refused request; the connection stays open.
+pub fn error(
+    code: ErrorCode,
+    message: &str,
+    channel: Option<&str>,
+    id: Option<&RequestId>,
+) -> String {
+    encode(
+        "error",
+        ErrorBody {
+            code: code.as_str(),
+            message,
+            channel,
+        },
+        id,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn message_splices_data_without_reencoding() {
+        let data = Json::parse(Bytes::from_static(b"{\"b\": 1,  \"a\":2}"), 8).unwrap();
+        let text = message("c", Some(5), &data);
+        assert_eq!(
+            text,
+            r#"{"type":"message","channel":"c","offset":5,"data":{"b": 1,  "a":2}}"#
+        );
+        let text = message("c", None, &data);
+        assert!(!text.contains("offset"));
+    }
+
+    #[test]
+    fn replies_echo_the_request_id() {
+        let v: Value =
+            serde_json::from_str(&error(ErrorCode::UnknownType, "m", None, Some(&json!(3))))
+                .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"error","code":"unknown_type","message":"m","id":3})
+        );
+        let v: Value =
+            serde_json::from_str(&subscribed("c", "e", 9, Some(true), Some(&json!("r")))).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"subscribed","channel":"c","epoch":"e","offset":9,"recovered":true,"id":"r"})
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! One client socket's outbound side: non-blocking writes of shared frames and a
+//! bounded queue for what the kernel did not take.
+//!
+//! Any task may call [`Conn::send`]: the fan-out shard writes a broadcast frame
+//! straight into the socket (no task wake-up per client), the session task
+//! writes its replies. When the kernel buffer is full the rest is queued, and the
+//! session task, woken once, waits for the socket to become writable and drains
+//! the queue with vectored writes. A queue that grows past its byte limit marks
+//! the client a slow consumer: what was queued is dropped, a close frame is
+//! queued in its place, and the connection ends.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::frame;
+use crate::metrics::Metrics;
+use crate::protocol::close::CloseCode;
+
+/// A connection's identifier, unique within one gateway process.
+pub type ConnId = u64;
+
+/// How many queued buffers one vectored write carries at most.
+const MAX_IOVECS: usize = 64;
+
+/// The outbound side of one client connection, shared by the session task and
+/// the fan-out shard that owns the client.
+pub struct Conn {
+    id: ConnId,
+    stream: TcpStream,
+    out: Mutex<Outbound>,
+    wake: Notify,
+    max_queued_bytes: usize,
+    metrics: Arc<Metrics>,
+    /// Unix seconds of the last frame received from the client.
+    last_seen: AtomicU64,
+}
+
+struct Outbound {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The queue's head is the unsent rest of a frame whose start was written.
+    head_partial: bool,
+    state: OutState,
+}
+
+/// Where the connection is in its life, seen from the sending side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// Frames are accepted.
+    Open,
+    /// A close frame is queued; nothing else is accepted.
+    Closing(CloseCode),
+    /// The socket failed or is finished; nothing is written any more.
+    Closed,
+}
+
+/// What became of a frame handed to [`Conn::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the socket, or queued behind earlier frames.
+    Accepted,
+    /// The connection is closing or closed; the frame was discarded.
+    Dropped,
+    /// The frame overflowed the queue: the client is being closed as a slow consumer.
+    Overflow,
+}
+
+/// Progress of [`Conn::flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued is written.
+    Done,
+    /// The kernel buffer is full; wait for writability and flush again.
+    Blocked,
+    /// The socket failed.
+    Broken,
+}
+
+impl Conn {
+    pub fn new(
+        id: ConnId,
+        stream: TcpStream,
+        max_queued_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            id,
+            stream,
+            out: Mutex::new(Outbound {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                head_partial: false,
+                state: OutState::Open,
+            }),
+            wake: Notify::new(),
+            max_queued_bytes,
+            metrics,
+            last_seen: AtomicU64::new(crate::time::unix_secs()),
+        }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The socket, for readiness and reads by the session task.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Resolves when the connection has output to drain or a state change.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Outbound> {
+        // A panic while holding this lock leaves the queue consistent (every
+        // mutation is a single step), so a poisoned lock is still usable.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends an encoded frame: written now if nothing is queued, queued otherwise.
+    pub fn send(&self, frame: Bytes) -> Sent {
+        let mut out = self.lock();
+        if out.state != OutState::Open {
+            return Sent::Dropped;
+        }
+        let frame = if out.queue.is_empty() {
+            match self.stream.try_write(&frame) {
+                Ok(n) if n == frame.len() => {
+                    self.metrics.bytes_out.inc_by(n as u64);
+                    return Sent::Accepted;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_out.inc_by(n as u64);
+                    out.head_partial = n > 0;
+                    frame.slice(n..)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => frame,
+                Err(_) => {
+                    out.state = OutState::Closed;
+                    drop(out);
+                    self.wake.notify_one();
+                    return Sent::Dropped;
+                }
+            }
+        } else {
+            frame
+        };
+        out.queued_bytes += frame.len();
+        out.queue.push_back(frame);
+        let overflow = out.queued_bytes > self.max_queued_bytes;
+        if overflow {
+            Self::start_close(&mut out, CloseCode::SlowConsumer);
+        }
+        drop(out);
+        self.wake.notify_one();
+        if overflow {
+            Sent::Overflow
+        } else {
+            Sent::Accepted
+        }
+    }
+
+    /// Sends a text frame.
+    pub fn send_text(&self, text: &str) -> Sent {
+        self.send(frame::text(text))
+    }
+
+    /// Begins the closing handshake: drops what is queued (except the rest of a
+    /// frame already begun), queues a close frame, accepts nothing more.
+    /// Returns false if the connection was already closing.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let mut out = self.lock();
+        if out.state != OutState::Open {
+            return false;
+        }
+        Self::start_close(&mut out, code);
+        drop(out);
+        self.wake.notify_one();
+        true
+    }
+
+    fn start_close(out: &mut Outbound, code: CloseCode) {
+        let keep = usize::from(out.head_partial).min(out.queue.len());
+        out.queue.truncate(keep);
+        out.queued_bytes = out.queue.iter().map(Bytes::len).sum();
+        let close = frame::close(code.code(), code.reason());
+        out.queued_bytes += close.len();
+        out.queue.push_back(close);
+        out.state = OutState::Closing(code);
+    }
+
+    /// Marks the socket finished: nothing more will be written.
+    pub fn mark_closed(&self) {
+        self.lock().state = OutState::Closed;
+        self.wake.notify_one();
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> OutState {
+        self.lock().state
+    }
+
+    /// Whether anything waits in the queue.
+    pub fn has_queued(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// Writes as much of the queue as the kernel takes, without blocking.
+    pub fn flush(&self) -> Flush {
+        let mut out = self.lock();
+        while !out.queue.is_empty() {
+            if out.state == OutState::Closed {
+                return Flush::Broken;
+            }
+            let slices: Vec<IoSlice<'_>> = out
+                .queue
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let written = match self.stream.try_write_vectored(&slices) {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                other => other,
+            };
+            drop(slices);
+            match written {
+                Ok(mut n) => {
+                    self.metrics.bytes_out.inc_by(n as u64);
+                    out.queued_bytes -= n;
+                    while n > 0 {
+                        let Some(head) = out.queue.front_mut() else {
+                            break;
+                        };
+                        if n >= head.len() {
+                            n -= head.len();
+                            out.queue.pop_front();
+                            out.head_partial = false;
+                        } else {
+                            *head = head.slice(n..);
+                            out.head_partial = true;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(_) => {
+                    out.state = OutState::Closed;
+                    return Flush::Broken;
+                }
+            }
+        }
+        Flush::Done
+    }
+
+    /// Records that the client sent something now.
+    pub fn touch(&self) {
+        self.last_seen
+            .store(crate::time::unix_secs(), Ordering::Relaxed);
+    }
+
+    /// Unix seconds of the client's last frame.
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("id", &self.id).finish()
+    }
+}

@@ -1,0 +1,436 @@
+//! RFC 6455 framing.
+//!
+//! Server frames are never masked, so a frame's bytes are the same for every
+//! client: the gateway encodes each message once and writes the same buffer to
+//! every subscriber. Client frames are decoded here with the configured frame and
+//! message size limits checked *before* the payload is buffered.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Frame opcodes (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xA,
+        }
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// Encodes one complete (FIN) unmasked frame.
+pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    encode_into(&mut out, opcode, payload);
+    out.freeze()
+}
+
+/// Appends one complete (FIN) unmasked frame to `out`.
+pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    out.put_u8(0x80 | opcode.bits());
+    match payload.len() {
+        n if n < 126 => out.put_u8(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.put_u8(126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(127);
+            out.put_u64(n as u64);
+        }
+    }
+    out.put_slice(payload);
+}
+
+/// A text frame carrying `text`.
+pub fn text(text: &str) -> Bytes {
+    encode(OpCode::Text, text.as_bytes())
+}
+
+/// A close frame with a status code and a short reason (truncated to fit 125 bytes).
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Close, &payload)
+}
+
+/// Size limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest single frame payload, in bytes.
+    pub max_frame: usize,
+    /// Largest message (all fragments together), in bytes.
+    pub max_message: usize,
+}
+
+/// One complete message or control frame from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// A close frame, with the peer's status code if it sent one.
+    Close(Option<u16>),
+}
+
+/// Why a client's byte stream is not acceptable; each maps to a close code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("frame or message larger than {limit} bytes")]
+    TooBig { limit: usize },
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl FrameError {
+    /// The close code RFC 6455 prescribes for this error.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::Protocol(_) => 1002,
+            Self::TooBig { .. } => 1009,
+            Self::InvalidUtf8 => 1007,
+        }
+    }
+}
+
+/// Incremental decoder of client frames; holds only a fragmented message in progress.
+#[derive(Debug)]
+pub struct Decoder {
+    limits: DecodeLimits,
+    fragments: Option<(OpCode, BytesMut)>,
+}
+
+impl Decoder {
+    pub fn new(limits: DecodeLimits) -> Self {
+        Self {
+            limits,
+            fragments: None,
+        }
+    }
+
+    /// Decodes the next message from the front of `buf`, consuming its bytes.
+    /// Returns `Ok(None)` when `buf` holds no complete frame yet.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        loop {
+            let Some(header) = parse_header(buf)? else {
+                return Ok(None);
+            };
+            if header.payload_len > self.limits.max_frame as u64 {
+                return Err(FrameError::TooBig {
+                    limit: self.limits.max_frame,
+                });
+            }
+            let total = header.header_len + header.payload_len as usize;
+            if buf.len() < total {
+                return Ok(None);
+            }
+            let mut frame = buf.split_to(total);
+            let mut payload = frame.split_off(header.header_len);
+            unmask(&mut payload, header.mask);
+            if let Some(message) = self.assemble(header, payload)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    fn assemble(
+        &mut self,
+        header: Header,
+        payload: BytesMut,
+    ) -> Result<Option<Incoming>, FrameError> {
+        if header.opcode.is_control() {
+            if !header.fin {
+                return Err(FrameError::Protocol("fragmented control frame"));
+            }
+            if payload.len() > 125 {
+                return Err(FrameError::Protocol("control frame longer than 125 bytes"));
+            }
+            return Ok(Some(match header.opcode {
+                OpCode::Ping => Incoming::Ping(payload.freeze()),
+                OpCode::Pong => Incoming::Pong(payload.freeze()),
+                _ => Incoming::Close(close_code(&payload)?),
+            }));
+        }
+        let (opcode, data) = match (header.opcode, self.fragments.take()) {
+            (OpCode::Continuation, None) => {
+                return Err(FrameError::Protocol("continuation frame without a start"));
+            }
+            (OpCode::Continuation, Some((opcode, mut data))) => {
+                if data.len() + payload.len() > self.limits.max_message {
+                    return Err(FrameError::TooBig {
+                        limit: self.limits.max_message,
+                    });
+                }
+                data.extend_from_slice(&payload);
+                (opcode, data)
+            }
+            (_, Some(_)) => {
+                return Err(FrameError::Protocol(
+                    "new data frame before the fragmented message ended",
+                ));
+            }
+            (opcode, None) => {
+                if payload.len() > self.limits.max_message {
+                    return Err(FrameError::TooBig {
+                        limit: self.limits.max_message,
+                    });
+                }
+                (opcode, payload)
+            }
+        };
+        if !header.fin {
+            self.fragments = Some((opcode, data));
+            return Ok(None);
+        }
+        let data = data.freeze();
+        Ok(Some(match opcode {
+            OpCode::Text => {
+                if std::str::from_utf8(&data).is_err() {
+                    return Err(FrameError::InvalidUtf8);
+                }
+                Incoming::Text(data)
+            }
+            _ => Incoming::Binary(data),
+        }))
+    }
+
+    /// Whether a fragmented message is being assembled (so the read buffer must stay).
+    pub fn in_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: OpCode,
+    mask: [u8; 4],
+    header_len: usize,
+    payload_len: u64,
+}
+
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Protocol(
+            "reserved bits set (no extension negotiated)",
+        ));
+    }
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Protocol("client frame is not masked"));
+    }
+    let (payload_len, len_bytes) = match b1 & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 2)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(n), 8)
+        }
+        n => (u64::from(n), 0),
+    };
+    let header_len = 2 + len_bytes + 4;
+    if buf.len() < header_len {
+        return Ok(None);
+    }
+    let mut mask = [0u8; 4];
+    mask.copy_from_slice(&buf[2 + len_bytes..header_len]);
+    Ok(Some(Header {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        mask,
+        header_len,
+        payload_len,
+    }))
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(FrameError::Protocol("close frame with a one-byte payload")),
+        _ => {
+            if std::str::from_utf8(&payload[2..]).is_err() {
+                return Err(FrameError::InvalidUtf8);
+            }
+            Ok(Some(u16::from_be_bytes([payload[0], payload[1]])))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_frame: 1024,
+        max_message: 2048,
+    };
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn decodes_a_text_frame_split_across_reads() {
+        let bytes = client_frame(true, 1, b"hello");
+        let mut d = Decoder::new(LIMITS);
+        let mut buf = BytesMut::new();
+        for b in &bytes[..bytes.len() - 1] {
+            buf.put_u8(*b);
+            assert_eq!(d.decode(&mut buf).unwrap(), None);
+        }
+        buf.put_u8(bytes[bytes.len() - 1]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from_static(b"hello")))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn reassembles_fragments_with_interleaved_ping() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(false, 1, b"hel"));
+        buf.extend_from_slice(&client_frame(true, 9, b"p"));
+        buf.extend_from_slice(&client_frame(true, 0, b"lo"));
+        let mut d = Decoder::new(LIMITS);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Ping(Bytes::from_static(b"p")))
+        );
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from_static(b"hello")))
+        );
+    }
+
+    #[test]
+    fn rejects_oversized_frame_from_its_header_alone() {
+        let bytes = client_frame(true, 1, &vec![b'a'; 5000]);
+        let mut buf = BytesMut::from(&bytes[..20]);
+        let err = Decoder::new(LIMITS).decode(&mut buf).unwrap_err();
+        assert_eq!(err.close_code(), 1009);
+    }
+
+    #[test]
+    fn rejects_oversized_message_across_fragments() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(false, 1, &[b'a'; 1000]));
+        buf.extend_from_slice(&client_frame(false, 0, &[b'a'; 1000]));
+        buf.extend_from_slice(&client_frame(true, 0, &[b'a'; 1000]));
+        let mut d = Decoder::new(LIMITS);
+        assert_eq!(
+            d.decode(&mut buf).unwrap_err(),
+            FrameError::TooBig { limit: 2048 }
+        );
+    }
+
+    #[test]
+    fn protocol_violations_map_to_1002_and_bad_utf8_to_1007() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (vec![0x81, 0x00], 1002),            // unmasked
+            (client_frame(true, 3, b""), 1002),  // reserved opcode
+            (client_frame(true, 0, b"x"), 1002), // continuation without start
+            (client_frame(false, 9, b""), 1002), // fragmented ping
+            (client_frame(true, 1, &[0xff]), 1007),
+            (vec![0xC1, 0x80, 0, 0, 0, 0], 1002), // RSV1
+        ];
+        for (bytes, code) in cases {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let err = Decoder::new(LIMITS).decode(&mut buf).unwrap_err();
+            assert_eq!(err.close_code(), code, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn close_frame_carries_code() {
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut buf = BytesMut::from(&client_frame(true, 8, &payload)[..]);
+        assert_eq!(
+            Decoder::new(LIMITS).decode(&mut buf).unwrap(),
+            Some(Incoming::Close(Some(1000)))
+        );
+    }
+
+    #[test]
+    fn encodes_all_three_length_forms() {
+        assert_eq!(&encode(OpCode::Text, b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let mid = encode(OpCode::Text, &[0u8; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 1, 44]);
+        let big = encode(OpCode::Binary, &vec![0u8; 70_000]);
+        assert_eq!(big[1], 127);
+        assert_eq!(big.len(), 70_000 + 10);
+        let c = close(4000, "slow consumer");
+        assert_eq!(&c[..4], &[0x88, 15, 0x0f, 0xa0]);
+    }
+}

@@ -1,0 +1,407 @@
+//! Test harness: real processes and real sockets.
+//!
+//! * [`RedisServer`]: a private `redis-server` on a free loopback port, killed on drop.
+//! * [`Switchboard`]: the real `switchboard` binary as a child process.
+//! * [`Client`]: a real WebSocket client (tokio-tungstenite).
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A private redis-server.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("sb-redis-{port}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-server did not start on port {port}"
+        );
+        Self { port, child, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain Redis connection for the test's own commands.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
+    }
+
+    /// Stops the server (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `switchboard` binary running as a child process.
+pub struct Switchboard {
+    pub port: u16,
+    child: Child,
+}
+
+impl Switchboard {
+    /// `switchboard standalone` on a free port, with extra flags.
+    pub fn standalone(extra: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["standalone", "--listen", &listen];
+        args.extend_from_slice(extra);
+        Self::spawn(port, &args)
+    }
+
+    /// `switchboard gateway --no-auth` on a free port against `redis`.
+    pub fn gateway(redis: &RedisServer, extra: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let url = redis.url();
+        let replica = format!("gw{port}");
+        let mut args = vec![
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--no-auth",
+            "--replica-id",
+            &replica,
+        ];
+        args.extend_from_slice(extra);
+        let gw = Self::spawn(port, &args);
+        gw.wait_ready(Duration::from_secs(10));
+        gw
+    }
+
+    pub fn spawn(port: u16, args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .env("SWITCHBOARD_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard");
+        assert!(
+            wait_for_port(port, Duration::from_secs(15)),
+            "switchboard did not listen on {port}"
+        );
+        Self { port, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Waits until /health/ready answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(self.port, "/health/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("switchboard on {} did not become ready", self.port);
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns how long it took, if within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The value of a metric (summed over label sets matching `labels`).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, body) = http_get(self.port, "/metrics").expect("scrape /metrics");
+        metric_value(&body, name, labels)
+    }
+}
+
+impl Drop for Switchboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums the samples of `name` whose label text contains `labels`.
+pub fn metric_value(body: &str, name: &str, labels: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A minimal blocking HTTP/1.1 request; returns (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    request.push_str("\r\n");
+    if let Some(b) = body {
+        request.push_str(b);
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, &[], None)
+}
+
+/// Publishes through the gateway's REST API; returns the offset.
+pub fn publish(port: u16, channel: &str, data: &Value) -> u64 {
+    let body = serde_json::json!({"channel": channel, "data": data}).to_string();
+    let (status, response) =
+        http_request(port, "POST", "/api/v1/publish", &[], Some(&body)).expect("publish");
+    assert_eq!(status, 200, "publish failed: {response}");
+    let v: Value = serde_json::from_str(&response).expect("publish reply is JSON");
+    v["offset"].as_u64().expect("offset")
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client.
+pub struct Client {
+    ws: Ws,
+}
+
+/// What a client observed when it stopped reading.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    Text(String),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.expect("websocket connect");
+        Self { ws }
+    }
+
+    /// Connects, returning the HTTP status of a refused upgrade.
+    pub async fn try_connect(url: &str) -> Result<Self, u16> {
+        let request = url.into_client_request().expect("valid url");
+        match connect_async(request).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("connect failed without an HTTP status: {e}"),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_message(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// The next text frame or the close, within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let item = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match item {
+                Some(Ok(Message::Text(t))) => return Some(Received::Text(t.to_string())),
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Received::Closed(frame.map(|f: CloseFrame| f.code.into())));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Received::Closed(None)),
+            }
+        }
+    }
+
+    /// The next text frame parsed as JSON; panics on close or timeout.
+    pub async fn recv_json(&mut self) -> Value {
+        match self.next(Duration::from_secs(10)).await {
+            Some(Received::Text(t)) => serde_json::from_str(&t).expect("server sent JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Reads frames until one satisfies `pred`; panics after `timeout`.
+    pub async fn recv_until(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Received::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent JSON");
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                other => panic!("expected a matching frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the close code.
+    pub async fn closed_code(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Received::Text(_)) => continue,
+                Some(Received::Closed(code)) => return code,
+                None => panic!("connection not closed within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(r) = self.next(wait).await {
+            panic!("expected nothing, got {r:?}");
+        }
+    }
+
+    /// Subscribes on the native protocol and returns the `subscribed` reply.
+    pub async fn subscribe(&mut self, v: Value) -> Value {
+        self.send_json(&v).await;
+        self.recv_until(Duration::from_secs(10), |m| {
+            m["type"] == "subscribed" || m["type"] == "error"
+        })
+        .await
+    }
+
+    pub fn into_inner(self) -> Ws {
+        self.ws
+    }
+}

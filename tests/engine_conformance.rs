@@ -1,0 +1,303 @@
+//! One conformance suite, run against every engine: the in-memory engine and
+//! the Redis engine on a private redis-server. What the gateway relies on —
+//! offsets, epochs, history coverage, fenced snapshots, the live feed — must
+//! hold identically for both.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::RedisServer;
+use switchboard::channel::ChannelName;
+use switchboard::engine::memory::MemoryEngine;
+use switchboard::engine::redis::{RedisConfig, RedisEngine};
+use switchboard::engine::{
+    Engine, EngineError, EngineEvent, HistoryConfig, HistoryPolicy, PublishOptions,
+};
+use switchboard::json::Json;
+use switchboard::metrics::Metrics;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Events = mpsc::Receiver<EngineEvent>;
+
+fn history() -> HistoryConfig {
+    let mut h = HistoryConfig {
+        default: HistoryPolicy {
+            size: 5,
+            ttl: Duration::from_secs(60),
+        },
+        ..HistoryConfig::default()
+    };
+    h.namespaces.insert(
+        "nohist".into(),
+        HistoryPolicy {
+            size: 0,
+            ttl: Duration::from_secs(60),
+        },
+    );
+    h
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name, 128).unwrap()
+}
+
+fn json(text: &str) -> Json {
+    Json::parse(Bytes::copy_from_slice(text.as_bytes()), 32).unwrap()
+}
+
+fn memory_engine() -> (Arc<dyn Engine>, Events) {
+    let (tx, rx) = mpsc::channel(1024);
+    (Arc::new(MemoryEngine::new(history(), tx)), rx)
+}
+
+async fn redis_engine(redis: &RedisServer) -> (Arc<dyn Engine>, Events, CancellationToken) {
+    let (tx, rx) = mpsc::channel(1024);
+    let stop = CancellationToken::new();
+    let config = RedisConfig {
+        url: redis.url(),
+        prefix: "test:".into(),
+        response_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        pool_size: 4,
+        probe_interval: Duration::from_secs(1),
+        max_channel_len: 128,
+        max_json_depth: 32,
+        history: history(),
+        replica_id: "conformance".into(),
+    };
+    let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone()).unwrap();
+    for _ in 0..200 {
+        if engine.health().ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(engine.health().ready, "redis engine not ready");
+    (engine, rx, stop)
+}
+
+async fn next_message(events: &mut Events) -> switchboard::engine::IncomingMessage {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(EngineEvent::Message(m))) => return m,
+            Ok(Some(_)) => continue,
+            other => panic!("expected a live message, got {other:?}"),
+        }
+    }
+}
+
+async fn offsets_start_at_one_and_increase(engine: Arc<dyn Engine>, _events: Events) {
+    let c = ch("offsets");
+    let first = engine
+        .publish(&c, &json("{\"n\":1}"), PublishOptions::default())
+        .await
+        .unwrap();
+    let second = engine
+        .publish(&c, &json("{\"n\":2}"), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.offset, 1);
+    assert_eq!(second.offset, 2);
+    assert_eq!(first.epoch, second.epoch);
+    let other = engine
+        .publish(&ch("offsets2"), &json("1"), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(other.offset, 1, "offsets are per channel");
+}
+
+async fn new_channel_has_an_epoch_the_first_publish_keeps(engine: Arc<dyn Engine>, _e: Events) {
+    let c = ch("fresh");
+    let position = engine.position(&c).await.unwrap();
+    assert_eq!(position.offset, 0);
+    let published = engine
+        .publish(&c, &json("{}"), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(published.epoch, position.epoch);
+    assert_eq!(engine.position(&c).await.unwrap().offset, 1);
+}
+
+async fn history_is_ordered_and_honest_about_coverage(engine: Arc<dyn Engine>, _e: Events) {
+    let c = ch("hist");
+    for n in 1..=4 {
+        engine
+            .publish(
+                &c,
+                &json(&format!("{{\"n\":{n}}}")),
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let page = engine.history(&c, 1, 100).await.unwrap();
+    assert!(page.covered);
+    assert_eq!(page.position.offset, 4);
+    let offsets: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+    assert_eq!(page.entries[0].data.as_str(), "{\"n\":2}");
+    assert!(page.entries[0].published_us > 0);
+    let at_top = engine.history(&c, 4, 100).await.unwrap();
+    assert!(at_top.covered && at_top.entries.is_empty());
+    let future = engine.history(&c, 9, 100).await.unwrap();
+    assert!(
+        !future.covered,
+        "an offset beyond the top is not a valid position"
+    );
+    // Capacity 5: after 20 messages the oldest are gone.
+    for n in 5..=20 {
+        engine
+            .publish(&c, &json(&format!("{n}")), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let behind = engine.history(&c, 2, 100).await.unwrap();
+    assert!(
+        !behind.covered,
+        "a gap older than history must not look covered"
+    );
+    let recent = engine.history(&c, 17, 100).await.unwrap();
+    assert!(recent.covered);
+    assert_eq!(recent.entries.len(), 3);
+}
+
+async fn namespace_policy_applies(engine: Arc<dyn Engine>, _e: Events) {
+    let c = ch("nohist:x");
+    engine
+        .publish(&c, &json("1"), PublishOptions::default())
+        .await
+        .unwrap();
+    engine
+        .publish(&c, &json("2"), PublishOptions::default())
+        .await
+        .unwrap();
+    let page = engine.history(&c, 0, 100).await.unwrap();
+    assert!(page.entries.is_empty());
+    assert!(!page.covered);
+    assert_eq!(page.position.offset, 2, "offsets exist without history");
+}
+
+async fn snapshots_are_stored_and_fenced_by_version(engine: Arc<dyn Engine>, _e: Events) {
+    let c = ch("snap");
+    assert_eq!(engine.snapshot(&c).await.unwrap(), None);
+    let v5 = PublishOptions {
+        snapshot: true,
+        version: Some(5),
+    };
+    let p = engine.publish(&c, &json("{\"v\":5}"), v5).await.unwrap();
+    let s = engine.snapshot(&c).await.unwrap().unwrap();
+    assert_eq!((s.offset, s.version), (p.offset, Some(5)));
+    assert_eq!(s.data.as_str(), "{\"v\":5}");
+    for stale in [5, 4] {
+        let options = PublishOptions {
+            snapshot: true,
+            version: Some(stale),
+        };
+        let err = engine.publish(&c, &json("{}"), options).await.unwrap_err();
+        assert_eq!(err, EngineError::StaleVersion { current: 5 });
+    }
+    assert_eq!(
+        engine.position(&c).await.unwrap().offset,
+        p.offset,
+        "a refused publish assigns no offset"
+    );
+    let v6 = PublishOptions {
+        snapshot: true,
+        version: Some(6),
+    };
+    engine.publish(&c, &json("{\"v\":6}"), v6).await.unwrap();
+    assert_eq!(engine.snapshot(&c).await.unwrap().unwrap().version, Some(6));
+    // A plain message does not replace the snapshot.
+    engine
+        .publish(&c, &json("{\"plain\":1}"), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.snapshot(&c).await.unwrap().unwrap().data.as_str(),
+        "{\"v\":6}"
+    );
+}
+
+async fn feed_delivers_subscribed_channels_in_order(engine: Arc<dyn Engine>, mut events: Events) {
+    let c = ch("live");
+    engine.subscribe(std::slice::from_ref(&c)).await.unwrap();
+    let mut expected = Vec::new();
+    for n in 1..=50 {
+        expected.push(
+            engine
+                .publish(
+                    &c,
+                    &json(&format!("{{\"n\":{n}}}")),
+                    PublishOptions::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for (n, published) in expected.iter().enumerate() {
+        let m = next_message(&mut events).await;
+        assert_eq!(m.channel, c);
+        assert_eq!(m.seq, Some((published.offset, published.epoch.clone())));
+        assert_eq!(m.data.as_str(), format!("{{\"n\":{}}}", n + 1));
+        assert!(m.published_us.is_some());
+    }
+    engine
+        .publish(&ch("unwatched"), &json("1"), PublishOptions::default())
+        .await
+        .unwrap();
+    engine.unsubscribe(std::slice::from_ref(&c)).await.unwrap();
+    engine
+        .publish(&c, &json("{\"after\":1}"), PublishOptions::default())
+        .await
+        .unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if let Some(EngineEvent::Message(m)) = events.recv().await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert!(
+        quiet.is_err(),
+        "no delivery after unsubscribe or for unsubscribed channels: {quiet:?}"
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (engine, events) = super::memory_engine();
+                    super::$name(engine, events).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = super::RedisServer::start();
+                    let (engine, events, stop) = super::redis_engine(&server).await;
+                    super::$name(engine, events).await;
+                    stop.cancel();
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    offsets_start_at_one_and_increase,
+    new_channel_has_an_epoch_the_first_publish_keeps,
+    history_is_ordered_and_honest_about_coverage,
+    namespace_policy_applies,
+    snapshots_are_stored_and_fenced_by_version,
+    feed_delivers_subscribed_channels_in_order,
+);

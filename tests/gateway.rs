@@ -1,0 +1,532 @@
+//! The gateway end to end: the real binary, real WebSocket clients, a private
+//! redis-server.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Client, Received, RedisServer, Switchboard, http_request, publish};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fast_collector() -> [&'static str; 4] {
+    [
+        "--collect-interval-min",
+        "200ms",
+        "--collect-interval-max",
+        "300ms",
+    ]
+}
+
+#[tokio::test]
+async fn dropin_routes_send_the_snapshot_at_once_then_updates() {
+    let sb = Switchboard::standalone(&fast_collector());
+    sb.wait_ready(WAIT);
+    // Let the collector publish once so the snapshot exists before we connect.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (path, fields) in [
+        (
+            "/ws/federation",
+            &[
+                "peers",
+                "sync_traffic",
+                "network_health",
+                "data_integrity",
+                "avg_latency",
+            ][..],
+        ),
+        (
+            "/ws/memory",
+            &[
+                "ingestion_rate",
+                "consolidation_rate",
+                "dedup_rate",
+                "quarantine_count",
+                "trust_distribution",
+                "confidence_deltas",
+                "logs",
+            ][..],
+        ),
+    ] {
+        let mut client = Client::connect(&sb.ws_url(path)).await;
+        let first = tokio::time::timeout(Duration::from_millis(200), client.recv_json())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no snapshot at once"));
+        for f in fields {
+            assert!(first.get(*f).is_some(), "{path}: missing {f} in {first}");
+        }
+        assert_eq!(
+            first["sources"]
+                .as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()["source"],
+            "simulated"
+        );
+        let next = client.recv_json().await;
+        assert!(
+            next["version"].as_u64() > first["version"].as_u64(),
+            "{path}: updates follow"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropin_ping_and_refresh_as_text_or_json() {
+    let sb = Switchboard::standalone(&fast_collector());
+    sb.wait_ready(WAIT);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut client = Client::connect(&sb.ws_url("/ws/federation")).await;
+    let snapshot = client.recv_json().await;
+    for ping in ["ping", r#"{"type":"ping"}"#] {
+        client.send_text(ping).await;
+        let pong = client.recv_until(WAIT, |m| m["type"] == "pong").await;
+        assert!(pong["timestamp"].is_string());
+    }
+    for refresh in ["refresh", r#"{"type":"refresh"}"#] {
+        client.send_text(refresh).await;
+        let again = client.recv_until(WAIT, |m| m.get("peers").is_some()).await;
+        assert!(again["version"].as_u64() >= snapshot["version"].as_u64());
+    }
+    let mut relay = Client::connect(&sb.ws_url("/api/ws/agents")).await;
+    relay.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(relay.recv_json().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn native_subscribe_receives_offsets_in_order_and_unsubscribe_stops() {
+    let sb = Switchboard::standalone(&[]);
+    sb.wait_ready(WAIT);
+    let mut client = Client::connect(&sb.ws_url("/ws")).await;
+    let hello = client.recv_json().await;
+    assert_eq!(hello["type"], "connection_established");
+    assert!(hello["connection_id"].is_string());
+    assert_eq!(hello["heartbeat_interval"], 25);
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"agents:a1","id":1}))
+        .await;
+    assert_eq!(sub["type"], "subscribed");
+    assert_eq!(sub["id"], 1);
+    assert_eq!(sub["offset"], 0);
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    for n in 1..=20 {
+        let offset = publish(sb.port, "agents:a1", &json!({ "n": n }));
+        assert_eq!(offset, n);
+    }
+    for n in 1..=20u64 {
+        let m = client.recv_json().await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["channel"], "agents:a1");
+        assert_eq!(m["offset"], n);
+        assert_eq!(m["data"]["n"], n);
+    }
+    client
+        .send_json(&json!({"type":"unsubscribe","channel":"agents:a1","id":"u"}))
+        .await;
+    let reply = client.recv_json().await;
+    assert_eq!(
+        reply,
+        json!({"type":"unsubscribed","channel":"agents:a1","id":"u"})
+    );
+    publish(sb.port, "agents:a1", &json!({"after": true}));
+    client.expect_silence(Duration::from_millis(300)).await;
+    // Subscribing again continues in the same epoch.
+    let again = client
+        .subscribe(json!({"type":"subscribe","channel":"agents:a1"}))
+        .await;
+    assert_eq!(again["epoch"], epoch.as_str());
+    assert_eq!(again["offset"], 21);
+}
+
+#[tokio::test]
+async fn native_ping_and_snapshot_refresh() {
+    let sb = Switchboard::standalone(&fast_collector());
+    sb.wait_ready(WAIT);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut client = Client::connect(&sb.ws_url("/ws")).await;
+    client.recv_json().await;
+    client.send_json(&json!({"type":"ping","id":9})).await;
+    let pong = client.recv_json().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_i64()),
+        (Some("pong"), Some(9))
+    );
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"federation"}))
+        .await;
+    assert_eq!(sub["type"], "subscribed");
+    let snapshot = client.recv_json().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["channel"], "federation");
+    assert!(snapshot["offset"].as_u64().unwrap() >= 1);
+    assert_eq!(snapshot["data"]["peers"].as_array().unwrap().len(), 5);
+    client
+        .send_json(&json!({"type":"refresh","channel":"federation","id":3}))
+        .await;
+    let refreshed = client
+        .recv_until(WAIT, |m| m["type"] == "snapshot" && m["id"] == 3)
+        .await;
+    assert!(refreshed["data"]["network_health"].is_number());
+}
+
+#[tokio::test]
+async fn bad_requests_get_error_frames_and_the_connection_stays_usable() {
+    let sb = Switchboard::standalone(&[]);
+    sb.wait_ready(WAIT);
+    let mut client = Client::connect(&sb.ws_url("/ws")).await;
+    client.recv_json().await;
+    let cases: Vec<(&str, &str)> = vec![
+        ("{not json", "invalid_json"),
+        (r#"{"type":"teleport","id":4}"#, "unknown_type"),
+        (r#"{"type":"subscribe","id":5}"#, "invalid_message"),
+        (
+            r#"{"type":"subscribe","channel":"bad channel"}"#,
+            "bad_channel",
+        ),
+        (
+            r#"{"type":"subscribe","channel":"c","filters":{"x":[1]}}"#,
+            "bad_filter",
+        ),
+        (
+            r#"{"type":"unsubscribe","channel":"never"}"#,
+            "not_subscribed",
+        ),
+        (r#"[1,2,3]"#, "invalid_message"),
+    ];
+    for (text, code) in cases {
+        client.send_text(text).await;
+        let e = client.recv_json().await;
+        assert_eq!(e["type"], "error", "{text}");
+        assert_eq!(e["code"], code, "{text}: {e}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    client.send_text(r#"{"type":"teleport","id":"x"}"#).await;
+    assert_eq!(
+        client.recv_json().await["id"],
+        "x",
+        "errors echo the request id"
+    );
+    client.send_message(Message::binary(vec![1u8, 2, 3])).await;
+    assert_eq!(client.recv_json().await["code"], "binary_not_supported");
+    // Still usable.
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"ok"}))
+        .await;
+    assert_eq!(sub["type"], "subscribed");
+    publish(sb.port, "ok", &json!({"fine": true}));
+    assert_eq!(client.recv_json().await["data"]["fine"], true);
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
+    let sb = Switchboard::standalone(&["--max-message-bytes", "1024", "--max-frame-bytes", "1024"]);
+    sb.wait_ready(WAIT);
+    let mut bystander = Client::connect(&sb.ws_url("/ws")).await;
+    bystander.recv_json().await;
+    bystander
+        .subscribe(json!({"type":"subscribe","channel":"c"}))
+        .await;
+    let mut big = Client::connect(&sb.ws_url("/ws")).await;
+    big.recv_json().await;
+    big.send_text(&"x".repeat(5000)).await;
+    assert_eq!(big.closed_code(WAIT).await, Some(1009));
+    publish(sb.port, "c", &json!({"still": "here"}));
+    assert_eq!(bystander.recv_json().await["data"]["still"], "here");
+}
+
+#[tokio::test]
+async fn filtered_subscriber_receives_exactly_the_matching_messages() {
+    let sb = Switchboard::standalone(&[]);
+    sb.wait_ready(WAIT);
+    let mut all = Client::connect(&sb.ws_url("/ws")).await;
+    all.recv_json().await;
+    all.subscribe(json!({"type":"subscribe","channel":"epistemic"}))
+        .await;
+    let filter = json!({"agent_id": "agent_1", "confidence_level": {"min": 0.8}});
+    let mut filtered = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&sb.ws_url("/ws")).await;
+        c.recv_json().await;
+        let reply = c
+            .subscribe(json!({"type":"subscribe","channel":"epistemic","filters": filter}))
+            .await;
+        assert_eq!(reply["type"], "subscribed");
+        filtered.push(c);
+    }
+    let mut expected = Vec::new();
+    for n in 0..40u64 {
+        let agent = if n % 2 == 0 { "agent_1" } else { "agent_2" };
+        let confidence = (n % 10) as f64 / 10.0;
+        let offset = publish(
+            sb.port,
+            "epistemic",
+            &json!({"n": n, "agent_id": agent, "confidence_level": confidence}),
+        );
+        if agent == "agent_1" && confidence >= 0.8 {
+            expected.push(offset);
+        }
+    }
+    assert!(!expected.is_empty());
+    for _ in 0..40 {
+        all.recv_json().await;
+    }
+    for c in filtered.iter_mut() {
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(c.recv_json().await["offset"].as_u64().unwrap());
+        }
+        assert_eq!(got, expected);
+        c.expect_silence(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn slow_client_is_closed_with_4000_while_a_fast_one_keeps_its_stream() {
+    // The slow client reads again only at the end: give the close frame time to
+    // get through the megabytes the kernel still buffers for it.
+    let sb = Switchboard::standalone(&["--max-outbound-bytes", "262144", "--close-timeout", "30s"]);
+    sb.wait_ready(WAIT);
+    let mut fast = Client::connect(&sb.ws_url("/ws")).await;
+    fast.recv_json().await;
+    fast.subscribe(json!({"type":"subscribe","channel":"firehose"}))
+        .await;
+    let mut slow = Client::connect(&sb.ws_url("/ws")).await;
+    slow.recv_json().await;
+    slow.subscribe(json!({"type":"subscribe","channel":"firehose"}))
+        .await;
+    // The slow client now stops reading. ~24 MB exceeds every kernel buffer.
+    let blob = "x".repeat(60_000);
+    let reader = tokio::spawn(async move {
+        let mut offsets = Vec::new();
+        while offsets.len() < 400 {
+            let m = fast.recv_json().await;
+            offsets.push(m["offset"].as_u64().unwrap());
+        }
+        offsets
+    });
+    let port = sb.port;
+    tokio::task::spawn_blocking(move || {
+        for n in 0..400 {
+            publish(port, "firehose", &json!({"n": n, "blob": blob}));
+        }
+    })
+    .await
+    .unwrap();
+    let offsets = reader.await.unwrap();
+    assert_eq!(
+        offsets,
+        (1..=400).collect::<Vec<u64>>(),
+        "the fast client got every message in order"
+    );
+    assert!(sb.metric("switchboard_slow_consumer_closes_total", "") >= 1.0);
+    assert_eq!(slow.closed_code(Duration::from_secs(20)).await, Some(4000));
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_deliver_every_message_exactly_once() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let mut clients = Vec::new();
+    for gw in [&a, &b, &a, &b] {
+        let mut c = Client::connect(&gw.ws_url("/ws")).await;
+        c.recv_json().await;
+        let reply = c
+            .subscribe(json!({"type":"subscribe","channel":"shared"}))
+            .await;
+        assert_eq!(reply["type"], "subscribed");
+        clients.push(c);
+    }
+    for n in 0..30 {
+        let via = if n % 2 == 0 { a.port } else { b.port };
+        publish(via, "shared", &json!({ "n": n }));
+    }
+    for c in clients.iter_mut() {
+        let mut got = Vec::new();
+        for _ in 0..30 {
+            let m = c.recv_json().await;
+            got.push((
+                m["offset"].as_u64().unwrap(),
+                m["data"]["n"].as_u64().unwrap(),
+            ));
+        }
+        let expected: Vec<(u64, u64)> = (0..30).map(|n| (n + 1, n)).collect();
+        assert_eq!(got, expected);
+        c.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+async fn numsub(redis: &RedisServer, channel: &str) -> i64 {
+    let mut conn = redis.connection().await;
+    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("switchboard:{{{channel}}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply[0].1
+}
+
+#[tokio::test]
+async fn one_redis_subscription_per_channel_per_replica_however_many_clients() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let mut c = Client::connect(&gw.ws_url("/ws")).await;
+        c.recv_json().await;
+        c.subscribe(json!({"type":"subscribe","channel":"busy"}))
+            .await;
+        if i < 3 {
+            c.subscribe(json!({"type":"subscribe","channel":"quiet"}))
+                .await;
+        }
+        clients.push(c);
+    }
+    let mut relay = Client::connect(&a.ws_url("/api/ws/busy")).await;
+    relay.send_text("ping").await;
+    relay.recv_json().await;
+    assert_eq!(numsub(&redis, "busy").await, 2, "one per replica");
+    assert_eq!(numsub(&redis, "quiet").await, 2);
+    assert_eq!(a.metric("switchboard_channels", ""), 2.0);
+    assert_eq!(a.metric("switchboard_subscriptions", ""), 10.0 + 2.0 + 1.0);
+    drop(clients);
+    drop(relay);
+    let mut left = -1;
+    for _ in 0..100 {
+        left = numsub(&redis, "busy").await + numsub(&redis, "quiet").await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        left, 0,
+        "subscriptions dropped after the last local subscriber left"
+    );
+}
+
+#[tokio::test]
+async fn plain_publish_from_any_redis_client_is_relayed_as_is() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let mut native = Client::connect(&gw.ws_url("/ws")).await;
+    native.recv_json().await;
+    native
+        .subscribe(json!({"type":"subscribe","channel":"ext"}))
+        .await;
+    let mut relay = Client::connect(&gw.ws_url("/api/ws/ext")).await;
+    relay.send_text("ping").await;
+    relay.recv_json().await;
+    let mut conn = redis.connection().await;
+    let payload = r#"{"type":"agent_status_update","agent_id":"commerce-001","status":"running"}"#;
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("switchboard:{ext}")
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let m = native.recv_json().await;
+    assert_eq!(m["type"], "message");
+    assert!(m.get("offset").is_none(), "a plain PUBLISH has no offset");
+    assert_eq!(m["data"]["agent_id"], "commerce-001");
+    match relay.next(WAIT).await {
+        Some(Received::Text(t)) => assert_eq!(t, payload, "relayed byte for byte"),
+        other => panic!("{other:?}"),
+    }
+    // Not JSON: dropped and counted, nobody disturbed.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("switchboard:{ext}")
+        .arg("not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    native.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(gw.metric("switchboard_invalid_messages_total", ""), 1.0);
+}
+
+#[tokio::test]
+async fn publish_api_validates_its_input() {
+    let sb = Switchboard::standalone(&["--api-key", "k3y"]);
+    sb.wait_ready(WAIT);
+    let post =
+        |body: &str| http_request(sb.port, "POST", "/api/v1/publish", &[], Some(body)).unwrap();
+    assert_eq!(post(r#"{"channel":"c"}"#).0, 400);
+    assert_eq!(post(r#"{"channel":"a b","data":{}}"#).0, 400);
+    assert_eq!(post("nope").0, 400);
+    let (status, body) = post(r#"{"channel":"c","data":{"k":1}}"#);
+    assert_eq!(status, 200, "standalone runs without auth");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["offset"], 1);
+    let (status, _) = http_request(sb.port, "GET", "/nowhere", &[], None).unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn health_and_metrics_endpoints() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let (status, body) = common::http_get(gw.port, "/health/live").unwrap();
+    assert_eq!((status, body.contains("ok")), (200, true));
+    let (status, _) = common::http_get(gw.port, "/health/ready").unwrap();
+    assert_eq!(status, 200);
+    let mut c = Client::connect(&gw.ws_url("/ws")).await;
+    c.recv_json().await;
+    c.subscribe(json!({"type":"subscribe","channel":"m"})).await;
+    publish(gw.port, "m", &json!({"x": 1}));
+    c.recv_json().await;
+    let (_, metrics) = common::http_get(gw.port, "/metrics").unwrap();
+    let series: HashMap<&str, f64> = [
+        ("switchboard_connections", 1.0),
+        ("switchboard_subscriptions", 1.0),
+        ("switchboard_channels", 1.0),
+        ("switchboard_messages_received_total", 1.0),
+        ("switchboard_messages_delivered_total", 1.0),
+        ("switchboard_ready", 1.0),
+    ]
+    .into_iter()
+    .collect();
+    for (name, want) in series {
+        assert_eq!(common::metric_value(&metrics, name, ""), want, "{name}");
+    }
+    assert!(common::metric_value(&metrics, "switchboard_bytes_sent_total", "") > 0.0);
+    assert!(metrics.contains("switchboard_delivery_lag_seconds_bucket"));
+    assert!(metrics.contains("process_resident_memory_bytes"));
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_in_time() {
+    let redis = RedisServer::start();
+    let mut gw = Switchboard::gateway(&redis, &["--drain-window", "1s", "--drain-deadline", "4s"]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = Client::connect(&gw.ws_url("/ws")).await;
+        c.recv_json().await;
+        c.subscribe(json!({"type":"subscribe","channel":"d"})).await;
+        clients.push(c);
+    }
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = common::http_get(gw.port, "/health/ready").unwrap_or((0, String::new()));
+    assert!(
+        status == 503 || status == 0,
+        "not ready while draining: {status} {body}"
+    );
+    for c in clients.iter_mut() {
+        assert_eq!(c.closed_code(Duration::from_secs(3)).await, Some(1001));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed within the window"
+    );
+    let exited = gw.wait_exit(Duration::from_secs(6));
+    assert!(exited.is_some(), "exited before the deadline");
+}
