@@ -13,15 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::{Filter, Reply};
 
-use crate::cli::{CollectorArgs, Command, GatewayArgs, RedisArgs, StandaloneArgs};
+use crate::auth::Verifier;
+use crate::auth::mint::{TokenSpec, mint};
+use crate::cli::{CollectorArgs, Command, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs};
 use crate::collector::{Collector, CollectorConfig};
 use crate::config::GatewayConfig;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, EngineEvent, HistoryConfig};
-use crate::gateway::Gateway;
 use crate::gateway::http::json_response;
+use crate::gateway::presence::{self, Presence};
+use crate::gateway::registry::Registry;
 use crate::gateway::server::{self, HttpSettings};
+use crate::gateway::{Gateway, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -36,7 +40,41 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Standalone(args) => standalone(args, shutdown).await,
         Command::Gateway(args) => gateway(args, shutdown).await,
         Command::Collector(args) => collector(args, shutdown).await,
+        Command::Token(args) => token(&args),
     }
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let alg: jsonwebtoken::Algorithm = args
+        .alg
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown algorithm {}", args.alg))?;
+    let key_file = match (&args.secret_file, &args.private_key_file) {
+        (Some(f), None) | (None, Some(f)) => f,
+        _ => bail!("give exactly one of --secret-file (HS*) and --private-key-file (RS256, ES256)"),
+    };
+    let spec = TokenSpec {
+        subject: args.sub.clone(),
+        permissions: args.permissions.clone(),
+        channels: args.channels.clone(),
+        ttl: args.ttl,
+        audience: args.aud.clone(),
+        issuer: args.iss.clone(),
+        key_id: args.kid.clone(),
+    };
+    println!("{}", mint(&spec, alg, key_file)?);
+    Ok(())
+}
+
+/// Starts the task that applies control messages (disconnect a user) to this replica.
+fn control_channel(registry: Arc<Registry>) -> mpsc::UnboundedSender<serde_json::Value> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            presence::apply_control(&registry, &message);
+        }
+    });
+    tx
 }
 
 /// First SIGTERM or SIGINT: drain. A second one: exit at once.
@@ -98,34 +136,56 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(args.history.config(), events_tx));
+    let registry = Arc::new(Registry::default());
     let hub = Hub::start(
         engine.clone(),
         events_rx,
         metrics.clone(),
         config.hub.clone(),
+        None,
     );
     let listener = bind(config.listen).await?;
     let collector_stop = CancellationToken::new();
     let collector = Collector::new(engine.clone(), schedule(&args.collector), metrics.clone());
     tokio::spawn(collector.run(collector_stop.clone()));
     announce(&listener, &config);
-    Gateway::new(config, engine, hub, metrics, shutdown, true)
-        .serve(listener)
-        .await;
+    let parts = Parts {
+        engine,
+        hub,
+        metrics,
+        auth: None,
+        registry,
+        presence: Presence::Local,
+    };
+    Gateway::new(config, parts, shutdown).serve(listener).await;
     collector_stop.cancel();
     Ok(())
 }
 
 async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if !args.no_auth {
-        bail!(
-            "authentication is not configured: pass --no-auth (or SWITCHBOARD_NO_AUTH=true) to run without it"
-        );
-    }
     let config = args
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
+    let auth = match args.auth.jwt_config().map_err(anyhow::Error::msg)? {
+        Some(jwt) => {
+            let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
+            verifier.watch(shutdown.child_token());
+            tracing::info!("authentication: JWT required on every connection and REST call");
+            Some(verifier)
+        }
+        None => {
+            tracing::warn!(
+                "authentication DISABLED (--no-auth): any client may read and publish every channel"
+            );
+            None
+        }
+    };
+    if config.security.origins.is_any() {
+        tracing::info!(
+            "no --allowed-origins: pages from any origin may connect (tokens are still required)"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
@@ -136,18 +196,32 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         engine_stop.clone(),
     )
     .context("could not set up the Redis engine")?;
-    let engine: Arc<dyn Engine> = engine;
-    let hub = Hub::start(
+    let registry = Arc::new(Registry::default());
+    let presence = Presence::redis(
         engine.clone(),
+        registry.clone(),
+        config.replica_id.clone(),
+        engine_stop.clone(),
+    );
+    let dyn_engine: Arc<dyn Engine> = engine;
+    let hub = Hub::start(
+        dyn_engine.clone(),
         events_rx,
         metrics.clone(),
         config.hub.clone(),
+        Some(control_channel(registry.clone())),
     );
     let listener = bind(config.listen).await?;
     announce(&listener, &config);
-    Gateway::new(config, engine, hub, metrics, shutdown, args.no_auth)
-        .serve(listener)
-        .await;
+    let parts = Parts {
+        engine: dyn_engine,
+        hub,
+        metrics,
+        auth,
+        registry,
+        presence,
+    };
+    Gateway::new(config, parts, shutdown).serve(listener).await;
     engine_stop.cancel();
     Ok(())
 }

@@ -10,10 +10,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Drain, GatewayConfig, Limits, Timeouts};
+use std::path::PathBuf;
+
+use crate::auth::JwtConfig;
+use crate::auth::origin::OriginPolicy;
+use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
 use crate::engine::{HistoryConfig, HistoryPolicy};
 use crate::filter::FilterLimits;
-use crate::hub::HubConfig;
+use crate::hub::{HeartbeatConfig, HubConfig};
 use crate::logging::LogFormat;
 
 /// switchboard: a horizontally scaled real-time gateway.
@@ -48,6 +52,8 @@ pub struct Cli {
     pub log_level: String,
 }
 
+// Parsed once at startup: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
@@ -57,6 +63,8 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// The collector: computes the federation and memory snapshots and publishes them to Redis.
     Collector(CollectorArgs),
+    /// Prints a signed JWT for development and tests.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,10 +89,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Run without authentication: every client may subscribe and publish anything.
-    /// Required until a JWT key is configured.
-    #[arg(long, env = "SWITCHBOARD_NO_AUTH")]
-    pub no_auth: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -110,6 +116,130 @@ pub struct CollectorArgs {
 
     #[command(flatten)]
     pub schedule: CollectorSchedule,
+}
+
+/// Authentication of clients: JWT keys and what tokens must say.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Run without authentication: every client may subscribe to and publish on
+    /// every channel. Only for trusted networks.
+    #[arg(long, env = "SWITCHBOARD_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// File of HMAC secrets (HS256/384/512), one per line, at least 32 bytes each;
+    /// two may be active at once for rotation. Repeatable. Re-read when it changes.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE", value_delimiter = ',')]
+    pub jwt_secret_file: Vec<PathBuf>,
+
+    /// PEM file of an RSA (RS256) or EC P-256 (ES256) public key. Repeatable.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PathBuf>,
+
+    /// JWKS file (`{"keys": [...]}`, e.g. a mounted Kubernetes secret); keys are
+    /// chosen by `kid` and the file is re-read when it changes.
+    #[arg(long, env = "SWITCHBOARD_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Tolerance on the `exp` and `nbf` claims (clock skew).
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Required `aud` claim (any of these). Repeatable or comma-separated.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Required `iss` claim (any of these). Repeatable or comma-separated.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// How often the key files are checked for changes.
+    #[arg(long, env = "SWITCHBOARD_JWT_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwt_reload_interval: Duration,
+
+    /// Longest token accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_TOKEN_BYTES", default_value_t = 8192)]
+    pub max_token_bytes: usize,
+}
+
+impl AuthArgs {
+    /// The JWT configuration, or `None` when authentication is off.
+    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+        let has_keys = !self.jwt_secret_file.is_empty()
+            || !self.jwt_public_key_file.is_empty()
+            || self.jwks_file.is_some();
+        match (self.no_auth, has_keys) {
+            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
+            (true, false) => Ok(None),
+            (false, false) => Err(
+                "authentication needs a key: pass --jwt-secret-file, --jwt-public-key-file or --jwks-file (or --no-auth to run without authentication)"
+                    .into(),
+            ),
+            (false, true) => Ok(Some(JwtConfig {
+                secret_files: self.jwt_secret_file.clone(),
+                public_key_files: self.jwt_public_key_file.clone(),
+                jwks_file: self.jwks_file.clone(),
+                leeway: self.jwt_leeway,
+                audience: self.jwt_audience.clone(),
+                issuer: self.jwt_issuer.clone(),
+                reload_interval: self.jwt_reload_interval,
+                max_token_bytes: self.max_token_bytes,
+            })),
+        }
+    }
+}
+
+/// `switchboard token`: what to sign.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// HMAC secret file (its first line is the secret) for HS256/384/512.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOKEN_SECRET_FILE",
+        required_unless_present = "private_key_file"
+    )]
+    pub secret_file: Option<PathBuf>,
+
+    /// PEM private key for RS256 or ES256 (use with --alg).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOKEN_PRIVATE_KEY_FILE",
+        conflicts_with = "secret_file"
+    )]
+    pub private_key_file: Option<PathBuf>,
+
+    /// Signing algorithm.
+    #[arg(long, default_value = "HS256", value_parser = ["HS256", "HS384", "HS512", "RS256", "ES256"])]
+    pub alg: String,
+
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// A permission: websocket:connect, websocket:subscribe, websocket:publish,
+    /// websocket:admin, agent:ID:monitor. Repeatable or comma-separated.
+    #[arg(long = "perm", value_delimiter = ',')]
+    pub permissions: Vec<String>,
+
+    /// Channel glob patterns the token may subscribe to (and publish on, with
+    /// websocket:publish), e.g. `federation` or `dash:*`. Repeatable or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// `aud` claim.
+    #[arg(long)]
+    pub aud: Option<String>,
+
+    /// `iss` claim.
+    #[arg(long)]
+    pub iss: Option<String>,
+
+    /// `kid` header (selects the key in a JWKS).
+    #[arg(long)]
+    pub kid: Option<String>,
 }
 
 /// Connection to the Redis that carries channels, history and snapshots.
@@ -263,7 +393,38 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_FILTER_BYTES", default_value_t = 2048)]
     pub max_filter_bytes: usize,
 
-    /// Interval of server WebSocket pings (sent to clients as `heartbeat_interval`).
+    /// Connections one user (token `sub`) may hold on this replica; more get 429 and Retry-After.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 100
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Sustained messages per second one client may send; beyond, its messages
+    /// are refused with `rate_limited`, and a client that keeps going is closed with 1008.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_MESSAGES_PER_SECOND",
+        default_value_t = 20
+    )]
+    pub max_messages_per_second: u32,
+
+    /// Messages one client may send in a burst above the sustained rate.
+    #[arg(long, env = "SWITCHBOARD_MESSAGE_BURST", default_value_t = 50)]
+    pub message_burst: u32,
+
+    /// Origins allowed to open WebSockets and call the REST API from a browser:
+    /// exact (`https://dash.example.com`) or with wildcards (`https://*.example.com`);
+    /// `*` or nothing allows any. Comma-separated.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Time a client whose token expired has to send `refresh_token` before it is closed with 4001.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_EXPIRY_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_expiry_grace: Duration,
+
+    /// Interval of server WebSocket pings (sent to clients as `heartbeat_interval`; 0 disables).
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
@@ -271,7 +432,7 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub pong_timeout: Duration,
 
-    /// Time a client may send nothing before it is closed with 4003.
+    /// Time a client may send nothing (no message, no pong) before it is closed with 4003 (0 disables).
     #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
@@ -339,11 +500,14 @@ impl ServerArgs {
                 },
             },
             timeouts: Timeouts {
-                ping_interval: self.ping_interval,
-                pong_timeout: self.pong_timeout,
-                idle_timeout: self.idle_timeout,
                 close_timeout: self.close_timeout,
                 header_read_timeout: self.header_read_timeout,
+            },
+            security: Security {
+                origins: OriginPolicy::new(&self.allowed_origins),
+                max_connections_per_user: self.max_connections_per_user.max(1),
+                messages_per_second: self.max_messages_per_second.max(1),
+                message_burst: self.message_burst.max(1),
             },
             drain: Drain {
                 window: self.drain_window,
@@ -352,15 +516,21 @@ impl ServerArgs {
             hub: HubConfig {
                 shards: self.fanout_shards.unwrap_or_else(|| self.workers()),
                 shard_queue: self.shard_queue.max(16),
+                heartbeat: HeartbeatConfig {
+                    ping_interval: self.ping_interval,
+                    pong_timeout: self.pong_timeout,
+                    idle_timeout: self.idle_timeout,
+                    token_grace: self.token_expiry_grace,
+                },
                 ..HubConfig::default()
             },
         })
     }
 }
 
-/// The host name, or a random name when there is none.
+/// The host name and a random suffix (several replicas may share a host).
 pub fn default_replica_id() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -369,7 +539,9 @@ pub fn default_replica_id() -> String {
                 .map(|h| h.trim().to_string())
                 .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| format!("replica-{}", crate::engine::Epoch::random()))
+        .unwrap_or_else(|| "replica".to_string());
+    let suffix = crate::engine::Epoch::random();
+    format!("{host}-{}", &suffix.as_str()[..4])
 }
 
 #[cfg(test)]

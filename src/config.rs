@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::origin::OriginPolicy;
 use crate::filter::FilterLimits;
 use crate::hub::HubConfig;
 
@@ -51,15 +52,9 @@ impl Default for Limits {
     }
 }
 
-/// Timers of the WebSocket side.
+/// Timers of the connection handling (heartbeats are in `HubConfig::heartbeat`).
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// Interval of server WebSocket pings (and the `heartbeat_interval` sent to clients).
-    pub ping_interval: Duration,
-    /// Time a client has to answer a ping with a pong.
-    pub pong_timeout: Duration,
-    /// Time a client may send nothing at all before it is closed (4003).
-    pub idle_timeout: Duration,
     /// Time allowed for the closing handshake before the socket is dropped.
     pub close_timeout: Duration,
     /// Time an HTTP client has to send its request headers.
@@ -69,11 +64,32 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
             close_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who may connect, from where, and how much they may send.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Pages allowed to open WebSockets and call the REST API from a browser.
+    pub origins: OriginPolicy,
+    /// Connections one user (token `sub`) may hold on one replica; more get 429.
+    pub max_connections_per_user: usize,
+    /// Sustained messages per second a client may send.
+    pub messages_per_second: u32,
+    /// Messages a client may send in a burst above the sustained rate.
+    pub message_burst: u32,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            origins: OriginPolicy::Any,
+            max_connections_per_user: 100,
+            messages_per_second: 20,
+            message_burst: 50,
         }
     }
 }
@@ -107,6 +123,7 @@ pub struct GatewayConfig {
     pub api_key: Option<String>,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub security: Security,
     pub drain: Drain,
     pub hub: HubConfig,
 }
@@ -120,6 +137,7 @@ impl GatewayConfig {
             api_key: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            security: Security::default(),
             drain: Drain::default(),
             hub: HubConfig::default(),
         }

@@ -186,6 +186,8 @@ pub enum EngineEvent {
     /// The feed is back and every channel is subscribed again; what was
     /// published meanwhile is only in history.
     Restored,
+    /// A message on the cluster's control channel (e.g. disconnect a user).
+    Control(serde_json::Value),
 }
 
 /// Where the feed's events go (bounded: a slow consumer slows the feed).

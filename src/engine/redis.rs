@@ -156,6 +156,17 @@ impl RedisEngine {
         self.pool.get().await.map_err(unavailable)
     }
 
+    /// Publishes on the control channel every replica listens to.
+    pub async fn publish_control(&self, message: &str) -> Result<(), EngineError> {
+        let mut conn = self.connection().await?;
+        redis::cmd("PUBLISH")
+            .arg(self.keys.global("control"))
+            .arg(message)
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         let mut conn = self.connection().await?;
         redis::cmd("PING")
@@ -518,8 +529,10 @@ impl Subscriber {
         let probe = self
             .keys
             .global(&format!("probe:{}", self.config.replica_id));
+        let control = self.keys.global("control");
         let mut names: Vec<String> = self.wanted.iter().map(|c| self.keys.pubsub(c)).collect();
         names.push(probe.clone());
+        names.push(control.clone());
         for chunk in names.chunks(512) {
             let sub = tokio::time::timeout(self.config.response_timeout * 4, sink.subscribe(chunk));
             match sub.await {
@@ -562,6 +575,14 @@ impl Subscriber {
                     };
                     if msg.get_channel_name() == probe {
                         last_probe_seen = Instant::now();
+                        continue;
+                    }
+                    if msg.get_channel_name() == control {
+                        if let Ok(value) = serde_json::from_slice(msg.get_payload_bytes())
+                            && self.events.send(EngineEvent::Control(value)).await.is_err()
+                        {
+                            return SessionEnd::Shutdown;
+                        }
                         continue;
                     }
                     if let Some(event) = self.decode(&msg)

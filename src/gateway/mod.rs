@@ -6,7 +6,9 @@
 //! over the drain window — until the drain deadline.
 
 pub mod http;
+pub mod presence;
 pub mod recovery;
+pub mod registry;
 pub mod server;
 pub mod session;
 
@@ -14,18 +16,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ::http::{HeaderMap, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Identity;
+use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ws::conn::Conn;
+use presence::Presence;
+use registry::Registry;
 
 /// Shared state of one gateway replica.
 pub struct Gateway {
@@ -35,30 +38,39 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, drain the clients.
     pub shutdown: CancellationToken,
-    /// Authentication is off (`--no-auth`): every caller may do everything.
-    pub auth_disabled: bool,
+    /// Token verification; `None` when authentication is off.
+    pub auth: Option<Arc<Verifier>>,
+    /// This replica's connections.
+    pub registry: Arc<Registry>,
+    /// The cluster's connections (admin API).
+    pub presence: Presence,
     connection_slots: Arc<Semaphore>,
     sessions: TaskTracker,
     next_conn: AtomicU64,
 }
 
+/// What a gateway is built from.
+pub struct Parts {
+    pub engine: Arc<dyn Engine>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Option<Arc<Verifier>>,
+    pub registry: Arc<Registry>,
+    pub presence: Presence,
+}
+
 impl Gateway {
-    pub fn new(
-        config: GatewayConfig,
-        engine: Arc<dyn Engine>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-        auth_disabled: bool,
-    ) -> Arc<Self> {
+    pub fn new(config: GatewayConfig, parts: Parts, shutdown: CancellationToken) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         Arc::new(Self {
             config,
-            engine,
-            hub,
-            metrics,
+            engine: parts.engine,
+            hub: parts.hub,
+            metrics: parts.metrics,
             shutdown,
-            auth_disabled,
+            auth: parts.auth,
+            registry: parts.registry,
+            presence: parts.presence,
             connection_slots: slots,
             sessions: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -137,27 +149,4 @@ impl Gateway {
             self.metrics.clone(),
         ))
     }
-
-    /// Authorizes a REST call: the configured API key, or anyone when
-    /// authentication is disabled.
-    pub(crate) fn authorize_api(&self, headers: &HeaderMap) -> Result<Identity, http::ApiError> {
-        if let (Some(expected), Some(given)) = (&self.config.api_key, headers.get("x-api-key"))
-            && constant_time_eq(expected.as_bytes(), given.as_bytes())
-        {
-            return Ok(Identity::anonymous());
-        }
-        if self.auth_disabled {
-            return Ok(Identity::anonymous());
-        }
-        Err(http::ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the API key as X-API-Key",
-        ))
-    }
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

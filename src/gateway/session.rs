@@ -7,13 +7,16 @@
 //! While a client is idle the task holds no buffer at all.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use super::Gateway;
 use super::recovery;
+use super::registry::ConnInfo;
 use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::filter::Filter;
@@ -81,10 +84,71 @@ pub(crate) struct Session {
     client_closed: bool,
     /// The close was the client's initiative.
     client_initiated: bool,
+    remote: Option<SocketAddr>,
+    rate: RateLimit,
+}
+
+/// Token bucket on what a client sends (data frames and pings).
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    per_second: f64,
+    burst: f64,
+    /// Consecutive refused messages.
+    strikes: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Refused; `notify` on the first refusal of a run.
+    Refuse {
+        notify: bool,
+    },
+    /// Refused more times in a row than the burst allows: abuse.
+    Abuse,
+}
+
+impl RateLimit {
+    fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last: Instant::now(),
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            strikes: 0,
+        }
+    }
+
+    fn check(&mut self) -> Verdict {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            return Verdict::Pass;
+        }
+        self.strikes += 1;
+        if f64::from(self.strikes) > self.burst {
+            Verdict::Abuse
+        } else {
+            Verdict::Refuse {
+                notify: self.strikes == 1,
+            }
+        }
+    }
 }
 
 impl Session {
-    pub(crate) fn new(gw: Arc<Gateway>, conn: Arc<Conn>, route: Route, identity: Identity) -> Self {
+    pub(crate) fn new(
+        gw: Arc<Gateway>,
+        conn: Arc<Conn>,
+        route: Route,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+    ) -> Self {
         let shard = gw.hub.assign_shard();
         let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
         let limits = &gw.config.limits;
@@ -92,6 +156,8 @@ impl Session {
             max_frame: limits.max_frame_bytes,
             max_message: limits.max_message_bytes,
         });
+        let security = &gw.config.security;
+        let rate = RateLimit::new(security.messages_per_second, security.message_burst);
         Self {
             gw,
             conn,
@@ -104,6 +170,8 @@ impl Session {
             rbuf: BytesMut::new(),
             client_closed: false,
             client_initiated: false,
+            remote,
+            rate,
         }
     }
 
@@ -113,6 +181,19 @@ impl Session {
         metrics.connections.with_label_values(&[route]).inc();
         metrics.connections_opened.with_label_values(&[route]).inc();
         tracing::debug!(connection = %self.connection_id, route, user = ?self.identity.user, "connected");
+        let info = ConnInfo {
+            connection_id: self.connection_id.clone(),
+            replica: self.gw.config.replica_id.clone(),
+            user: self.identity.user.clone(),
+            route: route.to_string(),
+            remote: self.remote,
+            connected_at: crate::time::rfc3339_now(),
+            channels: Default::default(),
+        };
+        let change = self.gw.registry.insert(self.conn.clone(), info);
+        self.gw.presence.record(change);
+        self.conn.set_expiry(self.identity.expires_at.unwrap_or(0));
+        self.gw.hub.watch(&self.conn, self.shard).await;
 
         let ending = self.serve().await;
 
@@ -122,6 +203,8 @@ impl Session {
                 .leave(self.conn.id(), self.shard, &channel)
                 .await;
         }
+        let change = self.gw.registry.remove(self.conn.id());
+        self.gw.presence.record(change);
         self.conn.mark_closed();
         let _ = socket2::SockRef::from(self.conn.stream()).shutdown(std::net::Shutdown::Both);
         metrics.connections.with_label_values(&[route]).dec();
@@ -199,7 +282,7 @@ impl Session {
                 let text = server::connection_established(
                     &self.connection_id,
                     &self.gw.config.replica_id,
-                    self.gw.config.timeouts.ping_interval.as_secs(),
+                    self.gw.config.hub.heartbeat.ping_interval.as_secs(),
                     None,
                     self.identity.user.as_deref(),
                 );
@@ -267,11 +350,12 @@ impl Session {
                     self.conn.close(CloseCode::Normal);
                 }
             }
+            Incoming::Pong(_) => self.conn.pong_received(),
             _ if !open => {}
+            Incoming::Ping(_) | Incoming::Text(_) | Incoming::Binary(_) if !self.admit() => {}
             Incoming::Ping(payload) => {
                 self.conn.send(frame::encode(OpCode::Pong, &payload));
             }
-            Incoming::Pong(_) => {}
             Incoming::Binary(_) => self.send_error(
                 ErrorCode::BinaryNotSupported,
                 "binary frames are not supported: send JSON as text frames",
@@ -282,6 +366,28 @@ impl Session {
                 Route::Native => self.on_native(text).await,
                 Route::Snapshot(_) | Route::Relay(_) => self.on_dropin(text).await,
             },
+        }
+    }
+
+    /// Applies the rate limit to one client message; false if it is refused.
+    fn admit(&mut self) -> bool {
+        match self.rate.check() {
+            Verdict::Pass => true,
+            Verdict::Refuse { notify } => {
+                if notify {
+                    let message = format!(
+                        "more than {} messages per second: this and further messages are dropped until you slow down",
+                        self.gw.config.security.messages_per_second
+                    );
+                    self.send_error(ErrorCode::RateLimited, &message, None, None);
+                }
+                false
+            }
+            Verdict::Abuse => {
+                tracing::info!(connection = %self.connection_id, user = ?self.identity.user, "closing a client that kept flooding");
+                self.conn.close(CloseCode::PolicyViolation);
+                false
+            }
         }
     }
 
@@ -336,12 +442,7 @@ impl Session {
                         .send_text(&server::acked(channel.as_str(), offset, id.as_ref()));
                 }
             }
-            ClientMessage::RefreshToken { id, .. } => self.send_error(
-                ErrorCode::InvalidMessage,
-                "this gateway runs without authentication: there is no token to refresh",
-                None,
-                id.as_ref(),
-            ),
+            ClientMessage::RefreshToken { token, id } => self.refresh_token(&token, id).await,
         }
     }
 
@@ -506,8 +607,74 @@ impl Session {
         gw.hub
             .release(self.conn.id(), self.shard, &channel, start.live_after())
             .await;
+        if let Some(change) = self
+            .gw
+            .registry
+            .set_channel(self.conn.id(), channel.as_str(), true)
+        {
+            self.gw.presence.record(change);
+        }
         self.subscriptions.insert(channel);
         Ok(())
+    }
+
+    /// Replaces the connection's token: same user, new rights and expiry.
+    /// Subscriptions the new token no longer allows are ended.
+    async fn refresh_token(&mut self, token: &str, id: Option<RequestId>) {
+        let Some(verifier) = self.gw.auth.clone() else {
+            return self.send_error(
+                ErrorCode::InvalidMessage,
+                "this gateway runs without authentication: there is no token to refresh",
+                None,
+                id.as_ref(),
+            );
+        };
+        let identity = match verifier.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let message = format!("{e}: the current token stays in force until it expires");
+                return self.send_error(ErrorCode::Unauthorized, &message, None, id.as_ref());
+            }
+        };
+        if identity.user != self.identity.user {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "the new token is for another user: open a new connection instead",
+                None,
+                id.as_ref(),
+            );
+        }
+        let revoked: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|c| !identity.can_subscribe(c))
+            .cloned()
+            .collect();
+        for channel in revoked {
+            self.end_subscription(&channel).await;
+            self.conn.send_text(&server::unsubscribed(
+                channel.as_str(),
+                Some("forbidden"),
+                None,
+            ));
+        }
+        let expires_at = identity.expires_at.unwrap_or(0);
+        self.conn.set_expiry(expires_at);
+        self.identity = identity;
+        self.conn
+            .send_text(&server::token_refreshed(expires_at, id.as_ref()));
+    }
+
+    async fn end_subscription(&mut self, channel: &ChannelName) {
+        self.subscriptions.remove(channel);
+        self.gw.hub.leave(self.conn.id(), self.shard, channel).await;
+        if let Some(change) = self
+            .gw
+            .registry
+            .set_channel(self.conn.id(), channel.as_str(), false)
+        {
+            self.gw.presence.record(change);
+        }
     }
 
     fn send_snapshot(
@@ -529,13 +696,9 @@ impl Session {
         let Some(channel) = self.subscribed_channel(name, id.as_ref()) else {
             return;
         };
-        self.subscriptions.remove(&channel);
-        self.gw
-            .hub
-            .leave(self.conn.id(), self.shard, &channel)
-            .await;
+        self.end_subscription(&channel).await;
         self.conn
-            .send_text(&server::unsubscribed(channel.as_str(), id.as_ref()));
+            .send_text(&server::unsubscribed(channel.as_str(), None, id.as_ref()));
     }
 
     async fn refresh(&mut self, channel: &ChannelName, native: bool, id: Option<&RequestId>) {
@@ -611,6 +774,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_refuses_then_calls_it_abuse() {
+        let mut r = RateLimit::new(1, 3);
+        assert_eq!(r.check(), Verdict::Pass);
+        assert_eq!(r.check(), Verdict::Pass);
+        assert_eq!(r.check(), Verdict::Pass);
+        assert_eq!(r.check(), Verdict::Refuse { notify: true });
+        assert_eq!(r.check(), Verdict::Refuse { notify: false });
+        assert_eq!(r.check(), Verdict::Refuse { notify: false });
+        assert_eq!(r.check(), Verdict::Abuse);
+    }
 
     #[test]
     fn dropin_commands_as_text_or_json() {

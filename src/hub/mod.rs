@@ -16,6 +16,7 @@
 //! the start and releases it from the last offset it sent.
 
 pub mod delivery;
+pub mod heartbeat;
 pub mod shard;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use delivery::{Delivery, FrameKind};
+pub use heartbeat::HeartbeatConfig;
 pub use shard::Mode;
 use shard::{Shard, ShardCmd};
 
@@ -47,6 +49,8 @@ pub struct HubConfig {
     pub subscribe_timeout: Duration,
     /// Most history entries read to fill one gap in the live feed.
     pub gap_fill_limit: usize,
+    /// Pings, pong timeout, idle limit, token-expiry grace.
+    pub heartbeat: HeartbeatConfig,
 }
 
 impl Default for HubConfig {
@@ -57,6 +61,7 @@ impl Default for HubConfig {
             max_held: 10_000,
             subscribe_timeout: Duration::from_secs(5),
             gap_fill_limit: 10_000,
+            heartbeat: HeartbeatConfig::default(),
         }
     }
 }
@@ -99,6 +104,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     next_shard: AtomicUsize,
     config: HubConfig,
+    control: Option<mpsc::UnboundedSender<serde_json::Value>>,
 }
 
 /// What the dispatcher does with one live message.
@@ -110,17 +116,25 @@ enum Step {
 
 impl Hub {
     /// Starts the shards, the subscription manager and the dispatcher.
+    /// Control messages from the engine go to `control`, if given.
     pub fn start(
         engine: Arc<dyn Engine>,
         events: mpsc::Receiver<EngineEvent>,
         metrics: Arc<Metrics>,
         config: HubConfig,
+        control: Option<mpsc::UnboundedSender<serde_json::Value>>,
     ) -> Arc<Self> {
         let shard_count = config.shards.max(1);
         let shards = (0..shard_count)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(config.shard_queue);
-                tokio::spawn(Shard::new(rx, metrics.clone(), config.max_held).run());
+                let shard = Shard::new(
+                    rx,
+                    metrics.clone(),
+                    config.max_held,
+                    config.heartbeat.clone(),
+                );
+                tokio::spawn(shard.run());
                 tx
             })
             .collect();
@@ -133,6 +147,7 @@ impl Hub {
             metrics,
             next_shard: AtomicUsize::new(0),
             config,
+            control,
         });
         tokio::spawn(hub.clone().manage(ops_rx));
         tokio::spawn(hub.clone().dispatch(events));
@@ -146,6 +161,11 @@ impl Hub {
     /// Picks the shard for a new connection (round robin).
     pub fn assign_shard(&self) -> usize {
         self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len()
+    }
+
+    /// Starts heartbeats, idle and token-expiry checks for a connection.
+    pub async fn watch(&self, conn: &Arc<Conn>, shard: usize) {
+        let _ = self.shards[shard].send(ShardCmd::Watch(conn.clone())).await;
     }
 
     /// Adds `conn` as a subscriber of `channel` in held mode: live messages are
@@ -345,6 +365,11 @@ impl Hub {
                     tracing::warn!("engine feed lost: live delivery paused until it is restored");
                 }
                 EngineEvent::Restored => self.catch_up_all().await,
+                EngineEvent::Control(message) => {
+                    if let Some(control) = &self.control {
+                        let _ = control.send(message);
+                    }
+                }
             }
         }
     }

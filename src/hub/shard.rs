@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::delivery::{Delivery, FrameKind};
+use super::heartbeat::{HeartbeatConfig, Wheel};
 use crate::channel::ChannelName;
 use crate::engine::Offset;
 use crate::filter::Filter;
@@ -55,6 +56,8 @@ pub(crate) enum ShardCmd {
     },
     /// Remove a subscriber.
     Leave { conn: ConnId, channel: ChannelName },
+    /// Start heartbeats, idle and token-expiry checks for a connection.
+    Watch(Arc<Conn>),
 }
 
 struct Subscriber {
@@ -73,6 +76,7 @@ struct Group {
 pub(crate) struct Shard {
     commands: mpsc::Receiver<ShardCmd>,
     channels: HashMap<ChannelName, Vec<Group>>,
+    wheel: Wheel,
     metrics: Arc<Metrics>,
     max_held: usize,
 }
@@ -85,10 +89,12 @@ impl Shard {
         commands: mpsc::Receiver<ShardCmd>,
         metrics: Arc<Metrics>,
         max_held: usize,
+        heartbeat: HeartbeatConfig,
     ) -> Self {
         Self {
             commands,
             channels: HashMap::new(),
+            wheel: Wheel::new(heartbeat),
             metrics,
             max_held,
         }
@@ -97,23 +103,34 @@ impl Shard {
     pub(crate) async fn run(mut self) {
         let mut commands = Vec::with_capacity(BATCH);
         let mut pending: Vec<Arc<Delivery>> = Vec::new();
-        while self.commands.recv_many(&mut commands, BATCH).await > 0 {
-            for cmd in commands.drain(..) {
-                match cmd {
-                    ShardCmd::Deliver(d) => pending.push(d),
-                    other => {
-                        self.flush(&mut pending);
-                        self.apply(other);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                received = self.commands.recv_many(&mut commands, BATCH) => {
+                    if received == 0 {
+                        return;
                     }
+                    for cmd in commands.drain(..) {
+                        match cmd {
+                            ShardCmd::Deliver(d) => pending.push(d),
+                            other => {
+                                self.flush(&mut pending);
+                                self.apply(other);
+                            }
+                        }
+                    }
+                    self.flush(&mut pending);
                 }
+                _ = tick.tick() => self.wheel.tick(&self.metrics),
             }
-            self.flush(&mut pending);
         }
     }
 
     fn apply(&mut self, cmd: ShardCmd) {
         match cmd {
             ShardCmd::Deliver(_) => {}
+            ShardCmd::Watch(conn) => self.wheel.watch(&conn),
             ShardCmd::Join {
                 conn,
                 channel,

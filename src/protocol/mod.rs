@@ -29,8 +29,10 @@ pub enum ErrorCode {
     TooManyChannels,
     /// The token does not grant this.
     Forbidden,
-    /// The token is invalid or expired.
+    /// The token is invalid.
     Unauthorized,
+    /// The connection's token expired: send `refresh_token` before the grace ends.
+    TokenExpired,
     /// The engine (Redis) is unreachable; retry with backoff.
     Unavailable,
     /// A binary frame: the protocol is JSON text.
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::TooManyChannels => "too_many_channels",
             Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
             Self::Unavailable => "unavailable",
             Self::BinaryNotSupported => "binary_not_supported",
             Self::RateLimited => "rate_limited",

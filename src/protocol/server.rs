@@ -89,13 +89,26 @@ pub fn subscribed(
 }
 
 #[derive(Serialize)]
-struct ChannelOnly<'a> {
+struct Unsubscribed<'a> {
     channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
-/// `unsubscribed`.
-pub fn unsubscribed(channel: &str, id: Option<&RequestId>) -> String {
-    encode("unsubscribed", ChannelOnly { channel }, id)
+/// `unsubscribed`: answer to `unsubscribe`, or (with a `reason`) the server
+/// ending a subscription, e.g. `forbidden` after a token refresh.
+pub fn unsubscribed(channel: &str, reason: Option<&str>, id: Option<&RequestId>) -> String {
+    encode("unsubscribed", Unsubscribed { channel, reason }, id)
+}
+
+#[derive(Serialize)]
+struct TokenRefreshed {
+    expires_at: u64,
+}
+
+/// `token_refreshed`: the new token is accepted; `expires_at` in Unix seconds.
+pub fn token_refreshed(expires_at: u64, id: Option<&RequestId>) -> String {
+    encode("token_refreshed", TokenRefreshed { expires_at }, id)
 }
 
 #[derive(Serialize)]

@@ -37,8 +37,19 @@ pub struct Conn {
     wake: Notify,
     max_queued_bytes: usize,
     metrics: Arc<Metrics>,
-    /// Unix seconds of the last frame received from the client.
+    heartbeat: Heartbeat,
+}
+
+/// Heartbeat bookkeeping, read by the shard's timing wheel. Times are seconds
+/// on the monotonic clock (`time::mono_secs`, 0 = never) except `expires_at`
+/// (Unix seconds of the token's `exp`, 0 = no expiry).
+#[derive(Default)]
+struct Heartbeat {
     last_seen: AtomicU64,
+    last_ping: AtomicU64,
+    awaiting_pong_since: AtomicU64,
+    expires_at: AtomicU64,
+    expiry_notified_at: AtomicU64,
 }
 
 struct Outbound {
@@ -89,6 +100,7 @@ impl Conn {
         max_queued_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let now = crate::time::mono_secs();
         Self {
             id,
             stream,
@@ -101,7 +113,11 @@ impl Conn {
             wake: Notify::new(),
             max_queued_bytes,
             metrics,
-            last_seen: AtomicU64::new(crate::time::unix_secs()),
+            heartbeat: Heartbeat {
+                last_seen: AtomicU64::new(now),
+                last_ping: AtomicU64::new(now),
+                ..Heartbeat::default()
+            },
         }
     }
 
@@ -262,13 +278,69 @@ impl Conn {
 
     /// Records that the client sent something now.
     pub fn touch(&self) {
-        self.last_seen
-            .store(crate::time::unix_secs(), Ordering::Relaxed);
+        self.heartbeat
+            .last_seen
+            .store(crate::time::mono_secs(), Ordering::Relaxed);
     }
 
-    /// Unix seconds of the client's last frame.
+    /// When the client last sent a frame (monotonic seconds).
     pub fn last_seen(&self) -> u64 {
-        self.last_seen.load(Ordering::Relaxed)
+        self.heartbeat.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// Records a ping sent now; it awaits a pong unless one is already awaited.
+    pub fn ping_sent(&self, now: u64) {
+        self.heartbeat.last_ping.store(now, Ordering::Relaxed);
+        let _ = self.heartbeat.awaiting_pong_since.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// When the last ping was sent (monotonic seconds, 0 = never).
+    pub fn last_ping(&self) -> u64 {
+        self.heartbeat.last_ping.load(Ordering::Relaxed)
+    }
+
+    /// Since when a pong is awaited (monotonic seconds, 0 = none).
+    pub fn awaiting_pong_since(&self) -> u64 {
+        self.heartbeat.awaiting_pong_since.load(Ordering::Relaxed)
+    }
+
+    /// Records a pong from the client.
+    pub fn pong_received(&self) {
+        self.heartbeat
+            .awaiting_pong_since
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Sets the token expiry (Unix seconds; 0 = none) and forgets any expiry notice.
+    pub fn set_expiry(&self, unix_secs: u64) {
+        self.heartbeat
+            .expires_at
+            .store(unix_secs, Ordering::Relaxed);
+        self.heartbeat
+            .expiry_notified_at
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// The token expiry (Unix seconds; 0 = none).
+    pub fn expires_at(&self) -> u64 {
+        self.heartbeat.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// When the client was told its token expired (monotonic seconds, 0 = not yet).
+    pub fn expiry_notified_at(&self) -> u64 {
+        self.heartbeat.expiry_notified_at.load(Ordering::Relaxed)
+    }
+
+    /// Records that the client was told its token expired.
+    pub fn expiry_notified(&self, now: u64) {
+        self.heartbeat
+            .expiry_notified_at
+            .store(now, Ordering::Relaxed);
     }
 }
 

@@ -141,11 +141,16 @@ impl Switchboard {
     }
 
     pub fn spawn(port: u16, args: &[&str]) -> Self {
+        Self::spawn_with(port, args, "warn", Stdio::inherit())
+    }
+
+    /// Spawns with a log level and where its logs (stderr) go.
+    pub fn spawn_with(port: u16, args: &[&str], level: &str, stderr: Stdio) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
-            .env("SWITCHBOARD_LOG_LEVEL", "warn")
+            .env("SWITCHBOARD_LOG_LEVEL", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn switchboard");
         assert!(
@@ -302,16 +307,36 @@ impl Client {
         Self { ws }
     }
 
-    /// Connects, returning the HTTP status of a refused upgrade.
-    pub async fn try_connect(url: &str) -> Result<Self, u16> {
-        let request = url.into_client_request().expect("valid url");
+    /// Connects with extra request headers; a refused upgrade gives its
+    /// status and JSON body.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, (u16, Value)> {
+        let mut request = url.into_client_request().expect("valid url");
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                http::HeaderValue::from_str(v).expect("header value"),
+            );
+        }
         match connect_async(request).await {
             Ok((ws, _)) => Ok(Self { ws }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                Err(response.status().as_u16())
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
             }
             Err(e) => panic!("connect failed without an HTTP status: {e}"),
         }
+    }
+
+    /// Connects, returning the HTTP status of a refused upgrade.
+    pub async fn try_connect(url: &str) -> Result<Self, u16> {
+        Self::connect_with(url, &[])
+            .await
+            .map_err(|(status, _)| status)
     }
 
     pub async fn send_text(&mut self, text: &str) {

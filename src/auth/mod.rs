@@ -1,0 +1,223 @@
+//! Who a connection is and what it may do.
+//!
+//! An [`Identity`] is derived once per connection (or REST call) from its JWT
+//! ([`verify`]), and refreshed when the client sends a new token. Rights come
+//! from two claims (seed 003):
+//!
+//! * `permissions`: `websocket:connect` (open a WebSocket), `websocket:subscribe`
+//!   (subscribe at all), `websocket:publish` (publish through the REST API),
+//!   `websocket:admin` (everything, including the admin API), and
+//!   `agent:{id}:monitor` (subscribe to the agent's channels `agents:{id}` and
+//!   `agents:{id}:…`);
+//! * `channels`: glob patterns (`*` any run of characters, `?` one) naming the
+//!   channels `websocket:subscribe` and `websocket:publish` apply to. No
+//!   `channels` claim means no channels: access is granted, never assumed.
+//!
+//! With authentication disabled (`--no-auth`, `standalone`) every caller is an
+//! anonymous identity with every right.
+
+pub mod mint;
+pub mod origin;
+pub mod verify;
+
+use std::collections::HashSet;
+
+use wildmatch::WildMatch;
+
+use crate::channel::ChannelName;
+
+pub use verify::{AuthError, JwtConfig, Verifier};
+
+/// The claims switchboard reads from a token.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+}
+
+/// A caller and its rights.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `sub`; `None` when authentication is disabled.
+    pub user: Option<String>,
+    /// The token's `exp` (Unix seconds); `None` when authentication is disabled.
+    pub expires_at: Option<u64>,
+    grants: Grants,
+}
+
+#[derive(Debug, Clone)]
+enum Grants {
+    Everything,
+    Token(TokenGrants),
+}
+
+#[derive(Debug, Clone, Default)]
+struct TokenGrants {
+    connect: bool,
+    subscribe: bool,
+    publish: bool,
+    admin: bool,
+    agents: HashSet<String>,
+    channels: Vec<WildMatch>,
+}
+
+impl Identity {
+    /// The identity of every caller when authentication is disabled.
+    pub fn anonymous() -> Self {
+        Self {
+            user: None,
+            expires_at: None,
+            grants: Grants::Everything,
+        }
+    }
+
+    /// The identity a verified token describes.
+    pub fn from_claims(claims: &Claims) -> Self {
+        let mut grants = TokenGrants::default();
+        for permission in &claims.permissions {
+            match permission.as_str() {
+                "websocket:connect" => grants.connect = true,
+                "websocket:subscribe" => grants.subscribe = true,
+                "websocket:publish" => grants.publish = true,
+                "websocket:admin" => grants.admin = true,
+                other => {
+                    if let Some(agent) = other
+                        .strip_prefix("agent:")
+                        .and_then(|rest| rest.strip_suffix(":monitor"))
+                        .filter(|a| !a.is_empty())
+                    {
+                        grants.agents.insert(agent.to_string());
+                    }
+                }
+            }
+        }
+        grants.channels = claims.channels.iter().map(|g| WildMatch::new(g)).collect();
+        Self {
+            user: claims.sub.clone(),
+            expires_at: Some(claims.exp),
+            grants: Grants::Token(grants),
+        }
+    }
+
+    /// May this caller open a WebSocket?
+    pub fn can_connect(&self) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => g.connect || g.admin,
+        }
+    }
+
+    /// May this caller subscribe to (and refresh) `channel`?
+    pub fn can_subscribe(&self, channel: &ChannelName) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => {
+                g.admin
+                    || (g.subscribe && (g.matches_channel(channel) || g.monitors_agent_of(channel)))
+            }
+        }
+    }
+
+    /// May this caller publish on `channel`?
+    pub fn can_publish(&self, channel: &ChannelName) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => g.admin || (g.publish && g.matches_channel(channel)),
+        }
+    }
+
+    /// May this caller use the admin API and admin channels?
+    pub fn is_admin(&self) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => g.admin,
+        }
+    }
+}
+
+impl TokenGrants {
+    fn matches_channel(&self, channel: &ChannelName) -> bool {
+        self.channels.iter().any(|g| g.matches(channel.as_str()))
+    }
+
+    fn monitors_agent_of(&self, channel: &ChannelName) -> bool {
+        let Some(rest) = channel.as_str().strip_prefix("agents:") else {
+            return false;
+        };
+        let agent = rest.split(':').next().unwrap_or_default();
+        self.agents.contains(agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s, 128).unwrap()
+    }
+
+    fn identity(permissions: &[&str], channels: &[&str]) -> Identity {
+        Identity::from_claims(&Claims {
+            sub: Some("u".into()),
+            exp: 1,
+            permissions: permissions.iter().map(|s| s.to_string()).collect(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            ..Claims::default()
+        })
+    }
+
+    #[test]
+    fn subscribe_needs_the_permission_and_a_matching_glob() {
+        let i = identity(
+            &["websocket:connect", "websocket:subscribe"],
+            &["dash:*", "federation"],
+        );
+        assert!(i.can_connect());
+        assert!(i.can_subscribe(&ch("dash:a")));
+        assert!(i.can_subscribe(&ch("federation")));
+        assert!(!i.can_subscribe(&ch("memory")));
+        assert!(!i.can_publish(&ch("dash:a")));
+        assert!(!i.is_admin());
+        let no_perm = identity(&["websocket:connect"], &["*"]);
+        assert!(!no_perm.can_subscribe(&ch("anything")));
+        let no_globs = identity(&["websocket:connect", "websocket:subscribe"], &[]);
+        assert!(
+            !no_globs.can_subscribe(&ch("federation")),
+            "no channels claim grants nothing"
+        );
+    }
+
+    #[test]
+    fn agent_monitor_grants_that_agents_channels_only() {
+        let i = identity(&["websocket:subscribe", "agent:agent_1:monitor"], &[]);
+        assert!(i.can_subscribe(&ch("agents:agent_1")));
+        assert!(i.can_subscribe(&ch("agents:agent_1:epistemic")));
+        assert!(!i.can_subscribe(&ch("agents:agent_10")));
+        assert!(!i.can_subscribe(&ch("agents:agent_2")));
+        assert!(!i.can_connect());
+    }
+
+    #[test]
+    fn admin_may_do_everything_and_anonymous_too() {
+        let a = identity(&["websocket:admin"], &[]);
+        assert!(
+            a.can_connect() && a.is_admin() && a.can_publish(&ch("x")) && a.can_subscribe(&ch("y"))
+        );
+        let anon = Identity::anonymous();
+        assert!(anon.can_connect() && anon.is_admin());
+    }
+}

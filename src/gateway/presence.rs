@@ -1,0 +1,212 @@
+//! The cluster-wide view of connections, for the admin API.
+//!
+//! Each replica mirrors its [`Registry`] into Redis: a hash
+//! `<prefix>presence:<replica>` (connection id → JSON), written in batches once a
+//! second and expiring 30 s after the replica stops refreshing it, plus the
+//! sorted set `<prefix>replicas` (replica → expiry). A dead replica's entries
+//! therefore vanish by themselves. "Disconnect this user everywhere" is a
+//! message on the control channel `<prefix>control`, which every replica
+//! subscribes to. In `standalone` the local registry is the whole picture.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::{Change, ConnInfo, Registry};
+use crate::engine::EngineError;
+use crate::engine::redis::RedisEngine;
+use crate::protocol::CloseCode;
+
+/// How long a replica's entries outlive its last refresh.
+const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// Changes are written in batches at this interval.
+const WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// See the module documentation.
+pub enum Presence {
+    Local,
+    Redis {
+        engine: Arc<RedisEngine>,
+        changes: mpsc::UnboundedSender<Change>,
+    },
+}
+
+/// What a disconnect request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// Closed this many connections (this process is the whole cluster).
+    Closed(usize),
+    /// Sent to every replica; each closes its own connections of the user.
+    Broadcast,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+impl Presence {
+    /// Mirrors `registry` into Redis until `shutdown`.
+    pub fn redis(
+        engine: Arc<RedisEngine>,
+        registry: Arc<Registry>,
+        replica: String,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(engine.clone(), registry, replica, rx, shutdown));
+        Self::Redis {
+            engine,
+            changes: tx,
+        }
+    }
+
+    /// Records a registry change.
+    pub fn record(&self, change: Change) {
+        if let Self::Redis { changes, .. } = self {
+            let _ = changes.send(change);
+        }
+    }
+
+    /// Connections across every replica (or of one user).
+    pub async fn list(
+        &self,
+        registry: &Registry,
+        user: Option<&str>,
+    ) -> Result<Vec<ConnInfo>, EngineError> {
+        let Self::Redis { engine, .. } = self else {
+            return Ok(registry.list(user));
+        };
+        let mut conn = engine.connection().await?;
+        let now = crate::time::unix_millis();
+        let replicas: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(engine.keys().global("replicas"))
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let mut all = Vec::new();
+        for replica in replicas {
+            let values: Vec<String> = redis::cmd("HVALS")
+                .arg(engine.keys().global(&format!("presence:{replica}")))
+                .query_async(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            all.extend(
+                values
+                    .iter()
+                    .filter_map(|v| serde_json::from_str::<ConnInfo>(v).ok())
+                    .filter(|c| user.is_none() || c.user.as_deref() == user),
+            );
+        }
+        Ok(all)
+    }
+
+    /// Closes every connection of `user`, on every replica, with 4004.
+    pub async fn disconnect_user(
+        &self,
+        registry: &Registry,
+        user: &str,
+    ) -> Result<Disconnect, EngineError> {
+        match self {
+            Self::Local => Ok(Disconnect::Closed(
+                registry.close_user(user, CloseCode::Kicked),
+            )),
+            Self::Redis { engine, .. } => {
+                let message = json!({"op": "disconnect", "user": user}).to_string();
+                engine.publish_control(&message).await?;
+                Ok(Disconnect::Broadcast)
+            }
+        }
+    }
+}
+
+/// Handles a control message from the control channel.
+pub fn apply_control(registry: &Registry, message: &serde_json::Value) {
+    if message["op"] == "disconnect"
+        && let Some(user) = message["user"].as_str()
+    {
+        let closed = registry.close_user(user, CloseCode::Kicked);
+        tracing::info!(closed, "disconnected a user on request of an administrator");
+    }
+}
+
+async fn write_loop(
+    engine: Arc<RedisEngine>,
+    registry: Arc<Registry>,
+    replica: String,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    shutdown: CancellationToken,
+) {
+    let key = engine.keys().global(&format!("presence:{replica}"));
+    let replicas = engine.keys().global("replicas");
+    let mut resync = true;
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(WRITE_INTERVAL) => {}
+        }
+        batch.clear();
+        while let Ok(change) = changes.try_recv() {
+            batch.push(change);
+        }
+        let mut pipe = redis::pipe();
+        if resync {
+            pipe.del(&key).ignore();
+            for (id, info) in registry.all() {
+                pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
+                    .ignore();
+            }
+        } else {
+            for change in &batch {
+                match change {
+                    Change::Upsert(id, info) => {
+                        pipe.hset(&key, *id, serde_json::to_string(info).unwrap_or_default())
+                            .ignore();
+                    }
+                    Change::Remove(id) => {
+                        pipe.hdel(&key, *id).ignore();
+                    }
+                }
+            }
+        }
+        let expiry = crate::time::unix_millis() + PRESENCE_TTL.as_millis() as u64;
+        pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
+        pipe.zadd(&replicas, &replica, expiry).ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&replicas)
+            .arg("-inf")
+            .arg(crate::time::unix_millis())
+            .ignore();
+        let written = match engine.connection().await {
+            Ok(mut conn) => pipe
+                .query_async::<()>(&mut *conn)
+                .await
+                .map_err(unavailable),
+            Err(e) => Err(e),
+        };
+        resync = match written {
+            Ok(()) => false,
+            Err(e) => {
+                if !resync {
+                    tracing::warn!(error = %e, "could not write presence to Redis; will resynchronize");
+                }
+                true
+            }
+        };
+    }
+    // Leaving: take this replica out of the cluster view at once.
+    if let Ok(mut conn) = engine.connection().await {
+        let _: Result<(), _> = redis::pipe()
+            .del(&key)
+            .ignore()
+            .zrem(&replicas, &replica)
+            .ignore()
+            .query_async(&mut *conn)
+            .await;
+    }
+}

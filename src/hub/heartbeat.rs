@@ -1,0 +1,175 @@
+//! Heartbeats, idle and token-expiry deadlines of every connection, kept in
+//! one timing wheel per fan-out shard.
+//!
+//! A connection is in exactly one slot of the wheel: the second of its next
+//! deadline. Once a second the shard takes the current slot and, for each
+//! connection in it, does what is due — write a ping (the shared pre-encoded
+//! frame, straight into the socket), close a client that did not answer the
+//! last ping (4002), was silent too long (4003) or let its token expire (4001,
+//! after a notice and a grace period) — and puts it back in the slot of its
+//! next deadline. An idle connection therefore costs one visit per ping
+//! interval and no task wake-up at all; the wheel holds weak references, so a
+//! closed connection is simply dropped when its slot comes.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::metrics::Metrics;
+use crate::protocol::{CloseCode, ErrorCode, server};
+use crate::ws::conn::{Conn, OutState};
+use crate::ws::frame;
+
+/// Deadlines of the WebSocket side (0 disables the ping or the idle limit).
+#[derive(Debug, Clone)]
+pub struct HeartbeatConfig {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Time between the `token_expired` notice and the close (4001).
+    pub token_grace: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            token_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Slots of one second; deadlines further out are re-examined after a turn.
+const SLOTS: usize = 64;
+
+/// The wheel; see the module documentation.
+pub(crate) struct Wheel {
+    slots: Vec<Vec<Weak<Conn>>>,
+    cursor: usize,
+    config: HeartbeatConfig,
+    ping: Bytes,
+    expired_notice: Bytes,
+}
+
+impl Wheel {
+    pub(crate) fn new(config: HeartbeatConfig) -> Self {
+        let notice = server::error(
+            ErrorCode::TokenExpired,
+            &format!(
+                "your token expired: send {{\"type\":\"refresh_token\",\"token\":…}} within {} s or the connection closes with 4001",
+                config.token_grace.as_secs()
+            ),
+            None,
+            None,
+        );
+        Self {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            cursor: 0,
+            config,
+            ping: frame::encode(frame::OpCode::Ping, b""),
+            expired_notice: frame::text(&notice),
+        }
+    }
+
+    /// Places a connection in the slot `secs` seconds ahead (at least 1).
+    pub(crate) fn insert(&mut self, conn: Weak<Conn>, secs: u64) {
+        let ahead = secs.clamp(1, SLOTS as u64 - 1) as usize;
+        self.slots[(self.cursor + ahead) % SLOTS].push(conn);
+    }
+
+    /// Starts watching a new connection.
+    pub(crate) fn watch(&mut self, conn: &Arc<Conn>) {
+        let now = crate::time::mono_secs();
+        let next = self.next_deadline(conn, now, crate::time::unix_secs());
+        self.insert(Arc::downgrade(conn), next.saturating_sub(now));
+    }
+
+    /// Advances one second and handles every connection due now.
+    pub(crate) fn tick(&mut self, metrics: &Metrics) {
+        self.cursor = (self.cursor + 1) % SLOTS;
+        let due = std::mem::take(&mut self.slots[self.cursor]);
+        let now = crate::time::mono_secs();
+        let now_unix = crate::time::unix_secs();
+        let mut again = Vec::new();
+        for weak in due {
+            let Some(conn) = weak.upgrade() else { continue };
+            if let Some(next) = self.visit(&conn, now, now_unix, metrics) {
+                again.push((weak, next.saturating_sub(now)));
+            }
+        }
+        for (weak, secs) in again {
+            self.insert(weak, secs);
+        }
+    }
+
+    /// Does what is due for one connection; returns its next deadline, or
+    /// `None` when it is finished.
+    fn visit(&self, conn: &Conn, now: u64, now_unix: u64, metrics: &Metrics) -> Option<u64> {
+        if conn.state() != OutState::Open {
+            return None;
+        }
+        let c = &self.config;
+        let idle = c.idle_timeout.as_secs();
+        if idle > 0 && now.saturating_sub(conn.last_seen()) >= idle {
+            conn.close(CloseCode::IdleTimeout);
+            return None;
+        }
+        let awaiting = conn.awaiting_pong_since();
+        if awaiting > 0 && now.saturating_sub(awaiting) >= c.pong_timeout.as_secs().max(1) {
+            conn.close(CloseCode::HeartbeatTimeout);
+            return None;
+        }
+        let interval = c.ping_interval.as_secs();
+        if interval > 0 && now.saturating_sub(conn.last_ping()) >= interval {
+            conn.send(self.ping.clone());
+            conn.ping_sent(now);
+        }
+        let expires = conn.expires_at();
+        if expires > 0 && now_unix >= expires {
+            let notified = conn.expiry_notified_at();
+            if notified == 0 {
+                metrics
+                    .client_errors
+                    .with_label_values(&[ErrorCode::TokenExpired.as_str()])
+                    .inc();
+                conn.send(self.expired_notice.clone());
+                conn.expiry_notified(now);
+            } else if now.saturating_sub(notified) >= c.token_grace.as_secs() {
+                conn.close(CloseCode::TokenExpired);
+                return None;
+            }
+        }
+        Some(self.next_deadline(conn, now, now_unix))
+    }
+
+    /// The earliest moment something may be due for `conn`.
+    fn next_deadline(&self, conn: &Conn, now: u64, now_unix: u64) -> u64 {
+        let c = &self.config;
+        let mut next = now + SLOTS as u64;
+        let interval = c.ping_interval.as_secs();
+        if interval > 0 {
+            next = next.min(conn.last_ping().max(now.saturating_sub(interval)) + interval);
+        }
+        let awaiting = conn.awaiting_pong_since();
+        if awaiting > 0 {
+            next = next.min(awaiting + c.pong_timeout.as_secs().max(1));
+        }
+        let idle = c.idle_timeout.as_secs();
+        if idle > 0 {
+            next = next.min(conn.last_seen() + idle);
+        }
+        let expires = conn.expires_at();
+        if expires > 0 {
+            let notified = conn.expiry_notified_at();
+            next = next.min(if notified > 0 {
+                notified + c.token_grace.as_secs()
+            } else {
+                now + expires.saturating_sub(now_unix)
+            });
+        }
+        next.max(now + 1)
+    }
+}

@@ -1,0 +1,962 @@
+//! Hostile input, table-driven: every case asserts the exact HTTP status, close
+//! code or error frame — while a well-behaved client on the same replica keeps
+//! receiving its stream without a gap. Real gateway process, real Redis, real
+//! sockets, real keys (generated with openssl).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{Client, RedisServer, Switchboard, free_port, http_request};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+const AUD: &str = "switchboard-test";
+const ISS: &str = "test-issuer";
+
+/// Key files in a temporary directory.
+struct KeyDir {
+    dir: PathBuf,
+}
+
+impl KeyDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sb-keys-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+        let openssl = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed")
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.key",
+        ]);
+        openssl(&["pkey", "-in", "rsa.key", "-pubout", "-out", "rsa.pub"]);
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ec.key",
+        ]);
+        openssl(&["pkey", "-in", "ec.key", "-pubout", "-out", "ec.pub"]);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+}
+
+impl Drop for KeyDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, perms: &[&str], channels: &[&str]) -> Value {
+    json!({
+        "sub": sub,
+        "exp": now() + 3600,
+        "aud": AUD,
+        "iss": ISS,
+        "permissions": perms,
+        "channels": channels,
+    })
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
+fn hs(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
+    )
+}
+
+fn viewer(sub: &str) -> Value {
+    claims(
+        sub,
+        &["websocket:connect", "websocket:subscribe"],
+        &["dash:*", "federation"],
+    )
+}
+
+fn unsigned(claims: &Value) -> String {
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+fn gateway(redis: &RedisServer, keys: &KeyDir, extra: &[&str], log: Option<&Path>) -> Switchboard {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let secret = keys.path("secret").display().to_string();
+    let rsa = keys.path("rsa.pub").display().to_string();
+    let ec = keys.path("ec.pub").display().to_string();
+    let mut args = vec![
+        "gateway",
+        "--listen",
+        &listen,
+        "--redis-url",
+        &url,
+        "--jwt-secret-file",
+        &secret,
+        "--jwt-public-key-file",
+        &rsa,
+        "--jwt-public-key-file",
+        &ec,
+        "--jwt-audience",
+        AUD,
+        "--jwt-issuer",
+        ISS,
+        "--jwt-leeway",
+        "5s",
+        "--allowed-origins",
+        "https://dash.example.com,https://*.preview.example.com",
+        "--api-key",
+        "the-api-key",
+    ];
+    args.extend_from_slice(extra);
+    let gw = match log {
+        Some(path) => {
+            let file = std::fs::File::create(path).unwrap();
+            Switchboard::spawn_with(port, &args, "debug", Stdio::from(file))
+        }
+        None => Switchboard::spawn(port, &args),
+    };
+    gw.wait_ready(WAIT);
+    gw
+}
+
+/// What a hostile attempt must produce.
+enum Expect {
+    /// The upgrade is refused with this status and `error` code.
+    Refused(u16, &'static str),
+    /// An error frame with this code; the connection stays usable.
+    ErrorFrame(&'static str),
+    /// The connection is closed with this code.
+    Closed(u16),
+}
+
+/// One hostile case: how to connect, and what to send once connected.
+struct Case {
+    name: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    send: Vec<Message>,
+    expect: Expect,
+}
+
+fn case(name: &'static str, token: Option<&str>, send: Vec<Message>, expect: Expect) -> Case {
+    let path = match token {
+        Some(t) => format!("/ws?token={t}"),
+        None => "/ws".to_string(),
+    };
+    Case {
+        name,
+        path,
+        headers: vec![],
+        send,
+        expect,
+    }
+}
+
+fn text(t: impl Into<String>) -> Message {
+    Message::text(t.into())
+}
+
+async fn run_case(gw: &Switchboard, c: &Case) {
+    let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let outcome = Client::connect_with(&gw.ws_url(&c.path), &headers).await;
+    match (&c.expect, outcome) {
+        (Expect::Refused(status, code), Err((got, body))) => {
+            assert_eq!(
+                (got, body["error"].as_str()),
+                (*status, Some(*code)),
+                "{}: {body}",
+                c.name
+            );
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{}",
+                c.name
+            );
+        }
+        (Expect::Refused(status, code), Ok(_)) => {
+            panic!(
+                "{}: expected refusal {status} {code}, but connected",
+                c.name
+            )
+        }
+        (_, Err((status, body))) => panic!("{}: refused unexpectedly: {status} {body}", c.name),
+        (expect, Ok(mut client)) => {
+            let hello = client.recv_json().await;
+            assert_eq!(hello["type"], "connection_established", "{}", c.name);
+            for m in &c.send {
+                client.send_message(m.clone()).await;
+            }
+            match expect {
+                Expect::ErrorFrame(code) => {
+                    let e = client.recv_until(WAIT, |m| m["type"] == "error").await;
+                    assert_eq!(e["code"], *code, "{}: {e}", c.name);
+                    // Still usable (after the rate limit refills, for the flood case).
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    client.send_json(&json!({"type":"ping","id":"alive"})).await;
+                    let pong = client.recv_until(WAIT, |m| m["type"] == "pong").await;
+                    assert_eq!(pong["id"], "alive", "{}", c.name);
+                }
+                Expect::Closed(code) => {
+                    assert_eq!(client.closed_code(WAIT).await, Some(*code), "{}", c.name);
+                }
+                Expect::Refused(..) => unreachable!(),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let log = keys.path("gateway.log");
+    let gw = gateway(
+        &redis,
+        &keys,
+        &[
+            "--max-connections-per-user",
+            "3",
+            "--max-channels-per-connection",
+            "3",
+            "--max-message-bytes",
+            "4096",
+            "--max-frame-bytes",
+            "4096",
+            "--max-messages-per-second",
+            "5",
+            "--message-burst",
+            "10",
+            "--max-json-depth",
+            "8",
+            "--max-filter-bytes",
+            "256",
+        ],
+        Some(&log),
+    );
+
+    // The well-behaved client, and a steady publisher.
+    let good_token = hs(&viewer("good"));
+    let mut good = Client::connect(&gw.ws_url(&format!("/ws?token={good_token}"))).await;
+    good.recv_json().await;
+    let sub = good
+        .subscribe(json!({"type":"subscribe","channel":"dash:stream"}))
+        .await;
+    assert_eq!(sub["type"], "subscribed");
+    let port = gw.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"channel":"dash:stream","data":{"n":n}}).to_string();
+                let (status, _) = http_request(
+                    port,
+                    "POST",
+                    "/api/v1/publish",
+                    &[("X-API-Key", "the-api-key")],
+                    Some(&body),
+                )
+                .unwrap();
+                assert_eq!(status, 200);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+    let reader = tokio::spawn(async move {
+        let mut offsets = Vec::new();
+        loop {
+            match good.next(Duration::from_secs(3)).await {
+                Some(common::Received::Text(t)) => {
+                    let m: Value = serde_json::from_str(&t).unwrap();
+                    if m["type"] == "message" {
+                        offsets.push(m["offset"].as_u64().unwrap());
+                    }
+                }
+                other => return (offsets, other),
+            }
+        }
+    });
+
+    let rsa = EncodingKey::from_rsa_pem(&keys.read("rsa.key")).unwrap();
+    let ec = EncodingKey::from_ec_pem(&keys.read("ec.key")).unwrap();
+    let mut expired = viewer("u");
+    expired["exp"] = json!(now() - 120);
+    let mut early = viewer("u");
+    early["nbf"] = json!(now() + 600);
+    let mut wrong_aud = viewer("u");
+    wrong_aud["aud"] = json!("someone-else");
+    let mut wrong_iss = viewer("u");
+    wrong_iss["iss"] = json!("mallory");
+    let other_secret = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"another-secret-that-is-long-enough-0123456789"),
+        &viewer("u"),
+    );
+    let confusion = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&keys.read("rsa.pub")),
+        &viewer("u"),
+    );
+    let no_connect = hs(&claims("u", &["websocket:subscribe"], &["*"]));
+    let rs_ok = sign(Algorithm::RS256, &rsa, &viewer("rs"));
+    let es_ok = sign(Algorithm::ES256, &ec, &viewer("es"));
+    let v = hs(&viewer("hostile"));
+    let long_token = "a".repeat(9000);
+    let deep = format!("{}{}", "[".repeat(50), "]".repeat(50));
+    let many = |n: usize| -> Vec<Message> {
+        (0..n)
+            .map(|i| text(json!({"type":"subscribe","channel":format!("dash:c{i}")}).to_string()))
+            .collect()
+    };
+    let invalid_utf8 = Message::Frame(Frame::message(
+        vec![0xff, 0xfe, 0xfd],
+        OpCode::Data(Data::Text),
+        true,
+    ));
+
+    let cases = vec![
+        case(
+            "no token",
+            None,
+            vec![],
+            Expect::Refused(401, "missing_token"),
+        ),
+        case(
+            "bad signature",
+            Some(&other_secret),
+            vec![],
+            Expect::Refused(401, "invalid_token"),
+        ),
+        case(
+            "expired",
+            Some(&hs(&expired)),
+            vec![],
+            Expect::Refused(401, "token_expired"),
+        ),
+        case(
+            "not yet valid",
+            Some(&hs(&early)),
+            vec![],
+            Expect::Refused(401, "token_not_yet_valid"),
+        ),
+        case(
+            "wrong audience",
+            Some(&hs(&wrong_aud)),
+            vec![],
+            Expect::Refused(401, "wrong_audience"),
+        ),
+        case(
+            "wrong issuer",
+            Some(&hs(&wrong_iss)),
+            vec![],
+            Expect::Refused(401, "wrong_issuer"),
+        ),
+        case(
+            "alg none",
+            Some(&unsigned(&viewer("u"))),
+            vec![],
+            Expect::Refused(401, "invalid_token"),
+        ),
+        case(
+            "HS/RS confusion",
+            Some(&confusion),
+            vec![],
+            Expect::Refused(401, "invalid_token"),
+        ),
+        case(
+            "garbage token",
+            Some("not.a.jwt"),
+            vec![],
+            Expect::Refused(401, "invalid_token"),
+        ),
+        case(
+            "oversized token",
+            Some(&long_token),
+            vec![],
+            Expect::Refused(401, "invalid_token"),
+        ),
+        case(
+            "no websocket:connect",
+            Some(&no_connect),
+            vec![],
+            Expect::Refused(403, "forbidden"),
+        ),
+        Case {
+            name: "bad origin",
+            path: format!("/ws?token={v}"),
+            headers: vec![("origin", "https://evil.example".into())],
+            send: vec![],
+            expect: Expect::Refused(403, "origin_not_allowed"),
+        },
+        Case {
+            name: "forbidden channel on a drop-in route",
+            path: format!("/ws/memory?token={v}"),
+            headers: vec![],
+            send: vec![],
+            expect: Expect::Refused(403, "forbidden"),
+        },
+        Case {
+            name: "bad channel name in the path",
+            path: format!("/api/ws/bad*name?token={v}"),
+            headers: vec![],
+            send: vec![],
+            expect: Expect::Refused(400, "bad_channel"),
+        },
+        case(
+            "forbidden channel",
+            Some(&v),
+            vec![text(r#"{"type":"subscribe","channel":"memory"}"#)],
+            Expect::ErrorFrame("forbidden"),
+        ),
+        case(
+            "malformed JSON",
+            Some(&v),
+            vec![text("{\"type\":")],
+            Expect::ErrorFrame("invalid_json"),
+        ),
+        case(
+            "deep JSON",
+            Some(&v),
+            vec![text(deep)],
+            Expect::ErrorFrame("invalid_json"),
+        ),
+        case(
+            "unknown type",
+            Some(&v),
+            vec![text(r#"{"type":"sudo"}"#)],
+            Expect::ErrorFrame("unknown_type"),
+        ),
+        case(
+            "binary frame",
+            Some(&v),
+            vec![Message::binary(vec![0u8; 16])],
+            Expect::ErrorFrame("binary_not_supported"),
+        ),
+        case(
+            "bad channel name",
+            Some(&v),
+            vec![text(r#"{"type":"subscribe","channel":"a{b}"}"#)],
+            Expect::ErrorFrame("bad_channel"),
+        ),
+        case(
+            "too many channels",
+            Some(&v),
+            many(4),
+            Expect::ErrorFrame("too_many_channels"),
+        ),
+        case(
+            "oversized filter",
+            Some(&v),
+            vec![text(
+                json!({"type":"subscribe","channel":"dash:f","filters":{"k":"x".repeat(400)}})
+                    .to_string(),
+            )],
+            Expect::ErrorFrame("bad_filter"),
+        ),
+        case(
+            "refresh with another user's token",
+            Some(&v),
+            vec![text(
+                json!({"type":"refresh_token","token":hs(&viewer("someone"))}).to_string(),
+            )],
+            Expect::ErrorFrame("forbidden"),
+        ),
+        case(
+            "refresh with an invalid token",
+            Some(&v),
+            vec![text(
+                json!({"type":"refresh_token","token":"x.y.z"}).to_string(),
+            )],
+            Expect::ErrorFrame("unauthorized"),
+        ),
+        case(
+            "flood: warned first",
+            Some(&v),
+            (0..12).map(|_| text(r#"{"type":"ping"}"#)).collect(),
+            Expect::ErrorFrame("rate_limited"),
+        ),
+        case(
+            "flood: then closed",
+            Some(&v),
+            (0..200).map(|_| text(r#"{"type":"ping"}"#)).collect(),
+            Expect::Closed(1008),
+        ),
+        case(
+            "oversized frame",
+            Some(&v),
+            vec![text("x".repeat(5000))],
+            Expect::Closed(1009),
+        ),
+        case(
+            "text frame not UTF-8",
+            Some(&v),
+            vec![invalid_utf8],
+            Expect::Closed(1007),
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    for c in &cases {
+        eprintln!("case: {}", c.name);
+        run_case(&gw, c).await;
+    }
+
+    // Accepted ways in: header, subprotocol, RS256, ES256, allowed origins.
+    let ok = Client::connect_with(
+        &gw.ws_url("/ws"),
+        &[("authorization", &format!("Bearer {v}"))],
+    )
+    .await;
+    assert!(ok.is_ok(), "Authorization header");
+    let proto = format!("switchboard, bearer.{v}");
+    assert!(
+        Client::connect_with(&gw.ws_url("/ws"), &[("sec-websocket-protocol", &proto)])
+            .await
+            .is_ok(),
+        "subprotocol"
+    );
+    assert!(
+        Client::connect_with(&gw.ws_url(&format!("/ws?token={rs_ok}")), &[])
+            .await
+            .is_ok(),
+        "RS256"
+    );
+    assert!(
+        Client::connect_with(&gw.ws_url(&format!("/ws?token={es_ok}")), &[])
+            .await
+            .is_ok(),
+        "ES256"
+    );
+    assert!(
+        Client::connect_with(
+            &gw.ws_url(&format!("/ws/federation?token={v}")),
+            &[("origin", "https://a.preview.example.com")]
+        )
+        .await
+        .is_ok(),
+        "wildcard origin"
+    );
+
+    // Per-user limit (3): the hostile user now holds at most 3; a 4th is refused.
+    let limited = hs(&viewer("limited"));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(&gw.ws_url(&format!("/ws?token={limited}"))).await);
+    }
+    let refused = Client::connect_with(&gw.ws_url(&format!("/ws?token={limited}")), &[]).await;
+    assert!(
+        matches!(refused, Err((429, ref b)) if b["error"] == "max_connections_per_user"),
+        "{:?}",
+        refused.err()
+    );
+    drop(held);
+
+    // REST refusals.
+    let publish_body = json!({"channel":"dash:stream","data":{}}).to_string();
+    let rest = |headers: &[(&str, &str)], method: &str, path: &str, body: Option<&str>| {
+        let (status, body) = http_request(port, method, path, headers, body).unwrap();
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["error"].clone(),
+        )
+    };
+    let viewer_bearer = format!("Bearer {v}");
+    let admin_bearer = format!("Bearer {}", hs(&claims("root", &["websocket:admin"], &[])));
+    assert_eq!(
+        rest(&[], "POST", "/api/v1/publish", Some(&publish_body)),
+        (401, json!("missing_token"))
+    );
+    assert_eq!(
+        rest(
+            &[("X-API-Key", "wrong")],
+            "POST",
+            "/api/v1/publish",
+            Some(&publish_body)
+        ),
+        (401, json!("invalid_api_key"))
+    );
+    assert_eq!(
+        rest(
+            &[("Authorization", &viewer_bearer)],
+            "POST",
+            "/api/v1/publish",
+            Some(&publish_body)
+        ),
+        (403, json!("forbidden"))
+    );
+    assert_eq!(
+        rest(
+            &[("Authorization", &viewer_bearer)],
+            "GET",
+            "/api/v1/connections",
+            None
+        ),
+        (403, json!("forbidden"))
+    );
+    assert_eq!(
+        rest(
+            &[("Authorization", &viewer_bearer)],
+            "POST",
+            "/api/v1/disconnect",
+            Some(r#"{"user":"good"}"#)
+        ),
+        (403, json!("forbidden"))
+    );
+    let (status, listing) = http_request(
+        port,
+        "GET",
+        "/api/v1/connections?user=good",
+        &[("Authorization", &admin_bearer)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{listing}");
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listing["connections"][0]["user"], "good");
+    assert_eq!(
+        listing["connections"][0]["channels"],
+        json!(["dash:stream"])
+    );
+
+    // The good client saw every message, in order, with no gap.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    let (offsets, _) = reader.await.unwrap();
+    assert_eq!(offsets.len() as u64, published, "every message arrived");
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no duplicate"
+    );
+
+    // Tokens and secrets never reach the logs.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("authentication"), "the log was captured");
+    for secret in [
+        v.as_str(),
+        good_token.as_str(),
+        SECRET,
+        "the-api-key",
+        other_secret.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_connection_limit_refuses_with_503_and_retry_after() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let gw = gateway(&redis, &keys, &["--max-connections", "2"], None);
+    let t = hs(&viewer("u"));
+    let url = gw.ws_url(&format!("/ws?token={t}"));
+    let _a = Client::connect(&url).await;
+    let _b = Client::connect(&url).await;
+    let refused = Client::connect_with(&url, &[]).await;
+    assert!(matches!(refused, Err((503, ref b)) if b["error"] == "max_connections"));
+    let (status, _) = http_request(gw.port, "GET", "/health/ready", &[], None).unwrap();
+    assert_eq!(status, 200, "a full replica is still healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_token_is_warned_then_closed_unless_refreshed() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let gw = gateway(&redis, &keys, &["--token-expiry-grace", "2s"], None);
+    let short = |sub: &str| {
+        let mut c = viewer(sub);
+        c["exp"] = json!(now() + 2);
+        hs(&c)
+    };
+    // Not refreshed: token_expired notice, then 4001.
+    let mut lapsing = Client::connect(&gw.ws_url(&format!("/ws?token={}", short("lapse")))).await;
+    lapsing.recv_json().await;
+    let notice = lapsing.recv_until(WAIT, |m| m["type"] == "error").await;
+    assert_eq!(notice["code"], "token_expired");
+    assert_eq!(lapsing.closed_code(WAIT).await, Some(4001));
+    // Refreshed in time: stays open, and a subscription the new token drops is ended.
+    let mut refreshing =
+        Client::connect(&gw.ws_url(&format!("/ws?token={}", short("keeper")))).await;
+    refreshing.recv_json().await;
+    refreshing
+        .subscribe(json!({"type":"subscribe","channel":"federation"}))
+        .await;
+    let narrower = hs(&claims(
+        "keeper",
+        &["websocket:connect", "websocket:subscribe"],
+        &["dash:*"],
+    ));
+    refreshing
+        .send_json(&json!({"type":"refresh_token","token":narrower,"id":1}))
+        .await;
+    let ended = refreshing
+        .recv_until(WAIT, |m| m["type"] == "unsubscribed")
+        .await;
+    assert_eq!(
+        (ended["channel"].as_str(), ended["reason"].as_str()),
+        (Some("federation"), Some("forbidden"))
+    );
+    let ok = refreshing
+        .recv_until(WAIT, |m| m["type"] == "token_refreshed")
+        .await;
+    assert_eq!(ok["id"], 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    refreshing.send_json(&json!({"type":"ping","id":2})).await;
+    let pong = refreshing.recv_until(WAIT, |m| m["type"] == "pong").await;
+    assert_eq!(
+        pong["id"], 2,
+        "still connected after the old expiry and grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_disconnects_a_user_on_every_replica() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let a = gateway(&redis, &keys, &[], None);
+    let b = gateway(&redis, &keys, &[], None);
+    let t = hs(&viewer("victim"));
+    let mut on_a = Client::connect(&a.ws_url(&format!("/ws?token={t}"))).await;
+    let mut on_b = Client::connect(&b.ws_url(&format!("/ws?token={t}"))).await;
+    let bystander_token = hs(&viewer("bystander"));
+    let mut bystander = Client::connect(&b.ws_url(&format!("/ws?token={bystander_token}"))).await;
+    for c in [&mut on_a, &mut on_b, &mut bystander] {
+        c.recv_json().await;
+    }
+    let admin = format!("Bearer {}", hs(&claims("root", &["websocket:admin"], &[])));
+    // Presence is written once a second: wait until both replicas list the victim.
+    let mut seen = 0;
+    for _ in 0..50 {
+        let (_, body) = http_request(
+            a.port,
+            "GET",
+            "/api/v1/connections?user=victim",
+            &[("Authorization", &admin)],
+            None,
+        )
+        .unwrap();
+        seen = serde_json::from_str::<Value>(&body).unwrap()["total"]
+            .as_u64()
+            .unwrap_or(0);
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, 2, "connections of both replicas are listed by either");
+    let (status, _) = http_request(
+        a.port,
+        "POST",
+        "/api/v1/disconnect",
+        &[("Authorization", &admin)],
+        Some(r#"{"user":"victim"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 202);
+    assert_eq!(on_a.closed_code(WAIT).await, Some(4004));
+    assert_eq!(on_b.closed_code(WAIT).await, Some(4004));
+    bystander
+        .send_json(&json!({"type":"ping","id":"still"}))
+        .await;
+    assert_eq!(bystander.recv_json().await["id"], "still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_file_is_reloaded_when_it_changes() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let jwks = keys.path("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let jwks_arg = jwks.display().to_string();
+    let gw = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--jwks-file",
+            &jwks_arg,
+            "--jwt-reload-interval",
+            "200ms",
+        ],
+    );
+    gw.wait_ready(WAIT);
+    // An RS256 token with kid "k1", and the JWKS that publishes its key.
+    let rsa = EncodingKey::from_rsa_pem(&keys.read("rsa.key")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let mut c = viewer("jwks-user");
+    c.as_object_mut().unwrap().remove("aud");
+    let token = jsonwebtoken::encode(&header, &c, &rsa).unwrap();
+    let url = gw.ws_url(&format!("/ws?token={token}"));
+    assert!(
+        matches!(Client::connect_with(&url, &[]).await, Err((401, _))),
+        "unknown key first"
+    );
+    let output = Command::new("openssl")
+        .args(["rsa", "-pubin", "-in"])
+        .arg(keys.path("rsa.pub"))
+        .args(["-noout", "-modulus"])
+        .output()
+        .unwrap();
+    let modulus_hex = String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
+    let modulus: Vec<u8> = (0..modulus_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&modulus_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let doc = json!({"keys":[{"kty":"RSA","kid":"k1","alg":"RS256","use":"sig","n":b64(&modulus),"e":"AQAB"}]});
+    std::fs::write(&jwks, doc.to_string()).unwrap();
+    let mut accepted = false;
+    for _ in 0..50 {
+        if Client::connect_with(&url, &[]).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the rotated JWKS is used without a restart");
+}
+
+#[test]
+fn gateway_refuses_to_start_without_keys_or_with_a_weak_secret() {
+    let redis_url = "redis://127.0.0.1:1";
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "gateway",
+            "--redis-url",
+            redis_url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jwt-secret-file"));
+    let dir = std::env::temp_dir().join(format!("sb-weak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("s"), "short\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "gateway",
+            "--redis-url",
+            redis_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret-file",
+        ])
+        .arg(dir.join("s"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_command_mints_a_token_the_gateway_accepts() {
+    let keys = KeyDir::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["token", "--secret-file"])
+        .arg(keys.path("secret"))
+        .args([
+            "--sub",
+            "alice",
+            "--perm",
+            "websocket:connect,websocket:subscribe",
+            "--channels",
+            "dash:*",
+            "--ttl",
+            "10m",
+            "--aud",
+            AUD,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+    validation.set_audience(&[AUD]);
+    let data = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(
+        data.claims["permissions"],
+        json!(["websocket:connect", "websocket:subscribe"])
+    );
+    assert_eq!(data.claims["channels"], json!(["dash:*"]));
+    let ttl = data.claims["exp"].as_u64().unwrap() - now();
+    assert!((590..=600).contains(&ttl));
+}
