@@ -25,6 +25,7 @@ use crate::gateway::http::json_response;
 use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
 use crate::gateway::server::{self, HttpSettings};
+use crate::gateway::sessions::SessionStore;
 use crate::gateway::{Gateway, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -156,6 +157,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         auth: None,
         registry,
         presence: Presence::Local,
+        sessions: SessionStore::memory(args.server.session_ttl),
     };
     Gateway::new(config, parts, shutdown).serve(listener).await;
     collector_stop.cancel();
@@ -203,6 +205,8 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         config.replica_id.clone(),
         engine_stop.clone(),
     );
+    let sessions =
+        SessionStore::redis(engine.clone(), args.server.session_ttl, engine_stop.clone());
     let dyn_engine: Arc<dyn Engine> = engine;
     let hub = Hub::start(
         dyn_engine.clone(),
@@ -220,6 +224,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         auth,
         registry,
         presence,
+        sessions,
     };
     Gateway::new(config, parts, shutdown).serve(listener).await;
     engine_stop.cancel();

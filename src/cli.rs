@@ -420,6 +420,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// How long a session (subscriptions and acknowledged positions) can be
+    /// resumed with `?session=` after its last change.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+
     /// Time a client whose token expired has to send `refresh_token` before it is closed with 4001.
     #[arg(long, env = "SWITCHBOARD_TOKEN_EXPIRY_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_expiry_grace: Duration,

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub delivery_lag: Histogram,
     pub resumes: IntCounterVec,
     pub gap_fills: IntCounterVec,
+    pub resyncs: IntCounter,
     pub redis_errors: IntCounter,
     pub redis_reconnects: IntCounter,
     pub ready: IntGauge,
@@ -208,6 +209,11 @@ impl Metrics {
                 "switchboard_gap_fills_total",
                 "Live-feed gaps found by offset and filled from history, by result (filled, lost).",
                 &["result"],
+            ),
+            resyncs: counter(
+                &r,
+                "switchboard_resyncs_total",
+                "Channels whose subscribers had to restart (history lost: epoch changed or gap older than history).",
             ),
             redis_errors: counter(
                 &r,

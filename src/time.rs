@@ -33,9 +33,9 @@ pub fn rfc3339_from_millis(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// Seconds on the process's monotonic clock, starting at 1 (0 means "never").
-pub fn mono_secs() -> u64 {
+/// Milliseconds on the process's monotonic clock, starting at 1 (0 means "never").
+pub fn mono_millis() -> u64 {
     static START: std::sync::LazyLock<std::time::Instant> =
         std::sync::LazyLock::new(std::time::Instant::now);
-    START.elapsed().as_secs() + 1
+    START.elapsed().as_millis() as u64 + 1
 }

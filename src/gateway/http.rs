@@ -404,11 +404,12 @@ fn accept(
     })?;
     let session_gw = gw.clone();
     let remote = peer.map(|p| p.0);
-    gw.sessions.spawn(async move {
+    let resume = query_param(query, "session");
+    let task = async move {
         match take_stream(on_upgrade).await {
             Ok(stream) => {
                 let conn = session_gw.new_conn(stream);
-                Session::new(session_gw, conn, route, identity, remote)
+                Session::new(session_gw, conn, route, identity, remote, resume)
                     .run()
                     .await;
             }
@@ -416,7 +417,8 @@ fn accept(
         }
         drop(user_slot);
         drop(permit);
-    });
+    };
+    gw.tasks.spawn(task);
     Ok(request.accept_response().into_response())
 }
 

@@ -11,6 +11,7 @@ pub mod recovery;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,8 +45,11 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     /// The cluster's connections (admin API).
     pub presence: Presence,
+    /// Resumable sessions.
+    pub sessions: sessions::SessionStore,
     connection_slots: Arc<Semaphore>,
-    sessions: TaskTracker,
+    /// The tasks of the open WebSocket connections.
+    tasks: TaskTracker,
     next_conn: AtomicU64,
 }
 
@@ -57,6 +61,7 @@ pub struct Parts {
     pub auth: Option<Arc<Verifier>>,
     pub registry: Arc<Registry>,
     pub presence: Presence,
+    pub sessions: sessions::SessionStore,
 }
 
 impl Gateway {
@@ -71,8 +76,9 @@ impl Gateway {
             auth: parts.auth,
             registry: parts.registry,
             presence: parts.presence,
+            sessions: parts.sessions,
             connection_slots: slots,
-            sessions: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -102,11 +108,11 @@ impl Gateway {
             deadline = ?self.config.drain.deadline,
             "draining: closing clients with 1001 over the drain window"
         );
-        self.sessions.close();
+        self.tasks.close();
         http_tasks.close();
         let remaining = self.config.drain.deadline.saturating_sub(started.elapsed());
         let all = async {
-            self.sessions.wait().await;
+            self.tasks.wait().await;
             http_tasks.wait().await;
         };
         if tokio::time::timeout(remaining, all).await.is_err() {
@@ -132,6 +138,9 @@ impl Gateway {
         let health = self.engine.health();
         if !health.ready {
             return Err(health.detail);
+        }
+        if !self.hub.feed_ready() {
+            return Err("catching up from history after the engine feed was lost".into());
         }
         Ok(())
     }

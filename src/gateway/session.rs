@@ -6,7 +6,7 @@
 //! not pass through it: the connection's fan-out shard writes them directly.
 //! While a client is idle the task holds no buffer at all.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::Gateway;
 use super::recovery;
 use super::registry::ConnInfo;
+use super::sessions;
 use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::filter::Filter;
@@ -76,7 +77,7 @@ pub(crate) struct Session {
     route: Route,
     identity: Identity,
     connection_id: String,
-    subscriptions: HashSet<ChannelName>,
+    subscriptions: HashMap<ChannelName, Mode>,
     decoder: Decoder,
     /// Empty (no allocation) whenever no frame is partly received.
     rbuf: BytesMut,
@@ -86,6 +87,10 @@ pub(crate) struct Session {
     client_initiated: bool,
     remote: Option<SocketAddr>,
     rate: RateLimit,
+    /// The session id asked for with `?session=` (native route).
+    resume: Option<String>,
+    /// This connection's session id (native route), once greeted.
+    session_id: Option<String>,
 }
 
 /// Token bucket on what a client sends (data frames and pings).
@@ -148,6 +153,7 @@ impl Session {
         route: Route,
         identity: Identity,
         remote: Option<SocketAddr>,
+        resume: Option<String>,
     ) -> Self {
         let shard = gw.hub.assign_shard();
         let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
@@ -165,13 +171,15 @@ impl Session {
             route,
             identity,
             connection_id,
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
             decoder,
             rbuf: BytesMut::new(),
             client_closed: false,
             client_initiated: false,
             remote,
             rate,
+            resume,
+            session_id: None,
         }
     }
 
@@ -193,15 +201,12 @@ impl Session {
         let change = self.gw.registry.insert(self.conn.clone(), info);
         self.gw.presence.record(change);
         self.conn.set_expiry(self.identity.expires_at.unwrap_or(0));
-        self.gw.hub.watch(&self.conn, self.shard).await;
+        Box::pin(self.gw.hub.watch(&self.conn, self.shard)).await;
 
         let ending = self.serve().await;
 
-        for channel in std::mem::take(&mut self.subscriptions) {
-            self.gw
-                .hub
-                .leave(self.conn.id(), self.shard, &channel)
-                .await;
+        for channel in std::mem::take(&mut self.subscriptions).into_keys() {
+            Box::pin(self.gw.hub.leave(self.conn.id(), self.shard, &channel)).await;
         }
         let change = self.gw.registry.remove(self.conn.id());
         self.gw.presence.record(change);
@@ -216,12 +221,17 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Ending {
-        self.greet().await;
+        // Rarely-taken paths are boxed: the task's size is the size of its
+        // largest state, and an idle client should cost only the select below.
+        Box::pin(self.greet()).await;
         let drain = drain_signal(self.gw.clone(), self.conn.id());
         tokio::pin!(drain);
         let mut drained = false;
         let mut close_deadline: Option<tokio::time::Instant> = None;
         loop {
+            for channel in self.conn.take_resyncs() {
+                Box::pin(self.resync(channel)).await;
+            }
             if self.conn.flush() == Flush::Broken {
                 return Ending::Lost;
             }
@@ -279,14 +289,25 @@ impl Session {
     async fn greet(&mut self) {
         match self.route.clone() {
             Route::Native => {
-                let text = server::connection_established(
-                    &self.connection_id,
-                    &self.gw.config.replica_id,
-                    self.gw.config.hub.heartbeat.ping_interval.as_secs(),
-                    None,
-                    self.identity.user.as_deref(),
-                );
+                let restored = self.restore_session().await;
+                let session_id = self.session_id.clone().unwrap_or_default();
+                let text = server::connection_established(server::Established {
+                    connection_id: &self.connection_id,
+                    replica: &self.gw.config.replica_id,
+                    heartbeat_interval: self.gw.config.hub.heartbeat.ping_interval.as_secs(),
+                    session: Some(&session_id),
+                    resumed: self.resume.as_ref().map(|_| restored.is_some()),
+                    user: self.identity.user.as_deref(),
+                });
                 self.conn.send_text(&text);
+                for (channel, position) in restored.unwrap_or_default().subscriptions {
+                    let since = Since {
+                        offset: position.offset,
+                        epoch: position.epoch,
+                    };
+                    self.subscribe(&channel, Some(since), position.filters, None)
+                        .await;
+                }
             }
             Route::Snapshot(channel) | Route::Relay(channel) => {
                 let want_snapshot = matches!(self.route, Route::Snapshot(_));
@@ -305,6 +326,35 @@ impl Session {
         }
     }
 
+    /// Picks this connection's session: the one asked for with `?session=` if
+    /// it exists and belongs to the same user, else a new one.
+    async fn restore_session(&mut self) -> Option<sessions::Record> {
+        let requested = self
+            .resume
+            .clone()
+            .filter(|id| sessions::valid_session_id(id));
+        let mut restored = None;
+        if let Some(id) = requested {
+            match self.gw.sessions.load(&id).await {
+                Ok(Some(record)) if record.user == self.identity.user => {
+                    self.session_id = Some(id);
+                    restored = Some(record);
+                }
+                Ok(Some(_)) => {
+                    tracing::info!(connection = %self.connection_id, "refused to resume a session of another user");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load a session; starting a new one")
+                }
+            }
+        }
+        if self.session_id.is_none() {
+            self.session_id = Some(sessions::new_session_id());
+        }
+        restored
+    }
+
     /// Reads what the socket has and handles every complete frame.
     async fn read(&mut self) -> Option<Ending> {
         self.rbuf.reserve(self.gw.config.limits.read_chunk_bytes);
@@ -321,7 +371,7 @@ impl Session {
         }
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(incoming)) => self.on_frame(incoming).await,
+                Ok(Some(incoming)) => Box::pin(self.on_frame(incoming)).await,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(connection = %self.connection_id, error = %e, "bad frame");
@@ -437,6 +487,9 @@ impl Session {
                 let Some(channel) = self.subscribed_channel(&channel, id.as_ref()) else {
                     return;
                 };
+                if let Some(session) = &self.session_id {
+                    self.gw.sessions.acked(session, channel.as_str(), offset);
+                }
                 if id.is_some() {
                     self.conn
                         .send_text(&server::acked(channel.as_str(), offset, id.as_ref()));
@@ -455,7 +508,7 @@ impl Session {
                 return None;
             }
         };
-        if !self.subscriptions.contains(&channel) {
+        if !self.subscriptions.contains_key(&channel) {
             self.send_error(
                 ErrorCode::NotSubscribed,
                 "not subscribed to this channel",
@@ -486,7 +539,7 @@ impl Session {
                 );
             }
         };
-        if self.subscriptions.contains(&channel) {
+        if self.subscriptions.contains_key(&channel) {
             return self.send_error(
                 ErrorCode::AlreadySubscribed,
                 "already subscribed to this channel on this connection",
@@ -515,7 +568,8 @@ impl Session {
             );
         }
         let filter = match filters
-            .map(|f| Filter::compile(&f, &limits.filter))
+            .as_ref()
+            .map(|f| Filter::compile(f, &limits.filter))
             .transpose()
         {
             Ok(f) => f.map(Arc::new),
@@ -532,15 +586,31 @@ impl Session {
             kind: FrameKind::Native,
             filter,
         };
-        if let Err((code, why)) = self
-            .start_subscription(channel, mode, since, true, id.clone())
+        match self
+            .start_subscription(channel.clone(), mode, since, true, id.clone())
             .await
         {
-            self.send_error(code, &why, Some(name), id.as_ref());
+            Ok(position) => {
+                if let Some(session) = &self.session_id {
+                    let position = sessions::Position {
+                        epoch: position.epoch.as_str().to_string(),
+                        offset: position.offset,
+                        filters,
+                    };
+                    self.gw.sessions.subscribed(
+                        session,
+                        self.identity.user.as_deref(),
+                        channel.as_str(),
+                        position,
+                    );
+                }
+            }
+            Err((code, why)) => self.send_error(code, &why, Some(name), id.as_ref()),
         }
     }
 
-    /// Joins the channel, sends its start (reply, snapshot, history), goes live.
+    /// Joins the channel, sends its start (reply, snapshot, history), goes
+    /// live. Returns the position live delivery continues from.
     async fn start_subscription(
         &mut self,
         channel: ChannelName,
@@ -548,7 +618,7 @@ impl Session {
         since: Option<Since>,
         want_snapshot: bool,
         id: Option<RequestId>,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<crate::engine::Position, (ErrorCode, String)> {
         let gw = self.gw.clone();
         gw.hub
             .join(&self.conn, self.shard, &channel, mode.clone())
@@ -577,6 +647,30 @@ impl Session {
             };
             gw.metrics.resumes.with_label_values(&[label]).inc();
         }
+        self.send_start(&channel, &mode, &start, id.as_ref());
+        gw.hub
+            .release(self.conn.id(), self.shard, &channel, start.live_after())
+            .await;
+        if let Some(change) = self
+            .gw
+            .registry
+            .set_channel(self.conn.id(), channel.as_str(), true)
+        {
+            self.gw.presence.record(change);
+        }
+        self.subscriptions.insert(channel, mode);
+        Ok(start.position)
+    }
+
+    /// Sends a subscription's start: `subscribed` (native), the snapshot, then
+    /// the history after it, each through the subscription's filter.
+    fn send_start(
+        &self,
+        channel: &ChannelName,
+        mode: &Mode,
+        start: &recovery::Start,
+        id: Option<&RequestId>,
+    ) {
         let native = mode.kind == FrameKind::Native;
         if native {
             self.conn.send_text(&server::subscribed(
@@ -584,14 +678,14 @@ impl Session {
                 start.position.epoch.as_str(),
                 start.position.offset,
                 start.recovered,
-                id.as_ref(),
+                id,
             ));
         }
         if let Some(snapshot) = &start.snapshot {
-            self.send_snapshot(&channel, snapshot, native, None);
+            self.send_snapshot(channel, snapshot, native, None);
         }
         let mut replayed = 0;
-        for entry in start.replay.iter() {
+        for entry in &start.replay {
             let d = Delivery::new(
                 channel.clone(),
                 Some(entry.offset),
@@ -603,19 +697,48 @@ impl Session {
                 replayed += 1;
             }
         }
-        gw.metrics.messages_out.inc_by(replayed);
-        gw.hub
-            .release(self.conn.id(), self.shard, &channel, start.live_after())
-            .await;
-        if let Some(change) = self
-            .gw
-            .registry
-            .set_channel(self.conn.id(), channel.as_str(), true)
-        {
-            self.gw.presence.record(change);
+        self.gw.metrics.messages_out.inc_by(replayed);
+    }
+
+    /// Restarts a subscription whose continuity the engine lost (its history
+    /// was lost): the client gets `subscribed` with `recovered: false`, the
+    /// current snapshot and what followed it — never a silent gap. The shard
+    /// holds live messages meanwhile.
+    async fn resync(&mut self, channel: ChannelName) {
+        let Some(mode) = self.subscriptions.get(&channel).cloned() else {
+            return;
+        };
+        let want_snapshot = !matches!(self.route, Route::Relay(_));
+        let gw = self.gw.clone();
+        let plan = recovery::plan(
+            &*gw.engine,
+            &channel,
+            None,
+            want_snapshot,
+            gw.config.limits.max_replay,
+        )
+        .await;
+        match plan {
+            Ok(mut start) => {
+                start.recovered = Some(false);
+                self.send_start(&channel, &mode, &start, None);
+                gw.hub
+                    .release(self.conn.id(), self.shard, &channel, start.live_after())
+                    .await;
+                if let Some(session) = &self.session_id {
+                    let position = sessions::Position {
+                        epoch: start.position.epoch.as_str().to_string(),
+                        offset: start.position.offset,
+                        filters: None,
+                    };
+                    gw.sessions.resynced(session, channel.as_str(), position);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "could not restart a subscription; closing so the client resumes elsewhere");
+                self.conn.close(CloseCode::TryAgainLater);
+            }
         }
-        self.subscriptions.insert(channel);
-        Ok(())
     }
 
     /// Replaces the connection's token: same user, new rights and expiry.
@@ -646,7 +769,7 @@ impl Session {
         }
         let revoked: Vec<ChannelName> = self
             .subscriptions
-            .iter()
+            .keys()
             .filter(|c| !identity.can_subscribe(c))
             .cloned()
             .collect();
@@ -666,6 +789,9 @@ impl Session {
     }
 
     async fn end_subscription(&mut self, channel: &ChannelName) {
+        if let Some(session) = &self.session_id {
+            self.gw.sessions.unsubscribed(session, channel.as_str());
+        }
         self.subscriptions.remove(channel);
         self.gw.hub.leave(self.conn.id(), self.shard, channel).await;
         if let Some(change) = self

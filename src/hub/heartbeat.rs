@@ -42,8 +42,10 @@ impl Default for HeartbeatConfig {
     }
 }
 
-/// Slots of one second; deadlines further out are re-examined after a turn.
+/// Slots of one tick; deadlines further out are re-examined after a turn.
 const SLOTS: usize = 64;
+/// One tick of the wheel, in milliseconds (the shard ticks it once a second).
+pub(crate) const TICK_MS: u64 = 1000;
 
 /// The wheel; see the module documentation.
 pub(crate) struct Wheel {
@@ -74,34 +76,36 @@ impl Wheel {
         }
     }
 
-    /// Places a connection in the slot `secs` seconds ahead (at least 1).
-    pub(crate) fn insert(&mut self, conn: Weak<Conn>, secs: u64) {
-        let ahead = secs.clamp(1, SLOTS as u64 - 1) as usize;
+    /// Places a connection in the slot of `due` (monotonic milliseconds),
+    /// rounded up to the next tick: checks are never early.
+    fn insert(&mut self, conn: Weak<Conn>, due: u64, now: u64) {
+        let ahead = due.saturating_sub(now).div_ceil(TICK_MS);
+        let ahead = ahead.clamp(1, SLOTS as u64 - 1) as usize;
         self.slots[(self.cursor + ahead) % SLOTS].push(conn);
     }
 
     /// Starts watching a new connection.
     pub(crate) fn watch(&mut self, conn: &Arc<Conn>) {
-        let now = crate::time::mono_secs();
-        let next = self.next_deadline(conn, now, crate::time::unix_secs());
-        self.insert(Arc::downgrade(conn), next.saturating_sub(now));
+        let now = crate::time::mono_millis();
+        let due = self.next_deadline(conn, now, crate::time::unix_secs());
+        self.insert(Arc::downgrade(conn), due, now);
     }
 
-    /// Advances one second and handles every connection due now.
+    /// Advances one tick and handles every connection due now.
     pub(crate) fn tick(&mut self, metrics: &Metrics) {
         self.cursor = (self.cursor + 1) % SLOTS;
         let due = std::mem::take(&mut self.slots[self.cursor]);
-        let now = crate::time::mono_secs();
+        let now = crate::time::mono_millis();
         let now_unix = crate::time::unix_secs();
         let mut again = Vec::new();
         for weak in due {
             let Some(conn) = weak.upgrade() else { continue };
             if let Some(next) = self.visit(&conn, now, now_unix, metrics) {
-                again.push((weak, next.saturating_sub(now)));
+                again.push((weak, next));
             }
         }
-        for (weak, secs) in again {
-            self.insert(weak, secs);
+        for (weak, next) in again {
+            self.insert(weak, next, now);
         }
     }
 
@@ -112,20 +116,21 @@ impl Wheel {
             return None;
         }
         let c = &self.config;
-        let idle = c.idle_timeout.as_secs();
+        let idle = millis(c.idle_timeout);
         if idle > 0 && now.saturating_sub(conn.last_seen()) >= idle {
             conn.close(CloseCode::IdleTimeout);
             return None;
         }
         let awaiting = conn.awaiting_pong_since();
-        if awaiting > 0 && now.saturating_sub(awaiting) >= c.pong_timeout.as_secs().max(1) {
+        if awaiting > 0 && now.saturating_sub(awaiting) >= millis(c.pong_timeout) {
             conn.close(CloseCode::HeartbeatTimeout);
             return None;
         }
-        let interval = c.ping_interval.as_secs();
+        let interval = millis(c.ping_interval);
         if interval > 0 && now.saturating_sub(conn.last_ping()) >= interval {
-            conn.send(self.ping.clone());
+            // Recorded before it is sent: the pong may come back at once.
             conn.ping_sent(now);
+            conn.send(self.ping.clone());
         }
         let expires = conn.expires_at();
         if expires > 0 && now_unix >= expires {
@@ -135,9 +140,9 @@ impl Wheel {
                     .client_errors
                     .with_label_values(&[ErrorCode::TokenExpired.as_str()])
                     .inc();
-                conn.send(self.expired_notice.clone());
                 conn.expiry_notified(now);
-            } else if now.saturating_sub(notified) >= c.token_grace.as_secs() {
+                conn.send(self.expired_notice.clone());
+            } else if now.saturating_sub(notified) >= millis(c.token_grace) {
                 conn.close(CloseCode::TokenExpired);
                 return None;
             }
@@ -145,19 +150,19 @@ impl Wheel {
         Some(self.next_deadline(conn, now, now_unix))
     }
 
-    /// The earliest moment something may be due for `conn`.
+    /// The earliest moment (monotonic milliseconds) something may be due for `conn`.
     fn next_deadline(&self, conn: &Conn, now: u64, now_unix: u64) -> u64 {
         let c = &self.config;
-        let mut next = now + SLOTS as u64;
-        let interval = c.ping_interval.as_secs();
+        let mut next = now + TICK_MS * SLOTS as u64;
+        let interval = millis(c.ping_interval);
         if interval > 0 {
-            next = next.min(conn.last_ping().max(now.saturating_sub(interval)) + interval);
+            next = next.min(conn.last_ping() + interval);
         }
         let awaiting = conn.awaiting_pong_since();
         if awaiting > 0 {
-            next = next.min(awaiting + c.pong_timeout.as_secs().max(1));
+            next = next.min(awaiting + millis(c.pong_timeout));
         }
-        let idle = c.idle_timeout.as_secs();
+        let idle = millis(c.idle_timeout);
         if idle > 0 {
             next = next.min(conn.last_seen() + idle);
         }
@@ -165,11 +170,15 @@ impl Wheel {
         if expires > 0 {
             let notified = conn.expiry_notified_at();
             next = next.min(if notified > 0 {
-                notified + c.token_grace.as_secs()
+                notified + millis(c.token_grace)
             } else {
-                now + expires.saturating_sub(now_unix)
+                now + expires.saturating_sub(now_unix) * 1000
             });
         }
-        next.max(now + 1)
+        next
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }

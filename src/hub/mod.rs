@@ -20,7 +20,7 @@ pub mod heartbeat;
 pub mod shard;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -105,13 +105,18 @@ pub struct Hub {
     next_shard: AtomicUsize,
     config: HubConfig,
     control: Option<mpsc::UnboundedSender<serde_json::Value>>,
+    catching_up: AtomicBool,
 }
 
 /// What the dispatcher does with one live message.
 enum Step {
     Drop,
     Deliver(Vec<usize>),
-    Fill { after: Offset },
+    Fill {
+        after: Offset,
+    },
+    /// The epoch changed: subscribers restart, then the message goes out.
+    Resync(Vec<usize>),
 }
 
 impl Hub {
@@ -148,6 +153,7 @@ impl Hub {
             next_shard: AtomicUsize::new(0),
             config,
             control,
+            catching_up: AtomicBool::new(false),
         });
         tokio::spawn(hub.clone().manage(ops_rx));
         tokio::spawn(hub.clone().dispatch(events));
@@ -362,9 +368,14 @@ impl Hub {
             match event {
                 EngineEvent::Message(m) => self.dispatch_message(m).await,
                 EngineEvent::Lost => {
+                    self.catching_up.store(true, Ordering::Relaxed);
                     tracing::warn!("engine feed lost: live delivery paused until it is restored");
                 }
-                EngineEvent::Restored => self.catch_up_all().await,
+                EngineEvent::Restored => {
+                    self.catch_up_all().await;
+                    self.catching_up.store(false, Ordering::Relaxed);
+                    tracing::info!("caught up after the engine feed was restored");
+                }
                 EngineEvent::Control(message) => {
                     if let Some(control) = &self.control {
                         let _ = control.send(message);
@@ -392,8 +403,10 @@ impl Hub {
                 Some((last_epoch, _)) => {
                     tracing::warn!(
                         channel = %m.channel, old = %last_epoch, new = %epoch,
-                        "channel epoch changed: its history was lost in the engine"
+                        "channel epoch changed: its history was lost in the engine; subscribers restart"
                     );
+                    entry.last = Some((epoch.clone(), *offset));
+                    return Step::Resync(targets(entry));
                 }
                 None => {}
             }
@@ -406,6 +419,11 @@ impl Hub {
         match self.step(&m) {
             Step::Drop => {}
             Step::Deliver(shards) => {
+                let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
+                self.send_to(shards, Arc::new(d)).await;
+            }
+            Step::Resync(shards) => {
+                self.resync(&m.channel, &shards).await;
                 let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
                 self.send_to(shards, Arc::new(d)).await;
             }
@@ -440,8 +458,20 @@ impl Hub {
         if !page.covered {
             tracing::warn!(
                 %channel, after, top = page.position.offset,
-                "messages missed by the live feed are no longer in history"
+                "messages missed by the live feed are no longer in history; subscribers restart"
             );
+            // No partial replay: every subscriber restarts from the current
+            // state, and the live feed continues after the position just read.
+            let shards = {
+                let mut table = self.lock();
+                let Some(e) = table.get_mut(channel) else {
+                    return;
+                };
+                e.last = Some((page.position.epoch.clone(), page.position.offset));
+                targets(e)
+            };
+            self.resync(channel, &shards).await;
+            return;
         }
         let epoch = page.position.epoch.clone();
         for entry in page.entries {
@@ -493,6 +523,19 @@ impl Hub {
                 }
             }
         }
+    }
+
+    async fn resync(&self, channel: &ChannelName, shards: &[usize]) {
+        self.metrics.resyncs.inc();
+        for &s in shards {
+            let _ = self.shards[s].send(ShardCmd::Resync(channel.clone())).await;
+        }
+    }
+
+    /// Whether the live feed is whole: false from a lost engine connection
+    /// until every channel has caught up from history.
+    pub fn feed_ready(&self) -> bool {
+        !self.catching_up.load(Ordering::Relaxed)
     }
 
     async fn send_to(&self, shards: Vec<usize>, d: Arc<Delivery>) {

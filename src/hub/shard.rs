@@ -58,6 +58,9 @@ pub(crate) enum ShardCmd {
     Leave { conn: ConnId, channel: ChannelName },
     /// Start heartbeats, idle and token-expiry checks for a connection.
     Watch(Arc<Conn>),
+    /// The channel's continuity was lost: hold its subscribers' messages and
+    /// ask each session to restart the subscription.
+    Resync(ChannelName),
 }
 
 struct Subscriber {
@@ -131,6 +134,17 @@ impl Shard {
         match cmd {
             ShardCmd::Deliver(_) => {}
             ShardCmd::Watch(conn) => self.wheel.watch(&conn),
+            ShardCmd::Resync(channel) => {
+                let Some(groups) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                for sub in groups.iter_mut().flat_map(|g| g.subscribers.iter_mut()) {
+                    if sub.held.is_none() {
+                        sub.held = Some(Vec::new());
+                    }
+                    sub.conn.request_resync(channel.clone());
+                }
+            }
             ShardCmd::Join {
                 conn,
                 channel,

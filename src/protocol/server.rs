@@ -27,36 +27,26 @@ fn encode<T: Serialize>(kind: &'static str, body: T, id: Option<&RequestId>) -> 
         })
 }
 
+/// The body of `connection_established`.
 #[derive(Serialize)]
-struct Established<'a> {
-    connection_id: &'a str,
-    replica: &'a str,
-    heartbeat_interval: u64,
+pub struct Established<'a> {
+    pub connection_id: &'a str,
+    pub replica: &'a str,
+    /// Seconds between the server's pings.
+    pub heartbeat_interval: u64,
+    /// The session id to present (`?session=`) when reconnecting.
     #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<&'a str>,
+    pub session: Option<&'a str>,
+    /// Whether the `?session=` given was found and its subscriptions restored.
     #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a str>,
+    pub resumed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
 }
 
 /// `connection_established`: sent once, first.
-pub fn connection_established(
-    connection_id: &str,
-    replica: &str,
-    heartbeat_interval_secs: u64,
-    session: Option<&str>,
-    user: Option<&str>,
-) -> String {
-    encode(
-        "connection_established",
-        Established {
-            connection_id,
-            replica,
-            heartbeat_interval: heartbeat_interval_secs,
-            session,
-            user,
-        },
-        None,
-    )
+pub fn connection_established(body: Established<'_>) -> String {
+    encode("connection_established", body, None)
 }
 
 #[derive(Serialize)]

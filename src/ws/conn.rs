@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::frame;
+use crate::channel::ChannelName;
 use crate::metrics::Metrics;
 use crate::protocol::close::CloseCode;
 
@@ -40,9 +41,9 @@ pub struct Conn {
     heartbeat: Heartbeat,
 }
 
-/// Heartbeat bookkeeping, read by the shard's timing wheel. Times are seconds
-/// on the monotonic clock (`time::mono_secs`, 0 = never) except `expires_at`
-/// (Unix seconds of the token's `exp`, 0 = no expiry).
+/// Heartbeat bookkeeping, read by the shard's timing wheel. Times are
+/// milliseconds on the monotonic clock (`time::mono_millis`, 0 = never) except
+/// `expires_at` (Unix seconds of the token's `exp`, 0 = no expiry).
 #[derive(Default)]
 struct Heartbeat {
     last_seen: AtomicU64,
@@ -58,6 +59,8 @@ struct Outbound {
     /// The queue's head is the unsent rest of a frame whose start was written.
     head_partial: bool,
     state: OutState,
+    /// Channels whose continuity was lost: the session must restart them.
+    resync: Vec<ChannelName>,
 }
 
 /// Where the connection is in its life, seen from the sending side.
@@ -100,7 +103,7 @@ impl Conn {
         max_queued_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let now = crate::time::mono_secs();
+        let now = crate::time::mono_millis();
         Self {
             id,
             stream,
@@ -109,6 +112,7 @@ impl Conn {
                 queued_bytes: 0,
                 head_partial: false,
                 state: OutState::Open,
+                resync: Vec::new(),
             }),
             wake: Notify::new(),
             max_queued_bytes,
@@ -213,6 +217,21 @@ impl Conn {
         out.state = OutState::Closing(code);
     }
 
+    /// Asks the session to restart `channel` (its history was lost) and wakes it.
+    pub fn request_resync(&self, channel: ChannelName) {
+        let mut out = self.lock();
+        if !out.resync.contains(&channel) {
+            out.resync.push(channel);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Channels the session must restart.
+    pub fn take_resyncs(&self) -> Vec<ChannelName> {
+        std::mem::take(&mut self.lock().resync)
+    }
+
     /// Marks the socket finished: nothing more will be written.
     pub fn mark_closed(&self) {
         self.lock().state = OutState::Closed;
@@ -280,10 +299,10 @@ impl Conn {
     pub fn touch(&self) {
         self.heartbeat
             .last_seen
-            .store(crate::time::mono_secs(), Ordering::Relaxed);
+            .store(crate::time::mono_millis(), Ordering::Relaxed);
     }
 
-    /// When the client last sent a frame (monotonic seconds).
+    /// When the client last sent a frame (monotonic milliseconds).
     pub fn last_seen(&self) -> u64 {
         self.heartbeat.last_seen.load(Ordering::Relaxed)
     }
@@ -299,12 +318,12 @@ impl Conn {
         );
     }
 
-    /// When the last ping was sent (monotonic seconds, 0 = never).
+    /// When the last ping was sent (monotonic milliseconds, 0 = never).
     pub fn last_ping(&self) -> u64 {
         self.heartbeat.last_ping.load(Ordering::Relaxed)
     }
 
-    /// Since when a pong is awaited (monotonic seconds, 0 = none).
+    /// Since when a pong is awaited (monotonic milliseconds, 0 = none).
     pub fn awaiting_pong_since(&self) -> u64 {
         self.heartbeat.awaiting_pong_since.load(Ordering::Relaxed)
     }
@@ -331,7 +350,7 @@ impl Conn {
         self.heartbeat.expires_at.load(Ordering::Relaxed)
     }
 
-    /// When the client was told its token expired (monotonic seconds, 0 = not yet).
+    /// When the client was told its token expired (monotonic milliseconds, 0 = not yet).
     pub fn expiry_notified_at(&self) -> u64 {
         self.heartbeat.expiry_notified_at.load(Ordering::Relaxed)
     }

@@ -41,16 +41,33 @@ pub struct RedisServer {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    persistent: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::launch(free_port(), false)
     }
 
-    pub fn start_on(port: u16) -> Self {
+    /// A server that keeps its data across [`RedisServer::restart`] (AOF).
+    pub fn start_persistent() -> Self {
+        Self::launch(free_port(), true)
+    }
+
+    fn launch(port: u16, persistent: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("sb-redis-{port}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
+        let child = Self::spawn_server(port, &dir, persistent);
+        Self {
+            port,
+            child,
+            dir,
+            persistent,
+        }
+    }
+
+    fn spawn_server(port: u16, dir: &std::path::Path, persistent: bool) -> Child {
+        let appendonly = if persistent { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -60,10 +77,12 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                "always",
                 "--dir",
             ])
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -72,7 +91,19 @@ impl RedisServer {
             wait_for_port(port, Duration::from_secs(10)),
             "redis-server did not start on port {port}"
         );
-        Self { port, child, dir }
+        child
+    }
+
+    /// Shuts the server down (gracefully: data is flushed), keeps it down for
+    /// `down`, and starts it again on the same port with the same data.
+    pub fn restart(&mut self, down: Duration) {
+        assert!(self.persistent, "restart needs start_persistent");
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn_server(self.port, &self.dir, true);
     }
 
     pub fn url(&self) -> String {
@@ -288,6 +319,81 @@ pub fn publish(port: u16, channel: &str, data: &Value) -> u64 {
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An nginx load balancer on loopback in front of `upstreams` (round robin,
+/// WebSocket upgrades proxied, a failed upstream skipped).
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[u16]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sb-nginx-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;\n"))
+            .collect();
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let user = if is_root { "user root;" } else { "" };
+        let d = dir.display();
+        let config = format!(
+            "{user}\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream gateways {{\n{servers}  }}\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://gateways;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n\
+             proxy_connect_timeout 2s;\n      proxy_next_upstream error timeout http_502 http_503;\n    }}\n  }}\n}}\n"
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).expect("write nginx.conf");
+        let child = Command::new(nginx_binary())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx must be installed (apt-get install nginx)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "nginx did not start"
+        );
+        Self { port, child, dir }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+fn nginx_binary() -> String {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "nginx".to_string())
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// A WebSocket client.
 pub struct Client {

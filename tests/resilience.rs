@@ -1,0 +1,455 @@
+//! Never lose a message: resume on any replica behind a real load balancer,
+//! replica crashes, Redis restarts, gaps older than history, session resume,
+//! heartbeats. Real processes throughout: gateways, redis-server, nginx.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Client, Nginx, Received, RedisServer, Switchboard, http_get, http_request, publish};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A client that does what docs/PROTOCOL.md asks of one: on any loss it
+/// reconnects (through the load balancer) and subscribes with `since`.
+/// Returns every offset it received, in order, and how many times it resumed.
+async fn resilient_reader(
+    url: String,
+    channel: &'static str,
+    last: u64,
+    deadline: Duration,
+) -> (Vec<u64>, u32) {
+    let started = Instant::now();
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut position: Option<(u64, String)> = None;
+    let mut resumes = 0;
+    while offsets.last().copied() != Some(last) {
+        assert!(
+            started.elapsed() < deadline,
+            "gave up at {:?} after {resumes} resumes",
+            offsets.last()
+        );
+        let Ok(mut client) = Client::try_connect(&url).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(Received::Text(_hello)) = client.next(WAIT).await else {
+            continue;
+        };
+        let mut subscribe = json!({"type":"subscribe","channel":channel});
+        if let Some((offset, epoch)) = &position {
+            subscribe["since"] = json!({"offset": offset, "epoch": epoch});
+            resumes += 1;
+        }
+        client.send_json(&subscribe).await;
+        while let Some(Received::Text(t)) = client.next(Duration::from_secs(15)).await {
+            let m: Value = serde_json::from_str(&t).unwrap();
+            match m["type"].as_str() {
+                Some("subscribed") => {
+                    if position.is_some() {
+                        assert_eq!(
+                            m["recovered"], true,
+                            "resume within history must recover: {m}"
+                        );
+                    }
+                    let epoch = m["epoch"].as_str().unwrap().to_string();
+                    let offset = position
+                        .as_ref()
+                        .map_or(m["offset"].as_u64().unwrap(), |p| p.0);
+                    position = Some((offset, epoch));
+                }
+                Some("message") => {
+                    let offset = m["offset"].as_u64().unwrap();
+                    offsets.push(offset);
+                    if let Some(p) = position.as_mut() {
+                        p.0 = offset;
+                    }
+                    if offset == last {
+                        break;
+                    }
+                }
+                Some("error") => break,
+                _ => {}
+            }
+        }
+    }
+    (offsets, resumes)
+}
+
+fn spawn_publisher(
+    port: u16,
+    channel: &'static str,
+    count: u64,
+    every: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for n in 1..=count {
+            loop {
+                let body = json!({"channel": channel, "data": {"n": n}}).to_string();
+                match http_request(port, "POST", "/api/v1/publish", &[], Some(&body)) {
+                    // The script ran: exactly one offset per n.
+                    Ok((200, _)) => break,
+                    // Refused before the script ran (Redis unreachable): retry.
+                    Ok((503, _)) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Ok((status, body)) => panic!("publish failed: {status} {body}"),
+                }
+            }
+            std::thread::sleep(every);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_loses_no_client_a_message() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let mut b = Switchboard::gateway(&redis, &[]);
+    let c = Switchboard::gateway(&redis, &[]);
+    let lb = Nginx::start(&[a.port, b.port, c.port]);
+    let url = lb.ws_url("/ws");
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(resilient_reader(
+                url.clone(),
+                "stream",
+                1000,
+                Duration::from_secs(120),
+            ))
+        })
+        .collect();
+    // Let every client subscribe before publishing starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Published through A (never killed) at a steady 200 msg/s.
+    let publisher = spawn_publisher(a.port, "stream", 1000, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.signal("KILL");
+    b.wait_exit(WAIT);
+    publisher.join().unwrap();
+    let mut total_resumes = 0;
+    for r in readers {
+        let (offsets, resumes) = r.await.unwrap();
+        assert_eq!(
+            offsets,
+            (1..=1000).collect::<Vec<u64>>(),
+            "all 1000, exactly once, in order"
+        );
+        total_resumes += resumes;
+    }
+    assert!(
+        total_resumes > 0,
+        "the clients of the killed replica resumed elsewhere"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_stream_loses_nothing_and_readiness_follows() {
+    let mut redis = RedisServer::start_persistent();
+    let a = Switchboard::gateway(&redis, &["--redis-probe-interval", "1s"]);
+    let b = Switchboard::gateway(&redis, &["--redis-probe-interval", "1s"]);
+    let lb = Nginx::start(&[a.port, b.port]);
+    let url = lb.ws_url("/ws");
+    let readers: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(resilient_reader(
+                url.clone(),
+                "outage",
+                300,
+                Duration::from_secs(120),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let publisher = spawn_publisher(a.port, "outage", 300, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Watch readiness while Redis is down.
+    let saw_not_ready = Arc::new(AtomicBool::new(false));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (saw, watching) = (saw_not_ready.clone(), watching.clone());
+        let port = a.port;
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                if let Ok((503, _)) = http_get(port, "/health/ready") {
+                    saw.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    redis.restart(Duration::from_secs(2));
+    publisher.join().unwrap();
+    for r in readers {
+        let (offsets, _) = r.await.unwrap();
+        assert_eq!(
+            offsets,
+            (1..=300).collect::<Vec<u64>>(),
+            "nothing lost, nothing twice"
+        );
+    }
+    watching.store(false, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        saw_not_ready.load(Ordering::Relaxed),
+        "readiness turned false during the outage"
+    );
+    a.wait_ready(WAIT);
+    b.wait_ready(WAIT);
+    assert!(a.metric("switchboard_redis_reconnects_total", "") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_within_history_recovers_exactly_and_beyond_it_says_so_with_the_snapshot() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &["--history-size", "5"]);
+    let b = Switchboard::gateway(&redis, &["--history-size", "5"]);
+    let snapshot = |port: u16, v: u64| {
+        let body = json!({"channel":"board","data":{"state":v},"snapshot":true}).to_string();
+        let (status, _) = http_request(port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+        assert_eq!(status, 200);
+    };
+    snapshot(a.port, 1);
+    let mut client = Client::connect(&a.ws_url("/ws")).await;
+    client.recv_json().await;
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"board"}))
+        .await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    assert_eq!(client.recv_json().await["type"], "snapshot");
+    publish(a.port, "board", &json!({"delta": 2}));
+    assert_eq!(client.recv_json().await["offset"], 2);
+    drop(client);
+
+    // Within history (3 missed, history 5): exactly the missed ones, on the other replica.
+    for n in 3..=5 {
+        publish(a.port, "board", &json!({"delta": n}));
+    }
+    let mut back = Client::connect(&b.ws_url("/ws")).await;
+    back.recv_json().await;
+    let sub = back
+        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":2,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
+        (Some(true), Some(5))
+    );
+    for n in 3..=5 {
+        let m = back.recv_json().await;
+        assert_eq!(
+            (m["type"].as_str(), m["offset"].as_u64()),
+            (Some("message"), Some(n))
+        );
+    }
+    back.expect_silence(Duration::from_millis(300)).await;
+    drop(back);
+
+    // Beyond history (15 missed, history 5): recovered false and the current snapshot.
+    for n in 6..=19 {
+        publish(a.port, "board", &json!({"delta": n}));
+    }
+    snapshot(a.port, 20);
+    let mut late = Client::connect(&b.ws_url("/ws")).await;
+    late.recv_json().await;
+    let sub = late
+        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":5,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
+        (Some(false), Some(20))
+    );
+    let snap = late.recv_json().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["data"]["state"].as_u64()),
+        (Some("snapshot"), Some(20))
+    );
+    late.expect_silence(Duration::from_millis(300)).await;
+    // A wrong epoch is never "recovered".
+    let mut other = Client::connect(&b.ws_url("/ws")).await;
+    other.recv_json().await;
+    let sub = other
+        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":19,"epoch":"not-the-epoch"}}))
+        .await;
+    assert_eq!(sub["recovered"], false);
+    assert!(b.metric("switchboard_resumes_total", "result=\"not_recovered\"") >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_replica_with_its_subscriptions_and_positions() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let mut first = Client::connect(&a.ws_url("/ws")).await;
+    let hello = first.recv_json().await;
+    let session = hello["session"].as_str().unwrap().to_string();
+    assert_eq!(session.len(), 32);
+    first
+        .subscribe(json!({"type":"subscribe","channel":"orders"}))
+        .await;
+    first
+        .subscribe(json!({"type":"subscribe","channel":"alerts","filters":{"level":"high"}}))
+        .await;
+    for n in 1..=3 {
+        publish(a.port, "orders", &json!({"n": n}));
+    }
+    for _ in 1..=3 {
+        first.recv_json().await;
+    }
+    first
+        .send_json(&json!({"type":"ack","channel":"orders","offset":2,"id":"a"}))
+        .await;
+    assert_eq!(first.recv_json().await["type"], "acked");
+    // Acks are stored in batches: give the batch time to land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(first);
+    publish(a.port, "orders", &json!({"n": 4}));
+    publish(a.port, "alerts", &json!({"level": "low"}));
+    publish(a.port, "alerts", &json!({"level": "high", "id": "x"}));
+
+    let mut second = Client::connect(&b.ws_url(&format!("/ws?session={session}"))).await;
+    let hello = second.recv_json().await;
+    assert_eq!(
+        (hello["session"].as_str(), hello["resumed"].as_bool()),
+        (Some(session.as_str()), Some(true))
+    );
+    let mut got: Vec<(String, u64)> = Vec::new();
+    let mut subscribed = Vec::new();
+    while got.len() < 3 {
+        let m = second.recv_json().await;
+        match m["type"].as_str() {
+            Some("subscribed") => {
+                assert_eq!(m["recovered"], true, "{m}");
+                subscribed.push(m["channel"].as_str().unwrap().to_string());
+            }
+            Some("message") => got.push((
+                m["channel"].as_str().unwrap().to_string(),
+                m["offset"].as_u64().unwrap(),
+            )),
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    subscribed.sort();
+    assert_eq!(subscribed, ["alerts", "orders"]);
+    got.sort();
+    // orders after the ack (2): 3 and 4; alerts: only the high one (offset 2), the filter kept.
+    assert_eq!(
+        got,
+        [
+            ("alerts".to_string(), 2),
+            ("orders".to_string(), 3),
+            ("orders".to_string(), 4)
+        ]
+    );
+    second.expect_silence(Duration::from_millis(300)).await;
+    // Someone else's (or an unknown) session id resumes nothing.
+    let mut stranger =
+        Client::connect(&b.ws_url("/ws?session=00000000000000000000000000000000")).await;
+    let hello = stranger.recv_json().await;
+    assert_eq!(hello["resumed"], false);
+    assert_ne!(hello["session"], "00000000000000000000000000000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_history_makes_subscribers_restart_honestly() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let mut client = Client::connect(&gw.ws_url("/ws")).await;
+    client.recv_json().await;
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"fragile"}))
+        .await;
+    let old_epoch = sub["epoch"].as_str().unwrap().to_string();
+    publish(gw.port, "fragile", &json!({"n": 1}));
+    assert_eq!(client.recv_json().await["offset"], 1);
+    // Redis loses everything (as a restart without persistence would).
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let body = json!({"channel":"fragile","data":{"n":"after"},"snapshot":true}).to_string();
+    http_request(gw.port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+    let restart = client.recv_until(WAIT, |m| m["type"] == "subscribed").await;
+    assert_eq!(restart["recovered"], false);
+    assert_ne!(restart["epoch"].as_str().unwrap(), old_epoch);
+    let snap = client.recv_json().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["data"]["n"].as_str()),
+        (Some("snapshot"), Some("after"))
+    );
+    publish(gw.port, "fragile", &json!({"n": 3}));
+    let m = client.recv_json().await;
+    assert_eq!(
+        (m["type"].as_str(), m["offset"].as_u64()),
+        (Some("message"), Some(2))
+    );
+    assert!(gw.metric("switchboard_resyncs_total", "") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_answer_pings_is_closed_with_4002() {
+    let sb = Switchboard::standalone(&["--ping-interval", "1s", "--pong-timeout", "1s"]);
+    sb.wait_ready(WAIT);
+    // This client answers pings (tungstenite does while reading).
+    let mut alive = Client::connect(&sb.ws_url("/ws")).await;
+    alive.recv_json().await;
+    let alive_task = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Received::Closed(code)) = alive.next(Duration::from_millis(200)).await {
+                return Some(code);
+            }
+        }
+        None
+    });
+    // This one never reads, so never answers.
+    let mut deaf = Client::connect(&sb.ws_url("/ws")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(deaf.closed_code(WAIT).await, Some(4002));
+    assert_eq!(
+        alive_task.await.unwrap(),
+        None,
+        "a client that answers stays connected"
+    );
+    // Counted when the session ends (after the closing handshake's timeout).
+    let mut counted = 0.0;
+    for _ in 0..50 {
+        counted = sb.metric("switchboard_disconnects_total", "code=\"4002\"");
+        if counted >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_with_4003_after_the_idle_limit() {
+    let sb = Switchboard::standalone(&["--ping-interval", "0s", "--idle-timeout", "2s"]);
+    sb.wait_ready(WAIT);
+    let mut silent = Client::connect(&sb.ws_url("/ws")).await;
+    let mut talker = Client::connect(&sb.ws_url("/ws")).await;
+    talker.recv_json().await;
+    let started = Instant::now();
+    let pings = Arc::new(AtomicU64::new(0));
+    let talk = {
+        let pings = pings.clone();
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                talker.send_json(&json!({"type":"ping"})).await;
+                talker.recv_json().await;
+                pings.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            talker
+        })
+    };
+    assert_eq!(silent.closed_code(WAIT).await, Some(4003));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let mut talker = talk.await.unwrap();
+    assert_eq!(
+        pings.load(Ordering::Relaxed),
+        8,
+        "a client that talks is not idle"
+    );
+    talker.send_json(&json!({"type":"ping","id":1})).await;
+    assert_eq!(talker.recv_json().await["id"], 1);
+}
