@@ -240,7 +240,7 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
         sync_key: args.federation_sync_key,
     };
     let redis_url = config.redis_url.clone();
-    let summary = demo::run(config, shutdown)
+    let summary = demo::create(&config)
         .await
         .context("could not create the demo data")?;
     println!("created {}", summary.reasoning_db.display());
@@ -263,6 +263,11 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
             summary.ark_db.display()
         ),
     }
+    // Shown at once even when stdout is a pipe and --follow keeps running.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    demo::follow(&config, &summary, shutdown)
+        .await
+        .context("demo data: --follow stopped")?;
     Ok(())
 }
 

@@ -77,8 +77,8 @@ const EVENT_TYPES: [&str; 3] = ["memory_sync", "config_update", "heartbeat"];
 /// Sync events kept in the list by `follow`.
 const SYNC_KEEP: isize = 100;
 
-/// Creates the sample data, then (with `follow`) keeps writing until `stop`.
-pub async fn run(config: DemoConfig, stop: CancellationToken) -> Result<DemoSummary, DemoError> {
+/// Creates the sample data.
+pub async fn create(config: &DemoConfig) -> Result<DemoSummary, DemoError> {
     let prefix = peer_prefix(&config.peer_pattern)?;
     std::fs::create_dir_all(&config.dir).map_err(|e| DemoError::Io {
         path: config.dir.clone(),
@@ -104,13 +104,8 @@ pub async fn run(config: DemoConfig, stop: CancellationToken) -> Result<DemoSumm
         peers: 0,
         sync_events: 0,
     };
-    let mut redis = None;
     if let Some(url) = &config.redis_url {
-        let mut conn = redis::Client::open(url.as_str())
-            .map_err(|e| DemoError::Redis(format!("bad URL: {e}")))?
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| DemoError::Redis(e.to_string()))?;
+        let mut conn = connect(url).await?;
         let mut rng = StdRng::from_os_rng();
         write_peers(&mut conn, &prefix, &mut rng).await?;
         let mut pipe = redis::pipe();
@@ -124,12 +119,16 @@ pub async fn run(config: DemoConfig, stop: CancellationToken) -> Result<DemoSumm
             .map_err(|e| DemoError::Redis(e.to_string()))?;
         summary.peers = PEERS.len();
         summary.sync_events = 12;
-        redis = Some(conn);
-    }
-    if let Some(every) = config.follow {
-        follow(&config, &summary, redis, &prefix, every, stop).await?;
     }
     Ok(summary)
+}
+
+async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, DemoError> {
+    redis::Client::open(url)
+        .map_err(|e| DemoError::Redis(format!("bad URL: {e}")))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| DemoError::Redis(e.to_string()))
 }
 
 fn peer_prefix(pattern: &str) -> Result<String, DemoError> {
@@ -350,14 +349,20 @@ async fn write_peers(
         .map_err(|e| DemoError::Redis(e.to_string()))
 }
 
-async fn follow(
+/// With `config.follow`, keeps adding to what [`create`] made until `stop`.
+pub async fn follow(
     config: &DemoConfig,
     summary: &DemoSummary,
-    mut redis: Option<redis::aio::MultiplexedConnection>,
-    prefix: &str,
-    every: Duration,
     stop: CancellationToken,
 ) -> Result<(), DemoError> {
+    let Some(every) = config.follow else {
+        return Ok(());
+    };
+    let prefix = peer_prefix(&config.peer_pattern)?;
+    let mut redis = match &config.redis_url {
+        Some(url) => Some(connect(url).await?),
+        None => None,
+    };
     let (r, a) = (summary.reasoning_db.clone(), summary.ark_db.clone());
     let mut rng = StdRng::from_os_rng();
     let mut n = 0u64;
@@ -394,7 +399,7 @@ async fn follow(
         })
         .await?;
         if let Some(conn) = redis.as_mut() {
-            write_peers(conn, prefix, &mut rng).await?;
+            write_peers(conn, &prefix, &mut rng).await?;
             let mut pipe = redis::pipe();
             pipe.lpush(&config.sync_key, sync_event(&mut rng, now_ms()))
                 .ltrim(&config.sync_key, 0, SYNC_KEEP - 1);
@@ -427,7 +432,7 @@ mod tests {
             peer_pattern: "peer:*".into(),
             sync_key: "sync_events".into(),
         };
-        let summary = run(config.clone(), CancellationToken::new()).await.unwrap();
+        let summary = create(&config).await.unwrap();
         for (path, required) in [
             (
                 &summary.reasoning_db,
@@ -447,15 +452,12 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(matches!(
-            run(config.clone(), CancellationToken::new()).await,
-            Err(DemoError::Exists(_))
-        ));
+        assert!(matches!(create(&config).await, Err(DemoError::Exists(_))));
         let forced = DemoConfig {
             force: true,
             ..config
         };
-        run(forced, CancellationToken::new()).await.unwrap();
+        create(&forced).await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

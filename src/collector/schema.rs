@@ -85,7 +85,7 @@ pub const REASONING_REQUIRED: &[Required] = &[
     ),
     (
         "reasoning_stages",
-        &["id", "session_id", "stage_name", "confidence", "created_at"],
+        &["session_id", "stage_name", "confidence", "created_at"],
     ),
 ];
 
@@ -93,7 +93,7 @@ pub const REASONING_REQUIRED: &[Required] = &[
 pub const ARK_REQUIRED: &[Required] = &[
     ("code_index", &["trust_tier"]),
     ("code_patterns", &["code_snippet", "usage_count"]),
-    ("sandbox_executions", &["id", "status", "created_at"]),
+    ("sandbox_executions", &["status", "created_at"]),
 ];
 
 #[cfg(test)]
