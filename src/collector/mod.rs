@@ -21,6 +21,7 @@
 
 pub mod ark;
 pub mod config;
+pub mod dashboards;
 pub mod demo;
 pub mod discover;
 pub mod federation;
@@ -33,9 +34,8 @@ pub mod simulate;
 pub mod snapshot;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,16 +47,12 @@ use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, PublishOptions};
 use crate::json::Json;
 use crate::metrics::Metrics;
-use ark::ArkValues;
 pub use config::{CollectorConfig, FormulaConfig, Plan, SimulateMode};
+use dashboards::{Dashboards, Reads};
 use discover::Discover;
-use federation::{FederationError, FederationRedis, PeerRecord};
-use formulas::{NetworkMetrics, PeerView, effective_status, network_metrics};
+use federation::{FederationError, FederationRedis};
 use lease::{LeaderState, Lease};
-use reasoning::{LOG_EVENTS, ReasoningValues};
-use section::{Section, Tracked};
-use simulate::Simulator;
-use snapshot::{Federation, Memory, Peer, Provenance, SyncEvent};
+use section::Section;
 use sqlite::Database;
 
 /// The federation dashboard's channel.
@@ -79,28 +75,11 @@ pub enum CollectorError {
     Federation(#[from] FederationError),
 }
 
-/// The peers section's values.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PeersValue {
-    pub peers: Vec<Peer>,
-    pub metrics: NetworkMetrics,
-}
-
 struct Sources {
     federation: Option<FederationRedis>,
     discover: Option<Discover>,
     reasoning: Option<Database>,
     ark: Option<Database>,
-}
-
-/// What one cycle read: `None` where the plan is not to read.
-#[derive(Default)]
-struct Reads {
-    peers: Option<Result<Vec<PeerRecord>, String>>,
-    sync: Option<Result<Vec<SyncEvent>, String>>,
-    discover: Option<Result<Vec<PeerRecord>, String>>,
-    reasoning: Option<Result<ReasoningValues, String>>,
-    ark: Option<Result<ArkValues, String>>,
 }
 
 /// See the module documentation.
@@ -110,18 +89,13 @@ pub struct Collector {
     metrics: Arc<Metrics>,
     leadership: Option<Leadership>,
     sources: Sources,
-    simulator: Simulator,
+    dashboards: Dashboards,
     rng: StdRng,
     federation_channel: ChannelName,
     memory_channel: ChannelName,
     /// The newest version published or seen stored.
     version: u64,
     publish_failing: bool,
-    peers: Tracked<PeersValue>,
-    sync: Tracked<Vec<SyncEvent>>,
-    discover: Tracked<Vec<PeerRecord>>,
-    reasoning: Tracked<ReasoningValues>,
-    ark: Tracked<ArkValues>,
 }
 
 impl Collector {
@@ -153,21 +127,16 @@ impl Collector {
         };
         Ok(Self {
             engine,
+            dashboards: Dashboards::new(config.clone(), metrics.clone()),
             config,
             metrics,
             leadership: Some(leadership),
             sources,
-            simulator: Simulator::new(StdRng::from_os_rng()),
             rng: StdRng::from_os_rng(),
             federation_channel: channel(FEDERATION_CHANNEL),
             memory_channel: channel(MEMORY_CHANNEL),
             version: 0,
             publish_failing: false,
-            peers: Tracked::new(Section::Peers),
-            sync: Tracked::new(Section::SyncEvents),
-            discover: Tracked::new(Section::Discover),
-            reasoning: Tracked::new(Section::Reasoning),
-            ark: Tracked::new(Section::Ark),
         })
     }
 
@@ -252,7 +221,7 @@ impl Collector {
                 Ok(Some(s)) => {
                     stored = stored.max(s.version.unwrap_or(0));
                     if let Some(value) = s.data.to_value() {
-                        self.seed(&channel, value);
+                        self.dashboards.seed(&channel, value);
                     }
                 }
                 Ok(None) => {}
@@ -269,78 +238,15 @@ impl Collector {
             self.version = stored;
         }
     }
-
-    fn seed(&mut self, channel: &ChannelName, value: serde_json::Value) {
-        let good_at = |generated_at: &str, provenance: Option<&Provenance>| {
-            let generated = humantime::parse_rfc3339_weak(generated_at).ok()?;
-            match provenance? {
-                Provenance::Live => Some(generated),
-                Provenance::Stale {
-                    age_seconds: Some(age),
-                    ..
-                } => generated.checked_sub(Duration::from_secs_f64(age.max(0.0))),
-                _ => None,
-            }
-        };
-        if channel.as_str() == FEDERATION_CHANNEL {
-            let Ok(f) = serde_json::from_value::<Federation>(value) else {
-                return;
-            };
-            if let Some(at) = good_at(&f.generated_at, f.sources.get("peers")) {
-                self.peers.seed(
-                    PeersValue {
-                        peers: f.peers,
-                        metrics: NetworkMetrics {
-                            network_health: f.network_health,
-                            data_integrity: f.data_integrity,
-                            avg_latency: f.avg_latency,
-                        },
-                    },
-                    at,
-                );
-            }
-            if let Some(at) = good_at(&f.generated_at, f.sources.get("sync_events")) {
-                self.sync.seed(f.sync_traffic, at);
-            }
-        } else {
-            let Ok(m) = serde_json::from_value::<Memory>(value) else {
-                return;
-            };
-            let (ark_logs, reasoning_logs): (Vec<_>, Vec<_>) =
-                m.logs.into_iter().partition(|l| l.kind == "quarantine");
-            if let Some(at) = good_at(&m.generated_at, m.sources.get("reasoning")) {
-                self.reasoning.seed(
-                    ReasoningValues {
-                        ingestion_rate: m.ingestion_rate,
-                        consolidation_rate: m.consolidation_rate,
-                        confidence_deltas: m.confidence_deltas,
-                        logs: reasoning_logs,
-                    },
-                    at,
-                );
-            }
-            if let Some(at) = good_at(&m.generated_at, m.sources.get("ark")) {
-                self.ark.seed(
-                    ArkValues {
-                        dedup_rate: m.dedup_rate,
-                        quarantine_count: m.quarantine_count,
-                        trust_distribution: m.trust_distribution,
-                        logs: ark_logs,
-                    },
-                    at,
-                );
-            }
-        }
-    }
-
-    /// One cycle: read the sources, compute both dashboards, publish them.
     async fn cycle(&mut self, leader: &watch::Receiver<LeaderState>) {
         let reads = self.read().await;
         let now = SystemTime::now();
         let version = self.version + 1;
         let generated_at = humantime::format_rfc3339_millis(now).to_string();
-        let federation = self.federation(&reads, now, version, &generated_at);
-        let memory = self.memory(reads, now, version, &generated_at);
+        let federation = self
+            .dashboards
+            .federation(&reads, now, version, &generated_at);
+        let memory = self.dashboards.memory(reads, now, version, &generated_at);
         let federation_channel = self.federation_channel.clone();
         let memory_channel = self.memory_channel.clone();
         for (channel, value) in [
@@ -492,193 +398,6 @@ impl Collector {
             ark,
         }
     }
-
-    fn federation(
-        &mut self,
-        reads: &Reads,
-        now: SystemTime,
-        version: u64,
-        generated_at: &str,
-    ) -> Federation {
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let simulated = [Section::Peers, Section::SyncEvents]
-            .iter()
-            .any(|s| self.config.plan(*s) == Plan::Simulate)
-            .then(|| self.simulator.federation(now_ms));
-        let mut sources = BTreeMap::new();
-
-        let discovered: Vec<PeerRecord> = match &reads.discover {
-            Some(result) => {
-                let (records, provenance) =
-                    self.discover.record(result.clone(), now, &self.metrics);
-                sources.insert(Section::Discover.name().to_string(), provenance);
-                records
-            }
-            None => Vec::new(),
-        };
-
-        let (peers, provenance) = match (self.config.plan(Section::Peers), &reads.peers) {
-            (Plan::Read, Some(Ok(records))) => {
-                let value = self.peer_values(records, &discovered, now_ms);
-                self.peers.record(Ok(value), now, &self.metrics)
-            }
-            (Plan::Read, Some(Err(e))) => self.peers.record(Err(e.clone()), now, &self.metrics),
-            (Plan::Simulate, _) => match &simulated {
-                Some(f) => (
-                    PeersValue {
-                        peers: f.peers.clone(),
-                        metrics: NetworkMetrics {
-                            network_health: f.network_health,
-                            data_integrity: f.data_integrity,
-                            avg_latency: f.avg_latency,
-                        },
-                    },
-                    Provenance::Simulated,
-                ),
-                None => (PeersValue::default(), Provenance::Simulated),
-            },
-            (Plan::Missing(why), _) => self.peers.stale(why.to_string(), now),
-            _ => self.peers.stale("not read".to_string(), now),
-        };
-        sources.insert(Section::Peers.name().to_string(), provenance);
-
-        let (sync_traffic, provenance) = match (self.config.plan(Section::SyncEvents), &reads.sync)
-        {
-            (Plan::Read, Some(result)) => self.sync.record(result.clone(), now, &self.metrics),
-            (Plan::Simulate, _) => (
-                simulated
-                    .as_ref()
-                    .map(|f| f.sync_traffic.clone())
-                    .unwrap_or_default(),
-                Provenance::Simulated,
-            ),
-            (Plan::Missing(why), _) => self.sync.stale(why.to_string(), now),
-            _ => self.sync.stale("not read".to_string(), now),
-        };
-        sources.insert(Section::SyncEvents.name().to_string(), provenance);
-
-        Federation {
-            peers: peers.peers,
-            sync_traffic,
-            network_health: peers.metrics.network_health,
-            data_integrity: peers.metrics.data_integrity,
-            avg_latency: peers.metrics.avg_latency,
-            generated_at: generated_at.to_string(),
-            version,
-            sources,
-        }
-    }
-
-    /// Redis peers, completed by discovered ones, as shown, with the metrics.
-    fn peer_values(
-        &self,
-        redis: &[PeerRecord],
-        discovered: &[PeerRecord],
-        now_ms: u64,
-    ) -> PeersValue {
-        let f = &self.config.formulas;
-        let views: Vec<PeerView> = merge_records(redis, discovered)
-            .into_iter()
-            .map(|r| {
-                let last_seen = r.last_seen_ms.unwrap_or(0);
-                let status = effective_status(
-                    r.status.as_deref().unwrap_or("unknown"),
-                    last_seen,
-                    now_ms,
-                    f.peer_staleness,
-                );
-                PeerView {
-                    peer: Peer {
-                        hostname: r.hostname.clone().unwrap_or_else(|| r.id.clone()),
-                        trust_tier: r.trust_tier.clone().unwrap_or_else(|| "unknown".into()),
-                        status,
-                        latency: r.latency.map_or(0, |l| l.round() as u64),
-                        last_seen,
-                        id: r.id,
-                    },
-                    latency: r.latency,
-                }
-            })
-            .collect();
-        let metrics = network_metrics(&views, &f.trust_weights);
-        PeersValue {
-            peers: views.into_iter().map(|v| v.peer).collect(),
-            metrics,
-        }
-    }
-
-    fn memory(
-        &mut self,
-        reads: Reads,
-        now: SystemTime,
-        version: u64,
-        generated_at: &str,
-    ) -> Memory {
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let simulated = [Section::Reasoning, Section::Ark]
-            .iter()
-            .any(|s| self.config.plan(*s) == Plan::Simulate)
-            .then(|| self.simulator.memory(now_ms));
-        let mut sources = BTreeMap::new();
-
-        let (reasoning, provenance) = match (self.config.plan(Section::Reasoning), reads.reasoning)
-        {
-            (Plan::Read, Some(result)) => self.reasoning.record(result, now, &self.metrics),
-            (Plan::Simulate, _) => (
-                simulated
-                    .as_ref()
-                    .map(|m| ReasoningValues {
-                        ingestion_rate: m.ingestion_rate,
-                        consolidation_rate: m.consolidation_rate,
-                        confidence_deltas: m.confidence_deltas.clone(),
-                        logs: m.logs.clone(),
-                    })
-                    .unwrap_or_default(),
-                Provenance::Simulated,
-            ),
-            (Plan::Missing(why), _) => self.reasoning.stale(why.to_string(), now),
-            _ => self.reasoning.stale("not read".to_string(), now),
-        };
-        sources.insert(Section::Reasoning.name().to_string(), provenance);
-
-        let (ark, provenance) = match (self.config.plan(Section::Ark), reads.ark) {
-            (Plan::Read, Some(result)) => self.ark.record(result, now, &self.metrics),
-            (Plan::Simulate, _) => (
-                simulated
-                    .as_ref()
-                    .map(|m| ArkValues {
-                        dedup_rate: m.dedup_rate,
-                        quarantine_count: m.quarantine_count,
-                        trust_distribution: m.trust_distribution.clone(),
-                        // The simulator's log is shown with the reasoning section.
-                        logs: Vec::new(),
-                    })
-                    .unwrap_or_default(),
-                Provenance::Simulated,
-            ),
-            (Plan::Missing(why), _) => self.ark.stale(why.to_string(), now),
-            _ => self.ark.stale("not read".to_string(), now),
-        };
-        sources.insert(Section::Ark.name().to_string(), provenance);
-
-        let logs = reasoning::newest([reasoning.logs, ark.logs].concat(), LOG_EVENTS);
-        Memory {
-            ingestion_rate: reasoning.ingestion_rate,
-            consolidation_rate: reasoning.consolidation_rate,
-            dedup_rate: ark.dedup_rate,
-            quarantine_count: ark.quarantine_count,
-            trust_distribution: ark.trust_distribution,
-            confidence_deltas: reasoning.confidence_deltas,
-            logs,
-            generated_at: generated_at.to_string(),
-            version,
-            sources,
-        }
-    }
 }
 
 /// Waits for a leadership change (forever, if leadership cannot change).
@@ -687,62 +406,11 @@ async fn role_change(rx: &mut watch::Receiver<LeaderState>) {
         std::future::pending::<()>().await;
     }
 }
-
-/// Redis peers first (their fields win), then discovered peers Redis does not
-/// know; a field Redis lacks is taken from discovery. Sorted by id.
-pub fn merge_records(redis: &[PeerRecord], discovered: &[PeerRecord]) -> Vec<PeerRecord> {
-    let mut merged: BTreeMap<String, PeerRecord> = BTreeMap::new();
-    for r in redis {
-        merged.insert(r.id.clone(), r.clone());
-    }
-    for d in discovered {
-        match merged.get_mut(&d.id) {
-            Some(r) => {
-                r.hostname = r.hostname.take().or_else(|| d.hostname.clone());
-                r.trust_tier = r.trust_tier.take().or_else(|| d.trust_tier.clone());
-                r.status = r.status.take().or_else(|| d.status.clone());
-                r.latency = r.latency.or(d.latency);
-                r.last_seen_ms = r.last_seen_ms.or(d.last_seen_ms);
-            }
-            None => {
-                merged.insert(d.id.clone(), d.clone());
-            }
-        }
-    }
-    merged.into_values().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::HistoryConfig;
     use crate::engine::memory::MemoryEngine;
-
-    #[test]
-    fn redis_fields_win_and_discovery_fills_gaps() {
-        let redis = [PeerRecord {
-            id: "a".into(),
-            status: Some("online".into()),
-            ..PeerRecord::default()
-        }];
-        let discovered = [
-            PeerRecord {
-                id: "a".into(),
-                status: Some("offline".into()),
-                hostname: Some("a.local".into()),
-                ..PeerRecord::default()
-            },
-            PeerRecord {
-                id: "b".into(),
-                ..PeerRecord::default()
-            },
-        ];
-        let merged = merge_records(&redis, &discovered);
-        assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].status.as_deref(), Some("online"));
-        assert_eq!(merged[0].hostname.as_deref(), Some("a.local"));
-        assert_eq!(merged[1].id, "b");
-    }
 
     fn collector(config: CollectorConfig) -> (Collector, Arc<dyn Engine>) {
         let (tx, _rx) = tokio::sync::mpsc::channel(16);
