@@ -15,8 +15,12 @@ use warp::{Filter, Reply};
 
 use crate::auth::Verifier;
 use crate::auth::mint::{TokenSpec, mint};
-use crate::cli::{CollectorArgs, Command, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs};
-use crate::collector::{Collector, CollectorConfig};
+use crate::cli::{
+    CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
+};
+use crate::collector::demo::{self, DemoConfig};
+use crate::collector::lease::{Lease, LeaseConfig};
+use crate::collector::{Collector, Leadership};
 use crate::config::GatewayConfig;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
@@ -42,6 +46,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway(args, shutdown).await,
         Command::Collector(args) => collector(args, shutdown).await,
         Command::Token(args) => token(&args),
+        Command::DemoData(args) => demo_data(args, shutdown).await,
     }
 }
 
@@ -134,6 +139,10 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
             "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback: anyone who reaches this address can read and publish every channel"
         );
     }
+    let collector_config = args
+        .sources
+        .config(&args.collector, None)
+        .map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(args.history.config(), events_tx));
@@ -147,8 +156,14 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     );
     let listener = bind(config.listen).await?;
     let collector_stop = CancellationToken::new();
-    let collector = Collector::new(engine.clone(), schedule(&args.collector), metrics.clone());
-    tokio::spawn(collector.run(collector_stop.clone()));
+    let collector = Collector::new(
+        engine.clone(),
+        collector_config,
+        metrics.clone(),
+        Leadership::Always,
+    )
+    .context("could not set up the collector")?;
+    let collector_task = tokio::spawn(collector.run(collector_stop.clone()));
     announce(&listener, &config);
     let parts = Parts {
         engine,
@@ -161,6 +176,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     };
     Gateway::new(config, parts, shutdown).serve(listener).await;
     collector_stop.cancel();
+    let _ = collector_task.await;
     Ok(())
 }
 
@@ -232,6 +248,16 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
 }
 
 async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = args
+        .sources
+        .config(&args.schedule, Some(&args.redis.redis_url))
+        .map_err(anyhow::Error::msg)?;
+    let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
+    let replica = args
+        .lease
+        .replica_id
+        .clone()
+        .unwrap_or_else(crate::cli::default_replica_id);
     let metrics = Arc::new(Metrics::new());
     // The collector subscribes to nothing; its feed is drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel::<EngineEvent>(16);
@@ -246,36 +272,84 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         max_channel_len: crate::channel::DEFAULT_MAX_CHANNEL_LEN,
         max_json_depth: 64,
         history: args.history.config(),
-        replica_id: format!("collector-{}", crate::cli::default_replica_id()),
+        replica_id: format!("collector-{replica}-{}", std::process::id()),
     };
     let engine_stop = CancellationToken::new();
-    let engine: Arc<dyn Engine> =
-        RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
-            .context("could not set up the Redis engine")?;
+    let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
+        .context("could not set up the Redis engine")?;
+    let lease = Lease::new(
+        redis_engine.clone(),
+        LeaseConfig {
+            key: redis_engine.keys().global(&args.lease.lease_key),
+            ttl: lease_ttl,
+            renew_interval,
+            holder: replica,
+        },
+    );
+    let engine: Arc<dyn Engine> = redis_engine;
+    let collector = Collector::new(
+        engine.clone(),
+        config,
+        metrics.clone(),
+        Leadership::Lease(Box::new(lease)),
+    )
+    .context("could not set up the collector")?;
     let listener = bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
-    let task = tokio::spawn(
-        Collector::new(engine.clone(), schedule(&args.schedule), metrics.clone())
-            .run(collector_stop.clone()),
-    );
+    let task = tokio::spawn(collector.run(collector_stop.clone()));
     let routes = probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
     let settings = HttpSettings {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
     };
     server::serve(listener, routes, settings, shutdown, TaskTracker::new()).await;
+    // Stop publishing first, then release the lease (inside `run`).
     collector_stop.cancel();
     let _ = task.await;
     engine_stop.cancel();
     Ok(())
 }
 
-fn schedule(s: &crate::cli::CollectorSchedule) -> CollectorConfig {
-    let low = s.collect_interval_min;
-    CollectorConfig {
-        interval: low..=s.collect_interval_max.max(low),
+async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = DemoConfig {
+        dir: args.dir,
+        redis_url: args.redis_url,
+        force: args.force,
+        follow: args.follow.then_some(args.follow_interval),
+        peer_pattern: args.federation_peer_pattern,
+        sync_key: args.federation_sync_key,
+    };
+    let redis_url = config.redis_url.clone();
+    let summary = demo::create(&config)
+        .await
+        .context("could not create the demo data")?;
+    println!("created {}", summary.reasoning_db.display());
+    println!("created {}", summary.ark_db.display());
+    match redis_url {
+        Some(url) => {
+            println!(
+                "wrote {} peer hashes and {} sync events to {url}",
+                summary.peers, summary.sync_events
+            );
+            println!(
+                "try: switchboard collector --redis-url {url} --reasoning-db {} --ark-db {}",
+                summary.reasoning_db.display(),
+                summary.ark_db.display()
+            );
+        }
+        None => println!(
+            "try: switchboard standalone --reasoning-db {} --ark-db {}",
+            summary.reasoning_db.display(),
+            summary.ark_db.display()
+        ),
     }
+    // Shown at once even when stdout is a pipe and --follow keeps running.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    demo::follow(&config, &summary, shutdown)
+        .await
+        .context("demo data: --follow stopped")?;
+    Ok(())
 }
 
 fn redis_config(args: &RedisArgs, history: HistoryConfig, gw: &GatewayConfig) -> RedisConfig {

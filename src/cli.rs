@@ -6,14 +6,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use std::path::PathBuf;
-
 use crate::auth::JwtConfig;
 use crate::auth::origin::OriginPolicy;
+use crate::collector::discover::DiscoverConfig;
+use crate::collector::federation::FederationRedisConfig;
+use crate::collector::formulas::TrustWeights;
+use crate::collector::sqlite::SqliteConfig;
+use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
 use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
 use crate::engine::{HistoryConfig, HistoryPolicy};
 use crate::filter::FilterLimits;
@@ -65,6 +69,9 @@ pub enum Command {
     Collector(CollectorArgs),
     /// Prints a signed JWT for development and tests.
     Token(TokenArgs),
+    /// Creates sample reasoning_logs.db and ark.db (and, with --redis-url, sample
+    /// peers and sync events) with the schema the collector reads.
+    DemoData(DemoDataArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +88,9 @@ pub struct StandaloneArgs {
 
     #[command(flatten)]
     pub collector: CollectorSchedule,
+
+    #[command(flatten)]
+    pub sources: CollectorSources,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +126,12 @@ pub struct CollectorArgs {
 
     #[command(flatten)]
     pub schedule: CollectorSchedule,
+
+    #[command(flatten)]
+    pub sources: CollectorSources,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Authentication of clients: JWT keys and what tokens must say.
@@ -327,6 +343,255 @@ pub struct CollectorSchedule {
     /// Longest time between collector cycles (each wait is drawn between the two).
     #[arg(long, env = "SWITCHBOARD_COLLECT_INTERVAL_MAX", default_value = "3s", value_parser = humantime::parse_duration)]
     pub collect_interval_max: Duration,
+}
+
+/// Where the collector reads the dashboards' data (seed 001; docs/SOURCES.md).
+#[derive(Debug, Clone, Args)]
+pub struct CollectorSources {
+    /// Which sections are simulated: `auto` those without a configured source,
+    /// `always` all (no source is read), `never` none (a section without a
+    /// source is shown empty and marked stale).
+    #[arg(long, env = "SWITCHBOARD_SIMULATE", value_enum, default_value = "auto")]
+    pub simulate: SimulateMode,
+
+    /// Redis holding the federation's peer hashes and sync events
+    /// (collector default: --redis-url; standalone: none, simulated).
+    #[arg(long, env = "SWITCHBOARD_FEDERATION_REDIS_URL")]
+    pub federation_redis_url: Option<String>,
+
+    /// SCAN pattern of the peer hashes; a peer's id is its `id` field or the
+    /// key without the pattern's literal prefix.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FEDERATION_PEER_PATTERN",
+        default_value = "peer:*"
+    )]
+    pub federation_peer_pattern: String,
+
+    /// Redis list of sync events (JSON objects, newest first: producers LPUSH).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FEDERATION_SYNC_KEY",
+        default_value = "sync_events"
+    )]
+    pub federation_sync_key: String,
+
+    /// More peer hashes than this marks the peers section stale (raise it
+    /// rather than show a truncated mesh).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FEDERATION_MAX_PEERS",
+        default_value_t = 10_000
+    )]
+    pub federation_max_peers: usize,
+
+    /// The federation service's discovery endpoint (plain HTTP), e.g.
+    /// http://federation:9001/discover; its peers complete those in Redis.
+    #[arg(long, env = "SWITCHBOARD_FEDERATION_DISCOVER_URL")]
+    pub federation_discover_url: Option<String>,
+
+    /// Largest /discover response body accepted.
+    #[arg(long, env = "SWITCHBOARD_FEDERATION_DISCOVER_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub federation_discover_max_bytes: usize,
+
+    /// A peer whose last_seen is older than this counts as offline, whatever its status says.
+    #[arg(long, env = "SWITCHBOARD_PEER_STALENESS", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub peer_staleness: Duration,
+
+    /// Weights of trust tiers in data integrity, TIER=WEIGHT pairs; `*` is every other tier.
+    #[arg(long, env = "SWITCHBOARD_TRUST_WEIGHTS", default_value = crate::collector::formulas::DEFAULT_TRUST_WEIGHTS)]
+    pub trust_weights: TrustWeights,
+
+    /// SQLite reasoning_logs.db (reasoning_sessions, reasoning_stages), opened read-only.
+    #[arg(long, env = "SWITCHBOARD_REASONING_DB")]
+    pub reasoning_db: Option<PathBuf>,
+
+    /// SQLite ark.db (code_index, code_patterns, sandbox_executions), opened read-only.
+    #[arg(long, env = "SWITCHBOARD_ARK_DB")]
+    pub ark_db: Option<PathBuf>,
+
+    /// How long a SQLite read waits for a writer's lock before the section turns stale.
+    #[arg(long, env = "SWITCHBOARD_SQLITE_BUSY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sqlite_busy_timeout: Duration,
+
+    /// Limit on reading one source in a cycle (Redis connect and commands,
+    /// /discover, SQLite queries, which are interrupted).
+    #[arg(long, env = "SWITCHBOARD_SOURCE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub source_timeout: Duration,
+
+    /// Ingestion and consolidation rates count rows created within this window.
+    #[arg(long, env = "SWITCHBOARD_RATE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rate_window: Duration,
+
+    /// A reasoning stage at or above this confidence counts as consolidated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONSOLIDATION_THRESHOLD",
+        default_value_t = 0.7
+    )]
+    pub consolidation_threshold: f64,
+
+    /// Sandbox executions that did not succeed within this window count as quarantined.
+    #[arg(long, env = "SWITCHBOARD_QUARANTINE_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub quarantine_window: Duration,
+}
+
+impl CollectorSources {
+    /// The collector configuration these flags describe; `default_federation_url`
+    /// is used when --federation-redis-url is not given.
+    pub fn config(
+        &self,
+        schedule: &CollectorSchedule,
+        default_federation_url: Option<&str>,
+    ) -> Result<CollectorConfig, String> {
+        if schedule.collect_interval_min.is_zero() {
+            return Err("--collect-interval-min must be more than 0".into());
+        }
+        if self.source_timeout.is_zero() {
+            return Err("--source-timeout must be more than 0".into());
+        }
+        if self.rate_window.is_zero() {
+            return Err("--rate-window must be more than 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.consolidation_threshold) {
+            return Err("--consolidation-threshold must be between 0 and 1".into());
+        }
+        if self.federation_peer_pattern.is_empty() || self.federation_sync_key.is_empty() {
+            return Err(
+                "--federation-peer-pattern and --federation-sync-key must not be empty".into(),
+            );
+        }
+        let federation = self
+            .federation_redis_url
+            .as_deref()
+            .or(default_federation_url)
+            .map(|url| FederationRedisConfig {
+                url: url.to_string(),
+                peer_pattern: self.federation_peer_pattern.clone(),
+                sync_key: self.federation_sync_key.clone(),
+                max_peers: self.federation_max_peers.max(1),
+                timeout: self.source_timeout,
+            });
+        let discover = self
+            .federation_discover_url
+            .as_deref()
+            .map(|url| {
+                DiscoverConfig::parse_url(url).map(|url| DiscoverConfig {
+                    url,
+                    timeout: self.source_timeout,
+                    max_bytes: self.federation_discover_max_bytes,
+                })
+            })
+            .transpose()?;
+        if discover.is_some() && federation.is_none() {
+            return Err(
+                "--federation-discover-url completes the peers read from Redis: also pass --federation-redis-url".into(),
+            );
+        }
+        let sqlite = |path: &Option<PathBuf>| {
+            path.as_ref().map(|p| SqliteConfig {
+                path: p.clone(),
+                busy_timeout: self.sqlite_busy_timeout.min(self.source_timeout),
+                query_timeout: self.source_timeout,
+            })
+        };
+        let low = schedule.collect_interval_min;
+        Ok(CollectorConfig {
+            interval: low..=schedule.collect_interval_max.max(low),
+            simulate: self.simulate,
+            federation,
+            discover,
+            reasoning_db: sqlite(&self.reasoning_db),
+            ark_db: sqlite(&self.ark_db),
+            formulas: FormulaConfig {
+                peer_staleness: self.peer_staleness,
+                trust_weights: self.trust_weights.clone(),
+                rate_window: self.rate_window,
+                consolidation_threshold: self.consolidation_threshold,
+                quarantine_window: self.quarantine_window,
+            },
+        })
+    }
+}
+
+/// Leadership among collector replicas.
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// How long the leader's lease lasts without renewal: after a leader dies
+    /// another collector publishes within about this long.
+    #[arg(long, env = "SWITCHBOARD_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// How often the leader renews its lease and followers try to take it
+    /// (at most half of --lease-ttl).
+    #[arg(long, env = "SWITCHBOARD_LEASE_RENEW_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease_renew_interval: Duration,
+
+    /// Key of the lease, under --redis-prefix.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LEASE_KEY",
+        default_value = "collector:leader"
+    )]
+    pub lease_key: String,
+
+    /// This collector's name in the lease and in logs (default: host name).
+    #[arg(long, env = "SWITCHBOARD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+impl LeaseArgs {
+    /// Checks the timing; returns (ttl, renew interval).
+    pub fn timing(&self) -> Result<(Duration, Duration), String> {
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err("--lease-ttl must be at least 100ms".into());
+        }
+        if self.lease_renew_interval.is_zero() || self.lease_renew_interval * 2 > self.lease_ttl {
+            return Err(
+                "--lease-renew-interval must be more than 0 and at most half of --lease-ttl".into(),
+            );
+        }
+        Ok((self.lease_ttl, self.lease_renew_interval))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoDataArgs {
+    /// Directory to create reasoning_logs.db and ark.db in (created if missing).
+    pub dir: PathBuf,
+
+    /// Also write sample peer hashes and sync events to this Redis.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Replace existing database files.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Keep writing (sessions, stages, sandbox runs, peer heartbeats, sync
+    /// events) until stopped, so the live dashboards move.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// Interval of --follow writes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub follow_interval: Duration,
+
+    /// Peer hash pattern, as the collector's (a prefix followed by `*`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FEDERATION_PEER_PATTERN",
+        default_value = "peer:*"
+    )]
+    pub federation_peer_pattern: String,
+
+    /// Sync events list, as the collector's.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FEDERATION_SYNC_KEY",
+        default_value = "sync_events"
+    )]
+    pub federation_sync_key: String,
 }
 
 /// Settings of the WebSocket server common to `gateway` and `standalone`.

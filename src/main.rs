@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let workers = match &cli.command {
         Command::Standalone(a) => a.server.workers(),
         Command::Gateway(a) => a.server.workers(),
-        Command::Collector(_) | Command::Token(_) => 2,
+        Command::Collector(_) | Command::Token(_) | Command::DemoData(_) => 2,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub collector_leader: IntGauge,
     pub collector_last_publish: IntGauge,
     pub collector_publishes: IntCounterVec,
+    pub collector_source_last_success: IntGaugeVec,
+    pub collector_invalid_records: IntCounterVec,
+    pub collector_version: IntGauge,
+    pub collector_lease_changes: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -257,6 +261,29 @@ impl Metrics {
                 "switchboard_collector_publishes_total",
                 "Snapshots published by the collector, by channel (federation, memory) and result.",
                 &["channel", "result"],
+            ),
+            collector_source_last_success: gauge_vec(
+                &r,
+                "switchboard_collector_source_last_success_timestamp_seconds",
+                "Unix time a collector source last answered, by source (alert on its age).",
+                &["source"],
+            ),
+            collector_invalid_records: counter_vec(
+                &r,
+                "switchboard_collector_invalid_records_total",
+                "Source records skipped because they were malformed, by source (sync_events, discover).",
+                &["source"],
+            ),
+            collector_version: gauge(
+                &r,
+                "switchboard_collector_snapshot_version",
+                "Version of the last snapshot this collector published.",
+            ),
+            collector_lease_changes: counter_vec(
+                &r,
+                "switchboard_collector_lease_changes_total",
+                "Leadership changes of this collector, by event (acquired, lost, released).",
+                &["event"],
             ),
             registry: r,
         }

@@ -1,47 +1,85 @@
-//! The collector: computes the federation and memory snapshots every 2–3 s and
-//! publishes each as its channel's snapshot through the engine.
+//! The collector: computes the federation and memory dashboards every 2–3 s
+//! from their sources (seed 001) and publishes each as its channel's snapshot.
 //!
-//! Sections whose source is not configured are simulated ([`simulate`]) and say
-//! so in `sources`. Snapshots carry a `version` that only increases; the engine
-//! refuses a snapshot whose version is not newer than the stored one.
+//! Each dashboard is made of sections, each from one source and each with its
+//! own provenance in `sources` ([`section`]): `live`, `stale` (a configured
+//! source failed: its last good values, with their age and the error) or
+//! `simulated` (no source configured, [`simulate`]). A configured source is never
+//! silently replaced by invented numbers.
+//!
+//! | channel | section | source | fields |
+//! |---|---|---|---|
+//! | `federation` | `peers` | Redis `peer:*` hashes ([`federation`]) | `peers`, `network_health`, `data_integrity`, `avg_latency` |
+//! | | `sync_events` | Redis `sync_events` list | `sync_traffic` |
+//! | | `discover` | `GET /discover` ([`discover`]), optional | more `peers` |
+//! | `memory` | `reasoning` | `reasoning_logs.db` ([`reasoning`]) | `ingestion_rate`, `consolidation_rate`, `confidence_deltas`, `logs` |
+//! | | `ark` | `ark.db` ([`ark`]) | `dedup_rate`, `quarantine_count`, `trust_distribution`, `logs` |
+//!
+//! Only the leader publishes ([`lease`]); both snapshots of a cycle carry the
+//! same `version`, one more than the last stored, and the engine refuses a
+//! snapshot whose version is not newer than the stored one.
 
+pub mod ark;
+pub mod config;
+pub mod dashboards;
+pub mod demo;
+pub mod discover;
+pub mod federation;
+pub mod formulas;
+pub mod lease;
+pub mod reasoning;
+pub mod schema;
+pub mod section;
 pub mod simulate;
 pub mod snapshot;
+pub mod sqlite;
 
-use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, PublishOptions};
 use crate::json::Json;
 use crate::metrics::Metrics;
-use simulate::Simulator;
-use snapshot::{Federation, Memory, Provenance};
+pub use config::{CollectorConfig, FormulaConfig, Plan, SimulateMode};
+use dashboards::{Dashboards, Reads};
+use discover::Discover;
+use federation::{FederationError, FederationRedis};
+use lease::{LeaderState, Lease};
+use section::Section;
+use sqlite::Database;
 
 /// The federation dashboard's channel.
 pub const FEDERATION_CHANNEL: &str = "federation";
 /// The memory dashboard's channel.
 pub const MEMORY_CHANNEL: &str = "memory";
 
-/// Collector settings.
-#[derive(Debug, Clone)]
-pub struct CollectorConfig {
-    /// Time between cycles, drawn uniformly from this range.
-    pub interval: RangeInclusive<Duration>,
+/// Who may publish.
+pub enum Leadership {
+    /// This collector always publishes (the in-memory engine: one process).
+    Always,
+    /// This collector publishes while it holds the lease.
+    Lease(Box<Lease>),
 }
 
-impl Default for CollectorConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2)..=Duration::from_secs(3),
-        }
-    }
+/// Why a collector could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+}
+
+struct Sources {
+    federation: Option<FederationRedis>,
+    discover: Option<Discover>,
+    reasoning: Option<Database>,
+    ark: Option<Database>,
 }
 
 /// See the module documentation.
@@ -49,138 +87,469 @@ pub struct Collector {
     engine: Arc<dyn Engine>,
     config: CollectorConfig,
     metrics: Arc<Metrics>,
-    simulator: Simulator,
+    leadership: Option<Leadership>,
+    sources: Sources,
+    dashboards: Dashboards,
     rng: StdRng,
-    federation: ChannelName,
-    memory: ChannelName,
+    federation_channel: ChannelName,
+    memory_channel: ChannelName,
+    /// The newest version published or seen stored.
     version: u64,
+    publish_failing: bool,
 }
 
 impl Collector {
-    pub fn new(engine: Arc<dyn Engine>, config: CollectorConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        config: CollectorConfig,
+        metrics: Arc<Metrics>,
+        leadership: Leadership,
+    ) -> Result<Self, CollectorError> {
         let channel = |name| {
             ChannelName::parse(name, crate::channel::DEFAULT_MAX_CHANNEL_LEN)
                 .unwrap_or_else(|_| unreachable!("built-in channel names are valid"))
         };
-        Self {
+        let sources = Sources {
+            federation: config
+                .federation
+                .clone()
+                .map(FederationRedis::new)
+                .transpose()?,
+            discover: config.discover.clone().map(Discover::new),
+            reasoning: config
+                .reasoning_db
+                .clone()
+                .map(|c| Database::new(c, schema::REASONING_REQUIRED)),
+            ark: config
+                .ark_db
+                .clone()
+                .map(|c| Database::new(c, schema::ARK_REQUIRED)),
+        };
+        Ok(Self {
             engine,
+            dashboards: Dashboards::new(config.clone(), metrics.clone()),
             config,
             metrics,
-            simulator: Simulator::new(StdRng::from_os_rng()),
+            leadership: Some(leadership),
+            sources,
             rng: StdRng::from_os_rng(),
-            federation: channel(FEDERATION_CHANNEL),
-            memory: channel(MEMORY_CHANNEL),
+            federation_channel: channel(FEDERATION_CHANNEL),
+            memory_channel: channel(MEMORY_CHANNEL),
             version: 0,
-        }
+            publish_failing: false,
+        })
     }
 
-    /// Runs cycles until `shutdown`.
+    /// Runs until `shutdown`: cycles while leading, follows otherwise, and
+    /// releases the lease on the way out.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!("collector started (simulated sections: federation, memory)");
+        self.announce();
+        let lease_stop = CancellationToken::new();
+        let (_always, mut leader, lease_task) = match self.leadership.take() {
+            Some(Leadership::Lease(lease)) => {
+                let (rx, task) = lease.spawn(self.metrics.clone(), lease_stop.clone());
+                (None, rx, Some(task))
+            }
+            Some(Leadership::Always) | None => {
+                self.metrics.collector_leader.set(1);
+                let (tx, rx) = watch::channel(LeaderState::always());
+                (Some(tx), rx, None)
+            }
+        };
+        let mut leading = false;
         loop {
-            let started = std::time::Instant::now();
-            self.cycle().await;
-            self.metrics
-                .collector_cycle
-                .observe(started.elapsed().as_secs_f64());
-            let (low, high) = (*self.config.interval.start(), *self.config.interval.end());
-            let wait = if high > low {
-                self.rng.random_range(low..=high)
-            } else {
-                low
-            };
+            let state = *leader.borrow_and_update();
+            let now_leading = state.may_publish(Instant::now());
+            if now_leading && !leading {
+                self.take_over().await;
+            }
+            leading = now_leading;
+            if leading {
+                let started = std::time::Instant::now();
+                self.cycle(&leader).await;
+                self.metrics
+                    .collector_cycle
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let wait = self.next_wait();
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                _ = role_change(&mut leader) => {}
             }
+        }
+        lease_stop.cancel();
+        if let Some(task) = lease_task {
+            let _ = task.await;
         }
     }
 
-    /// One cycle: compute both snapshots and publish them.
-    pub async fn cycle(&mut self) {
-        let now_ms = crate::time::unix_millis();
-        self.version = self.next_version().await;
-        let generated_at = crate::time::rfc3339_from_millis(now_ms);
-        let simulated = |sections: &[&str]| -> BTreeMap<String, Provenance> {
-            sections
-                .iter()
-                .map(|s| ((*s).to_string(), Provenance::Simulated))
-                .collect()
+    fn announce(&self) {
+        let describe = |s: Section| match self.config.plan(s) {
+            Plan::Read => "live source",
+            Plan::Simulate => "simulated",
+            Plan::Missing(_) => "no source (stale, empty)",
+            Plan::Omit => "off",
         };
-
-        let f = self.simulator.federation(now_ms);
-        let federation = Federation {
-            peers: f.peers,
-            sync_traffic: f.sync_traffic,
-            network_health: f.network_health,
-            data_integrity: f.data_integrity,
-            avg_latency: f.avg_latency,
-            generated_at: generated_at.clone(),
-            version: self.version,
-            sources: simulated(&["peers", "sync_events"]),
-        };
-        let m = self.simulator.memory(now_ms);
-        let memory = Memory {
-            ingestion_rate: m.ingestion_rate,
-            consolidation_rate: m.consolidation_rate,
-            dedup_rate: m.dedup_rate,
-            quarantine_count: m.quarantine_count,
-            trust_distribution: m.trust_distribution,
-            confidence_deltas: m.confidence_deltas,
-            logs: m.logs,
-            generated_at,
-            version: self.version,
-            sources: simulated(&["reasoning", "ark"]),
-        };
-        let federation_channel = self.federation.clone();
-        let memory_channel = self.memory.clone();
-        self.publish(&federation_channel, &federation).await;
-        self.publish(&memory_channel, &memory).await;
+        tracing::info!(
+            simulate = ?self.config.simulate,
+            peers = describe(Section::Peers),
+            sync_events = describe(Section::SyncEvents),
+            discover = describe(Section::Discover),
+            reasoning = describe(Section::Reasoning),
+            ark = describe(Section::Ark),
+            "collector started"
+        );
     }
 
-    /// Continues after the newest stored version (another collector's, or a
-    /// previous run's), so versions only increase.
-    async fn next_version(&self) -> u64 {
+    fn next_wait(&mut self) -> Duration {
+        let (low, high) = (*self.config.interval.start(), *self.config.interval.end());
+        if high > low {
+            self.rng.random_range(low..=high)
+        } else {
+            low
+        }
+    }
+
+    /// On becoming leader: continue after the stored version, and take the
+    /// stored sections as last good values (so a source that is down right
+    /// after a takeover still shows the previous leader's numbers, as stale).
+    async fn take_over(&mut self) {
         let mut stored = 0;
-        for channel in [&self.federation, &self.memory] {
-            if let Ok(Some(s)) = self.engine.snapshot(channel).await {
-                stored = stored.max(s.version.unwrap_or(0));
+        for channel in [self.federation_channel.clone(), self.memory_channel.clone()] {
+            match self.engine.snapshot(&channel).await {
+                Ok(Some(s)) => {
+                    stored = stored.max(s.version.unwrap_or(0));
+                    if let Some(value) = s.data.to_value() {
+                        self.dashboards.seed(&channel, value);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "could not read the stored snapshot; a refused publish will tell the version")
+                }
             }
         }
-        self.version.max(stored) + 1
+        if stored > self.version {
+            tracing::info!(
+                stored,
+                "collector leading: continuing after the stored snapshot version"
+            );
+            self.version = stored;
+        }
     }
-
-    async fn publish<T: serde::Serialize>(&self, channel: &ChannelName, value: &T) {
-        let data = match serde_json::to_value(value) {
-            Ok(v) => Json::from_value(&v),
-            Err(e) => {
-                tracing::error!(%channel, error = %e, "could not encode a snapshot");
+    async fn cycle(&mut self, leader: &watch::Receiver<LeaderState>) {
+        let reads = self.read().await;
+        let now = SystemTime::now();
+        let version = self.version + 1;
+        let generated_at = humantime::format_rfc3339_millis(now).to_string();
+        let federation = self
+            .dashboards
+            .federation(&reads, now, version, &generated_at);
+        let memory = self.dashboards.memory(reads, now, version, &generated_at);
+        let federation_channel = self.federation_channel.clone();
+        let memory_channel = self.memory_channel.clone();
+        for (channel, value) in [
+            (&federation_channel, serde_json::to_value(&federation)),
+            (&memory_channel, serde_json::to_value(&memory)),
+        ] {
+            let data = match value {
+                Ok(v) => Json::from_value(&v),
+                Err(e) => {
+                    tracing::error!(%channel, error = %e, "could not encode a snapshot");
+                    continue;
+                }
+            };
+            if !leader.borrow().may_publish(Instant::now()) {
+                tracing::info!("collector lease ended during the cycle; not publishing");
+                self.count(channel, "not_leader");
                 return;
             }
-        };
+            if !self.publish(channel, &data, version).await {
+                return;
+            }
+        }
+    }
+
+    /// Publishes one snapshot; `false` when the cycle should stop (a newer
+    /// snapshot is stored: another collector is, or was, leading).
+    async fn publish(&mut self, channel: &ChannelName, data: &Json, version: u64) -> bool {
         let options = PublishOptions {
             snapshot: true,
-            version: Some(self.version),
+            version: Some(version),
         };
-        let result = match self.engine.publish(channel, &data, options).await {
+        match self.engine.publish(channel, data, options).await {
             Ok(_) => {
+                if self.publish_failing {
+                    tracing::info!("collector publishing again");
+                    self.publish_failing = false;
+                }
+                self.version = self.version.max(version);
+                self.metrics.collector_version.set(self.version as i64);
                 self.metrics
                     .collector_last_publish
                     .set(crate::time::unix_secs() as i64);
-                "ok"
+                self.count(channel, "ok");
+                true
             }
             Err(EngineError::StaleVersion { current }) => {
-                tracing::info!(%channel, current, mine = self.version, "a newer snapshot is stored; skipped");
-                "stale"
+                tracing::info!(%channel, current, mine = version, "a newer snapshot is stored (another collector published); continuing after it");
+                self.version = self.version.max(current);
+                self.count(channel, "stale");
+                false
             }
             Err(e) => {
-                tracing::warn!(%channel, error = %e, "could not publish a snapshot");
-                "error"
+                if !self.publish_failing {
+                    tracing::warn!(%channel, error = %e, "could not publish a snapshot; retrying every cycle");
+                    self.publish_failing = true;
+                }
+                self.count(channel, "error");
+                true
             }
-        };
+        }
+    }
+
+    fn count(&self, channel: &ChannelName, result: &str) {
         self.metrics
             .collector_publishes
             .with_label_values(&[channel.as_str(), result])
             .inc();
+    }
+
+    /// Reads every source whose plan is to read, concurrently.
+    async fn read(&self) -> Reads {
+        let reads_section = |s| self.config.plan(s) == Plan::Read;
+        let metrics = &self.metrics;
+        let invalid = |source: &str, n: usize| {
+            if n > 0 {
+                tracing::debug!(source, skipped = n, "skipped malformed records");
+                metrics
+                    .collector_invalid_records
+                    .with_label_values(&[source])
+                    .inc_by(n as u64);
+            }
+        };
+        let federation = async {
+            match &self.sources.federation {
+                Some(f) if reads_section(Section::Peers) => {
+                    let (peers, sync) = tokio::join!(f.peers(), f.sync_events());
+                    (
+                        Some(peers.map_err(|e| e.to_string())),
+                        Some(
+                            sync.map(|(events, bad)| {
+                                invalid(Section::SyncEvents.name(), bad);
+                                events
+                            })
+                            .map_err(|e| e.to_string()),
+                        ),
+                    )
+                }
+                _ => (None, None),
+            }
+        };
+        let discover = async {
+            match &self.sources.discover {
+                Some(d) if reads_section(Section::Discover) => Some(
+                    d.peers()
+                        .await
+                        .map(|(peers, bad)| {
+                            invalid(Section::Discover.name(), bad);
+                            peers
+                        })
+                        .map_err(|e| e.to_string()),
+                ),
+                _ => None,
+            }
+        };
+        let params = reasoning::ReasoningParams {
+            window: self.config.formulas.rate_window,
+            threshold: self.config.formulas.consolidation_threshold,
+        };
+        let reasoning = async {
+            match &self.sources.reasoning {
+                Some(db) if reads_section(Section::Reasoning) => Some(
+                    db.read(move |c| reasoning::query(c, &params))
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                _ => None,
+            }
+        };
+        let ark_params = ark::ArkParams {
+            quarantine_window: self.config.formulas.quarantine_window,
+        };
+        let ark = async {
+            match &self.sources.ark {
+                Some(db) if reads_section(Section::Ark) => Some(
+                    db.read(move |c| ark::query(c, &ark_params))
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                _ => None,
+            }
+        };
+        let ((peers, sync), discover, reasoning, ark) =
+            tokio::join!(federation, discover, reasoning, ark);
+        Reads {
+            peers,
+            sync,
+            discover,
+            reasoning,
+            ark,
+        }
+    }
+}
+
+/// Waits for a leadership change (forever, if leadership cannot change).
+async fn role_change(rx: &mut watch::Receiver<LeaderState>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::HistoryConfig;
+    use crate::engine::memory::MemoryEngine;
+
+    fn collector(config: CollectorConfig) -> (Collector, Arc<dyn Engine>) {
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(HistoryConfig::default(), tx));
+        let c = Collector::new(
+            engine.clone(),
+            config,
+            Arc::new(Metrics::new()),
+            Leadership::Always,
+        )
+        .unwrap();
+        (c, engine)
+    }
+
+    async fn stored(engine: &Arc<dyn Engine>, channel: &str) -> serde_json::Value {
+        let c = ChannelName::parse(channel, 128).unwrap();
+        engine
+            .snapshot(&c)
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+            .to_value()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_sources_everything_is_simulated_and_versions_increase() {
+        let (mut c, engine) = collector(CollectorConfig::default());
+        let (_tx, leader) = watch::channel(LeaderState::always());
+        c.cycle(&leader).await;
+        c.cycle(&leader).await;
+        let f = stored(&engine, FEDERATION_CHANNEL).await;
+        assert_eq!(f["version"], 2);
+        assert_eq!(f["sources"]["peers"]["source"], "simulated");
+        assert_eq!(f["sources"]["sync_events"]["source"], "simulated");
+        assert!(f["sources"].get("discover").is_none());
+        let m = stored(&engine, MEMORY_CHANNEL).await;
+        assert_eq!(m["version"], 2);
+        assert_eq!(m["sources"]["reasoning"]["source"], "simulated");
+        assert_eq!(m["sources"]["ark"]["source"], "simulated");
+    }
+
+    #[tokio::test]
+    async fn never_simulates_nothing_and_says_which_flag_is_missing() {
+        let (mut c, engine) = collector(CollectorConfig {
+            simulate: SimulateMode::Never,
+            ..CollectorConfig::default()
+        });
+        let (_tx, leader) = watch::channel(LeaderState::always());
+        c.cycle(&leader).await;
+        let m = stored(&engine, MEMORY_CHANNEL).await;
+        assert_eq!(m["sources"]["reasoning"]["source"], "stale");
+        assert!(m["sources"]["reasoning"].get("age_seconds").is_none());
+        assert!(
+            m["sources"]["reasoning"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("--reasoning-db")
+        );
+        assert_eq!(m["ingestion_rate"], 0.0);
+        assert_eq!(m["logs"], serde_json::json!([]));
+        let f = stored(&engine, FEDERATION_CHANNEL).await;
+        assert_eq!(f["peers"], serde_json::json!([]));
+        assert_eq!(f["sources"]["peers"]["source"], "stale");
+    }
+
+    #[tokio::test]
+    async fn a_follower_does_not_publish_and_a_refused_version_is_adopted() {
+        let (mut c, engine) = collector(CollectorConfig::default());
+        let (_tx, follower) = watch::channel(LeaderState::follower());
+        c.cycle(&follower).await;
+        let ch = ChannelName::parse(FEDERATION_CHANNEL, 128).unwrap();
+        assert!(engine.snapshot(&ch).await.unwrap().is_none());
+
+        // Another collector stored version 41.
+        let data = Json::from_value(&serde_json::json!({"version": 41}));
+        engine
+            .publish(
+                &ch,
+                &data,
+                PublishOptions {
+                    snapshot: true,
+                    version: Some(41),
+                },
+            )
+            .await
+            .unwrap();
+        let (_tx, leader) = watch::channel(LeaderState::always());
+        c.cycle(&leader).await; // refused: 1 ≤ 41; adopts 41
+        c.cycle(&leader).await;
+        assert_eq!(stored(&engine, FEDERATION_CHANNEL).await["version"], 42);
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_continues_after_the_stored_version_and_keeps_stale_values() {
+        let dir = std::env::temp_dir().join(format!("sb-takeover-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ark.db");
+        let w = rusqlite::Connection::open(&path).unwrap();
+        w.execute_batch(schema::ARK_DDL).unwrap();
+        w.execute(
+            "INSERT INTO code_index (file_path, trust_tier) VALUES ('f', 'core')",
+            [],
+        )
+        .unwrap();
+        let config = CollectorConfig {
+            ark_db: Some(sqlite::SqliteConfig {
+                path: path.clone(),
+                busy_timeout: Duration::from_millis(100),
+                query_timeout: Duration::from_secs(5),
+            }),
+            ..CollectorConfig::default()
+        };
+        let (mut first, engine) = collector(config.clone());
+        let (_tx, leader) = watch::channel(LeaderState::always());
+        first.cycle(&leader).await;
+        first.cycle(&leader).await;
+        assert_eq!(
+            stored(&engine, MEMORY_CHANNEL).await["sources"]["ark"]["source"],
+            "live"
+        );
+
+        // The source goes away; a second collector on the same engine takes over.
+        std::fs::remove_file(&path).unwrap();
+        let mut second = Collector::new(
+            engine.clone(),
+            config,
+            Arc::new(Metrics::new()),
+            Leadership::Always,
+        )
+        .unwrap();
+        second.take_over().await;
+        second.cycle(&leader).await;
+        let m = stored(&engine, MEMORY_CHANNEL).await;
+        assert_eq!(m["version"], 3);
+        assert_eq!(m["sources"]["ark"]["source"], "stale");
+        assert!(m["sources"]["ark"]["age_seconds"].as_f64().is_some());
+        assert_eq!(m["trust_distribution"], serde_json::json!({"core": 1}));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -49,6 +49,11 @@ impl RedisServer {
         Self::launch(free_port(), false)
     }
 
+    /// A server on a given port (to bring one back where a test killed it).
+    pub fn start_on(port: u16) -> Self {
+        Self::launch(port, false)
+    }
+
     /// A server that keeps its data across [`RedisServer::restart`] (AOF).
     pub fn start_persistent() -> Self {
         Self::launch(free_port(), true)

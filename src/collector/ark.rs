@@ -1,0 +1,167 @@
+//! The ark section of the memory dashboard, from `ark.db` (seed 001):
+//! deduplication efficiency, quarantine count, trust distribution, and the
+//! quarantine events of the log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::formulas::dedup_rate;
+use super::reasoning::{LOG_EVENTS, RFC3339, ago};
+use super::snapshot::LogEvent;
+
+/// Parameters of the ark queries.
+#[derive(Debug, Clone, Copy)]
+pub struct ArkParams {
+    /// Failed sandbox executions newer than this are in quarantine.
+    pub quarantine_window: Duration,
+}
+
+/// What the ark section shows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ArkValues {
+    pub dedup_rate: f64,
+    pub quarantine_count: u64,
+    pub trust_distribution: BTreeMap<String, u64>,
+    /// Newest last.
+    pub logs: Vec<LogEvent>,
+}
+
+/// Longest error text quoted in a log message.
+const MAX_ERROR_CHARS: usize = 160;
+
+/// Runs the ark queries (inside the caller's read transaction).
+pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
+    let (unique, total): (i64, f64) = conn.query_row(
+        "SELECT COUNT(DISTINCT code_snippet), COALESCE(SUM(usage_count), 0) FROM code_patterns",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(NULLIF(trim(trust_tier), ''), 'unknown') AS tier, COUNT(*)
+         FROM code_index GROUP BY tier",
+    )?;
+    let trust_distribution = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let quarantine_count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sandbox_executions
+         WHERE lower(status) <> 'success' AND created_at > datetime('now', ?1)",
+        [ago(p.quarantine_window)],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT rowid, status, {RFC3339}, {error}
+         FROM sandbox_executions WHERE lower(status) <> 'success'
+         ORDER BY created_at DESC, rowid DESC LIMIT ?1",
+        error = if has_column(conn, "sandbox_executions", "error")? {
+            "error"
+        } else {
+            "NULL"
+        }
+    ))?;
+    let logs = stmt
+        .query_map([LOG_EVENTS as i64], |r| {
+            let id: i64 = r.get(0)?;
+            let status: String = r.get(1)?;
+            let at: String = r.get(2)?;
+            let error: Option<String> = r.get(3)?;
+            let message = match error.filter(|e| !e.trim().is_empty()) {
+                Some(e) => format!(
+                    "Quarantined sandbox execution {id} ({status}): {}",
+                    e.trim().chars().take(MAX_ERROR_CHARS).collect::<String>()
+                ),
+                None => format!("Quarantined sandbox execution {id} ({status})"),
+            };
+            Ok(LogEvent {
+                timestamp: at,
+                kind: "quarantine".into(),
+                message,
+                severity: "warning".into(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ArkValues {
+        dedup_rate: dedup_rate(unique.max(0) as u64, total),
+        quarantine_count: quarantine_count.max(0) as u64,
+        trust_distribution,
+        logs: super::reasoning::newest(logs, LOG_EVENTS),
+    })
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::schema::ARK_DDL;
+
+    #[test]
+    fn ark_numbers_by_hand() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(ARK_DDL).unwrap();
+        for tier in ["core", "core", "core", "sandbox", "external", ""] {
+            conn.execute(
+                "INSERT INTO code_index (file_path, trust_tier) VALUES ('f', ?1)",
+                [tier],
+            )
+            .unwrap();
+        }
+        // Snippets a (used 5 + 3), b (2), c (2): 3 unique, 12 uses → 75 %.
+        for (snippet, uses) in [("a", 5), ("a", 3), ("b", 2), ("c", 2)] {
+            conn.execute(
+                "INSERT INTO code_patterns (code_snippet, usage_count) VALUES (?1, ?2)",
+                rusqlite::params![snippet, uses],
+            )
+            .unwrap();
+        }
+        // Two recent failures, one old failure, one success.
+        for (status, ago) in [
+            ("failed", 60),
+            ("timeout", 120),
+            ("failed", 3 * 86_400),
+            ("success", 10),
+        ] {
+            conn.execute(
+                "INSERT INTO sandbox_executions (status, error, created_at)
+                 VALUES (?1, 'boom', datetime('now', ?2))",
+                rusqlite::params![status, format!("-{ago} seconds")],
+            )
+            .unwrap();
+        }
+        let v = query(
+            &conn,
+            &ArkParams {
+                quarantine_window: Duration::from_secs(86_400),
+            },
+        )
+        .unwrap();
+        assert_eq!(v.dedup_rate, 75.0);
+        assert_eq!(v.quarantine_count, 2);
+        assert_eq!(
+            v.trust_distribution,
+            BTreeMap::from([
+                ("core".to_string(), 3),
+                ("external".to_string(), 1),
+                ("sandbox".to_string(), 1),
+                ("unknown".to_string(), 1),
+            ])
+        );
+        assert_eq!(v.logs.len(), 3);
+        assert_eq!(
+            v.logs[2].message,
+            "Quarantined sandbox execution 1 (failed): boom"
+        );
+        assert_eq!(v.logs[2].severity, "warning");
+    }
+}

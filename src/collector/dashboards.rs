@@ -1,0 +1,376 @@
+//! Turns one cycle's reads into the two dashboards. Each section is shown
+//! live (read this cycle), stale (its configured source failed: last good
+//! values, with their age and the error) or simulated, as the configuration's
+//! plan says; a configured source is never replaced by invented numbers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::FEDERATION_CHANNEL;
+use super::ark::ArkValues;
+use super::config::{CollectorConfig, Plan};
+use super::federation::PeerRecord;
+use super::formulas::{NetworkMetrics, PeerView, effective_status, network_metrics};
+use super::reasoning::{self, LOG_EVENTS, ReasoningValues};
+use super::section::{Section, Tracked};
+use super::simulate::Simulator;
+use super::snapshot::{Federation, Memory, Peer, Provenance, SyncEvent};
+use crate::channel::ChannelName;
+use crate::metrics::Metrics;
+
+/// The peers section's values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PeersValue {
+    pub peers: Vec<Peer>,
+    pub metrics: NetworkMetrics,
+}
+
+/// What one cycle read: `None` where the plan is not to read.
+#[derive(Default)]
+pub struct Reads {
+    pub peers: Option<Result<Vec<PeerRecord>, String>>,
+    pub sync: Option<Result<Vec<SyncEvent>, String>>,
+    pub discover: Option<Result<Vec<PeerRecord>, String>>,
+    pub reasoning: Option<Result<ReasoningValues, String>>,
+    pub ark: Option<Result<ArkValues, String>>,
+}
+
+/// The sections' state across cycles.
+pub struct Dashboards {
+    config: CollectorConfig,
+    metrics: Arc<Metrics>,
+    simulator: Simulator,
+    peers: Tracked<PeersValue>,
+    sync: Tracked<Vec<SyncEvent>>,
+    discover: Tracked<Vec<PeerRecord>>,
+    reasoning: Tracked<ReasoningValues>,
+    ark: Tracked<ArkValues>,
+}
+
+impl Dashboards {
+    pub fn new(config: CollectorConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            config,
+            metrics,
+            simulator: Simulator::new(StdRng::from_os_rng()),
+            peers: Tracked::new(Section::Peers),
+            sync: Tracked::new(Section::SyncEvents),
+            discover: Tracked::new(Section::Discover),
+            reasoning: Tracked::new(Section::Reasoning),
+            ark: Tracked::new(Section::Ark),
+        }
+    }
+
+    /// Takes a stored snapshot's live (or stale, with an age) sections as last
+    /// good values, unless this collector has read its own.
+    pub fn seed(&mut self, channel: &ChannelName, value: serde_json::Value) {
+        let good_at = |generated_at: &str, provenance: Option<&Provenance>| {
+            let generated = humantime::parse_rfc3339_weak(generated_at).ok()?;
+            match provenance? {
+                Provenance::Live => Some(generated),
+                Provenance::Stale {
+                    age_seconds: Some(age),
+                    ..
+                } => generated.checked_sub(Duration::from_secs_f64(age.max(0.0))),
+                _ => None,
+            }
+        };
+        if channel.as_str() == FEDERATION_CHANNEL {
+            let Ok(f) = serde_json::from_value::<Federation>(value) else {
+                return;
+            };
+            if let Some(at) = good_at(&f.generated_at, f.sources.get("peers")) {
+                self.peers.seed(
+                    PeersValue {
+                        peers: f.peers,
+                        metrics: NetworkMetrics {
+                            network_health: f.network_health,
+                            data_integrity: f.data_integrity,
+                            avg_latency: f.avg_latency,
+                        },
+                    },
+                    at,
+                );
+            }
+            if let Some(at) = good_at(&f.generated_at, f.sources.get("sync_events")) {
+                self.sync.seed(f.sync_traffic, at);
+            }
+        } else {
+            let Ok(m) = serde_json::from_value::<Memory>(value) else {
+                return;
+            };
+            let (ark_logs, reasoning_logs): (Vec<_>, Vec<_>) =
+                m.logs.into_iter().partition(|l| l.kind == "quarantine");
+            if let Some(at) = good_at(&m.generated_at, m.sources.get("reasoning")) {
+                self.reasoning.seed(
+                    ReasoningValues {
+                        ingestion_rate: m.ingestion_rate,
+                        consolidation_rate: m.consolidation_rate,
+                        confidence_deltas: m.confidence_deltas,
+                        logs: reasoning_logs,
+                    },
+                    at,
+                );
+            }
+            if let Some(at) = good_at(&m.generated_at, m.sources.get("ark")) {
+                self.ark.seed(
+                    ArkValues {
+                        dedup_rate: m.dedup_rate,
+                        quarantine_count: m.quarantine_count,
+                        trust_distribution: m.trust_distribution,
+                        logs: ark_logs,
+                    },
+                    at,
+                );
+            }
+        }
+    }
+
+    /// The federation dashboard of this cycle.
+    pub fn federation(
+        &mut self,
+        reads: &Reads,
+        now: SystemTime,
+        version: u64,
+        generated_at: &str,
+    ) -> Federation {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let simulated = [Section::Peers, Section::SyncEvents]
+            .iter()
+            .any(|s| self.config.plan(*s) == Plan::Simulate)
+            .then(|| self.simulator.federation(now_ms));
+        let mut sources = BTreeMap::new();
+
+        let discovered: Vec<PeerRecord> = match &reads.discover {
+            Some(result) => {
+                let (records, provenance) =
+                    self.discover.record(result.clone(), now, &self.metrics);
+                sources.insert(Section::Discover.name().to_string(), provenance);
+                records
+            }
+            None => Vec::new(),
+        };
+
+        let (peers, provenance) = match (self.config.plan(Section::Peers), &reads.peers) {
+            (Plan::Read, Some(Ok(records))) => {
+                let value = self.peer_values(records, &discovered, now_ms);
+                self.peers.record(Ok(value), now, &self.metrics)
+            }
+            (Plan::Read, Some(Err(e))) => self.peers.record(Err(e.clone()), now, &self.metrics),
+            (Plan::Simulate, _) => match &simulated {
+                Some(f) => (
+                    PeersValue {
+                        peers: f.peers.clone(),
+                        metrics: NetworkMetrics {
+                            network_health: f.network_health,
+                            data_integrity: f.data_integrity,
+                            avg_latency: f.avg_latency,
+                        },
+                    },
+                    Provenance::Simulated,
+                ),
+                None => (PeersValue::default(), Provenance::Simulated),
+            },
+            (Plan::Missing(why), _) => self.peers.stale(why.to_string(), now),
+            _ => self.peers.stale("not read".to_string(), now),
+        };
+        sources.insert(Section::Peers.name().to_string(), provenance);
+
+        let (sync_traffic, provenance) = match (self.config.plan(Section::SyncEvents), &reads.sync)
+        {
+            (Plan::Read, Some(result)) => self.sync.record(result.clone(), now, &self.metrics),
+            (Plan::Simulate, _) => (
+                simulated
+                    .as_ref()
+                    .map(|f| f.sync_traffic.clone())
+                    .unwrap_or_default(),
+                Provenance::Simulated,
+            ),
+            (Plan::Missing(why), _) => self.sync.stale(why.to_string(), now),
+            _ => self.sync.stale("not read".to_string(), now),
+        };
+        sources.insert(Section::SyncEvents.name().to_string(), provenance);
+
+        Federation {
+            peers: peers.peers,
+            sync_traffic,
+            network_health: peers.metrics.network_health,
+            data_integrity: peers.metrics.data_integrity,
+            avg_latency: peers.metrics.avg_latency,
+            generated_at: generated_at.to_string(),
+            version,
+            sources,
+        }
+    }
+
+    /// Redis peers, completed by discovered ones, as shown, with the metrics.
+    fn peer_values(
+        &self,
+        redis: &[PeerRecord],
+        discovered: &[PeerRecord],
+        now_ms: u64,
+    ) -> PeersValue {
+        let f = &self.config.formulas;
+        let views: Vec<PeerView> = merge_records(redis, discovered)
+            .into_iter()
+            .map(|r| {
+                let last_seen = r.last_seen_ms.unwrap_or(0);
+                let status = effective_status(
+                    r.status.as_deref().unwrap_or("unknown"),
+                    last_seen,
+                    now_ms,
+                    f.peer_staleness,
+                );
+                PeerView {
+                    peer: Peer {
+                        hostname: r.hostname.clone().unwrap_or_else(|| r.id.clone()),
+                        trust_tier: r.trust_tier.clone().unwrap_or_else(|| "unknown".into()),
+                        status,
+                        latency: r.latency.map_or(0, |l| l.round() as u64),
+                        last_seen,
+                        id: r.id,
+                    },
+                    latency: r.latency,
+                }
+            })
+            .collect();
+        let metrics = network_metrics(&views, &f.trust_weights);
+        PeersValue {
+            peers: views.into_iter().map(|v| v.peer).collect(),
+            metrics,
+        }
+    }
+
+    /// The memory dashboard of this cycle.
+    pub fn memory(
+        &mut self,
+        reads: Reads,
+        now: SystemTime,
+        version: u64,
+        generated_at: &str,
+    ) -> Memory {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let simulated = [Section::Reasoning, Section::Ark]
+            .iter()
+            .any(|s| self.config.plan(*s) == Plan::Simulate)
+            .then(|| self.simulator.memory(now_ms));
+        let mut sources = BTreeMap::new();
+
+        let (reasoning, provenance) = match (self.config.plan(Section::Reasoning), reads.reasoning)
+        {
+            (Plan::Read, Some(result)) => self.reasoning.record(result, now, &self.metrics),
+            (Plan::Simulate, _) => (
+                simulated
+                    .as_ref()
+                    .map(|m| ReasoningValues {
+                        ingestion_rate: m.ingestion_rate,
+                        consolidation_rate: m.consolidation_rate,
+                        confidence_deltas: m.confidence_deltas.clone(),
+                        logs: m.logs.clone(),
+                    })
+                    .unwrap_or_default(),
+                Provenance::Simulated,
+            ),
+            (Plan::Missing(why), _) => self.reasoning.stale(why.to_string(), now),
+            _ => self.reasoning.stale("not read".to_string(), now),
+        };
+        sources.insert(Section::Reasoning.name().to_string(), provenance);
+
+        let (ark, provenance) = match (self.config.plan(Section::Ark), reads.ark) {
+            (Plan::Read, Some(result)) => self.ark.record(result, now, &self.metrics),
+            (Plan::Simulate, _) => (
+                simulated
+                    .as_ref()
+                    .map(|m| ArkValues {
+                        dedup_rate: m.dedup_rate,
+                        quarantine_count: m.quarantine_count,
+                        trust_distribution: m.trust_distribution.clone(),
+                        // The simulator's log is shown with the reasoning section.
+                        logs: Vec::new(),
+                    })
+                    .unwrap_or_default(),
+                Provenance::Simulated,
+            ),
+            (Plan::Missing(why), _) => self.ark.stale(why.to_string(), now),
+            _ => self.ark.stale("not read".to_string(), now),
+        };
+        sources.insert(Section::Ark.name().to_string(), provenance);
+
+        let logs = reasoning::newest([reasoning.logs, ark.logs].concat(), LOG_EVENTS);
+        Memory {
+            ingestion_rate: reasoning.ingestion_rate,
+            consolidation_rate: reasoning.consolidation_rate,
+            dedup_rate: ark.dedup_rate,
+            quarantine_count: ark.quarantine_count,
+            trust_distribution: ark.trust_distribution,
+            confidence_deltas: reasoning.confidence_deltas,
+            logs,
+            generated_at: generated_at.to_string(),
+            version,
+            sources,
+        }
+    }
+}
+
+/// Redis peers first (their fields win), then discovered peers Redis does not
+/// know; a field Redis lacks is taken from discovery. Sorted by id.
+pub fn merge_records(redis: &[PeerRecord], discovered: &[PeerRecord]) -> Vec<PeerRecord> {
+    let mut merged: BTreeMap<String, PeerRecord> = BTreeMap::new();
+    for r in redis {
+        merged.insert(r.id.clone(), r.clone());
+    }
+    for d in discovered {
+        match merged.get_mut(&d.id) {
+            Some(r) => {
+                r.hostname = r.hostname.take().or_else(|| d.hostname.clone());
+                r.trust_tier = r.trust_tier.take().or_else(|| d.trust_tier.clone());
+                r.status = r.status.take().or_else(|| d.status.clone());
+                r.latency = r.latency.or(d.latency);
+                r.last_seen_ms = r.last_seen_ms.or(d.last_seen_ms);
+            }
+            None => {
+                merged.insert(d.id.clone(), d.clone());
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_fields_win_and_discovery_fills_gaps() {
+        let redis = [PeerRecord {
+            id: "a".into(),
+            status: Some("online".into()),
+            ..PeerRecord::default()
+        }];
+        let discovered = [
+            PeerRecord {
+                id: "a".into(),
+                status: Some("offline".into()),
+                hostname: Some("a.local".into()),
+                ..PeerRecord::default()
+            },
+            PeerRecord {
+                id: "b".into(),
+                ..PeerRecord::default()
+            },
+        ];
+        let merged = merge_records(&redis, &discovered);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].status.as_deref(), Some("online"));
+        assert_eq!(merged[0].hostname.as_deref(), Some("a.local"));
+        assert_eq!(merged[1].id, "b");
+    }
+}
