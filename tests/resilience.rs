@@ -26,6 +26,7 @@ async fn resilient_reader(
     let mut offsets: Vec<u64> = Vec::new();
     let mut position: Option<(u64, String)> = None;
     let mut resumes = 0;
+    let mut log: Vec<String> = Vec::new();
     while offsets.last().copied() != Some(last) {
         assert!(
             started.elapsed() < deadline,
@@ -45,10 +46,12 @@ async fn resilient_reader(
             resumes += 1;
         }
         client.send_json(&subscribe).await;
+        log.push(format!("connect {_hello} sub {subscribe}"));
         while let Some(Received::Text(t)) = client.next(Duration::from_secs(15)).await {
             let m: Value = serde_json::from_str(&t).unwrap();
             match m["type"].as_str() {
                 Some("subscribed") => {
+                    log.push(format!("got {m} after {:?}", offsets.last()));
                     if position.is_some() {
                         assert_eq!(
                             m["recovered"], true,
@@ -63,6 +66,10 @@ async fn resilient_reader(
                 }
                 Some("message") => {
                     let offset = m["offset"].as_u64().unwrap();
+                    if offsets.last().is_some_and(|l| offset <= *l) {
+                        log.push(format!("DUP {offset} after {:?}", offsets.last()));
+                        eprintln!("{}", log.join("\n"));
+                    }
                     offsets.push(offset);
                     if let Some(p) = position.as_mut() {
                         p.0 = offset;

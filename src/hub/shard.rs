@@ -68,6 +68,11 @@ struct Subscriber {
     /// `Some` until released: messages that arrived while the session was
     /// sending the subscription's start (snapshot, history).
     held: Option<Vec<Arc<Delivery>>>,
+    /// After release: the start went up to this offset. The session may have
+    /// read history further than this replica's live feed had come, so live
+    /// messages up to here are dropped for this subscriber until the feed
+    /// passes it (then it rejoins the shared fast path).
+    floor: Option<Offset>,
 }
 
 struct Group {
@@ -155,6 +160,7 @@ impl Shard {
                 let subscriber = Subscriber {
                     conn,
                     held: Some(Vec::new()),
+                    floor: None,
                 };
                 match groups.iter_mut().find(|g| g.mode.same_group(&mode)) {
                     Some(g) => g.subscribers.push(subscriber),
@@ -179,11 +185,15 @@ impl Shard {
                         continue;
                     };
                     let held = sub.held.take().unwrap_or_default();
+                    sub.floor = Some(after);
                     let frames: Vec<&Bytes> = held
                         .iter()
                         .filter(|d| d.offset.is_none_or(|o| o > after))
                         .map(|d| d.frame(group.mode.kind))
                         .collect();
+                    if held.iter().any(|d| d.offset.is_some_and(|o| o > after)) {
+                        sub.floor = None;
+                    }
                     if !frames.is_empty() {
                         self.metrics.messages_out.inc_by(frames.len() as u64);
                         if sub.conn.send(concat(&frames)) == Sent::Overflow {
@@ -268,8 +278,26 @@ impl Shard {
                         }
                     }
                     None => {
+                        let sent = match sub.floor {
+                            None => sub.conn.send(batch.clone()),
+                            Some(floor) => {
+                                // Only just released: skip what its start already had.
+                                let newer: Vec<&Bytes> = matching
+                                    .iter()
+                                    .filter(|d| d.offset.is_none_or(|o| o > floor))
+                                    .map(|d| d.frame(group.mode.kind))
+                                    .collect();
+                                if matching.iter().any(|d| d.offset.is_some_and(|o| o > floor)) {
+                                    sub.floor = None;
+                                }
+                                if newer.is_empty() {
+                                    continue;
+                                }
+                                sub.conn.send(concat(&newer))
+                            }
+                        };
                         live += 1;
-                        if sub.conn.send(batch.clone()) == Sent::Overflow {
+                        if sent == Sent::Overflow {
                             self.metrics.slow_consumer_closes.inc();
                         }
                     }
