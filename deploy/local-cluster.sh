@@ -50,6 +50,7 @@ GATEWAY_ARGS=()
 COLLECTOR_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --*=*) opt=${1%%=*}; val=${1#*=}; shift; set -- "$opt" "$val" "$@"; continue ;;
     --gateways) GATEWAYS=$2; shift 2 ;;
     --lb-port) LB_PORT=$2; shift 2 ;;
     --gateway-ports) GATEWAY_PORTS=$2; shift 2 ;;

@@ -187,7 +187,7 @@ def binary_env_names(binary):
     names = set()
     for cmd in ("gateway", "collector"):
         out = subprocess.run([binary, cmd, "--help"], capture_output=True, text=True, check=True).stdout
-        names |= set(re.findall(r"env: (SWITCHBOARD_[A-Z0-9_]+)", out))
+        names |= set(re.findall(r"env:\s+(SWITCHBOARD_[A-Z0-9_]+)", out))
     return names
 
 
