@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Proves that deploy/Dockerfile builds and that the image runs, on a machine with no
+# Docker engine and no container registry (only Debian's apt):
+#
+#   1. base images made locally with debootstrap (Debian bookworm): a runtime base
+#      standing in for debian:bookworm-slim, and a builder standing in for
+#      rust:1-bookworm (bookworm + gcc + this machine's Rust toolchain);
+#   2. `buildah bud` builds the real deploy/Dockerfile with those two as
+#      RUST_IMAGE/RUNTIME_IMAGE (cargo fetches crates from crates.io inside the build);
+#   3. `podman run` starts the image read-only, as Kubernetes would, and checks:
+#      the user is 10001, standalone serves /health/live, /health/ready and /metrics,
+#      a gateway becomes ready against a redis-server on loopback, and SIGTERM drains
+#      and exits 0.
+#
+#   deploy/image-smoke.sh            (as root, or with sudo; installs buildah, podman,
+#                                     runc, debootstrap with apt when missing)
+#
+# Takes 10–25 minutes the first time (debootstrap twice, a release build on 2 cores).
+# Not part of CI for that reason; the README says what it proved and when.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${SWITCHBOARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard}/image
+IMAGE=localhost/switchboard:smoke
+RUNTIME_BASE=localhost/smoke/debian:bookworm-local
+BUILD_BASE=localhost/smoke/rust:bookworm-local
+SUITE=bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mkdir -p "$CACHE"
+
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+need=()
+for tool in buildah podman runc debootstrap redis-server curl; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# podman's defaults ask for rlimits above this machine's hard limits, and its default
+# runtime (crun) refuses hybrid cgroups; runc and explicit limits work.
+RUN=(podman --runtime runc run --ulimit "nofile=4096:$(ulimit -Hn)" --ulimit nproc=4096:4096)
+
+step() { echo; echo "== $*"; }
+
+base_image() { # name rootfs-dir [debootstrap --include list] [extra import --change …]
+  local name=$1 dir=$2 include=$3; shift 3
+  if podman image exists "$name"; then echo "have $name"; return; fi
+  if [ ! -x "$dir/bin/sh" ]; then
+    echo "debootstrap $SUITE → $dir ${include:+(+ $include)}"
+    $SUDO debootstrap --variant=minbase ${include:+--include="$include"} "$SUITE" "$dir" "$MIRROR" >"$dir.log" 2>&1 \
+      || { tail -20 "$dir.log"; exit 1; }
+    $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  fi
+  tar -C "$dir" -c . | podman import "$@" - "$name" >/dev/null
+  echo "imported $name"
+}
+
+step "base images (debootstrap $SUITE minbase)"
+base_image "$RUNTIME_BASE" "$CACHE/runtime-rootfs" "" --change 'CMD ["/bin/bash"]'
+if ! podman image exists "$BUILD_BASE"; then
+  SYSROOT=$(rustc --print sysroot)
+  echo "builder: $SUITE + gcc + Rust from $SYSROOT ($(rustc --version))"
+  dir="$CACHE/build-rootfs"
+  [ -x "$dir/bin/sh" ] || base_image "$BUILD_BASE-tmp" "$dir" "gcc,libc6-dev,ca-certificates"
+  podman rmi -f "$BUILD_BASE-tmp" >/dev/null 2>&1 || true
+  $SUDO rm -rf "$dir/usr/local/rust" && $SUDO mkdir -p "$dir/usr/local/rust" "$dir/usr/local/cargo"
+  $SUDO cp -a "$SYSROOT/bin" "$SYSROOT/lib" "$dir/usr/local/rust/"
+  # cargo fetches crates inside the build: the builder trusts what this machine
+  # trusts (a network that inspects TLS adds its own CA to the host's bundle).
+  $SUDO cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+  tar -C "$dir" -c . | podman import \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' - "$BUILD_BASE" >/dev/null
+  echo "imported $BUILD_BASE"
+fi
+
+step "buildah bud -f deploy/Dockerfile (the production Dockerfile, bases overridden)"
+started=$(date +%s)
+buildah bud --isolation chroot --layers \
+  --build-arg RUST_IMAGE="$BUILD_BASE" --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" \
+  -f deploy/Dockerfile -t "$IMAGE" "$ROOT"
+echo "built $IMAGE in $(( $(date +%s) - started )) s"
+podman image inspect "$IMAGE" --format 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}} size={{.Size}}'
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url expected-status seconds
+  for _ in $(seq 1 $(( $3 * 10 ))); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "no $2 from $1 within $3 s" >&2; return 1
+}
+containers=()
+REDIS_PID=""
+cleanup() {
+  for c in "${containers[@]}"; do podman rm -f "$c" >/dev/null 2>&1 || true; done
+  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+step "podman run: standalone, read-only root filesystem"
+port=$(free_port)
+c=sb-smoke-standalone-$$; containers+=("$c")
+"${RUN[@]}" -d --name "$c" --network host --read-only --tmpfs /tmp "$IMAGE" \
+  standalone --listen "127.0.0.1:$port" --collect-interval-min 200ms --collect-interval-max 300ms >/dev/null
+wait_http "http://127.0.0.1:$port/health/live" 200 20
+wait_http "http://127.0.0.1:$port/health/ready" 200 20
+uid=$(podman exec "$c" id -u)
+[ "$uid" = 10001 ] || { echo "runs as uid $uid, want 10001"; exit 1; }
+curl -s "http://127.0.0.1:$port/metrics" | grep -q '^switchboard_build_info' || { echo "no metrics"; exit 1; }
+echo "ok  /health/live 200, /health/ready 200, /metrics served, uid $uid"
+
+step "podman run: gateway against redis-server on loopback, then SIGTERM"
+rport=$(free_port); gport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+REDIS_PID=$!
+c=sb-smoke-gateway-$$; containers+=("$c")
+"${RUN[@]}" -d --name "$c" --network host --read-only --tmpfs /tmp \
+  -e SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$rport" -e SWITCHBOARD_NO_AUTH=true \
+  -e SWITCHBOARD_LISTEN="127.0.0.1:$gport" -e SWITCHBOARD_DRAIN_WINDOW=1s -e SWITCHBOARD_DRAIN_DEADLINE=5s \
+  "$IMAGE" >/dev/null
+wait_http "http://127.0.0.1:$gport/health/ready" 200 30
+echo "ok  gateway (the image's default command) ready on Redis"
+started=$(date +%s)
+podman stop -t 30 "$c" >/dev/null
+code=$(podman inspect "$c" --format '{{.State.ExitCode}}')
+[ "$code" = 0 ] || { echo "exit code $code after SIGTERM"; podman logs "$c" | tail -5; exit 1; }
+echo "ok  SIGTERM: drained and exited 0 in $(( $(date +%s) - started )) s"
+podman logs "$c" 2>&1 | tail -3
+
+step "image smoke test passed: $IMAGE"

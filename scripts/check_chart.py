@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Offline checks of helm/switchboard and deploy/ (run by scripts/check-chart.sh).
+
+* `helm lint` (Helm's Go SDK through helm-python-sdk) with each value set;
+* values.schema.json accepts every documented value set and rejects typos;
+* renders the chart with the default values (plus redis.url) and every
+  helm/switchboard/ci/*.yaml, and validates every object against the Kubernetes
+  OpenAPI schemas with kubernetes-validate (strict: unknown fields are errors);
+  ServiceMonitor and PrometheusRule (CRDs, no schema there) get structural checks;
+* the production rules of the chart: non-root, read-only root filesystem,
+  resources, probes on the health endpoints, grace period covering preStop and the
+  drain deadline, a config checksum on pods, no session affinity;
+* renderings that must fail do, with a message that says what to do;
+* every SWITCHBOARD_* variable the chart sets is one the binary reads (with --binary);
+* the chart README lists every value; the PrometheusRule equals
+  deploy/prometheus/alerts.yml; the dashboard ConfigMap equals deploy/grafana/.
+
+Usage: check_chart.py [--binary target/debug/switchboard] [--kube-version 1.30.0]
+"""
+import argparse
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "switchboard"
+REDIS = {"redis": {"url": "redis://redis.example:6379/0"}}
+
+# Variables named in /work/shared/DESIGN.md (and the collector's source flags) that
+# the chart already sets and the binary is getting: reported, not failed, while the
+# binary does not read them yet.
+PENDING_ENV = {
+    "SWITCHBOARD_JWT_SECRET_FILE",
+    "SWITCHBOARD_JWT_PUBLIC_KEY_FILE",
+    "SWITCHBOARD_JWKS_FILE",
+    "SWITCHBOARD_ALLOWED_ORIGINS",
+    "SWITCHBOARD_REASONING_DB",
+    "SWITCHBOARD_ARK_DB",
+    "SWITCHBOARD_FEDERATION_REDIS_URL",
+    "SWITCHBOARD_SIMULATE",
+}
+
+failures = []
+notes = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"FAIL {msg}", file=sys.stderr)
+
+
+def deep_merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def render(chart, values, name="sb", namespace="switchboard"):
+    chart.validate_schema(chart.merge_values(values))
+    out = chart.render(values, name=name, namespace=namespace)
+    docs, notes_txt = [], ""
+    for path in sorted(out):
+        if path.endswith("NOTES.txt"):
+            notes_txt = out[path]
+            continue
+        for doc in yaml.safe_load_all(out[path]):
+            if doc:
+                docs.append((path, doc))
+    return docs, notes_txt
+
+
+def lint(values, label):
+    report = helm.lint(str(CHART), values, strict=True, namespace="switchboard")
+    for m in report.get("messages") or []:
+        if m.get("severity", 0) >= 2:
+            fail(f"{label}: helm lint: {m.get('path')}: {m.get('error')}")
+    for e in report.get("errors") or []:
+        fail(f"{label}: helm lint: {e}")
+
+
+def validate_k8s(label, path, doc, kube_version):
+    kind = doc.get("kind")
+    where = f"{label}: {path}: {kind}/{doc.get('metadata', {}).get('name')}"
+    if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        check_monitoring_crd(where, doc)
+        return
+    try:
+        kubernetes_validate.validate(doc, kube_version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        fail(f"{where}: {e.message} at {'.'.join(str(p) for p in e.path)}")
+    except Exception as e:  # noqa: BLE001 - report any validator problem as a failure
+        fail(f"{where}: {type(e).__name__}: {e}")
+
+
+def check_monitoring_crd(where, doc):
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "ServiceMonitor":
+        if not spec.get("selector", {}).get("matchLabels"):
+            fail(f"{where}: no selector")
+        for ep in spec.get("endpoints") or [None]:
+            if not ep or not ep.get("port") or ep.get("path") != "/metrics":
+                fail(f"{where}: endpoint must name a port and path /metrics: {ep}")
+        if spec.get("jobLabel") != "switchboard.io/job":
+            fail(f"{where}: jobLabel must be switchboard.io/job (alerts use its job names)")
+    elif doc["kind"] == "PrometheusRule":
+        for g in spec.get("groups") or []:
+            for r in g.get("rules") or []:
+                if not r.get("expr") or not (r.get("alert") or r.get("record")):
+                    fail(f"{where}: rule without expr or name: {r}")
+    else:
+        fail(f"{where}: unexpected monitoring kind")
+
+
+def pod_specs(docs):
+    for path, doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            yield path, doc, doc["spec"]["template"]["spec"]
+
+
+def check_policies(label, docs, values, env_names):
+    services = [d for _, d in docs if d["kind"] == "Service"]
+    for s in services:
+        if s["spec"].get("sessionAffinity", "None") != "None":
+            fail(f"{label}: Service {s['metadata']['name']} has session affinity: gateways are stateless")
+    for path, doc, spec in pod_specs(docs):
+        name = doc["metadata"]["name"]
+        psc = spec.get("securityContext") or {}
+        if not psc.get("runAsNonRoot"):
+            fail(f"{label}: {name}: pod not runAsNonRoot")
+        if spec.get("automountServiceAccountToken") is not False:
+            fail(f"{label}: {name}: service account token mounted")
+        for c in spec["containers"]:
+            sc = c.get("securityContext") or {}
+            if not sc.get("readOnlyRootFilesystem") or sc.get("allowPrivilegeEscalation") is not False:
+                fail(f"{label}: {name}/{c['name']}: root filesystem writable or privilege escalation allowed")
+            if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+                fail(f"{label}: {name}/{c['name']}: capabilities not dropped")
+            res = c.get("resources") or {}
+            if not res.get("requests") or not (res.get("limits") or {}).get("memory"):
+                fail(f"{label}: {name}/{c['name']}: needs resource requests and a memory limit")
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in c:
+                    fail(f"{label}: {name}/{c['name']}: no {probe}")
+            for e in c.get("env") or []:
+                env_names.add(e["name"])
+        component = doc["metadata"]["labels"].get("app.kubernetes.io/component")
+        if component in ("gateway", "collector"):
+            if "checksum/config" not in doc["spec"]["template"]["metadata"].get("annotations", {}):
+                fail(f"{label}: {name}: no checksum/config annotation (config changes would not roll pods)")
+            c = spec["containers"][0]
+            paths = {c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]}
+            if paths != {"/health/live", "/health/ready"}:
+                fail(f"{label}: {name}: probes must use /health/live and /health/ready, got {paths}")
+        if component == "gateway":
+            c = spec["containers"][0]
+            drain = values["gateway"]["drain"]
+            pre = c["lifecycle"]["preStop"]["exec"]["command"]
+            if pre != ["sleep", str(drain["preStopSleepSeconds"])]:
+                fail(f"{label}: {name}: preStop {pre} does not match gateway.drain.preStopSleepSeconds")
+            grace = spec["terminationGracePeriodSeconds"]
+            if grace < drain["preStopSleepSeconds"] + drain["deadlineSeconds"]:
+                fail(f"{label}: {name}: grace period {grace}s shorter than preStop + drain deadline")
+            if not spec.get("topologySpreadConstraints") and values["gateway"]["topologySpread"]["enabled"]:
+                fail(f"{label}: {name}: no topology spread")
+            has_replicas = "replicas" in doc["spec"]
+            if has_replicas == values["autoscaling"]["enabled"]:
+                fail(f"{label}: {name}: replicas must be set exactly when autoscaling is off")
+    for _, doc in docs:
+        if doc["kind"] == "ConfigMap":
+            for k, v in (doc.get("data") or {}).items():
+                if k.startswith("SWITCHBOARD_"):
+                    env_names.add(k)
+                    # Helm turns large YAML integers into floats (2.097152e+06): the
+                    # binary would refuse them.
+                    if re.fullmatch(r"[0-9.]+e[+-]?[0-9]+", v):
+                        fail(f"{label}: {k}={v} is a float, not the integer the flag takes")
+
+
+def binary_env_names(binary):
+    names = set()
+    for cmd in ("gateway", "collector"):
+        out = subprocess.run([binary, cmd, "--help"], capture_output=True, text=True, check=True).stdout
+        names |= set(re.findall(r"env:\s+(SWITCHBOARD_[A-Z0-9_]+)", out))
+    return names
+
+
+def leaf_keys(values, prefix=""):
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not key.endswith(("resources", "requests", "limits", "labels")):
+            yield from leaf_keys(v, key + ".")
+        else:
+            yield key
+
+
+def check_readme(values):
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.M))
+    keys = set(leaf_keys(values))
+    for k in sorted(keys - listed):
+        fail(f"helm/switchboard/README.md does not list value {k}")
+    for k in sorted(listed - keys):
+        fail(f"helm/switchboard/README.md lists {k}, which is not in values.yaml")
+
+
+def expect_failure(chart, values, needle, label):
+    try:
+        render(chart, values)
+    except helm.HelmError as e:
+        if needle not in str(e):
+            fail(f"{label}: failed, but without saying {needle!r}: {e}")
+        return
+    fail(f"{label}: rendered, but must fail ({needle!r})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", help="switchboard binary whose --help lists the variables it reads")
+    ap.add_argument("--kube-version", default="1.30.0", help="Kubernetes schemas to validate against")
+    a = ap.parse_args()
+
+    helm.disable_logging()
+    print(f"helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
+          f"Kubernetes schemas {a.kube_version}")
+    chart = helm.Chart.load(str(CHART))
+    defaults = chart.values
+
+    sets = [("default values + redis.url", REDIS)]
+    for f in sorted((CHART / "ci").glob("*.yaml")):
+        sets.append((f"ci/{f.name}", yaml.safe_load(f.read_text()) or {}))
+    if len(sets) < 4:
+        fail("need at least three documented value sets in helm/switchboard/ci/")
+
+    env_names = set()
+    for label, overrides in sets:
+        lint(overrides, label)
+        try:
+            docs, notes_txt = render(chart, overrides)
+        except helm.HelmError as e:
+            fail(f"{label}: does not render: {e}")
+            continue
+        values = deep_merge(defaults, overrides)
+        for path, doc in docs:
+            validate_k8s(label, path, doc, a.kube_version)
+        check_policies(label, docs, values, env_names)
+        if "switchboard" not in notes_txt:
+            fail(f"{label}: NOTES.txt is empty")
+        kinds = sorted({d["kind"] for _, d in docs})
+        print(f"ok  {label}: {len(docs)} objects valid ({', '.join(kinds)})")
+
+        for _, doc in docs:
+            if doc["kind"] == "PrometheusRule":
+                want = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+                if doc["spec"]["groups"] != want:
+                    fail(f"{label}: PrometheusRule differs from deploy/prometheus/alerts.yml")
+            if doc["kind"] == "ConfigMap" and "switchboard.json" in (doc.get("data") or {}):
+                want = json.loads((ROOT / "deploy/grafana/switchboard.json").read_text())
+                if json.loads(doc["data"]["switchboard.json"]) != want:
+                    fail(f"{label}: dashboard ConfigMap differs from deploy/grafana/switchboard.json")
+
+    # Renderings that must be refused, each with a message saying what to do.
+    expect_failure(chart, {}, "redis.url is required", "no redis.url")
+    expect_failure(chart, deep_merge(REDIS, {"gateway": {"terminationGracePeriodSeconds": 10}}),
+                   "must be at least", "grace period shorter than the drain")
+    expect_failure(chart, deep_merge(REDIS, {"gateway": {"drain": {"windowSeconds": 30}}}),
+                   "windowSeconds must not be longer", "drain window over the deadline")
+    expect_failure(chart, {"redis": {"url": "redis://:hunter2@redis:6379"}},
+                   "must not contain credentials", "password in redis.url")
+    expect_failure(chart, {"redis": {"url": "http://redis:6379"}}, "does not match pattern", "wrong URL scheme")
+    expect_failure(chart, deep_merge(REDIS, {"gatway": {"replicaCount": 2}}), "gatway", "misspelt value")
+    expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+                   "minReplicas must not exceed", "autoscaling bounds reversed")
+    print("ok  bad values are refused with a clear message")
+
+    if a.binary:
+        known = binary_env_names(a.binary)
+        for name in sorted(env_names):
+            if not name.startswith("SWITCHBOARD_") or name in known:
+                continue
+            if name in PENDING_ENV:
+                notes.append(f"{name}: set by the chart, not read by this binary yet (named in DESIGN.md)")
+            else:
+                fail(f"the chart sets {name}, which `switchboard gateway|collector --help` does not list")
+        print(f"ok  {len([n for n in env_names if n.startswith('SWITCHBOARD_')])} SWITCHBOARD_* variables "
+              f"checked against {a.binary}")
+
+    check_readme(defaults)
+    for n in notes:
+        print(f"note {n}")
+    if failures:
+        print(f"\n{len(failures)} chart check(s) failed", file=sys.stderr)
+        return 1
+    print("chart checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
