@@ -14,6 +14,8 @@
 //! compiled once per subscription and identified by its canonical text, so the
 //! fan-out evaluates it once per message for every subscriber that shares it.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// Bounds on what a client may ask for.
@@ -70,7 +72,7 @@ enum Condition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     conditions: Vec<(Vec<String>, Condition)>,
-    key: String,
+    key: Arc<str>,
 }
 
 impl Filter {
@@ -101,12 +103,20 @@ impl Filter {
         if key.len() > limits.max_bytes {
             return Err(FilterError::TooLarge(limits.max_bytes));
         }
-        Ok(Self { conditions, key })
+        Ok(Self {
+            conditions,
+            key: Arc::from(key),
+        })
     }
 
     /// Canonical text: equal filters have equal keys.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The canonical text, shareable.
+    pub fn shared_key(&self) -> Arc<str> {
+        self.key.clone()
     }
 
     /// Whether `data` satisfies every condition.

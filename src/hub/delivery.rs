@@ -1,6 +1,6 @@
 //! One message on its way to local subscribers, encoded at most once per form.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -31,6 +31,9 @@ pub struct Delivery {
     native: OnceLock<Bytes>,
     raw: OnceLock<Bytes>,
     parsed: OnceLock<Option<Value>>,
+    /// Filter results by filter key: each distinct filter is evaluated once
+    /// per message, whichever shard asks first.
+    verdicts: Mutex<Vec<(Arc<str>, bool)>>,
 }
 
 impl Delivery {
@@ -48,6 +51,7 @@ impl Delivery {
             native: OnceLock::new(),
             raw: OnceLock::new(),
             parsed: OnceLock::new(),
+            verdicts: Mutex::new(Vec::new()),
         }
     }
 
@@ -65,15 +69,62 @@ impl Delivery {
         }
     }
 
-    /// Whether the message passes `filter` (parsed once, on first need).
+    /// Whether the message passes `filter`: the data is parsed once, on first
+    /// need, and each distinct filter is evaluated once for the whole replica.
     pub fn passes(&self, filter: Option<&Filter>) -> bool {
-        match filter {
-            None => true,
-            Some(f) => self
-                .parsed
-                .get_or_init(|| self.data.to_value())
-                .as_ref()
-                .is_some_and(|v| f.matches(v)),
+        let Some(f) = filter else {
+            return true;
+        };
+        let cached =
+            |v: &Vec<(Arc<str>, bool)>| v.iter().find(|(k, _)| &**k == f.key()).map(|(_, b)| *b);
+        if let Some(verdict) = cached(&self.lock_verdicts()) {
+            return verdict;
         }
+        let verdict = self
+            .parsed
+            .get_or_init(|| self.data.to_value())
+            .as_ref()
+            .is_some_and(|v| f.matches(v));
+        let mut verdicts = self.lock_verdicts();
+        if cached(&verdicts).is_none() {
+            verdicts.push((f.shared_key(), verdict));
+        }
+        verdict
+    }
+
+    fn lock_verdicts(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, bool)>> {
+        self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn equal_filters_share_one_evaluation_and_frames_are_encoded_once() {
+        let data = Json::parse(Bytes::from_static(br#"{"a":1}"#), 8).unwrap();
+        let d = Delivery::new(ChannelName::parse("c", 16).unwrap(), Some(3), None, data);
+        let spec = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let limits = crate::filter::FilterLimits::default();
+        let f1 = Filter::compile(&spec(serde_json::json!({"a": 1})), &limits).unwrap();
+        let f2 = Filter::compile(&spec(serde_json::json!({"a": 1})), &limits).unwrap();
+        let other = Filter::compile(&spec(serde_json::json!({"a": 2})), &limits).unwrap();
+        assert!(d.passes(Some(&f1)));
+        assert!(d.passes(Some(&f2)));
+        assert!(!d.passes(Some(&other)));
+        assert_eq!(
+            d.lock_verdicts().len(),
+            2,
+            "one verdict per distinct filter"
+        );
+        let first = d.frame(FrameKind::Native).as_ptr();
+        assert_eq!(
+            d.frame(FrameKind::Native).as_ptr(),
+            first,
+            "the same buffer every time"
+        );
+        assert_eq!(&d.frame(FrameKind::Raw)[2..], br#"{"a":1}"#);
     }
 }
