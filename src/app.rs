@@ -133,10 +133,15 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
             listen = %args.listen,
             "standalone: in-memory engine, authentication disabled, listening on loopback only"
         );
-    } else {
+    } else if args.allow_remote {
         tracing::warn!(
             listen = %args.listen,
-            "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback: anyone who reaches this address can read and publish every channel"
+            "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback (--allow-remote): anyone who reaches this address can read and publish every channel"
+        );
+    } else {
+        bail!(
+            "standalone has no authentication, so it listens on loopback only; {} is not loopback. Use `switchboard gateway` with JWT for a reachable service, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
+            args.listen
         );
     }
     let collector_config = args

@@ -76,9 +76,15 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
-    /// Address to listen on (HTTP, WebSocket, health, metrics).
+    /// Address to listen on (HTTP, WebSocket, health, metrics). Loopback only,
+    /// unless --allow-remote.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Allow a non-loopback --listen address. standalone has no authentication:
+    /// anyone who can reach the address can read and publish every channel.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_REMOTE")]
+    pub allow_remote: bool,
 
     #[command(flatten)]
     pub server: ServerArgs,

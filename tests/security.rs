@@ -960,3 +960,38 @@ fn token_command_mints_a_token_the_gateway_accepts() {
     let ttl = data.claims["exp"].as_u64().unwrap() - now();
     assert!((590..=600).contains(&ttl));
 }
+
+#[test]
+fn standalone_refuses_to_listen_beyond_loopback_without_allow_remote() {
+    let listen = format!("0.0.0.0:{}", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["standalone", "--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+    // Its first log line says it runs without authentication, on loopback.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("sb-standalone-{port}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let sb = Switchboard::spawn_with(
+        port,
+        &["standalone", "--listen", &listen],
+        "info",
+        Stdio::from(file),
+    );
+    sb.wait_ready(WAIT);
+    drop(sb);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("authentication disabled") && first.contains("loopback"),
+        "{first}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
