@@ -36,6 +36,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Standalone(args) => standalone(args, shutdown).await,
         Command::Gateway(args) => gateway(args, shutdown).await,
         Command::Collector(args) => collector(args, shutdown).await,
+        Command::Bench(args) => Ok(crate::bench::main(args, shutdown).await?),
+        Command::BenchWorker(_) => Ok(crate::bench::worker::serve().await?),
     }
 }
 
