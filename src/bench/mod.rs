@@ -42,7 +42,7 @@ use client::{ChannelEnd, Expectation};
 use fleet::{ConnectReport, Fleet, FleetReport};
 use plan::{Length, Plan, PlanError};
 use procstat::{ProcError, Sample};
-use publisher::{PublisherError, Sink};
+use publisher::PublisherError;
 use report::{
     ClientUsage, ConnectSummary, DeliverySummary, Report, ServerTotal, ServerUsage, Setup,
 };
@@ -281,8 +281,8 @@ pub async fn run(plan: Plan, threads: usize) -> Result<Report, BenchError> {
     let plan = Arc::new(plan);
     let started_at = crate::time::rfc3339_now();
     let own_before = procstat::own();
-    let sink = if plan.rate > 0.0 {
-        Some(Arc::new(Sink::open(&plan).await?))
+    let publisher = if plan.rate > 0.0 {
+        Some(publisher::Thread::spawn(plan.clone()).await?)
     } else {
         None
     };
@@ -306,13 +306,13 @@ pub async fn run(plan: Plan, threads: usize) -> Result<Report, BenchError> {
     // Publishing starts a moment from now, so that every worker knows the
     // measured window before the first message.
     let lead = Duration::from_millis(100);
-    let start = tokio::time::Instant::now() + lead;
+    let start = std::time::Instant::now() + lead;
     let start_us = crate::time::unix_micros() + lead.as_micros() as u64;
     let measure_from_us = start_us + plan.warmup.as_micros() as u64;
     clients.measure_from(measure_from_us).await?;
-    let (publish, expectation, run_s) = match sink {
-        Some(sink) => {
-            let (report, expectation) = publisher::run(&plan, sink, start, start_us).await;
+    let (publish, expectation, run_s) = match publisher {
+        Some(publisher) => {
+            let (report, expectation) = publisher.run(start, start_us).await?;
             let run_s = report.measure_until_us.saturating_sub(measure_from_us) as f64 / 1e6;
             (Some(report), expectation, run_s)
         }

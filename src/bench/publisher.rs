@@ -258,3 +258,63 @@ pub async fn run(
     };
     (report, expectation)
 }
+
+/// The publisher on a thread of its own, so that its schedule does not wait
+/// behind thousands of client tasks in the clients' runtime.
+pub struct Thread {
+    start: tokio::sync::oneshot::Sender<(std::time::Instant, u64)>,
+    done: tokio::sync::oneshot::Receiver<(PublishReport, Expectation)>,
+}
+
+impl Thread {
+    /// Starts the thread and connects to Redis; returns once it is ready.
+    pub async fn spawn(plan: Arc<Plan>) -> Result<Self, PublisherError> {
+        use tokio::sync::oneshot;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (start_tx, start_rx) = oneshot::channel::<(std::time::Instant, u64)>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let setup = |e: std::io::Error| PublisherError::Setup(e.to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(setup)?;
+        std::thread::Builder::new()
+            .name("bench-publisher".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let sink = match Sink::open(&plan).await {
+                        Ok(sink) => Arc::new(sink),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let Ok((start, start_us)) = start_rx.await else {
+                        return;
+                    };
+                    let start = tokio::time::Instant::from_std(start);
+                    let _ = done_tx.send(run(&plan, sink, start, start_us).await);
+                });
+            })
+            .map_err(setup)?;
+        ready_rx
+            .await
+            .map_err(|_| PublisherError::Setup("the publisher thread ended".into()))??;
+        Ok(Self {
+            start: start_tx,
+            done: done_rx,
+        })
+    }
+
+    /// Publishes from `start` (`start_us` in Unix µs) to the end of the plan.
+    pub async fn run(
+        self,
+        start: std::time::Instant,
+        start_us: u64,
+    ) -> Result<(PublishReport, Expectation), PublisherError> {
+        let ended = || PublisherError::Setup("the publisher thread ended".into());
+        self.start.send((start, start_us)).map_err(|_| ended())?;
+        self.done.await.map_err(|_| ended())
+    }
+}
