@@ -59,8 +59,36 @@ def wsfan_rows(d):
     print()
 
 
+def versus_floor(d):
+    """Medians of versus_floor.sh's alternating runs, and their ratios to the floor."""
+    runs = {}
+    for path in glob.glob(os.path.join(d, "vs-*.json")):
+        r = json.load(open(path))
+        _, server, load, _rep = r["label"].split("-")
+        dl = r["delivery"]
+        runs.setdefault((load, server), []).append(
+            (dl["latency_ms"]["p99"], r["server_total"]["cpu_s_run"], dl["lost"], dl["latency_ms"]["p50"]))
+    if not runs:
+        return
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print("| load | server | runs | p50 ms (median) | p99 ms (median) | p99 ms (all runs) | CPU s (median) | lost | p99 / floor | CPU / floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (load, server) in sorted(runs, key=lambda k: (k[0], k[1] != "floor", k[1])):
+        xs = runs[(load, server)]
+        p99, cpu = med([x[0] for x in xs]), med([x[1] for x in xs])
+        floor = runs.get((load, "floor"))
+        fp99 = med([x[0] for x in floor]) if floor else None
+        fcpu = med([x[1] for x in floor]) if floor else None
+        print("| {} | {} | {} | {:.1f} | {:.1f} | {} | {:.2f} | {} | {} | {} |".format(
+            load, server, len(xs), med([x[3] for x in xs]), p99,
+            ", ".join(f"{x[0]:.0f}" for x in xs), cpu, sum(x[2] for x in xs),
+            f"{p99 / fp99:.2f}" if fp99 else "-", f"{cpu / fcpu:.2f}" if fcpu else "-"))
+    print()
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    versus_floor(sys.argv[1])
     bench_rows(sys.argv[1])
     wsfan_rows(sys.argv[1])
