@@ -191,6 +191,8 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(run(&["--url", "http://127.0.0.1:1"]).contains("only ws:// URLs"));
     assert!(run(&["--clients", "2", "--channels", "3"]).contains("--channels"));
     assert!(run(&["--src-ips", "127.0.0.9-127.0.0.1"]).contains("--src-ips"));
+    // More sockets than one process may open: told to use more worker processes.
+    assert!(run(&["--clients", "10000000", "--workers", "1"]).contains("--workers"));
     // Nothing listens there: every client fails, and the error says where to look.
     let redis = RedisServer::start();
     let port = common::free_port();

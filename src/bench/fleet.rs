@@ -143,8 +143,7 @@ impl Fleet {
     pub async fn finish(self, expectation: Expectation, drain: Duration) -> FleetReport {
         let _ = self.ctl.send(Control::Finish(Arc::new(expectation)));
         let deadline = Instant::now() + drain;
-        // Let every client see the expectation before judging `waiting`.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Clients leave `waiting` only once they have seen the expectation.
         while self.shared.waiting.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

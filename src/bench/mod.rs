@@ -59,6 +59,14 @@ pub enum BenchError {
     Proc(#[from] ProcError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(
+        "{per_process} clients per process need more than this process's limit of {limit} open files: use --workers {workers} or more"
+    )]
+    TooManyFiles {
+        per_process: usize,
+        limit: u64,
+        workers: usize,
+    },
     #[error("no client could connect ({0}); is the server running at --url?")]
     NoneConnected(String),
     #[error("cannot write the report to {path}: {source}")]
@@ -272,12 +280,34 @@ fn merge_fleet(parts: Vec<FleetReport>) -> FleetReport {
     all
 }
 
+/// Files a process may open beyond its clients' sockets (Redis, stdio, the runtime).
+const SPARE_FILES: u64 = 64;
+
+/// Refuses a plan whose clients per process exceed the open-file limit, which
+/// would otherwise show up as thousands of failed connects.
+fn check_file_limit(plan: &Plan) -> Result<(), BenchError> {
+    let Some(limit) = procstat::open_file_limit() else {
+        return Ok(());
+    };
+    let per_process = plan.clients.div_ceil(plan.workers);
+    if per_process as u64 + SPARE_FILES > limit {
+        let usable = limit.saturating_sub(SPARE_FILES).max(1);
+        return Err(BenchError::TooManyFiles {
+            per_process,
+            limit,
+            workers: (plan.clients as u64).div_ceil(usable) as usize,
+        });
+    }
+    Ok(())
+}
+
 fn sample_all(pids: &[u32]) -> Result<Vec<Sample>, ProcError> {
     pids.iter().map(|&p| procstat::sample(p)).collect()
 }
 
 /// Runs a plan to its report.
 pub async fn run(plan: Plan, threads: usize) -> Result<Report, BenchError> {
+    check_file_limit(&plan)?;
     let plan = Arc::new(plan);
     let started_at = crate::time::rfc3339_now();
     let own_before = procstat::own();

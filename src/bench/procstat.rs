@@ -52,6 +52,21 @@ pub fn own() -> Sample {
     sample(std::process::id()).unwrap_or_default()
 }
 
+/// This process's soft limit on open files (`/proc/self/limits`), if finite.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files(&limits)
+}
+
+fn parse_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `utime + stime` in seconds. The command name (field 2) is in parentheses and
 /// may contain spaces, so fields are counted after its closing parenthesis.
 fn parse_stat(stat: &str) -> Option<f64> {
@@ -82,6 +97,16 @@ mod tests {
         let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 100 1000 200";
         assert_eq!(parse_stat(stat), Some(3.25));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn open_file_limit_is_read() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            20000                20000                files\n";
+        assert_eq!(parse_open_files(limits), Some(20_000));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files(unlimited), None);
+        assert!(open_file_limit().is_some_and(|n| n > 0));
     }
 
     #[test]
