@@ -47,6 +47,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collector(args) => collector(args, shutdown).await,
         Command::Token(args) => token(&args),
         Command::DemoData(args) => demo_data(args, shutdown).await,
+        Command::Bench(args) => Ok(crate::bench::main(args, shutdown).await?),
+        Command::BenchWorker(_) => Ok(crate::bench::worker::serve().await?),
     }
 }
 

@@ -72,6 +72,168 @@ pub enum Command {
     /// Creates sample reasoning_logs.db and ark.db (and, with --redis-url, sample
     /// peers and sync events) with the schema the collector reads.
     DemoData(DemoDataArgs),
+    /// Load generator: opens WebSocket clients against one or more gateways,
+    /// publishes timestamped messages into Redis at a set rate, and reports
+    /// deliveries/s, publish→receive latency, lost and duplicated messages,
+    /// connect rate, and the servers' CPU and memory (see BENCHMARKS.md).
+    Bench(BenchArgs),
+    /// Internal: one client process of `bench --workers N` (reads its plan on stdin).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
+}
+
+/// `switchboard bench`. Not read from the environment: a benchmark is a
+/// command line to copy, so every setting is on it.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server to connect clients to: `ws://host:port` (a path is a prefix for the
+    /// native and relay routes, the whole path for `--route raw`). Repeat it to
+    /// spread clients round-robin over replicas.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080")]
+    pub urls: Vec<String>,
+
+    /// `native`: /ws and the native protocol (subscribe, offsets); `relay`:
+    /// /api/ws/{channel}; `raw`: the URL as given, nothing sent after the
+    /// handshake (for other servers, such as the benchmark kit's floor and peers).
+    #[arg(long, value_enum, default_value = "native")]
+    pub route: crate::bench::plan::Route,
+
+    /// WebSocket clients to open.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+
+    /// Channels; client k subscribes to channel k mod N, and messages go round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+
+    /// Channel name (with one channel) or prefix of `PREFIX-i` (with several).
+    #[arg(long, default_value = "bench")]
+    pub channel_prefix: String,
+
+    /// Messages per second over all channels; 0 holds the clients idle for --duration.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Measured messages to publish (instead of --duration).
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+
+    /// Length of the measured run (publishing, or idling with --rate 0).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+
+    /// Publishing before the measured run (latency and throughput ignore it;
+    /// losses count it).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: std::time::Duration,
+
+    /// Longest wait after the last publish for clients to receive everything.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: std::time::Duration,
+
+    /// Pause after the last client connected, before reading the servers' memory
+    /// and publishing (the raw route also needs it for subscriptions to settle).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: std::time::Duration,
+
+    /// Redis the publisher writes to (the gateways' Redis).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// The gateways' `--redis-prefix`.
+    #[arg(long, default_value = "switchboard:")]
+    pub redis_prefix: String,
+
+    /// `script`: switchboard's publish script through the Redis engine (offsets
+    /// and history, as the publish API does); `plain`: a plain PUBLISH of the JSON.
+    #[arg(long, value_enum, default_value = "script")]
+    pub publisher: crate::bench::plan::PublisherKind,
+
+    /// Exact Redis pub/sub channel for `--publisher plain` with one channel (for
+    /// servers that do not use switchboard's key names, such as the floor).
+    #[arg(long)]
+    pub pubsub_name: Option<String>,
+
+    /// Size of each message's `data`, in bytes (at least its seq and ts fields).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+
+    /// Source addresses for client connections, round-robin: addresses and
+    /// ranges such as `127.0.0.1-127.0.0.20` (each gives ~28,000 ports per server).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub src_ips: String,
+
+    /// New connections per second (0: as fast as --connect-concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+
+    /// Connections being opened (handshake and subscribe) at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Longest a client may take to connect and subscribe before it counts as failed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+
+    /// Publishes awaiting Redis's reply at once; beyond it the schedule slips
+    /// (reported as schedule lag).
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Server process whose CPU seconds and RSS to report (from /proc). Repeatable.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+
+    /// Client processes (beyond ~20,000 sockets one process runs out of files).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+
+    /// Runtime threads per client process (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Bearer token sent with every upgrade (`Authorization: Bearer …`).
+    #[arg(long)]
+    pub token: Option<String>,
+
+    /// Name of this run in the report.
+    #[arg(long)]
+    pub label: Option<String>,
+
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// Runtime threads of this process.
+    pub fn workers(&self) -> usize {
+        threads_or_cpus(self.threads)
+    }
+}
+
+/// `switchboard bench-worker` (internal).
+#[derive(Debug, Clone, Args)]
+pub struct BenchWorkerArgs {
+    /// Runtime threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BenchWorkerArgs {
+    pub fn workers(&self) -> usize {
+        threads_or_cpus(self.threads)
+    }
+}
+
+fn threads_or_cpus(threads: Option<usize>) -> usize {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1)
 }
 
 #[derive(Debug, Args)]

@@ -5,11 +5,13 @@
 //! history and snapshots; the [`hub`] fans each live message out to local
 //! subscribers through fan-out shards that write shared [`ws`] frames; the
 //! [`gateway`] terminates WebSockets and speaks the [`protocol`]; the
-//! [`collector`] publishes the dashboard snapshots.
+//! [`collector`] publishes the dashboard snapshots. [`bench`] is the load
+//! generator that measures all of it.
 
 pub mod app;
 pub mod auth;
 pub mod backoff;
+pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod collector;

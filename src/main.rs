@@ -17,6 +17,8 @@ fn main() -> ExitCode {
         Command::Standalone(a) => a.server.workers(),
         Command::Gateway(a) => a.server.workers(),
         Command::Collector(_) | Command::Token(_) | Command::DemoData(_) => 2,
+        Command::Bench(a) => a.workers(),
+        Command::BenchWorker(a) => a.workers(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
