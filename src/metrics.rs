@@ -161,7 +161,7 @@ impl Metrics {
             bytes_out: counter(
                 &r,
                 "switchboard_bytes_sent_total",
-                "Bytes written to client sockets.",
+                "Bytes handed to client sockets (written at once, or queued behind earlier bytes).",
             ),
             client_messages: counter(
                 &r,

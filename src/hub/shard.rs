@@ -266,6 +266,7 @@ impl Shard {
             let frames: Vec<&Bytes> = matching.iter().map(|d| d.frame(group.mode.kind)).collect();
             let batch = concat(&frames);
             let mut live = 0u64;
+            let mut bytes = 0u64;
             for sub in group.subscribers.iter_mut() {
                 match sub.held.as_mut() {
                     Some(held) => {
@@ -279,7 +280,10 @@ impl Shard {
                     }
                     None => {
                         let sent = match sub.floor {
-                            None => sub.conn.send(batch.clone()),
+                            None => {
+                                bytes += batch.len() as u64;
+                                sub.conn.send_uncounted(batch.clone())
+                            }
                             Some(floor) => {
                                 // Only just released: skip what its start already had.
                                 let newer: Vec<&Bytes> = matching
@@ -293,7 +297,9 @@ impl Shard {
                                 if newer.is_empty() {
                                     continue;
                                 }
-                                sub.conn.send(concat(&newer))
+                                let newer = concat(&newer);
+                                bytes += newer.len() as u64;
+                                sub.conn.send_uncounted(newer)
                             }
                         };
                         live += 1;
@@ -306,6 +312,7 @@ impl Shard {
             self.metrics
                 .messages_out
                 .inc_by(live * matching.len() as u64);
+            self.metrics.bytes_out.inc_by(bytes);
         }
     }
 }

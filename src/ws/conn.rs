@@ -145,20 +145,28 @@ impl Conn {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends an encoded frame: written now if nothing is queued, queued otherwise.
+    /// Sends an encoded frame: written now if nothing is queued, queued
+    /// otherwise. Counts its bytes in `switchboard_bytes_sent_total`.
     pub fn send(&self, frame: Bytes) -> Sent {
+        let len = frame.len() as u64;
+        let sent = self.send_uncounted(frame);
+        if sent == Sent::Accepted {
+            self.metrics.bytes_out.inc_by(len);
+        }
+        sent
+    }
+
+    /// [`Conn::send`] without touching the shared byte counter: the fan-out
+    /// shard counts a whole batch at once instead of contending on it per client.
+    pub fn send_uncounted(&self, frame: Bytes) -> Sent {
         let mut out = self.lock();
         if out.state != OutState::Open {
             return Sent::Dropped;
         }
         let frame = if out.queue.is_empty() {
             match self.stream.try_write(&frame) {
-                Ok(n) if n == frame.len() => {
-                    self.metrics.bytes_out.inc_by(n as u64);
-                    return Sent::Accepted;
-                }
+                Ok(n) if n == frame.len() => return Sent::Accepted,
                 Ok(n) => {
-                    self.metrics.bytes_out.inc_by(n as u64);
                     out.head_partial = n > 0;
                     frame.slice(n..)
                 }
@@ -268,7 +276,6 @@ impl Conn {
             drop(slices);
             match written {
                 Ok(mut n) => {
-                    self.metrics.bytes_out.inc_by(n as u64);
                     out.queued_bytes -= n;
                     while n > 0 {
                         let Some(head) = out.queue.front_mut() else {
