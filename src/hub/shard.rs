@@ -264,7 +264,10 @@ impl Shard {
                 continue;
             }
             let frames: Vec<&Bytes> = matching.iter().map(|d| d.frame(group.mode.kind)).collect();
-            let batch = concat(&frames);
+            // A buffer of this shard's own, even for a single frame: every send
+            // clones it, and a refcount shared with the other shards would bounce
+            // between cores once per client.
+            let batch = concat_owned(&frames);
             let mut live = 0u64;
             let mut bytes = 0u64;
             for sub in group.subscribers.iter_mut() {
@@ -317,16 +320,19 @@ impl Shard {
     }
 }
 
+/// One new buffer holding `frames` back to back.
+fn concat_owned(frames: &[&Bytes]) -> Bytes {
+    let mut out = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    out.freeze()
+}
+
 /// One buffer holding `frames` back to back (no copy for a single frame).
 fn concat(frames: &[&Bytes]) -> Bytes {
     match frames {
         [one] => (*one).clone(),
-        many => {
-            let mut out = BytesMut::with_capacity(many.iter().map(|f| f.len()).sum());
-            for f in many {
-                out.extend_from_slice(f);
-            }
-            out.freeze()
-        }
+        many => concat_owned(many),
     }
 }
