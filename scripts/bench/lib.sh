@@ -63,7 +63,7 @@ start_gateway() {
   local auth=(--no-auth)
   case " $* " in *" --jwt-"*|*" --jwks-file "*) auth=() ;; esac
   GW_PORT=$(free_port)
-  SWITCHBOARD_LOG_LEVEL=${GW_LOG_LEVEL:-warn} "$SB" gateway "${auth[@]}" \
+  SWITCHBOARD_LOG_LEVEL=${GW_LOG_LEVEL:-warn} "${GW_BIN:-$SB}" gateway "${auth[@]}" \
     --listen "127.0.0.1:$GW_PORT" --redis-url "$REDIS_URL" --replica-id "$name" \
     --max-connections 20000 "$@" > "$OUT/$name.log" 2>&1 &
   GW_PID=$!
