@@ -5,13 +5,15 @@
 //! history and snapshots; the [`hub`] fans each live message out to local
 //! subscribers through fan-out shards that write shared [`ws`] frames; the
 //! [`gateway`] terminates WebSockets and speaks the [`protocol`]; the
-//! [`collector`] publishes the dashboard snapshots.
+//! [`collector`] publishes the dashboard snapshots; [`web`] serves the
+//! dashboard page and [`client`] is the `tail` / `publish` command-line client.
 
 pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod collector;
 pub mod config;
 pub mod engine;
@@ -23,4 +25,5 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod time;
+pub mod web;
 pub mod ws;

@@ -235,6 +235,8 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(rest)
         .unify()
+        .or(crate::web::routes(gw.clone()))
+        .unify()
         .recover(rejection)
         .unify()
         .boxed()
@@ -463,6 +465,12 @@ async fn try_publish(
     }
     let channel = ChannelName::parse(&parsed.channel, limits.max_channel_len)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_channel", e.to_string()))?;
+    if crate::auth::is_system_channel(&channel) {
+        return Err(ApiError::forbidden(format!(
+            "channels in the {:?} namespace are written by the gateways themselves, not through the API",
+            crate::auth::SYSTEM_NAMESPACE
+        )));
+    }
     if !identity.can_publish(&channel) {
         return Err(ApiError::forbidden(
             "your credentials do not allow publishing on this channel (needs websocket:publish and a matching channels glob, or websocket:admin)",
