@@ -182,8 +182,9 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         sessions: SessionStore::memory(args.server.session_ttl),
     };
     let gw = Gateway::new(config, parts, shutdown);
-    stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
+    let reporting = stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
     gw.serve(listener).await;
+    reporting.finish().await;
     collector_stop.cancel();
     let _ = collector_task.await;
     Ok(())
@@ -256,8 +257,9 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         sessions,
     };
     let gw = Gateway::new(config, parts, shutdown);
-    stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
+    let reporting = stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
     gw.serve(listener).await;
+    reporting.finish().await;
     engine_stop.cancel();
     Ok(())
 }

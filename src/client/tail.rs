@@ -362,7 +362,8 @@ impl Tail {
             Ok(_) => return lost("the connection ended before the greeting".into()),
             Err(_) => return lost("no greeting from the gateway".into()),
         };
-        eprintln!("switchboard tail: connected to {target} (replica {replica})");
+        // Said once every channel is subscribed (a refused one fails first).
+        let mut announced = false;
         for i in 0..self.follows.len() {
             let since =
                 if self.follows[i].since_pending.is_some() && self.follows[i].epoch.is_none() {
@@ -413,7 +414,12 @@ impl Tail {
                 eprintln!("switchboard tail: ignoring a frame that is not protocol JSON");
                 continue;
             };
-            match self.handle(&frame) {
+            let step = self.handle(&frame);
+            if !announced && self.follows.iter().all(|f| f.phase == Phase::Live) {
+                announced = true;
+                eprintln!("switchboard tail: connected to {target} (replica {replica})");
+            }
+            match step {
                 Step::Continue => {}
                 Step::Send(message) => {
                     if let Err(e) = ws.send(message).await {

@@ -205,17 +205,33 @@ async fn publish(gw: &Gateway, channel: &ChannelName, report: &Report) -> bool {
     }
 }
 
+/// How long shutdown waits for the last report.
+const LAST_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The running reporter; [`Reporting::finish`] waits for its last report.
+pub struct Reporting(Option<tokio::task::JoinHandle<()>>);
+
+impl Reporting {
+    /// Waits (briefly) until the last report, sent when the gateway began to
+    /// shut down, is published.
+    pub async fn finish(self) {
+        if let Some(task) = self.0 {
+            let _ = tokio::time::timeout(LAST_REPORT_TIMEOUT, task).await;
+        }
+    }
+}
+
 /// Publishes this replica's report every `interval` until the gateway shuts
 /// down, then one last report marked draining. `interval` zero: nothing.
-pub fn spawn(gw: Arc<Gateway>, role: &'static str, interval: Duration) {
+pub fn spawn(gw: Arc<Gateway>, role: &'static str, interval: Duration) -> Reporting {
     if interval.is_zero() {
         tracing::info!("operations feed disabled (--stats-interval 0)");
-        return;
+        return Reporting(None);
     }
     let Ok(channel) = ChannelName::parse(CHANNEL, usize::MAX) else {
-        return;
+        return Reporting(None);
     };
-    tokio::spawn(async move {
+    Reporting(Some(tokio::spawn(async move {
         let mut reporter = Reporter::new(&gw, role, interval);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,7 +255,7 @@ pub fn spawn(gw: Arc<Gateway>, role: &'static str, interval: Duration) {
             failing = !ok;
         }
         publish(&gw, &channel, &reporter.report(&gw)).await;
-    });
+    })))
 }
 
 #[cfg(test)]
