@@ -290,6 +290,9 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
             name,
             "--stats-interval",
             "1s",
+            // The page is the gateway's own origin: allowed whatever the list says.
+            "--allowed-origins",
+            "https://dash.example.com",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -338,7 +338,13 @@ fn accept(
         .retry_after(1));
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if !gw.config.security.origins.allows(origin) {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !gw
+        .config
+        .security
+        .origins
+        .allows_or_same_origin(origin, host)
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
