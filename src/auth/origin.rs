@@ -83,8 +83,7 @@ fn same_origin(origin: &str, host: &str) -> bool {
     };
     let normalize = |a: &str| {
         let a = a.trim().to_ascii_lowercase();
-        let a = a.strip_suffix(default_port).map(str::to_owned).unwrap_or(a);
-        a
+        a.strip_suffix(default_port).map(str::to_owned).unwrap_or(a)
     };
     !host.is_empty() && normalize(authority) == normalize(host)
 }
