@@ -18,6 +18,10 @@ const STABLE_MS = 60000;
 const FLOOD_ATTEMPT = 6;
 const PING_EVERY_MS = 15000;
 const SILENCE_LIMIT_MS = 2 * PING_EVERY_MS + 5000;
+// A resume expected to replay more than this (per channel) starts the channel
+// over from its snapshot instead: the gateway closes a client whose queue
+// passes --max-outbound-bytes (1 MiB by default) with 4000.
+const RESUME_BUDGET_BYTES = 384 * 1024;
 // Close codes after which reconnecting cannot help.
 const FINAL = {
   4004: "an administrator disconnected this user",
@@ -41,7 +45,20 @@ export class Connection {
     this.channels = new Map(
       channels.map((c) => [
         c.name,
-        { name: c.name, backfill: c.backfill, epoch: null, last: 0, phase: "idle", backfilled: false, position: 0, backfilling: false },
+        {
+          name: c.name,
+          backfill: c.backfill,
+          epoch: null,
+          last: 0,
+          phase: "idle",
+          backfilled: false,
+          position: 0,
+          backfilling: false,
+          // Estimates of the channel's traffic, to size a resume.
+          bytesPerMessage: 0,
+          messagesPerSecond: 0,
+          lastLiveAt: 0,
+        },
       ]),
     );
     // Continue where another connection of this page stopped (new token).
@@ -60,6 +77,8 @@ export class Connection {
     this.greeted = false;
     this.replica = null;
     this.nextId = 1;
+    // After a 4000 (the replay overflowed the queue), the next connection starts over.
+    this.skipResume = false;
     window.addEventListener("offline", () => this.onOffline());
     window.addEventListener("online", () => this.onOnline());
   }
@@ -154,6 +173,7 @@ export class Connection {
       return;
     }
     if (upFor >= STABLE_MS) this.attempt = 0;
+    if (code === 4000) this.skipResume = true;
     if (code === 1008) this.attempt = Math.max(this.attempt, FLOOD_ATTEMPT);
     if (!wasGreeted) this.handlers.failedBeforeOpen();
     const why = code === 1001 ? "the replica is shutting down (1001)" : code === 1006 ? "connection lost (1006)" : `closed (${code}${reason ? ": " + reason : ""})`;
@@ -221,6 +241,7 @@ export class Connection {
         clearInterval(this.pingTimer);
         this.pingTimer = setInterval(() => this.watchdog(), PING_EVERY_MS);
         for (const c of this.channels.values()) this.subscribe(c);
+        this.skipResume = false;
         break;
       case "subscribed":
         if (ch) this.onSubscribed(ch, frame);
@@ -255,10 +276,24 @@ export class Connection {
 
   subscribe(ch, since) {
     const request = { type: "subscribe", channel: ch.name, id: this.id() };
-    const resume = since || (ch.epoch !== null ? { offset: ch.last, epoch: ch.epoch } : null);
+    const resume = since || (this.resumable(ch) ? { offset: ch.last, epoch: ch.epoch } : null);
     if (resume) request.since = resume;
     ch.phase = "starting";
     this.send(request);
+  }
+
+  /** Whether to resume `ch` with `since`, or start it over from its snapshot. */
+  resumable(ch) {
+    if (ch.epoch === null || ch.last === 0) return false;
+    const missedSeconds = ch.lastLiveAt ? (Date.now() - ch.lastLiveAt) / 1000 : 0;
+    const expected = ch.messagesPerSecond * missedSeconds * ch.bytesPerMessage;
+    if (this.skipResume || expected > RESUME_BUDGET_BYTES) {
+      console.info(`${ch.name}: about ${Math.round(expected / 1024)} KiB missed; starting over from the snapshot instead of replaying`);
+      this.handlers.reset(ch.name, "too much was missed to replay");
+      ch.last = 0;
+      return false;
+    }
+    return true;
   }
 
   onSubscribed(ch, frame) {
@@ -276,6 +311,16 @@ export class Connection {
     // A channel without a snapshot is backfilled at once; one with a snapshot
     // after the snapshot arrives (its size sets how much history to ask for).
     if (!ch.backfilled && !ch.backfill.afterSnapshot) this.startBackfill(ch, ch.backfill.max);
+  }
+
+  measure(ch, bytes) {
+    const now = Date.now();
+    ch.bytesPerMessage = ch.bytesPerMessage ? 0.8 * ch.bytesPerMessage + 0.2 * bytes : bytes;
+    if (ch.lastLiveAt) {
+      const rate = 1000 / Math.max(1, now - ch.lastLiveAt);
+      ch.messagesPerSecond = ch.messagesPerSecond ? 0.8 * ch.messagesPerSecond + 0.2 * rate : rate;
+    }
+    ch.lastLiveAt = now;
   }
 
   startBackfill(ch, count) {
@@ -299,6 +344,8 @@ export class Connection {
       // History replays in order: past the shown offset, it is news again.
       ch.backfilling = false;
     }
+    // Only news counts for the estimates (not a replay's burst).
+    if (kind === "live" && typeof offset === "number" && offset > ch.position) this.measure(ch, bytes);
     this.handlers.data(ch.name, { kind, offset, data: frame.data, bytes });
     if (kind === "snapshot" && !ch.backfilled && ch.backfill.afterSnapshot) {
       const budget = ch.backfill.budgetBytes || 256 * 1024;
