@@ -18,6 +18,7 @@ ARGS = [
     "--no-sandbox",
     "--headless",
     "--disable-gpu",
+    "--disable-quic",
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
