@@ -205,6 +205,9 @@ async fn publish(gw: &Gateway, channel: &ChannelName, report: &Report) -> bool {
     }
 }
 
+/// Consecutive failed reports before a warning is logged.
+const WARN_AFTER_FAILURES: u32 = 3;
+
 /// How long shutdown waits for the last report.
 const LAST_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -236,23 +239,27 @@ pub fn spawn(gw: Arc<Gateway>, role: &'static str, interval: Duration) -> Report
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: viewers see a new replica at once.
-        let mut failing = false;
+        // Failures are logged from the third in a row (not while Redis is
+        // still being connected at startup), and the recovery after them.
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = gw.shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let ok = publish(&gw, &channel, &reporter.report(&gw)).await;
-            if ok == failing {
-                if ok {
+            if publish(&gw, &channel, &reporter.report(&gw)).await {
+                if failures >= WARN_AFTER_FAILURES {
                     tracing::info!("operations feed: publishing stats on {CHANNEL} again");
-                } else {
+                }
+                failures = 0;
+            } else {
+                failures += 1;
+                if failures == WARN_AFTER_FAILURES {
                     tracing::warn!(
                         "operations feed: cannot publish stats on {CHANNEL} (engine unavailable); retrying every interval"
                     );
                 }
             }
-            failing = !ok;
         }
         publish(&gw, &channel, &reporter.report(&gw)).await;
     })))
