@@ -235,12 +235,20 @@ export class FederationView {
       this.health.length,
     );
     const buckets = this.sync.buckets(SYNC_BUCKET_MS);
+    // An explicit window (at least the last 5 minutes, up to now): with one
+    // bucket only, an automatic time axis would span days.
+    const firstBucket = Math.min(...buckets.ok.concat(buckets.failed).map(([t]) => t), Date.now());
+    const syncAxis = {
+      ...timeAxis(),
+      min: Math.min(firstBucket, Date.now() - 5 * 60 * 1000) - SYNC_BUCKET_MS,
+      max: Date.now() + SYNC_BUCKET_MS,
+    };
     this.syncChart.set(
       {
         tooltip: TOOLTIP,
         legend: LEGEND,
         grid: GRID,
-        xAxis: timeAxis(),
+        xAxis: syncAxis,
         yAxis: valueAxis("bytes", { min: 0 }),
         series: [
           { name: "succeeded", type: "bar", stack: "bytes", data: buckets.ok, color: COLORS.blue, barMaxWidth: 14 },
