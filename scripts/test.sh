@@ -2,7 +2,9 @@
 # The test command of the README: installs what the suite needs when it is missing
 # (redis-server, openssl for test keys and nginx as the tests' load balancer, from
 # apt; Prometheus unpacked from Debian's package into the cache, for
-# tests/cluster.rs), then runs every test. Safe to run again.
+# tests/cluster.rs; chromium from apt and Playwright for Python from PyPI in a
+# virtual environment in the cache, for the browser tests in tests/dashboard.rs),
+# then runs every test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -23,5 +27,15 @@ fi
 # shellcheck source=scripts/lib/prometheus.sh
 . scripts/lib/prometheus.sh
 fetch_prometheus
+
+# Playwright for Python drives the system chromium (it downloads no browser).
+PLAYWRIGHT_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/switchboard/playwright"
+PLAYWRIGHT_VERSION="1.65.2"
+if ! "$PLAYWRIGHT_VENV/bin/python" -c "import playwright" >/dev/null 2>&1; then
+  echo "installing playwright $PLAYWRIGHT_VERSION into $PLAYWRIGHT_VENV" >&2
+  python3 -m venv "$PLAYWRIGHT_VENV"
+  "$PLAYWRIGHT_VENV/bin/pip" install --quiet --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
+fi
+export SWITCHBOARD_PLAYWRIGHT_PYTHON="$PLAYWRIGHT_VENV/bin/python"
 
 cargo test --all-targets "$@"

@@ -18,6 +18,7 @@ use crate::auth::mint::{TokenSpec, mint};
 use crate::cli::{
     CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
 };
+use crate::client;
 use crate::collector::demo::{self, DemoConfig};
 use crate::collector::lease::{Lease, LeaseConfig};
 use crate::collector::{Collector, Leadership};
@@ -30,6 +31,7 @@ use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
 use crate::gateway::server::{self, HttpSettings};
 use crate::gateway::sessions::SessionStore;
+use crate::gateway::stats;
 use crate::gateway::{Gateway, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -49,6 +51,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::DemoData(args) => demo_data(args, shutdown).await,
         Command::Bench(args) => Ok(crate::bench::main(args, shutdown).await?),
         Command::BenchWorker(_) => Ok(crate::bench::worker::serve().await?),
+        Command::Tail(args) => Ok(client::tail::run(args, shutdown).await?),
+        Command::Publish(args) => Ok(client::publish::run(args, shutdown).await?),
     }
 }
 
@@ -152,7 +156,10 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(args.history.config(), events_tx));
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
+        stats::with_system_history(args.history.config()),
+        events_tx,
+    ));
     let registry = Arc::new(Registry::default());
     let hub = Hub::start(
         engine.clone(),
@@ -181,7 +188,10 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         presence: Presence::Local,
         sessions: SessionStore::memory(args.server.session_ttl),
     };
-    Gateway::new(config, parts, shutdown).serve(listener).await;
+    let gw = Gateway::new(config, parts, shutdown);
+    let reporting = stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
+    gw.serve(listener).await;
+    reporting.finish().await;
     collector_stop.cancel();
     let _ = collector_task.await;
     Ok(())
@@ -215,7 +225,11 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
     let engine = RedisEngine::start(
-        redis_config(&args.redis, args.history.config(), &config),
+        redis_config(
+            &args.redis,
+            stats::with_system_history(args.history.config()),
+            &config,
+        ),
         events_tx,
         metrics.clone(),
         engine_stop.clone(),
@@ -249,7 +263,10 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         presence,
         sessions,
     };
-    Gateway::new(config, parts, shutdown).serve(listener).await;
+    let gw = Gateway::new(config, parts, shutdown);
+    let reporting = stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
+    gw.serve(listener).await;
+    reporting.finish().await;
     engine_stop.cancel();
     Ok(())
 }

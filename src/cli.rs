@@ -80,6 +80,12 @@ pub enum Command {
     /// Internal: one client process of `bench --workers N` (reads its plan on stdin).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
+    /// Prints a channel's messages as JSON lines, following them across
+    /// replicas: `{"channel", "offset", "data"}` per message.
+    Tail(TailArgs),
+    /// Publishes a JSON message on a channel through the HTTP API (`-`: one
+    /// message per line of standard input).
+    Publish(PublishArgs),
 }
 
 /// `switchboard bench`. Not read from the environment: a benchmark is a
@@ -234,6 +240,98 @@ fn threads_or_cpus(threads: Option<usize>) -> usize {
     threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1)
+}
+
+/// Where the command-line client finds a gateway, and as whom.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// A gateway's base URL, `http://host:port` (a path prefix is kept).
+    /// Repeatable or comma-separated: `tail` moves to the next one when its
+    /// connection is lost; `publish` tries the next one when it cannot connect.
+    #[arg(
+        long = "url",
+        env = "SWITCHBOARD_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub urls: Vec<String>,
+
+    /// JWT sent as `Authorization: Bearer` (not needed with --no-auth gateways).
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Limit on connecting to a gateway (TCP and handshake).
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Channels to follow (at least one).
+    #[arg(required = true, value_name = "CHANNEL")]
+    pub channels: Vec<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Start after this offset (0: everything the channel's history still
+    /// holds) instead of at the newest message; applies to every channel.
+    #[arg(long, value_name = "OFFSET")]
+    pub since: Option<u64>,
+
+    /// Subscription filter, a JSON object (docs/PROTOCOL.md, Filters), e.g.
+    /// '{"status":"running"}'.
+    #[arg(long, value_name = "JSON")]
+    pub filter: Option<String>,
+
+    /// Do not print the channel's snapshot (printed first, with "snapshot": true).
+    #[arg(long)]
+    pub no_snapshot: bool,
+
+    /// How long to keep reconnecting after the connection is lost before giving up.
+    #[arg(long, env = "SWITCHBOARD_TAIL_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
+
+    /// Interval of tail's pings to the gateway; three intervals without any
+    /// frame from it mean the connection is lost (and tail moves on).
+    #[arg(long, env = "SWITCHBOARD_TAIL_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+
+    /// Largest message accepted from the gateway, in bytes.
+    #[arg(long, env = "SWITCHBOARD_TAIL_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The channel to publish on.
+    #[arg(value_name = "CHANNEL")]
+    pub channel: String,
+
+    /// The message: a JSON value, or `-` (the default) for JSON lines from
+    /// standard input, published in order, one per non-empty line.
+    #[arg(value_name = "JSON | -", default_value = "-")]
+    pub data: String,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Also store each message as the channel's snapshot.
+    #[arg(long)]
+    pub snapshot: bool,
+
+    /// Print nothing on success (by default: the gateway's answer per
+    /// message, `{"channel","offset","epoch"}`).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Limit on one publish request, from connecting to the answer.
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Longest line read from standard input, in bytes.
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_line_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -890,6 +988,11 @@ pub struct ServerArgs {
     /// terminationGracePeriodSeconds).
     #[arg(long, env = "SWITCHBOARD_DRAIN_DEADLINE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_deadline: Duration,
+
+    /// Interval of this replica's report on the admin-only `sys:stats` channel
+    /// (the dashboard's operations view); 0 disables it.
+    #[arg(long, env = "SWITCHBOARD_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
 
     /// Fan-out shards (tasks writing to sockets); default: one per worker thread.
     #[arg(long, env = "SWITCHBOARD_FANOUT_SHARDS")]

@@ -5,8 +5,9 @@
 //! history and snapshots; the [`hub`] fans each live message out to local
 //! subscribers through fan-out shards that write shared [`ws`] frames; the
 //! [`gateway`] terminates WebSockets and speaks the [`protocol`]; the
-//! [`collector`] publishes the dashboard snapshots. [`bench`] is the load
-//! generator that measures all of it.
+//! [`collector`] publishes the dashboard snapshots; [`web`] serves the
+//! dashboard page and [`client`] is the `tail` / `publish` command-line client;
+//! [`bench`] is the load generator that measures all of it.
 
 pub mod app;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod backoff;
 pub mod bench;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod collector;
 pub mod config;
 pub mod engine;
@@ -25,4 +27,5 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod time;
+pub mod web;
 pub mod ws;

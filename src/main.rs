@@ -9,7 +9,15 @@ use switchboard::{app, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+    // The command-line client reports a failure as one line, not a log record,
+    // and logs only warnings unless asked for more.
+    let client = matches!(cli.command, Command::Tail(_) | Command::Publish(_));
+    let level = if client && cli.log_level == "info" {
+        "warn"
+    } else {
+        &cli.log_level
+    };
+    if let Err(e) = logging::init(cli.log_format, level) {
         eprintln!("switchboard: {e}");
         return ExitCode::from(2);
     }
@@ -19,6 +27,7 @@ fn main() -> ExitCode {
         Command::Collector(_) | Command::Token(_) | Command::DemoData(_) => 2,
         Command::Bench(a) => a.workers(),
         Command::BenchWorker(a) => a.workers(),
+        Command::Tail(_) | Command::Publish(_) => 1,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -34,7 +43,9 @@ fn main() -> ExitCode {
     match runtime.block_on(app::run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
+            if !client {
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            }
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
         }

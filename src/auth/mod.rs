@@ -15,6 +15,11 @@
 //!
 //! With authentication disabled (`--no-auth`, `standalone`) every caller is an
 //! anonymous identity with every right.
+//!
+//! The `sys` namespace ([`SYSTEM_NAMESPACE`]) belongs to the gateways: its
+//! channels (`sys:stats`, the operations feed) need `websocket:admin` to
+//! subscribe whatever the `channels` claim says, and nobody publishes on them
+//! through the API — only the replicas themselves, through the engine.
 
 pub mod mint;
 pub mod origin;
@@ -27,6 +32,14 @@ use wildmatch::WildMatch;
 use crate::channel::ChannelName;
 
 pub use verify::{AuthError, JwtConfig, Verifier};
+
+/// Namespace of the gateways' own channels (admin-only, not publishable).
+pub const SYSTEM_NAMESPACE: &str = "sys";
+
+/// Is `channel` one of the gateways' own channels?
+pub fn is_system_channel(channel: &ChannelName) -> bool {
+    channel.namespace() == Some(SYSTEM_NAMESPACE)
+}
 
 /// The claims switchboard reads from a token.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
@@ -120,8 +133,12 @@ impl Identity {
         }
     }
 
-    /// May this caller subscribe to (and refresh) `channel`?
+    /// May this caller subscribe to (and refresh) `channel`? System channels
+    /// need the admin permission.
     pub fn can_subscribe(&self, channel: &ChannelName) -> bool {
+        if is_system_channel(channel) {
+            return self.is_admin();
+        }
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(g) => {
@@ -131,8 +148,11 @@ impl Identity {
         }
     }
 
-    /// May this caller publish on `channel`?
+    /// May this caller publish on `channel`? Never on a system channel.
     pub fn can_publish(&self, channel: &ChannelName) -> bool {
+        if is_system_channel(channel) {
+            return false;
+        }
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(g) => g.admin || (g.publish && g.matches_channel(channel)),
@@ -219,5 +239,22 @@ mod tests {
         );
         let anon = Identity::anonymous();
         assert!(anon.can_connect() && anon.is_admin());
+    }
+
+    #[test]
+    fn system_channels_are_admin_only_and_never_published() {
+        let everyone = identity(&["websocket:subscribe", "websocket:publish"], &["*"]);
+        assert!(everyone.can_subscribe(&ch("federation")));
+        assert!(!everyone.can_subscribe(&ch("sys:stats")));
+        assert!(!everyone.can_publish(&ch("sys:stats")));
+        let admin = identity(&["websocket:admin"], &[]);
+        assert!(admin.can_subscribe(&ch("sys:stats")));
+        assert!(!admin.can_publish(&ch("sys:stats")));
+        let anon = Identity::anonymous();
+        assert!(anon.can_subscribe(&ch("sys:stats")) && !anon.can_publish(&ch("sys:stats")));
+        assert!(
+            everyone.can_subscribe(&ch("system:x")),
+            "only the sys namespace"
+        );
     }
 }

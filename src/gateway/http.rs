@@ -235,6 +235,8 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(rest)
         .unify()
+        .or(crate::web::routes(gw.clone()))
+        .unify()
         .recover(rejection)
         .unify()
         .boxed()
@@ -336,7 +338,13 @@ fn accept(
         .retry_after(1));
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if !gw.config.security.origins.allows(origin) {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !gw
+        .config
+        .security
+        .origins
+        .allows_or_same_origin(origin, host)
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -463,6 +471,12 @@ async fn try_publish(
     }
     let channel = ChannelName::parse(&parsed.channel, limits.max_channel_len)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_channel", e.to_string()))?;
+    if crate::auth::is_system_channel(&channel) {
+        return Err(ApiError::forbidden(format!(
+            "channels in the {:?} namespace are written by the gateways themselves, not through the API",
+            crate::auth::SYSTEM_NAMESPACE
+        )));
+    }
     if !identity.can_publish(&channel) {
         return Err(ApiError::forbidden(
             "your credentials do not allow publishing on this channel (needs websocket:publish and a matching channels glob, or websocket:admin)",

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod sessions;
+pub mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,117 @@
+"""Drives Debian's Chromium through Playwright for the dashboard tests.
+
+Reads one JSON command per line on stdin and answers one JSON line on stdout
+({"ok": true, "value": ...} or {"ok": false, "error": ...}); the test in Rust
+decides what to check. Between commands it keeps Playwright's event loop
+turning so console messages are recorded when they happen.
+"""
+
+import json
+import os
+import select
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def main():
+    executable = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
+    console = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        start = time.monotonic()
+
+        def record(kind, text):
+            console.append({"type": kind, "text": text, "at": round(time.monotonic() - start, 3)})
+
+        page.on("console", lambda m: record(m.type, m.text))
+        page.on("pageerror", lambda e: record("pageerror", str(e)))
+        reply({"ok": True, "value": browser.version})
+        while True:
+            ready, _, _ = select.select([sys.stdin], [], [], 0.05)
+            if not ready:
+                page.wait_for_timeout(10)
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                break
+            try:
+                command = json.loads(line)
+            except ValueError as e:
+                reply({"ok": False, "error": f"bad command: {e}"})
+                continue
+            if command.get("cmd") == "quit":
+                reply({"ok": True, "value": None})
+                break
+            try:
+                reply({"ok": True, "value": run(page, command, console)})
+            except Exception as e:  # reported to the test, which fails with it
+                reply({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        browser.close()
+
+
+def run(page, command, console):
+    cmd = command["cmd"]
+    selector = command.get("selector")
+    if cmd == "open":
+        page.goto(command["url"], wait_until="load")
+        return page.url
+    if cmd == "url":
+        return page.url
+    if cmd == "attr":
+        el = page.query_selector(selector)
+        return el.get_attribute(command["name"]) if el else None
+    if cmd == "text":
+        el = page.query_selector(selector)
+        return el.text_content() if el else None
+    if cmd == "visible":
+        el = page.query_selector(selector)
+        return bool(el and el.is_visible())
+    if cmd == "count":
+        return len(page.query_selector_all(selector))
+    if cmd == "hover":
+        page.hover(selector, position=command.get("position"))
+        return None
+    if cmd == "fill":
+        page.fill(selector, command["value"])
+        return None
+    if cmd == "click":
+        page.click(selector)
+        return None
+    if cmd == "session_storage":
+        return page.evaluate("(k) => sessionStorage.getItem(k)", command["key"])
+    if cmd == "screenshot":
+        # From the top, so the sticky header sits where it belongs.
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.wait_for_timeout(100)
+        page.screenshot(path=command["path"], full_page=command.get("full_page", True))
+        return command["path"]
+    if cmd == "viewport":
+        page.set_viewport_size({"width": command["width"], "height": command["height"]})
+        return None
+    if cmd == "console":
+        return list(console)
+    raise ValueError(f"unknown command {cmd!r}")
+
+
+def reply(answer):
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+//! The dashboard page in a real browser (Debian's Chromium through Playwright,
+//! see `tests/browser/`): live figures and charts from real sources, a failing
+//! source flagged, reconnecting and catching up after the gateway restarts,
+//! sign-in with a token, every replica's figures through one, no console
+//! errors. Saves the page's screenshot to `target/dashboard.png` (and to
+//! `docs/dashboard.png` with `SWITCHBOARD_UPDATE_SCREENSHOT=1`).
+
+mod browser;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use browser::Browser;
+use common::{Client, RedisServer, Switchboard, free_port};
+use serde_json::json;
+
+/// One browser at a time: the machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SECRET: &str = "dashboard-test-secret-0123456789-abcdefghijklmnop";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-dash-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_switchboard")
+}
+
+fn mint(secret_file: &Path, sub: &str, perms: &[&str], channels: &[&str]) -> String {
+    let spec = switchboard::auth::mint::TokenSpec {
+        subject: sub.into(),
+        permissions: perms.iter().map(|s| s.to_string()).collect(),
+        channels: channels.iter().map(|s| s.to_string()).collect(),
+        ttl: Duration::from_secs(3600),
+        audience: None,
+        issuer: None,
+        key_id: None,
+    };
+    switchboard::auth::mint::mint(&spec, jsonwebtoken::Algorithm::HS256, secret_file)
+        .expect("mint a token")
+}
+
+/// Console errors, except the browser's own reports of refused connections
+/// (logged by Chromium itself while the gateway is down; no page can stop them).
+fn page_errors(console: &[(String, String)], allow_network: bool) -> Vec<String> {
+    console
+        .iter()
+        .filter(|(kind, _)| kind == "error" || kind == "pageerror")
+        .filter(|(_, text)| {
+            !(allow_network
+                && (text.contains("ERR_CONNECTION_REFUSED")
+                    || text.contains("WebSocket connection to")
+                    || text.contains("Failed to load resource")))
+        })
+        .map(|(kind, text)| format!("{kind}: {text}"))
+        .collect()
+}
+
+async fn hset(redis: &RedisServer, key: &str, fields: &[(&str, String)]) {
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(key)
+        .arg(fields)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let dir = temp_dir("standalone");
+    let status = std::process::Command::new(binary())
+        .arg("demo-data")
+        .arg(&dir)
+        .args(["--redis-url", &redis.url()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run demo-data");
+    assert!(status.success());
+    let (reasoning, ark) = (dir.join("reasoning_logs.db"), dir.join("ark.db"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let redis_url = redis.url();
+    let args = [
+        "standalone",
+        "--listen",
+        &listen,
+        "--reasoning-db",
+        reasoning.to_str().unwrap(),
+        "--ark-db",
+        ark.to_str().unwrap(),
+        "--federation-redis-url",
+        &redis_url,
+        "--peer-staleness",
+        "10m",
+        "--collect-interval-min",
+        "500ms",
+        "--collect-interval-max",
+        "700ms",
+        "--stats-interval",
+        "1s",
+    ];
+    let mut gateway = Switchboard::spawn(port, &args);
+    let url = gateway.http_url("/");
+
+    let mut b = tokio::task::block_in_place(Browser::start);
+    let long = Duration::from_secs(20);
+    tokio::task::block_in_place(|| {
+        b.open(&url);
+        b.wait_attr("#conn", "data-state", "connected", long);
+        assert!(
+            b.visible("#dashboard") && !b.visible("#signin"),
+            "--no-auth opens directly"
+        );
+
+        // Peers come from the Redis hashes demo-data wrote; charts grow.
+        let peers = b.wait_for("the peer count", long, |b| {
+            let n = b.number("#kpi-peers", "data-value");
+            n.is_finite().then_some(n)
+        });
+        assert_eq!(peers, 5.0, "demo-data writes five peers");
+        b.wait_attr(".source[data-section='peers']", "data-source", "live", long);
+        b.wait_attr(".source[data-section='ark']", "data-source", "live", long);
+        b.wait_attr(
+            ".source[data-section='reasoning']",
+            "data-source",
+            "live",
+            long,
+        );
+        let points = b.number("#chart-health", "data-points");
+        b.wait_for("new points on the health chart", long, |b| {
+            (b.number("#chart-health", "data-points") >= points + 3.0).then_some(())
+        });
+        let rates = b.number("#chart-rates", "data-points");
+        b.wait_for("new points on the rates chart", long, |b| {
+            (b.number("#chart-rates", "data-points") >= rates + 2.0).then_some(())
+        });
+    });
+
+    // A new peer joins: the count changes; it goes offline: the health figure changes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let peer = |status: &str| {
+        vec![
+            ("hostname", "ark-test.local".to_string()),
+            ("trust_tier", "trusted".to_string()),
+            ("status", status.to_string()),
+            ("latency", "33".to_string()),
+            ("last_seen", now.to_string()),
+        ]
+    };
+    hset(&redis, "peer:ark-test", &peer("online")).await;
+    let online_health = tokio::task::block_in_place(|| {
+        b.wait_for("six peers", long, |b| {
+            (b.number("#kpi-peers", "data-value") == 6.0).then_some(())
+        });
+        b.number("#kpi-health", "data-value")
+    });
+    hset(&redis, "peer:ark-test", &peer("offline")).await;
+    tokio::task::block_in_place(|| {
+        let health = b.wait_for("the health figure to change", long, |b| {
+            let h = b.number("#kpi-health", "data-value");
+            (h.is_finite() && h != online_health).then_some(h)
+        });
+        assert!(health < online_health, "{health} < {online_health}");
+        assert!(
+            b.text("#kpi-peers-sub")
+                .unwrap_or_default()
+                .contains("offline")
+        );
+
+        // Every replica's figures: this one reports on sys:stats.
+        b.wait_attr("#kpi-replicas", "data-value", "1", long);
+        b.wait_for("points on the operations chart", long, |b| {
+            (b.number("#chart-ops-conns", "data-points") >= 2.0).then_some(())
+        });
+        assert_eq!(b.attr("#operations", "data-state").as_deref(), Some("live"));
+
+        // Tooltips render under the CSP (no inline style, no error).
+        b.cmd(json!({"cmd": "hover", "selector": "#chart-health"}));
+        b.cmd(json!({"cmd": "hover", "selector": "#chart-mesh"}));
+        b.cmd(json!({"cmd": "hover", "selector": "#chart-deltas"}));
+        std::thread::sleep(Duration::from_millis(300));
+
+        let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        b.cmd(json!({"cmd": "hover", "selector": ".brand"}));
+        b.screenshot(&shot);
+        if std::env::var("SWITCHBOARD_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+            std::fs::copy(&shot, docs).expect("copy the screenshot to docs/");
+        }
+        let errors = page_errors(&b.console(), false);
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+    });
+
+    // A source fails: its section is flagged stale with the error; the others stay live.
+    std::fs::remove_file(&ark).expect("remove ark.db");
+    tokio::task::block_in_place(|| {
+        b.wait_attr(".source[data-section='ark']", "data-source", "stale", long);
+        b.wait_attr(
+            "#memory .panel[data-section='ark']",
+            "data-stale",
+            "true",
+            long,
+        );
+        let note = b
+            .text("#memory .panel[data-section='ark'] .stale-note")
+            .unwrap_or_default();
+        assert!(note.contains("ark is stale"), "{note}");
+        assert!(
+            note.contains("ark.db"),
+            "the note names the failing file: {note}"
+        );
+        assert_eq!(
+            b.attr(".source[data-section='reasoning']", "data-source")
+                .as_deref(),
+            Some("live")
+        );
+        assert_eq!(
+            b.attr("#memory .panel[data-section='reasoning']", "data-stale")
+                .as_deref(),
+            Some("false")
+        );
+    });
+
+    // The gateway dies: the page says so at once and keeps trying.
+    gateway.signal("KILL");
+    assert!(gateway.wait_exit(Duration::from_secs(5)).is_some());
+    tokio::task::block_in_place(|| {
+        b.wait_attr("#conn", "data-state", "reconnecting", long);
+        b.wait_attr("#federation", "data-state", "frozen", long);
+        assert!(b.visible("#banner"), "a banner says the page is not live");
+        let banner = b.text("#banner").unwrap_or_default();
+        assert!(banner.contains("Not live"), "{banner}");
+    });
+    let version_before = tokio::task::block_in_place(|| b.number("#federation", "data-offset"));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // It comes back (a new in-memory engine: new epochs): the page reconnects,
+    // starts the channels over from the new snapshots and is live again.
+    let _gateway = Switchboard::spawn(port, &args);
+    tokio::task::block_in_place(|| {
+        b.wait_attr("#conn", "data-state", "connected", Duration::from_secs(40));
+        b.wait_attr("#federation", "data-state", "live", long);
+        assert!(!b.visible("#banner"));
+        b.wait_for("six peers again", long, |b| {
+            (b.number("#kpi-peers", "data-value") == 6.0).then_some(())
+        });
+        let points = b.number("#chart-health", "data-points");
+        b.wait_for("the health chart moving again", long, |b| {
+            (b.number("#chart-health", "data-points") > points).then_some(())
+        });
+        assert!(b.number("#federation", "data-offset").is_finite());
+        assert!(version_before.is_finite());
+        let errors = page_errors(&b.console(), true);
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+    });
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let dir = temp_dir("cluster");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let secret_arg = secret.to_str().unwrap().to_string();
+    let redis_url = redis.url();
+    let gateway_args = |port: u16, name: &str| -> Vec<String> {
+        [
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis_url,
+            "--jwt-secret-file",
+            &secret_arg,
+            "--replica-id",
+            name,
+            "--stats-interval",
+            "1s",
+            // The page is the gateway's own origin: allowed whatever the list says.
+            "--allowed-origins",
+            "https://dash.example.com",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let spawn = |args: &[String], port: u16| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let gw = Switchboard::spawn(port, &args);
+        gw.wait_ready(Duration::from_secs(10));
+        gw
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let args_a = gateway_args(port_a, "gw-a");
+    let mut gw_a = spawn(&args_a, port_a);
+    let gw_b = spawn(&gateway_args(port_b, "gw-b"), port_b);
+    let collector_port = free_port();
+    let collector_listen = format!("127.0.0.1:{collector_port}");
+    let mut collector = Switchboard::spawn(
+        collector_port,
+        &[
+            "collector",
+            "--redis-url",
+            &redis_url,
+            "--listen",
+            &collector_listen,
+            "--simulate",
+            "always",
+            "--collect-interval-min",
+            "400ms",
+            "--collect-interval-max",
+            "500ms",
+            "--replica-id",
+            "c1",
+        ],
+    );
+    let admin = mint(&secret, "ops", &["websocket:admin"], &[]);
+    let viewer = mint(
+        &secret,
+        "viewer",
+        &["websocket:connect", "websocket:subscribe"],
+        &["federation", "memory"],
+    );
+    let long = Duration::from_secs(20);
+    let mut b = tokio::task::block_in_place(Browser::start);
+
+    // Without a token the page asks for one.
+    tokio::task::block_in_place(|| {
+        b.open(&gw_a.http_url("/"));
+        b.wait_for("the sign-in form", long, |b| {
+            b.visible("#signin").then_some(())
+        });
+        assert!(!b.visible("#dashboard"));
+        // A bad token is refused with the gateway's reason.
+        b.cmd(json!({"cmd": "fill", "selector": "#signin-token", "value": "not.a.token"}));
+        b.cmd(json!({"cmd": "click", "selector": "#signin-form button"}));
+        b.wait_for("the refusal", long, |b| {
+            b.text("#signin-error")
+                .filter(|t| t.contains("refused"))
+                .map(|_| ())
+        });
+    });
+
+    // `?token=` signs in, leaves the address bar, and is kept for the tab only.
+    tokio::task::block_in_place(|| {
+        b.open(&gw_a.http_url(&format!("/?token={admin}")));
+        b.wait_attr("#conn", "data-state", "connected", long);
+        let url = b.cmd(json!({"cmd": "url"}));
+        assert!(
+            !url.as_str().unwrap_or_default().contains("token="),
+            "{url}"
+        );
+        let kept = b.cmd(json!({"cmd": "session_storage", "key": "switchboard.token"}));
+        assert_eq!(kept.as_str(), Some(admin.as_str()));
+        assert_eq!(b.attr("#conn", "data-replica").as_deref(), Some("gw-a"));
+        // Both replicas' reports arrive through gw-a.
+        b.wait_attr("#kpi-replicas", "data-value", "2", long);
+        let rows = b.cmd(json!({"cmd": "count", "selector": "#replicas-table tbody tr"}));
+        assert_eq!(rows, 2);
+        let table = b.text("#replicas-table").unwrap_or_default();
+        assert!(table.contains("gw-a") && table.contains("gw-b"), "{table}");
+        assert_eq!(b.text("#kpi-redis").as_deref(), Some("ok"));
+        b.wait_for("federation history", long, |b| {
+            (b.number("#chart-health", "data-points") >= 4.0).then_some(())
+        });
+    });
+
+    // gw-a dies; the collector keeps publishing, then stops: the channel's
+    // newest offset is then fixed.
+    let offset_before = tokio::task::block_in_place(|| b.number("#federation", "data-offset"));
+    gw_a.signal("KILL");
+    assert!(gw_a.wait_exit(Duration::from_secs(5)).is_some());
+    tokio::task::block_in_place(|| b.wait_attr("#conn", "data-state", "reconnecting", long));
+    std::thread::sleep(Duration::from_secs(3));
+    collector.signal("TERM");
+    assert!(collector.wait_exit(Duration::from_secs(15)).is_some());
+    let mut probe = Client::connect(&format!("{}?token={admin}", gw_b.ws_url("/ws"))).await;
+    probe.recv_json().await;
+    let subscribed = probe
+        .subscribe(json!({"type": "subscribe", "channel": "federation"}))
+        .await;
+    let newest = subscribed["offset"].as_f64().expect("offset");
+    assert!(
+        newest >= offset_before + 4.0,
+        "the collector published meanwhile"
+    );
+
+    // gw-a returns on its port: the page resumes with `since` and replays
+    // exactly what it missed: one chart point per snapshot from the oldest it
+    // holds to the newest, none missing, none twice.
+    let _gw_a = spawn(&args_a, port_a);
+    tokio::task::block_in_place(|| {
+        b.wait_attr("#conn", "data-state", "connected", Duration::from_secs(40));
+        b.wait_attr("#federation", "data-offset", &format!("{newest}"), long);
+        let first = b.number("#federation", "data-first-offset");
+        assert!(first <= offset_before, "{first} <= {offset_before}");
+        let expected = newest - first + 1.0;
+        b.wait_for("every snapshot on the chart, once", long, |b| {
+            (b.number("#chart-health", "data-points") == expected).then_some(())
+        });
+        let console = b.console();
+        assert!(
+            !console.iter().any(|(_, t)| t.contains("starts over")),
+            "the resume was recovered, not restarted: {console:?}"
+        );
+        let errors = page_errors(&console, true);
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+    });
+
+    // A token without websocket:admin: the page says the operations view needs it.
+    tokio::task::block_in_place(|| {
+        b.cmd(json!({"cmd": "click", "selector": "#signout"}));
+        b.wait_for("the sign-in form", long, |b| {
+            b.visible("#signin").then_some(())
+        });
+        b.cmd(json!({"cmd": "fill", "selector": "#signin-token", "value": viewer}));
+        b.cmd(json!({"cmd": "click", "selector": "#signin-form button"}));
+        b.wait_attr("#conn", "data-state", "connected", long);
+        b.wait_for("the operations notice", long, |b| {
+            b.visible("#operations-denied").then_some(())
+        });
+        assert!(!b.visible("#operations-body"));
+        assert_eq!(
+            b.attr("#operations", "data-state").as_deref(),
+            Some("denied")
+        );
+        let errors = page_errors(&b.console(), true);
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+    });
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
