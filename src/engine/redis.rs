@@ -669,7 +669,6 @@ impl Subscriber {
                 return None;
             }
         };
-        self.metrics.messages_in.inc();
         let (seq, published_us) = match seq {
             Some((offset, epoch, ts)) => (Some((offset, epoch)), Some(ts)),
             None => (None, None),

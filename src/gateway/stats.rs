@@ -63,9 +63,8 @@ pub struct Report {
     pub subscriptions: i64,
     /// Channels with at least one local subscriber.
     pub channels: i64,
-    /// Messages received from the Redis feed per second over the interval
-    /// (`null` on the in-memory engine, which has no feed to count).
-    pub messages_in_per_second: Option<f64>,
+    /// Messages received from the engine's live feed per second over the interval.
+    pub messages_in_per_second: f64,
     /// Messages written to clients per second (one per message per client).
     pub messages_out_per_second: f64,
     pub bytes_out_per_second: f64,
@@ -175,8 +174,7 @@ impl Reporter {
             },
             subscriptions: gw.metrics.subscriptions.get(),
             channels: gw.metrics.channels.get(),
-            messages_in_per_second: (gw.engine.kind() != "memory")
-                .then(|| rate(totals.messages_in, self.last.messages_in, elapsed)),
+            messages_in_per_second: rate(totals.messages_in, self.last.messages_in, elapsed),
             messages_out_per_second: rate(totals.messages_out, self.last.messages_out, elapsed),
             bytes_out_per_second: rate(totals.bytes_out, self.last.bytes_out, elapsed),
             totals,

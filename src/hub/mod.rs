@@ -366,7 +366,10 @@ impl Hub {
     async fn dispatch(self: Arc<Self>, mut events: mpsc::Receiver<EngineEvent>) {
         while let Some(event) = events.recv().await {
             match event {
-                EngineEvent::Message(m) => self.dispatch_message(m).await,
+                EngineEvent::Message(m) => {
+                    self.metrics.messages_in.inc();
+                    self.dispatch_message(m).await;
+                }
                 EngineEvent::Lost => {
                     self.catching_up.store(true, Ordering::Relaxed);
                     tracing::warn!("engine feed lost: live delivery paused until it is restored");
