@@ -61,7 +61,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
-    /// Binds loopback by default and runs without authentication.
+    /// Runs without authentication, so it binds loopback only (unless --allow-remote).
     Standalone(StandaloneArgs),
     /// One gateway replica on a shared Redis.
     Gateway(GatewayArgs),
