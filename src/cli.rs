@@ -19,6 +19,7 @@ use crate::collector::formulas::TrustWeights;
 use crate::collector::sqlite::SqliteConfig;
 use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
 use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
+use crate::engine::connection::RedisTarget;
 use crate::engine::{HistoryConfig, HistoryPolicy};
 use crate::filter::FilterLimits;
 use crate::hub::{HeartbeatConfig, HubConfig};
@@ -46,7 +47,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Log filter: a level (error, warn, info, debug, trace) or per-module
-    /// directives such as `switchboard=debug,warn`.
+    /// directives such as `switchboard=debug,warn`. The Redis client library
+    /// logs only errors unless a directive names it (`info,redis=warn`).
     #[arg(
         long,
         global = true,
@@ -261,9 +263,17 @@ pub struct TokenArgs {
 /// Connection to the Redis that carries channels, history and snapshots.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[user:password@]host:port[/db] (rediss:// for TLS).
+    /// One Redis: redis://[user:password@]host:port[/db]. A Redis Cluster:
+    /// redis+cluster://[user:password@]host:port[,host:port…] (or use
+    /// --redis-cluster-urls). Exactly one of the two is required.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
-    pub redis_url: String,
+    pub redis_url: Option<String>,
+
+    /// A Redis Cluster (Redis ≥ 7, for sharded pub/sub), by some of its nodes:
+    /// comma-separated redis://[user:password@]host:port (the other nodes are
+    /// discovered). Instead of --redis-url.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
 
     /// Prefix of every Redis key and pub/sub channel switchboard uses.
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
@@ -277,7 +287,8 @@ pub struct RedisArgs {
     #[arg(long, env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub redis_connect_timeout: Duration,
 
-    /// Pooled Redis command connections (each one multiplexes many commands).
+    /// Redis command connections (each one multiplexes many commands); on a
+    /// cluster, this many per master.
     #[arg(long, env = "SWITCHBOARD_REDIS_POOL_SIZE", default_value_t = 8)]
     pub redis_pool_size: usize,
 
@@ -285,6 +296,17 @@ pub struct RedisArgs {
     /// three missed probes rebuild it.
     #[arg(long, env = "SWITCHBOARD_REDIS_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub redis_probe_interval: Duration,
+}
+
+impl RedisArgs {
+    /// The Redis (or Redis Cluster) these flags name.
+    pub fn target(&self) -> Result<RedisTarget, String> {
+        if self.redis_probe_interval.is_zero() {
+            return Err("--redis-probe-interval must be more than 0".into());
+        }
+        RedisTarget::from_flags(self.redis_url.as_deref(), &self.redis_cluster_urls)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Channel history: what resume can recover.

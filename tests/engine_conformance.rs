@@ -1,7 +1,8 @@
-//! One conformance suite, run against every engine: the in-memory engine and
-//! the Redis engine on a private redis-server. What the gateway relies on —
+//! One conformance suite, run against every engine: the in-memory engine, the
+//! Redis engine on a private redis-server, and the Redis engine on a private
+//! 3-master Redis Cluster (sharded pub/sub). What the gateway relies on —
 //! offsets, epochs, history coverage, fenced snapshots, the live feed — must
-//! hold identically for both.
+//! hold identically for all.
 
 mod common;
 
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::RedisServer;
+use common::{RedisCluster, RedisServer};
 use switchboard::channel::ChannelName;
+use switchboard::engine::connection::RedisTarget;
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::{RedisConfig, RedisEngine};
 use switchboard::engine::{
@@ -55,11 +57,18 @@ fn memory_engine() -> (Arc<dyn Engine>, Events) {
 }
 
 async fn redis_engine(redis: &RedisServer) -> (Arc<dyn Engine>, Events, CancellationToken) {
+    engine_on(RedisTarget::Single(redis.url()), "test:").await
+}
+
+async fn engine_on(
+    target: RedisTarget,
+    prefix: &str,
+) -> (Arc<dyn Engine>, Events, CancellationToken) {
     let (tx, rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     let config = RedisConfig {
-        url: redis.url(),
-        prefix: "test:".into(),
+        target,
+        prefix: prefix.into(),
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         pool_size: 4,
@@ -70,7 +79,7 @@ async fn redis_engine(redis: &RedisServer) -> (Arc<dyn Engine>, Events, Cancella
         replica_id: "conformance".into(),
     };
     let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone()).unwrap();
-    for _ in 0..200 {
+    for _ in 0..400 {
         if engine.health().ready {
             break;
         }
@@ -289,6 +298,21 @@ macro_rules! conformance {
                     stop.cancel();
                 }
             )*
+        }
+        mod cluster {
+            /// Every case on one cluster (six redis-servers take seconds to
+            /// start), each with its own key prefix and engine.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_suite_on_a_3_master_redis_cluster() {
+                let cluster = super::RedisCluster::start(std::time::Duration::from_secs(2));
+                let target = super::RedisTarget::from_url(&cluster.cluster_url()).unwrap();
+                $(
+                    let prefix = concat!(stringify!($name), ":");
+                    let (engine, events, stop) = super::engine_on(target.clone(), prefix).await;
+                    super::$name(engine, events).await;
+                    stop.cancel();
+                )*
+            }
         }
     };
 }
