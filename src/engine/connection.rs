@@ -130,6 +130,9 @@ impl RedisTarget {
 }
 
 fn check_url(url: &str) -> Result<redis::ConnectionInfo, TargetError> {
+    if url.starts_with("rediss://") {
+        return Err(TargetError::Tls(redact(url)));
+    }
     let info = url
         .into_connection_info()
         .map_err(|e| TargetError::BadUrl {
@@ -374,6 +377,10 @@ mod tests {
         assert!(matches!(
             RedisTarget::from_flags(Some("http://x"), &[]),
             Err(TargetError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            RedisTarget::from_flags(Some("rediss://u:p@h:1"), &[]),
+            Err(TargetError::Tls(u)) if !u.contains(":p@")
         ));
     }
 
