@@ -33,6 +33,9 @@ struct Args {
     /// redis://host:port (one Redis) or redis+cluster://host:port,host:port.
     #[arg(long)]
     redis: String,
+    /// Key prefix (a gateway measured with --gateway must use the same).
+    #[arg(long, default_value = "switchboard:")]
+    prefix: String,
     /// Channels published to, round robin.
     #[arg(long, default_value_t = 300)]
     channels: usize,
@@ -76,7 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let config = RedisConfig {
         target: target.clone(),
-        prefix: "bench:".into(),
+        prefix: args.prefix.clone(),
         response_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(3),
         pool_size: args.pool_size,
