@@ -45,6 +45,9 @@ struct Args {
     /// Command connections (per master on a cluster).
     #[arg(long, default_value_t = 8)]
     pool_size: usize,
+    /// Acknowledge publishes only once this many replicas have them (WAIT).
+    #[arg(long, default_value_t = 0)]
+    wait_replicas: usize,
     /// Bytes of padding in each message.
     #[arg(long, default_value_t = 100)]
     payload: usize,
@@ -88,6 +91,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_json_depth: 32,
         history: HistoryConfig::default(),
         replica_id: format!("bench-{}", std::process::id()),
+        wait_replicas: args.wait_replicas,
+        wait_timeout: Duration::from_millis(1000),
     };
     let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone())?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -203,6 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "channels": args.channels,
             "publishers": args.publishers,
             "pool_size": args.pool_size,
+            "wait_replicas": args.wait_replicas,
             "payload_bytes": args.payload,
             "seconds": secs,
             "published_per_s": rate(start.0, end.0),

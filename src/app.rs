@@ -284,6 +284,8 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         max_json_depth: 64,
         history: args.history.config(),
         replica_id: format!("collector-{replica}-{}", std::process::id()),
+        wait_replicas: args.redis.redis_wait_replicas,
+        wait_timeout: args.redis.redis_wait_timeout,
     };
     let engine_stop = CancellationToken::new();
     let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
@@ -379,6 +381,8 @@ fn redis_config(
         max_json_depth: gw.limits.max_json_depth,
         history,
         replica_id: gw.replica_id.clone(),
+        wait_replicas: args.redis_wait_replicas,
+        wait_timeout: args.redis_wait_timeout,
     })
 }
 

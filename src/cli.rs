@@ -296,6 +296,20 @@ pub struct RedisArgs {
     /// three missed probes rebuild it.
     #[arg(long, env = "SWITCHBOARD_REDIS_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub redis_probe_interval: Duration,
+
+    /// Acknowledge a publish only once this many replicas of its Redis master
+    /// have it (WAIT), so that a master crash cannot lose an acknowledged
+    /// message; 0 acknowledges at once (Redis replicates asynchronously).
+    /// Costs a replication round trip per publish, and a master left without
+    /// that many replicas refuses publishes (503) until they are back.
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: usize,
+
+    /// Longest wait for --redis-wait-replicas; a publish not confirmed by then
+    /// is answered 503 (it may have been delivered; a retry may publish it
+    /// twice), logged and counted in switchboard_redis_errors_total.
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
 }
 
 impl RedisArgs {
@@ -303,6 +317,17 @@ impl RedisArgs {
     pub fn target(&self) -> Result<RedisTarget, String> {
         if self.redis_probe_interval.is_zero() {
             return Err("--redis-probe-interval must be more than 0".into());
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout.is_zero() {
+            return Err(
+                "--redis-wait-timeout must be more than 0 with --redis-wait-replicas (WAIT 0 would block forever)".into(),
+            );
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
+            return Err(format!(
+                "--redis-wait-timeout ({:?}) must be shorter than --redis-timeout ({:?}), which bounds the whole publish",
+                self.redis_wait_timeout, self.redis_timeout
+            ));
         }
         RedisTarget::from_flags(self.redis_url.as_deref(), &self.redis_cluster_urls)
             .map_err(|e| e.to_string())

@@ -63,6 +63,11 @@ pub struct RedisConfig {
     pub history: HistoryConfig,
     /// Names this replica in its probe channel.
     pub replica_id: String,
+    /// Replicas that must have a message before its publish is acknowledged
+    /// (`WAIT`); 0: acknowledge at once (Redis replicates asynchronously).
+    pub wait_replicas: usize,
+    /// Longest `WAIT` for those replicas.
+    pub wait_timeout: Duration,
 }
 
 /// The Redis engine.
@@ -76,6 +81,9 @@ pub struct RedisEngine {
     history_script: Script,
     subscriber: mpsc::Sender<SubCommand>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// When the last "not replicated in time" warning was logged (Unix ms).
+    last_wait_warning: std::sync::atomic::AtomicU64,
 }
 
 /// Readiness of the engine, written by its tasks.
@@ -189,6 +197,8 @@ impl RedisEngine {
             history_script: Script::new(include_str!("history.lua")),
             subscriber: tx,
             health: health.clone(),
+            metrics: metrics.clone(),
+            last_wait_warning: std::sync::atomic::AtomicU64::new(0),
             config: config.clone(),
         });
         match &config.target {
@@ -267,6 +277,78 @@ impl RedisEngine {
             .map_err(unavailable)
     }
 
+    /// The publish script followed by `WAIT` on the same connection, in one
+    /// round trip: the publish is acknowledged only once `wait_replicas`
+    /// replicas have the message. If they do not within `wait_timeout` (no
+    /// replica connected, a master that was failed over while it ran the
+    /// script), the message may already have been delivered live, but it is
+    /// not acknowledged: the producer hears 503 and retries, so nothing it was
+    /// told is published can be lost with its master (a retry may publish it
+    /// twice).
+    async fn publish_and_wait(
+        &self,
+        conn: &mut RedisConnection,
+        channel: &ChannelName,
+        data: &Json,
+        options: PublishOptions,
+    ) -> Result<Value, EngineError> {
+        let policy = self.config.history.policy(channel);
+        let epoch = Epoch::random();
+        let version = options.version.map(|v| v.to_string()).unwrap_or_default();
+        let pipeline = |eval: &str, body: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd(eval)
+                .arg(body)
+                .arg(3)
+                .arg(self.keys.meta(channel))
+                .arg(self.keys.history(channel))
+                .arg(self.keys.snapshot(channel))
+                .arg(self.keys.pubsub(channel))
+                .arg(data.as_bytes())
+                .arg(policy.size)
+                .arg(policy.ttl.as_millis() as u64)
+                .arg(epoch.as_str())
+                .arg(if options.snapshot { "1" } else { "0" })
+                .arg(&version)
+                .arg(self.publish_command);
+            pipe.cmd("WAIT")
+                .arg(self.config.wait_replicas)
+                .arg(self.config.wait_timeout.as_millis() as u64);
+            pipe.ignore_errors();
+            pipe
+        };
+        let hash = self.publish_script.get_hash().to_string();
+        let (mut script, mut acked) = two_replies(conn, pipeline("EVALSHA", &hash)).await?;
+        if matches!(&script, Value::ServerError(e) if e.code() == "NOSCRIPT") {
+            // This node has not seen the script yet: EVAL caches it there.
+            let pipe = pipeline("EVAL", include_str!("publish.lua"));
+            (script, acked) = two_replies(conn, pipe).await?;
+        }
+        if let Value::ServerError(e) = &script {
+            return Err(unavailable(format!("publish script: {e:?}")));
+        }
+        let acked = integer(&acked).unwrap_or(0);
+        if acked < self.config.wait_replicas as i64 {
+            self.metrics.redis_errors.inc();
+            let now = crate::time::unix_millis();
+            let last = self.last_wait_warning.swap(now, Ordering::Relaxed);
+            if now.saturating_sub(last) >= 10_000 {
+                tracing::warn!(
+                    %channel,
+                    acked,
+                    wanted = self.config.wait_replicas,
+                    timeout = ?self.config.wait_timeout,
+                    "publishes are not confirmed by enough Redis replicas in time and are answered 503 (check the replicas of the channel's master, or lower --redis-wait-replicas); repeated failures are counted in switchboard_redis_errors_total"
+                );
+            }
+            return Err(EngineError::Unavailable(format!(
+                "published, but only {acked} of {} Redis replicas confirmed it within {:?}: it may be lost if its master fails; a retry may publish it twice",
+                self.config.wait_replicas, self.config.wait_timeout
+            )));
+        }
+        Ok(script)
+    }
+
     async fn subscriber_call(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<(), EngineError>>) -> SubCommand,
@@ -304,6 +386,12 @@ impl Engine for RedisEngine {
     ) -> Result<Published, EngineError> {
         let policy = self.config.history.policy(channel);
         let mut conn = self.connection().await?;
+        if self.config.wait_replicas > 0 {
+            let reply = self
+                .publish_and_wait(&mut conn, channel, data, options)
+                .await?;
+            return published(reply);
+        }
         let reply: Value = self
             .publish_script
             .key(self.keys.meta(channel))
@@ -320,18 +408,7 @@ impl Engine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let items = array(reply)?;
-        let first = items.first().map(integer).transpose()?;
-        match (first, items.get(1)) {
-            (Some(-1), Some(current)) => Err(EngineError::StaleVersion {
-                current: text(current)?.parse().unwrap_or(0),
-            }),
-            (Some(offset), Some(epoch)) if offset > 0 => Ok(Published {
-                offset: offset as Offset,
-                epoch: Epoch::new(&text(epoch)?),
-            }),
-            _ => Err(EngineError::Protocol("publish script reply".into())),
-        }
+        published(reply)
     }
 
     async fn history(
@@ -428,6 +505,35 @@ impl Engine for RedisEngine {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Runs a pipeline of two commands; their replies, errors included.
+async fn two_replies(
+    conn: &mut RedisConnection,
+    pipe: redis::Pipeline,
+) -> Result<(Value, Value), EngineError> {
+    let replies: Vec<Value> = pipe.query_async(conn).await.map_err(unavailable)?;
+    let mut replies = replies.into_iter();
+    match (replies.next(), replies.next()) {
+        (Some(first), Some(second)) => Ok((first, second)),
+        _ => Err(EngineError::Protocol("pipeline reply".into())),
+    }
+}
+
+/// The publish script's reply: `{offset, epoch}` or `{-1, stored version}`.
+fn published(reply: Value) -> Result<Published, EngineError> {
+    let items = array(reply)?;
+    let first = items.first().map(integer).transpose()?;
+    match (first, items.get(1)) {
+        (Some(-1), Some(current)) => Err(EngineError::StaleVersion {
+            current: text(current)?.parse().unwrap_or(0),
+        }),
+        (Some(offset), Some(epoch)) if offset > 0 => Ok(Published {
+            offset: offset as Offset,
+            epoch: Epoch::new(&text(epoch)?),
+        }),
+        _ => Err(EngineError::Protocol("publish script reply".into())),
     }
 }
 

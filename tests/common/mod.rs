@@ -549,6 +549,8 @@ impl Client {
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: std::collections::HashMap<u16, Child>,
+    /// Stopped with SIGSTOP: running, but answering nothing.
+    paused: std::collections::HashSet<u16>,
     dir: PathBuf,
     node_timeout: Duration,
 }
@@ -600,6 +602,7 @@ impl RedisCluster {
         let mut cluster = Self {
             ports: ports.clone(),
             children: std::collections::HashMap::new(),
+            paused: std::collections::HashSet::new(),
             dir,
             node_timeout,
         };
@@ -692,7 +695,11 @@ impl RedisCluster {
     }
 
     fn live_ports(&self) -> Vec<u16> {
-        self.children.keys().copied().collect()
+        self.children
+            .keys()
+            .copied()
+            .filter(|p| !self.paused.contains(p))
+            .collect()
     }
 
     /// `CLUSTER NODES` as seen from a live node.
@@ -827,6 +834,28 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes a node (SIGSTOP): its connections stay open and silent, as with
+    /// a hung host or a network partition.
+    pub fn pause_node(&mut self, port: u16) {
+        self.signal(port, "STOP");
+        self.paused.insert(port);
+    }
+
+    /// Thaws a node frozen by [`RedisCluster::pause_node`].
+    pub fn resume_node(&mut self, port: u16) {
+        self.signal(port, "CONT");
+        self.paused.remove(&port);
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let child = self.children.get(&port).expect("a running node");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     /// Waits until a live master other than `old` serves `slot`; returns its port.
     pub fn wait_failover(&self, slot: u16, old: u16, timeout: Duration) -> u16 {
         let deadline = Instant::now() + timeout;
@@ -899,6 +928,9 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
+        for port in self.paused.clone() {
+            self.resume_node(port);
+        }
         for (_, mut child) in self.children.drain() {
             let _ = child.kill();
             let _ = child.wait();

@@ -78,8 +78,9 @@ struct Inflight {
     remaining: usize,
 }
 
-/// A `subscribe` call waiting for confirmations.
+/// A `subscribe` (or `unsubscribe`) call waiting for confirmations.
 struct Pending {
+    subscribe: bool,
     names: HashSet<String>,
     reply: oneshot::Sender<Result<(), EngineError>>,
     deadline: Instant,
@@ -483,6 +484,7 @@ impl ClusterSubscriber {
         match request {
             SubCommand::Subscribe(channels, reply) => {
                 let mut waiting = HashSet::new();
+                let mut unreachable = None;
                 let mut per_node: HashMap<NodeAddr, Vec<String>> = HashMap::new();
                 for channel in channels {
                     let name = self.keys.pubsub(&channel);
@@ -505,8 +507,19 @@ impl ClusterSubscriber {
                             waiting.insert(name);
                         }
                         _ => {
-                            // Subscribed once its master is connected.
-                            waiting.insert(name);
+                            // Kept wanted, and subscribed once its master is
+                            // connected; the caller hears now that it is not yet.
+                            unreachable = Some(match owner {
+                                Some(o) => format!(
+                                    "the Redis Cluster master {o} of channel {name} is not connected yet"
+                                ),
+                                None if self.topology.is_none() => {
+                                    "the Redis Cluster slot map is not known yet".to_string()
+                                }
+                                None => {
+                                    format!("no Redis Cluster master serves the slot of {name}")
+                                }
+                            });
                             self.dirty = true;
                         }
                     }
@@ -516,10 +529,13 @@ impl ClusterSubscriber {
                         send_grouped(node, true, names);
                     }
                 }
-                if waiting.is_empty() {
+                if let Some(why) = unreachable {
+                    let _ = reply.send(Err(unavailable(why)));
+                } else if waiting.is_empty() {
                     let _ = reply.send(Ok(()));
                 } else {
                     self.pending.push(Pending {
+                        subscribe: true,
                         names: waiting,
                         reply,
                         deadline: Instant::now() + self.config.response_timeout * 4,
@@ -528,12 +544,14 @@ impl ClusterSubscriber {
             }
             SubCommand::Unsubscribe(channels, reply) => {
                 let mut per_node: HashMap<NodeAddr, Vec<String>> = HashMap::new();
+                let mut waiting = HashSet::new();
                 for channel in channels {
                     self.wanted.remove(&channel);
                     let name = self.keys.pubsub(&channel);
                     for (addr, node) in &self.nodes {
                         if node.subscribed.contains(&name) || node.requested.contains(&name) {
                             per_node.entry(addr.clone()).or_default().push(name.clone());
+                            waiting.insert(name.clone());
                         }
                     }
                 }
@@ -542,9 +560,33 @@ impl ClusterSubscriber {
                         send_grouped(node, false, names);
                     }
                 }
-                let _ = reply.send(Ok(()));
+                // Answered once the masters confirm: nothing published after
+                // the answer is delivered.
+                if waiting.is_empty() {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.pending.push(Pending {
+                        subscribe: false,
+                        names: waiting,
+                        reply,
+                        deadline: Instant::now() + self.config.response_timeout * 4,
+                    });
+                }
             }
         }
+    }
+
+    /// `name` was confirmed (subscribed, or unsubscribed): answers the calls
+    /// that waited for nothing else.
+    fn resolve(&mut self, subscribe: bool, name: &str) {
+        self.pending.retain_mut(|p| {
+            if p.subscribe != subscribe || !p.names.remove(name) || !p.names.is_empty() {
+                return true;
+            }
+            let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
+            let _ = reply.send(Ok(()));
+            false
+        });
     }
 
     fn on_report(&mut self, report: Report) {
@@ -583,31 +625,22 @@ impl ClusterSubscriber {
                         send_grouped(node, false, vec![name.clone()]);
                     }
                 }
-                self.pending.retain_mut(|p| {
-                    p.names.remove(&name);
-                    if p.names.is_empty() {
-                        let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
-                        let _ = reply.send(Ok(()));
-                        false
-                    } else {
-                        true
-                    }
-                });
+                self.resolve(true, &name);
             }
             NodeEvent::Unsubscribed(name) => {
                 let Some(node) = self.nodes.get_mut(&addr) else {
                     return;
                 };
-                if confirm(node, false, name.as_deref()) {
-                    if let Some(name) = &name {
-                        node.subscribed.remove(name);
-                    }
+                let ours = confirm(node, false, name.as_deref());
+                let Some(name) = name else { return };
+                node.subscribed.remove(&name);
+                if ours {
+                    self.resolve(false, &name);
                     return;
                 }
                 // Not ours: the master dropped a shard channel whose slot left it.
-                let Some(name) = name else { return };
-                node.subscribed.remove(&name);
                 node.requested.remove(&name);
+                self.resolve(false, &name);
                 if self.desired(&addr, &name) {
                     tracing::info!(node = %addr, channel = %name, "Redis Cluster: the slot of a channel moved to another master; resubscribing there");
                     if self.is_channel(&name) {
@@ -622,11 +655,16 @@ impl ClusterSubscriber {
                     return;
                 };
                 let failed = node.inflight.pop_front();
-                if let Some(cmd) = &failed
-                    && cmd.subscribe
-                {
-                    for n in &cmd.names {
-                        node.requested.remove(n);
+                if let Some(cmd) = &failed {
+                    if cmd.subscribe {
+                        for n in &cmd.names {
+                            node.requested.remove(n);
+                        }
+                    } else {
+                        // Whatever the master says, we no longer want these.
+                        for n in cmd.names.clone() {
+                            self.resolve(false, &n);
+                        }
                     }
                 }
                 let moved = ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"]
@@ -689,6 +727,24 @@ impl ClusterSubscriber {
         if self.has_data(&node) {
             self.mark_lost(&format!("{addr}: {why}"));
         }
+        // Unsubscribing from a closed connection is done.
+        for cmd in node.inflight.iter().filter(|c| !c.subscribe) {
+            for n in &cmd.names {
+                self.resolve(false, n);
+            }
+        }
+        // Subscriptions waiting for this master's confirmation will not get it.
+        self.pending.retain_mut(|p| {
+            if p.subscribe && p.names.iter().any(|n| node.requested.contains(n)) {
+                let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
+                let _ = reply.send(Err(unavailable(format!(
+                    "lost the connection to Redis Cluster master {addr}"
+                ))));
+                false
+            } else {
+                true
+            }
+        });
         let backoff = self
             .backoffs
             .entry(addr.clone())
@@ -705,15 +761,20 @@ impl ClusterSubscriber {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Subscriptions that were never confirmed.
+        // Calls never confirmed: a subscription failed; an unsubscription
+        // is done as far as this replica is concerned.
         self.pending.retain_mut(|p| {
             if p.deadline > now {
                 return true;
             }
             let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
-            let _ = reply.send(Err(unavailable(
-                "Redis Cluster did not confirm SSUBSCRIBE in time",
-            )));
+            let _ = reply.send(if p.subscribe {
+                Err(unavailable(
+                    "Redis Cluster did not confirm SSUBSCRIBE in time",
+                ))
+            } else {
+                Ok(())
+            });
             false
         });
         // Probes: a connection that stopped delivering them is rebuilt.
