@@ -23,6 +23,7 @@ use crate::collector::demo::{self, DemoConfig};
 use crate::collector::lease::{Lease, LeaseConfig};
 use crate::collector::{Collector, Leadership};
 use crate::config::GatewayConfig;
+use crate::engine::connection::RedisTarget;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, EngineEvent, HistoryConfig};
@@ -221,20 +222,17 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
             "no --allowed-origins: pages from any origin may connect (tokens are still required)"
         );
     }
+    let redis = redis_config(
+        &args.redis,
+        stats::with_system_history(args.history.config()),
+        &config,
+    )?;
+    tracing::info!(redis = %redis.target.describe(), "gateway: engine on Redis");
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
-    let engine = RedisEngine::start(
-        redis_config(
-            &args.redis,
-            stats::with_system_history(args.history.config()),
-            &config,
-        ),
-        events_tx,
-        metrics.clone(),
-        engine_stop.clone(),
-    )
-    .context("could not set up the Redis engine")?;
+    let engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
+        .context("could not set up the Redis engine")?;
     let registry = Arc::new(Registry::default());
     let presence = Presence::redis(
         engine.clone(),
@@ -272,9 +270,21 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
 }
 
 async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let target = args.redis.target().map_err(anyhow::Error::msg)?;
+    // The federation's peers are read with SCAN from one Redis: by default the
+    // engine's, which a cluster is not (give --federation-redis-url then).
+    let default_federation = match &target {
+        RedisTarget::Single(url) => Some(url.as_str()),
+        RedisTarget::Cluster(_) => None,
+    };
+    if target.is_cluster() && args.sources.federation_redis_url.is_none() {
+        tracing::warn!(
+            "the engine is a Redis Cluster, so the federation's peers are not read from it: pass --federation-redis-url (a single Redis holding the peer hashes and sync events)"
+        );
+    }
     let config = args
         .sources
-        .config(&args.schedule, Some(&args.redis.redis_url))
+        .config(&args.schedule, default_federation)
         .map_err(anyhow::Error::msg)?;
     let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
     let replica = args
@@ -286,8 +296,9 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
     // The collector subscribes to nothing; its feed is drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel::<EngineEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    tracing::info!(redis = %target.describe(), "collector: engine on Redis");
     let redis = RedisConfig {
-        url: args.redis.redis_url.clone(),
+        target,
         prefix: args.redis.redis_prefix.clone(),
         response_timeout: args.redis.redis_timeout,
         connect_timeout: args.redis.redis_connect_timeout,
@@ -297,6 +308,8 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         max_json_depth: 64,
         history: args.history.config(),
         replica_id: format!("collector-{replica}-{}", std::process::id()),
+        wait_replicas: args.redis.redis_wait_replicas,
+        wait_timeout: args.redis.redis_wait_timeout,
     };
     let engine_stop = CancellationToken::new();
     let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
@@ -376,9 +389,13 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
-fn redis_config(args: &RedisArgs, history: HistoryConfig, gw: &GatewayConfig) -> RedisConfig {
-    RedisConfig {
-        url: args.redis_url.clone(),
+fn redis_config(
+    args: &RedisArgs,
+    history: HistoryConfig,
+    gw: &GatewayConfig,
+) -> anyhow::Result<RedisConfig> {
+    Ok(RedisConfig {
+        target: args.target().map_err(anyhow::Error::msg)?,
         prefix: args.redis_prefix.clone(),
         response_timeout: args.redis_timeout,
         connect_timeout: args.redis_connect_timeout,
@@ -388,7 +405,9 @@ fn redis_config(args: &RedisArgs, history: HistoryConfig, gw: &GatewayConfig) ->
         max_json_depth: gw.limits.max_json_depth,
         history,
         replica_id: gw.replica_id.clone(),
-    }
+        wait_replicas: args.redis_wait_replicas,
+        wait_timeout: args.redis_wait_timeout,
+    })
 }
 
 fn announce(listener: &TcpListener, config: &GatewayConfig) {

@@ -19,6 +19,7 @@ use crate::collector::formulas::TrustWeights;
 use crate::collector::sqlite::SqliteConfig;
 use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
 use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
+use crate::engine::connection::RedisTarget;
 use crate::engine::{HistoryConfig, HistoryPolicy};
 use crate::filter::FilterLimits;
 use crate::hub::{HeartbeatConfig, HubConfig};
@@ -46,7 +47,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Log filter: a level (error, warn, info, debug, trace) or per-module
-    /// directives such as `switchboard=debug,warn`.
+    /// directives such as `switchboard=debug,warn`. The Redis client library
+    /// logs only errors unless a directive names it (`info,redis=warn`).
     #[arg(
         long,
         global = true,
@@ -527,9 +529,17 @@ pub struct TokenArgs {
 /// Connection to the Redis that carries channels, history and snapshots.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[user:password@]host:port[/db] (rediss:// for TLS).
+    /// One Redis: redis://[user:password@]host:port[/db]. A Redis Cluster:
+    /// redis+cluster://[user:password@]host:port[,host:port…] (or use
+    /// --redis-cluster-urls). Exactly one of the two is required.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
-    pub redis_url: String,
+    pub redis_url: Option<String>,
+
+    /// A Redis Cluster (Redis ≥ 7, for sharded pub/sub), by some of its nodes:
+    /// comma-separated redis://[user:password@]host:port (the other nodes are
+    /// discovered). Instead of --redis-url.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
 
     /// Prefix of every Redis key and pub/sub channel switchboard uses.
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
@@ -543,7 +553,8 @@ pub struct RedisArgs {
     #[arg(long, env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub redis_connect_timeout: Duration,
 
-    /// Pooled Redis command connections (each one multiplexes many commands).
+    /// Redis command connections (each one multiplexes many commands); on a
+    /// cluster, this many per master.
     #[arg(long, env = "SWITCHBOARD_REDIS_POOL_SIZE", default_value_t = 8)]
     pub redis_pool_size: usize,
 
@@ -551,6 +562,42 @@ pub struct RedisArgs {
     /// three missed probes rebuild it.
     #[arg(long, env = "SWITCHBOARD_REDIS_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub redis_probe_interval: Duration,
+
+    /// Acknowledge a publish only once this many replicas of its Redis master
+    /// have it (WAIT), so that a master crash cannot lose an acknowledged
+    /// message; 0 acknowledges at once (Redis replicates asynchronously).
+    /// Costs a replication round trip per publish, and a master left without
+    /// that many replicas refuses publishes (503) until they are back.
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: usize,
+
+    /// Longest wait for --redis-wait-replicas; a publish not confirmed by then
+    /// is answered 503 (it may have been delivered; a retry may publish it
+    /// twice), logged and counted in switchboard_redis_errors_total.
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+}
+
+impl RedisArgs {
+    /// The Redis (or Redis Cluster) these flags name.
+    pub fn target(&self) -> Result<RedisTarget, String> {
+        if self.redis_probe_interval.is_zero() {
+            return Err("--redis-probe-interval must be more than 0".into());
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout.is_zero() {
+            return Err(
+                "--redis-wait-timeout must be more than 0 with --redis-wait-replicas (WAIT 0 would block forever)".into(),
+            );
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
+            return Err(format!(
+                "--redis-wait-timeout ({:?}) must be shorter than --redis-timeout ({:?}), which bounds the whole publish",
+                self.redis_wait_timeout, self.redis_timeout
+            ));
+        }
+        RedisTarget::from_flags(self.redis_url.as_deref(), &self.redis_cluster_urls)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Channel history: what resume can recover.

@@ -1,7 +1,8 @@
-//! One conformance suite, run against every engine: the in-memory engine and
-//! the Redis engine on a private redis-server. What the gateway relies on —
+//! One conformance suite, run against every engine: the in-memory engine, the
+//! Redis engine on a private redis-server, and the Redis engine on a private
+//! 3-master Redis Cluster (sharded pub/sub). What the gateway relies on —
 //! offsets, epochs, history coverage, fenced snapshots, the live feed — must
-//! hold identically for both.
+//! hold identically for all.
 
 mod common;
 
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::RedisServer;
+use common::{RedisCluster, RedisServer};
 use switchboard::channel::ChannelName;
+use switchboard::engine::connection::RedisTarget;
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::{RedisConfig, RedisEngine};
 use switchboard::engine::{
@@ -55,11 +57,19 @@ fn memory_engine() -> (Arc<dyn Engine>, Events) {
 }
 
 async fn redis_engine(redis: &RedisServer) -> (Arc<dyn Engine>, Events, CancellationToken) {
+    engine_on(RedisTarget::Single(redis.url()), "test:", 0).await
+}
+
+async fn engine_on(
+    target: RedisTarget,
+    prefix: &str,
+    wait_replicas: usize,
+) -> (Arc<dyn Engine>, Events, CancellationToken) {
     let (tx, rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     let config = RedisConfig {
-        url: redis.url(),
-        prefix: "test:".into(),
+        target,
+        prefix: prefix.into(),
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         pool_size: 4,
@@ -68,9 +78,11 @@ async fn redis_engine(redis: &RedisServer) -> (Arc<dyn Engine>, Events, Cancella
         max_json_depth: 32,
         history: history(),
         replica_id: "conformance".into(),
+        wait_replicas,
+        wait_timeout: Duration::from_millis(1000),
     };
     let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone()).unwrap();
-    for _ in 0..200 {
+    for _ in 0..400 {
         if engine.health().ready {
             break;
         }
@@ -289,6 +301,39 @@ macro_rules! conformance {
                     stop.cancel();
                 }
             )*
+        }
+        mod cluster {
+            /// Every case on one cluster (six redis-servers take seconds to
+            /// start), each with its own key prefix and engine; then again
+            /// with publishes acknowledged only once a replica has them.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_suite_on_a_3_master_redis_cluster() {
+                let cluster = super::RedisCluster::start(std::time::Duration::from_secs(2));
+                let target = super::RedisTarget::from_url(&cluster.cluster_url()).unwrap();
+                for wait_replicas in [0, 1] {
+                    $(
+                        let prefix = format!("{}-{wait_replicas}:", stringify!($name));
+                        let (engine, events, stop) =
+                            super::engine_on(target.clone(), &prefix, wait_replicas).await;
+                        super::$name(engine, events).await;
+                        stop.cancel();
+                    )*
+                }
+                let waits: u64 = cluster
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let stats = cluster.cli(*p, &["info", "commandstats"]);
+                        stats
+                            .lines()
+                            .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                            .and_then(|rest| rest.split(',').next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                assert!(waits > 0, "publishes with wait_replicas 1 ran WAIT on their master");
+            }
         }
     };
 }

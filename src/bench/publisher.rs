@@ -18,6 +18,7 @@ use super::client::{ChannelEnd, Expectation};
 use super::fields;
 use super::plan::{Plan, PublisherKind};
 use crate::channel::{ChannelName, DEFAULT_MAX_CHANNEL_LEN};
+use crate::engine::connection::RedisTarget;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, HistoryConfig, PublishOptions};
 use crate::json::Json;
@@ -101,9 +102,11 @@ impl Sink {
                 let (events, mut feed) = mpsc::channel(16);
                 tokio::spawn(async move { while feed.recv().await.is_some() {} });
                 let stop = CancellationToken::new();
+                let target = RedisTarget::from_url(&plan.redis_url)
+                    .map_err(|e| PublisherError::Setup(e.to_string()))?;
                 let engine = RedisEngine::start(
                     RedisConfig {
-                        url: plan.redis_url.clone(),
+                        target,
                         prefix: plan.redis_prefix.clone(),
                         response_timeout: REDIS_TIMEOUT,
                         connect_timeout: REDIS_TIMEOUT,
@@ -113,6 +116,8 @@ impl Sink {
                         max_json_depth: 8,
                         history: HistoryConfig::default(),
                         replica_id: format!("bench-{}", std::process::id()),
+                        wait_replicas: 0,
+                        wait_timeout: Duration::from_millis(500),
                     },
                     events,
                     Arc::new(Metrics::new()),

@@ -211,7 +211,7 @@ impl Lease {
             .arg("NX")
             .arg("PX")
             .arg(self.config.ttl.as_millis() as u64)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(reply.is_some())
@@ -224,7 +224,7 @@ impl Lease {
             .key(&self.config.key)
             .arg(&self.token)
             .arg(self.config.ttl.as_millis() as u64)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(renewed == 1)
@@ -236,7 +236,7 @@ impl Lease {
             .release
             .key(&self.config.key)
             .arg(&self.token)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())

@@ -3,11 +3,14 @@
 //!
 //! Two implementations share this interface and one conformance suite
 //! (`tests/engine_conformance.rs`): [`memory::MemoryEngine`] for `standalone`, and
-//! [`redis::RedisEngine`] for replicated gateways. Every published message gets
+//! [`redis::RedisEngine`] for replicated gateways (on one Redis or a Redis
+//! Cluster: [`connection`], [`cluster`]). Every published message gets
 //! the next offset of its channel; offsets belong to an epoch, which changes
 //! whenever the channel's history is lost (so a client can tell "continue" from
 //! "start over").
 
+pub mod cluster;
+pub mod connection;
 pub mod keys;
 pub mod memory;
 pub mod redis;

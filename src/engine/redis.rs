@@ -1,7 +1,12 @@
-//! The Redis engine: channels, history and snapshots in Redis, shared by every
-//! gateway replica.
+//! The Redis engine: channels, history and snapshots in Redis (one Redis or a
+//! Redis Cluster), shared by every gateway replica.
 //!
-//! Commands go through a `deadpool-redis` pool. The live feed is one dedicated
+//! Commands go through [`Commands`](super::connection::Commands): a
+//! `deadpool-redis` pool on one Redis, cluster connections on a cluster (every
+//! key of a channel shares its hash tag, so the publish script runs whole on
+//! the master owning the channel). On a cluster the publish script uses
+//! `SPUBLISH` and the live feed is [`ClusterSubscriber`]: sharded pub/sub, one
+//! connection per master. On one Redis the live feed is one dedicated
 //! pub/sub connection per replica, owned by the subscriber task below: it holds
 //! the set of channels this replica needs, subscribes each once however many
 //! clients want it, and after a lost connection reconnects with backoff,
@@ -17,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_redis::{Pool, Runtime};
 use futures_util::StreamExt;
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::ClusterSubscriber;
+use super::connection::{Batch, Commands, ConnectionSettings, RedisConnection, RedisTarget};
 use super::keys::Keys;
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
@@ -36,15 +42,15 @@ use crate::metrics::Metrics;
 /// Connection settings of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
-    pub url: String,
+    /// One Redis or a Redis Cluster.
+    pub target: RedisTarget,
     /// Prefix of every key and channel name.
     pub prefix: String,
     /// Limit on one command's round trip.
     pub response_timeout: Duration,
     /// Limit on establishing a connection.
     pub connect_timeout: Duration,
-    /// Pooled command connections (each is multiplexed).
+    /// Command connections (each is multiplexed); on a cluster, per master.
     pub pool_size: usize,
     /// Interval between pub/sub liveness probes; a probe unanswered for three
     /// intervals rebuilds the pub/sub connection.
@@ -57,39 +63,97 @@ pub struct RedisConfig {
     pub history: HistoryConfig,
     /// Names this replica in its probe channel.
     pub replica_id: String,
+    /// Replicas that must have a message before its publish is acknowledged
+    /// (`WAIT`); 0: acknowledge at once (Redis replicates asynchronously).
+    pub wait_replicas: usize,
+    /// Longest `WAIT` for those replicas.
+    pub wait_timeout: Duration,
 }
 
 /// The Redis engine.
 pub struct RedisEngine {
-    pool: Pool,
+    commands: Commands,
+    /// `publish` on one Redis, `spublish` on a cluster.
+    publish_command: &'static str,
     keys: Keys,
     config: RedisConfig,
     publish_script: Script,
     history_script: Script,
     subscriber: mpsc::Sender<SubCommand>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// When the last "not replicated in time" warning was logged (Unix ms).
+    last_wait_warning: std::sync::atomic::AtomicU64,
 }
 
+/// Readiness of the engine, written by its tasks.
 #[derive(Default)]
-struct Health {
-    feed_up: AtomicBool,
+pub(crate) struct Health {
+    pub(crate) feed_up: AtomicBool,
     commands_ok: AtomicBool,
     detail: Mutex<String>,
 }
 
 impl Health {
-    fn set_detail(&self, detail: impl Into<String>) {
+    pub(crate) fn set_detail(&self, detail: impl Into<String>) {
         *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = detail.into();
     }
 }
 
-enum SubCommand {
+/// A request to the task owning the live feed.
+pub(crate) enum SubCommand {
     Subscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
     Unsubscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
 }
 
-fn unavailable(e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(e.to_string())
+}
+
+/// Where the live feed's messages go, and how they are decoded.
+pub(crate) struct Feed {
+    events: EventSink,
+    keys: Keys,
+    max_channel_len: usize,
+    max_json_depth: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Feed {
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Queues an event for the hub; false once the hub has stopped.
+    pub(crate) async fn send(&self, event: EngineEvent) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+
+    /// The event for a message on pub/sub channel `name`, if it is one of ours
+    /// and valid.
+    pub(crate) fn decode(&self, name: &str, payload: &Bytes) -> Option<EngineEvent> {
+        let channel = self.keys.channel_of(name, self.max_channel_len)?;
+        let (seq, data) = parse_payload(payload);
+        let start = payload.len() - data.len();
+        let data = match Json::parse(payload.slice(start..), self.max_json_depth) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.invalid_messages.inc();
+                tracing::debug!(%channel, error = %e, "dropped a published message that is not valid JSON");
+                return None;
+            }
+        };
+        let (seq, published_us) = match seq {
+            Some((offset, epoch, ts)) => (Some((offset, epoch)), Some(ts)),
+            None => (None, None),
+        };
+        Some(EngineEvent::Message(IncomingMessage {
+            channel,
+            seq,
+            published_us,
+            data,
+        }))
+    }
 }
 
 impl RedisEngine {
@@ -102,46 +166,63 @@ impl RedisEngine {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let keys = Keys::new(&config.prefix).map_err(|e| EngineError::Protocol(e.to_string()))?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
-        let connection_config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connect_timeout));
-        let manager =
-            deadpool_redis::Manager::new_with_config(config.url.as_str(), connection_config)
-                .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.response_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.response_timeout))
-            .build()
-            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let commands = Commands::new(
+            &config.target,
+            ConnectionSettings {
+                response_timeout: config.response_timeout,
+                connect_timeout: config.connect_timeout,
+                pool_size: config.pool_size,
+            },
+        )?;
         let health = Arc::new(Health::default());
         health.set_detail("connecting to Redis");
         let (tx, rx) = mpsc::channel(1024);
+        let feed = Arc::new(Feed {
+            events,
+            keys: keys.clone(),
+            max_channel_len: config.max_channel_len,
+            max_json_depth: config.max_json_depth,
+            metrics: metrics.clone(),
+        });
         let engine = Arc::new(Self {
-            pool,
+            commands: commands.clone(),
+            publish_command: if commands.is_cluster() {
+                "spublish"
+            } else {
+                "publish"
+            },
             keys: keys.clone(),
             publish_script: Script::new(include_str!("publish.lua")),
             history_script: Script::new(include_str!("history.lua")),
             subscriber: tx,
             health: health.clone(),
+            metrics: metrics.clone(),
+            last_wait_warning: std::sync::atomic::AtomicU64::new(0),
             config: config.clone(),
         });
-        let subscriber = Subscriber {
-            client,
-            pool: engine.pool.clone(),
-            keys,
-            config,
-            events,
-            commands: rx,
-            health,
-            metrics,
-            wanted: HashSet::new(),
-        };
-        tokio::spawn(subscriber.run(shutdown.clone()));
+        match &config.target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
+                let subscriber = Subscriber {
+                    client,
+                    commands,
+                    keys,
+                    config,
+                    feed,
+                    requests: rx,
+                    health,
+                    metrics,
+                    wanted: HashSet::new(),
+                };
+                tokio::spawn(subscriber.run(shutdown.clone()));
+            }
+            RedisTarget::Cluster(_) => {
+                let subscriber =
+                    ClusterSubscriber::new(commands, config, feed, health, metrics, rx);
+                tokio::spawn(subscriber.run(shutdown.clone()));
+            }
+        }
         tokio::spawn(health_loop(Arc::downgrade(&engine), shutdown));
         Ok(engine)
     }
@@ -151,28 +232,120 @@ impl RedisEngine {
         &self.keys
     }
 
-    /// A pooled connection, for other Redis-backed stores (sessions, presence).
-    pub async fn connection(&self) -> Result<deadpool_redis::Connection, EngineError> {
-        self.pool.get().await.map_err(unavailable)
+    /// A command connection, for other Redis-backed stores (sessions,
+    /// presence, the collector's lease). On a cluster each command goes to the
+    /// master owning its key; a pipeline must stay within one slot (see
+    /// [`RedisEngine::batch`]).
+    pub async fn connection(&self) -> Result<RedisConnection, EngineError> {
+        self.commands.get().await
     }
 
-    /// Publishes on the control channel every replica listens to.
+    /// Whether the engine runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.commands.is_cluster()
+    }
+
+    /// An empty batch: commands filed by key, sent as one pipeline per slot.
+    pub fn batch(&self) -> Batch {
+        self.commands.batch()
+    }
+
+    /// Sends a batch (its pipelines concurrently on a cluster).
+    pub async fn run_batch(&self, batch: Batch) -> Result<(), EngineError> {
+        self.commands.run(batch).await
+    }
+
+    /// Publishes on the control channel every replica listens to (sharded
+    /// pub/sub on a cluster, like every channel).
     pub async fn publish_control(&self, message: &str) -> Result<(), EngineError> {
         let mut conn = self.connection().await?;
-        redis::cmd("PUBLISH")
-            .arg(self.keys.global("control"))
+        redis::cmd(self.publish_command)
+            .arg(self.keys.control())
             .arg(message)
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
     }
 
+    /// PING (on a cluster: every master).
     async fn ping(&self) -> Result<(), EngineError> {
         let mut conn = self.connection().await?;
         redis::cmd("PING")
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    /// The publish script followed by `WAIT` on the same connection, in one
+    /// round trip: the publish is acknowledged only once `wait_replicas`
+    /// replicas have the message. If they do not within `wait_timeout` (no
+    /// replica connected, a master that was failed over while it ran the
+    /// script), the message may already have been delivered live, but it is
+    /// not acknowledged: the producer hears 503 and retries, so nothing it was
+    /// told is published can be lost with its master (a retry may publish it
+    /// twice).
+    async fn publish_and_wait(
+        &self,
+        conn: &mut RedisConnection,
+        channel: &ChannelName,
+        data: &Json,
+        options: PublishOptions,
+    ) -> Result<Value, EngineError> {
+        let policy = self.config.history.policy(channel);
+        let epoch = Epoch::random();
+        let version = options.version.map(|v| v.to_string()).unwrap_or_default();
+        let pipeline = |eval: &str, body: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd(eval)
+                .arg(body)
+                .arg(3)
+                .arg(self.keys.meta(channel))
+                .arg(self.keys.history(channel))
+                .arg(self.keys.snapshot(channel))
+                .arg(self.keys.pubsub(channel))
+                .arg(data.as_bytes())
+                .arg(policy.size)
+                .arg(policy.ttl.as_millis() as u64)
+                .arg(epoch.as_str())
+                .arg(if options.snapshot { "1" } else { "0" })
+                .arg(&version)
+                .arg(self.publish_command);
+            pipe.cmd("WAIT")
+                .arg(self.config.wait_replicas)
+                .arg(self.config.wait_timeout.as_millis() as u64);
+            pipe.ignore_errors();
+            pipe
+        };
+        let hash = self.publish_script.get_hash().to_string();
+        let (mut script, mut acked) = two_replies(conn, pipeline("EVALSHA", &hash)).await?;
+        if matches!(&script, Value::ServerError(e) if e.code() == "NOSCRIPT") {
+            // This node has not seen the script yet: EVAL caches it there.
+            let pipe = pipeline("EVAL", include_str!("publish.lua"));
+            (script, acked) = two_replies(conn, pipe).await?;
+        }
+        if let Value::ServerError(e) = &script {
+            return Err(unavailable(format!("publish script: {e:?}")));
+        }
+        let acked = integer(&acked).unwrap_or(0);
+        if acked < self.config.wait_replicas as i64 {
+            self.metrics.redis_errors.inc();
+            let now = crate::time::unix_millis();
+            let last = self.last_wait_warning.swap(now, Ordering::Relaxed);
+            if now.saturating_sub(last) >= 10_000 {
+                tracing::warn!(
+                    %channel,
+                    acked,
+                    wanted = self.config.wait_replicas,
+                    timeout = ?self.config.wait_timeout,
+                    "publishes are not confirmed by enough Redis replicas in time and are answered 503 (check the replicas of the channel's master, or lower --redis-wait-replicas); repeated failures are counted in switchboard_redis_errors_total"
+                );
+            }
+            return Err(EngineError::Unavailable(format!(
+                "published, but only {acked} of {} Redis replicas confirmed it within {:?}: it may be lost if its master fails; a retry may publish it twice",
+                self.config.wait_replicas, self.config.wait_timeout
+            )));
+        }
+        Ok(script)
     }
 
     async fn subscriber_call(
@@ -212,6 +385,12 @@ impl Engine for RedisEngine {
     ) -> Result<Published, EngineError> {
         let policy = self.config.history.policy(channel);
         let mut conn = self.connection().await?;
+        if self.config.wait_replicas > 0 {
+            let reply = self
+                .publish_and_wait(&mut conn, channel, data, options)
+                .await?;
+            return published(reply);
+        }
         let reply: Value = self
             .publish_script
             .key(self.keys.meta(channel))
@@ -224,22 +403,11 @@ impl Engine for RedisEngine {
             .arg(Epoch::random().as_str())
             .arg(if options.snapshot { "1" } else { "0" })
             .arg(options.version.map(|v| v.to_string()).unwrap_or_default())
-            .arg("publish")
-            .invoke_async(&mut *conn)
+            .arg(self.publish_command)
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let items = array(reply)?;
-        let first = items.first().map(integer).transpose()?;
-        match (first, items.get(1)) {
-            (Some(-1), Some(current)) => Err(EngineError::StaleVersion {
-                current: text(current)?.parse().unwrap_or(0),
-            }),
-            (Some(offset), Some(epoch)) if offset > 0 => Ok(Published {
-                offset: offset as Offset,
-                epoch: Epoch::new(&text(epoch)?),
-            }),
-            _ => Err(EngineError::Protocol("publish script reply".into())),
-        }
+        published(reply)
     }
 
     async fn history(
@@ -258,7 +426,7 @@ impl Engine for RedisEngine {
             .arg(limit)
             .arg(Epoch::random().as_str())
             .arg(policy.ttl.as_millis() as u64)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         let mut items = array(reply)?.into_iter();
@@ -282,7 +450,7 @@ impl Engine for RedisEngine {
         let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.keys.snapshot(channel))
             .arg(&["o", "e", "d", "v"])
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         let [Some(o), Some(e), Some(d), v] = <[Option<Vec<u8>>; 4]>::try_from(fields)
@@ -336,6 +504,35 @@ impl Engine for RedisEngine {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Runs a pipeline of two commands; their replies, errors included.
+async fn two_replies(
+    conn: &mut RedisConnection,
+    pipe: redis::Pipeline,
+) -> Result<(Value, Value), EngineError> {
+    let replies: Vec<Value> = pipe.query_async(conn).await.map_err(unavailable)?;
+    let mut replies = replies.into_iter();
+    match (replies.next(), replies.next()) {
+        (Some(first), Some(second)) => Ok((first, second)),
+        _ => Err(EngineError::Protocol("pipeline reply".into())),
+    }
+}
+
+/// The publish script's reply: `{offset, epoch}` or `{-1, stored version}`.
+fn published(reply: Value) -> Result<Published, EngineError> {
+    let items = array(reply)?;
+    let first = items.first().map(integer).transpose()?;
+    match (first, items.get(1)) {
+        (Some(-1), Some(current)) => Err(EngineError::StaleVersion {
+            current: text(current)?.parse().unwrap_or(0),
+        }),
+        (Some(offset), Some(epoch)) if offset > 0 => Ok(Published {
+            offset: offset as Offset,
+            epoch: Epoch::new(&text(epoch)?),
+        }),
+        _ => Err(EngineError::Protocol("publish script reply".into())),
     }
 }
 
@@ -427,14 +624,14 @@ pub fn parse_payload(payload: &[u8]) -> (Option<(Offset, Epoch, u64)>, &[u8]) {
     }
 }
 
-/// Owns the pub/sub connection; see the module documentation.
+/// Owns the pub/sub connection to one Redis; see the module documentation.
 struct Subscriber {
     client: redis::Client,
-    pool: Pool,
+    commands: Commands,
     keys: Keys,
     config: RedisConfig,
-    events: EventSink,
-    commands: mpsc::Receiver<SubCommand>,
+    feed: Arc<Feed>,
+    requests: mpsc::Receiver<SubCommand>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// Channels this replica needs, kept across reconnects.
@@ -474,7 +671,7 @@ impl Subscriber {
                     if was_up {
                         tracing::warn!(reason = %why, "Redis pub/sub connection lost; reconnecting");
                         self.metrics.redis_reconnects.inc();
-                        if self.events.send(EngineEvent::Lost).await.is_err() {
+                        if !self.feed.send(EngineEvent::Lost).await {
                             return;
                         }
                     } else {
@@ -490,7 +687,7 @@ impl Subscriber {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(until) => break,
-                    cmd = self.commands.recv() => match cmd {
+                    cmd = self.requests.recv() => match cmd {
                         None => return,
                         Some(cmd) => self.answer_offline(cmd),
                     },
@@ -526,10 +723,8 @@ impl Subscriber {
             },
         };
         let (mut sink, mut stream) = pubsub.split();
-        let probe = self
-            .keys
-            .global(&format!("probe:{}", self.config.replica_id));
-        let control = self.keys.global("control");
+        let probe = self.keys.probe(&self.config.replica_id);
+        let control = self.keys.control();
         let mut names: Vec<String> = self.wanted.iter().map(|c| self.keys.pubsub(c)).collect();
         names.push(probe.clone());
         names.push(control.clone());
@@ -549,7 +744,7 @@ impl Subscriber {
                 channels = self.wanted.len(),
                 "Redis pub/sub restored; resubscribed"
             );
-            if self.events.send(EngineEvent::Restored).await.is_err() {
+            if !self.feed.send(EngineEvent::Restored).await {
                 return SessionEnd::Shutdown;
             }
         } else {
@@ -563,7 +758,7 @@ impl Subscriber {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                cmd = self.commands.recv() => {
+                cmd = self.requests.recv() => {
                     let Some(cmd) = cmd else { return SessionEnd::Shutdown };
                     if let Err(why) = self.apply(&mut sink, cmd).await {
                         return SessionEnd::Lost { why, established: true };
@@ -579,14 +774,15 @@ impl Subscriber {
                     }
                     if msg.get_channel_name() == control {
                         if let Ok(value) = serde_json::from_slice(msg.get_payload_bytes())
-                            && self.events.send(EngineEvent::Control(value)).await.is_err()
+                            && !self.feed.send(EngineEvent::Control(value)).await
                         {
                             return SessionEnd::Shutdown;
                         }
                         continue;
                     }
-                    if let Some(event) = self.decode(&msg)
-                        && self.events.send(event).await.is_err()
+                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    if let Some(event) = self.feed.decode(msg.get_channel_name(), &payload)
+                        && !self.feed.send(event).await
                     {
                         return SessionEnd::Shutdown;
                     }
@@ -605,13 +801,13 @@ impl Subscriber {
     }
 
     async fn send_probe(&self, probe: &str) {
-        let Ok(mut conn) = self.pool.get().await else {
+        let Ok(mut conn) = self.commands.get().await else {
             return;
         };
         let _: Result<(), _> = redis::cmd("PUBLISH")
             .arg(probe)
             .arg("probe")
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await;
     }
 
@@ -654,31 +850,6 @@ impl Subscriber {
                 }
             }
         }
-    }
-
-    fn decode(&self, msg: &redis::Msg) -> Option<EngineEvent> {
-        let channel = self
-            .keys
-            .channel_of(msg.get_channel_name(), self.config.max_channel_len)?;
-        let (seq, data) = parse_payload(msg.get_payload_bytes());
-        let data = match Json::parse(Bytes::copy_from_slice(data), self.config.max_json_depth) {
-            Ok(d) => d,
-            Err(e) => {
-                self.metrics.invalid_messages.inc();
-                tracing::debug!(%channel, error = %e, "dropped a published message that is not valid JSON");
-                return None;
-            }
-        };
-        let (seq, published_us) = match seq {
-            Some((offset, epoch, ts)) => (Some((offset, epoch)), Some(ts)),
-            None => (None, None),
-        };
-        Some(EngineEvent::Message(IncomingMessage {
-            channel,
-            seq,
-            published_us,
-            data,
-        }))
     }
 }
 

@@ -4,9 +4,12 @@
 //! `<prefix>presence:<replica>` (connection id → JSON), written in batches once a
 //! second and expiring 30 s after the replica stops refreshing it, plus the
 //! sorted set `<prefix>replicas` (replica → expiry). A dead replica's entries
-//! therefore vanish by themselves. "Disconnect this user everywhere" is a
-//! message on the control channel `<prefix>control`, which every replica
-//! subscribes to. In `standalone` the local registry is the whole picture.
+//! therefore vanish by themselves. On a Redis Cluster the two keys live in
+//! different slots: each write is one pipeline per key (sent concurrently), and
+//! a listing reads the set, then each hash on its own master. "Disconnect this
+//! user everywhere" is a message on the control channel `<prefix>control`,
+//! which every replica subscribes to (sharded pub/sub on a cluster). In
+//! `standalone` the local registry is the whole picture.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,14 +88,14 @@ impl Presence {
             .arg(engine.keys().global("replicas"))
             .arg(now)
             .arg("+inf")
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         let mut all = Vec::new();
         for replica in replicas {
             let values: Vec<String> = redis::cmd("HVALS")
                 .arg(engine.keys().global(&format!("presence:{replica}")))
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             all.extend(
@@ -154,7 +157,8 @@ async fn write_loop(
         while let Ok(change) = changes.try_recv() {
             batch.push(change);
         }
-        let mut pipe = redis::pipe();
+        let mut writes = engine.batch();
+        let pipe = writes.pipe(&key);
         if resync {
             pipe.del(&key).ignore();
             for (id, info) in registry.all() {
@@ -176,19 +180,14 @@ async fn write_loop(
         }
         let expiry = crate::time::unix_millis() + PRESENCE_TTL.as_millis() as u64;
         pipe.pexpire(&key, PRESENCE_TTL.as_millis() as i64).ignore();
+        let pipe = writes.pipe(&replicas);
         pipe.zadd(&replicas, &replica, expiry).ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&replicas)
             .arg("-inf")
             .arg(crate::time::unix_millis())
             .ignore();
-        let written = match engine.connection().await {
-            Ok(mut conn) => pipe
-                .query_async::<()>(&mut *conn)
-                .await
-                .map_err(unavailable),
-            Err(e) => Err(e),
-        };
+        let written = engine.run_batch(writes).await;
         resync = match written {
             Ok(()) => false,
             Err(e) => {
@@ -200,13 +199,8 @@ async fn write_loop(
         };
     }
     // Leaving: take this replica out of the cluster view at once.
-    if let Ok(mut conn) = engine.connection().await {
-        let _: Result<(), _> = redis::pipe()
-            .del(&key)
-            .ignore()
-            .zrem(&replicas, &replica)
-            .ignore()
-            .query_async(&mut *conn)
-            .await;
-    }
+    let mut batch = engine.batch();
+    batch.pipe(&key).del(&key).ignore();
+    batch.pipe(&replicas).zrem(&replicas, &replica).ignore();
+    let _ = engine.run_batch(batch).await;
 }

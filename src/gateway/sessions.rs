@@ -6,8 +6,9 @@
 //! In Redis a session is the hash `<prefix>session:<id>`: `user` (the token's
 //! `sub`, which a resuming token must match), `s:<channel>` (epoch and filters
 //! as JSON) and `o:<channel>` (acknowledged offset). Acknowledgements are
-//! coalesced and written in one pipeline per interval, so a client may ack
-//! every message without costing a Redis round trip each.
+//! coalesced and written in one pipeline per interval (one per hash slot on a
+//! Redis Cluster, where each session hash lives on the master owning its slot),
+//! so a client may ack every message without costing a Redis round trip each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,7 +144,7 @@ impl SessionStore {
                 let mut conn = engine.connection().await?;
                 let fields: HashMap<String, String> = redis::cmd("HGETALL")
                     .arg(engine.keys().global(&format!("session:{id}")))
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
                 if fields.is_empty() {
@@ -293,7 +294,8 @@ async fn write_loop(
             batch.push(w);
         }
         let mut acks: HashMap<(String, String), u64> = HashMap::new();
-        let mut pipe = redis::pipe();
+        // One pipeline on a single Redis; one per hash slot on a cluster.
+        let mut batch_out = engine.batch();
         let mut touched = std::collections::HashSet::new();
         for write in batch.drain(..) {
             match write {
@@ -305,6 +307,7 @@ async fn write_loop(
                 } => {
                     let key = engine.keys().global(&format!("session:{id}"));
                     acks.remove(&(id.clone(), channel.clone()));
+                    let pipe = batch_out.pipe(&key);
                     pipe.hset(&key, "user", user.unwrap_or_default()).ignore();
                     pipe.hset(
                         &key,
@@ -318,7 +321,9 @@ async fn write_loop(
                 Write::Unsubscribe { id, channel } => {
                     let key = engine.keys().global(&format!("session:{id}"));
                     acks.remove(&(id, channel.clone()));
-                    pipe.hdel(&key, &[format!("s:{channel}"), format!("o:{channel}")])
+                    batch_out
+                        .pipe(&key)
+                        .hdel(&key, &[format!("s:{channel}"), format!("o:{channel}")])
                         .ignore();
                     touched.insert(key);
                 }
@@ -330,6 +335,7 @@ async fn write_loop(
                     // Keep the stored filters: rewrite epoch and offset only.
                     let key = engine.keys().global(&format!("session:{id}"));
                     acks.remove(&(id.clone(), channel.clone()));
+                    let pipe = batch_out.pipe(&key);
                     pipe.hset(&key, format!("o:{channel}"), position.offset)
                         .ignore();
                     pipe.cmd("EVAL")
@@ -354,22 +360,19 @@ async fn write_loop(
         }
         for ((id, channel), offset) in acks {
             let key = engine.keys().global(&format!("session:{id}"));
-            pipe.hset(&key, format!("o:{channel}"), offset).ignore();
+            batch_out
+                .pipe(&key)
+                .hset(&key, format!("o:{channel}"), offset)
+                .ignore();
             touched.insert(key);
         }
         for key in &touched {
-            pipe.pexpire(key, ttl_ms).ignore();
+            batch_out.pipe(key).pexpire(key, ttl_ms).ignore();
         }
         if touched.is_empty() {
             continue;
         }
-        let result = match engine.connection().await {
-            Ok(mut conn) => pipe
-                .query_async::<()>(&mut *conn)
-                .await
-                .map_err(unavailable),
-            Err(e) => Err(e),
-        };
+        let result = engine.run_batch(batch_out).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, sessions = touched.len(), "could not store session positions; a resume may replay more than needed");
         }

@@ -541,3 +541,424 @@ impl Client {
         self.ws
     }
 }
+
+/// A private Redis Cluster on loopback: three masters and three replicas
+/// (`redis-server --cluster-enabled yes` + `redis-cli --cluster create`), killed
+/// on drop. Each node also listens on its port + 10000 (the cluster bus), so
+/// ports are picked ≤ 45535 with both free.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: std::collections::HashMap<u16, Child>,
+    /// Stopped with SIGSTOP: running, but answering nothing.
+    paused: std::collections::HashSet<u16>,
+    dir: PathBuf,
+    node_timeout: Duration,
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub struct NodeLine {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    pub failing: bool,
+    pub master_id: Option<String>,
+    pub slots: Vec<(u16, u16)>,
+}
+
+fn port_pair_free(port: u16) -> bool {
+    StdListener::bind(("127.0.0.1", port)).is_ok()
+        && StdListener::bind(("127.0.0.1", port + 10000)).is_ok()
+}
+
+impl RedisCluster {
+    /// Three masters with one replica each; `node_timeout` is how long a
+    /// master may be unreachable before its replica takes over.
+    pub fn start(node_timeout: Duration) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(node_timeout) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a Redis Cluster: {last}");
+    }
+
+    fn try_start(node_timeout: Duration) -> Result<Self, String> {
+        use rand::Rng;
+        let mut ports = Vec::new();
+        let mut rng = rand::rng();
+        while ports.len() < 6 {
+            let p: u16 = rng.random_range(20000..45000);
+            if !ports.contains(&p) && port_pair_free(p) {
+                ports.push(p);
+            }
+        }
+        let dir =
+            std::env::temp_dir().join(format!("sb-cluster-{}-{}", ports[0], std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut cluster = Self {
+            ports: ports.clone(),
+            children: std::collections::HashMap::new(),
+            paused: std::collections::HashSet::new(),
+            dir,
+            node_timeout,
+        };
+        for &p in &ports {
+            cluster.start_node(p);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        cluster.wait_healthy(Duration::from_secs(30));
+        Ok(cluster)
+    }
+
+    fn node_dir(&self, port: u16) -> PathBuf {
+        self.dir.join(port.to_string())
+    }
+
+    /// Starts (or restarts) the node on `port`, with its cluster state file:
+    /// a restarted node rejoins the cluster it was part of.
+    pub fn start_node(&mut self, port: u16) {
+        let dir = self.node_dir(port);
+        let _ = std::fs::create_dir_all(&dir);
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &self.node_timeout.as_millis().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "cluster node did not start on port {port}"
+        );
+        self.children.insert(port, child);
+    }
+
+    /// Seed URLs for `--redis-cluster-urls` (two nodes: the rest is discovered).
+    pub fn urls(&self) -> String {
+        self.ports[..2]
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The same seeds as one `redis+cluster://` URL.
+    pub fn cluster_url(&self) -> String {
+        let hosts: Vec<String> = self.ports[..2]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Runs `redis-cli -p <port> <args>`; returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.children
+            .keys()
+            .copied()
+            .filter(|p| !self.paused.contains(p))
+            .collect()
+    }
+
+    /// `CLUSTER NODES` as seen from a live node.
+    pub fn nodes(&self) -> Vec<NodeLine> {
+        let port = *self
+            .live_ports()
+            .first()
+            .expect("at least one cluster node runs");
+        self.nodes_seen_by(port)
+    }
+
+    fn nodes_seen_by(&self, port: u16) -> Vec<NodeLine> {
+        self.cli(port, &["cluster", "nodes"])
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let addr = f.get(1)?.split('@').next()?;
+                let port = addr.rsplit(':').next()?.parse().ok()?;
+                let flags = f.get(2)?;
+                let slots = f
+                    .iter()
+                    .skip(8)
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| match s.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => s.parse().ok().map(|x| (x, x)),
+                    })
+                    .collect();
+                Some(NodeLine {
+                    id: f[0].to_string(),
+                    port,
+                    master: flags.contains("master"),
+                    failing: flags.contains("fail"),
+                    master_id: f.get(3).filter(|m| **m != "-").map(|m| m.to_string()),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The slot of a key (or shard channel).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = *self.live_ports().first().expect("a live node");
+        self.cli(port, &["cluster", "keyslot", key])
+            .parse()
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The port of the master serving `slot`, as a live node sees it.
+    pub fn master_of_slot(&self, slot: u16) -> Option<u16> {
+        self.nodes()
+            .into_iter()
+            .find(|n| {
+                n.master && !n.failing && n.slots.iter().any(|(a, b)| *a <= slot && slot <= *b)
+            })
+            .map(|n| n.port)
+    }
+
+    /// The port of the master owning `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot = self.slot_of(key);
+        self.master_of_slot(slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, three masters own
+    /// all slots, and each has a replica in sync.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.healthy() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not become healthy: {:?}",
+                self.nodes()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let live = self.live_ports();
+        if !live.iter().all(|p| {
+            self.cli(*p, &["cluster", "info"])
+                .contains("cluster_state:ok")
+        }) {
+            return false;
+        }
+        let nodes = self.nodes();
+        let masters: Vec<&NodeLine> = nodes
+            .iter()
+            .filter(|n| n.master && !n.failing && !n.slots.is_empty())
+            .collect();
+        let covered: u32 = masters
+            .iter()
+            .flat_map(|m| m.slots.iter())
+            .map(|(a, b)| u32::from(b - a) + 1)
+            .sum();
+        if masters.len() != 3 || covered != 16384 {
+            return false;
+        }
+        let synced_replica = |m: &NodeLine| {
+            nodes.iter().any(|r| {
+                !r.master
+                    && !r.failing
+                    && r.master_id.as_deref() == Some(m.id.as_str())
+                    && live.contains(&r.port)
+                    && self
+                        .cli(r.port, &["info", "replication"])
+                        .contains("master_link_status:up")
+            })
+        };
+        masters.iter().all(|m| synced_replica(m))
+    }
+
+    /// Stops a node gracefully (`SHUTDOWN`: a master first lets its replicas
+    /// catch up), as a rolling restart would.
+    pub fn shutdown_node(&mut self, port: u16) {
+        let _ = self.cli(port, &["shutdown"]);
+        if let Some(mut child) = self.children.remove(&port) {
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills a node (as a crash would).
+    pub fn kill_node(&mut self, port: u16) {
+        if let Some(mut child) = self.children.remove(&port) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes a node (SIGSTOP): its connections stay open and silent, as with
+    /// a hung host or a network partition.
+    pub fn pause_node(&mut self, port: u16) {
+        self.signal(port, "STOP");
+        self.paused.insert(port);
+    }
+
+    /// Thaws a node frozen by [`RedisCluster::pause_node`].
+    pub fn resume_node(&mut self, port: u16) {
+        self.signal(port, "CONT");
+        self.paused.remove(&port);
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let child = self.children.get(&port).expect("a running node");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits until a live master other than `old` serves `slot`; returns its port.
+    pub fn wait_failover(&self, slot: u16, old: u16, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.master_of_slot(slot)
+                && p != old
+                && self
+                    .cli(p, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn node_id(&self, port: u16) -> String {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.port == port)
+            .map(|n| n.id)
+            .expect("node id")
+    }
+
+    /// Moves `slot` (and its keys) to the master on `to`, the way
+    /// `redis-cli --cluster reshard` does: importing/migrating, MIGRATE the
+    /// keys, then assign the slot everywhere.
+    pub fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of_slot(slot).expect("slot owner");
+        assert_ne!(from, to);
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let s = slot.to_string();
+        assert_eq!(
+            self.cli(to, &["cluster", "setslot", &s, "importing", &from_id]),
+            "OK"
+        );
+        assert_eq!(
+            self.cli(from, &["cluster", "setslot", &s, "migrating", &to_id]),
+            "OK"
+        );
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &s, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = self.cli(from, &args);
+            assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+        }
+        for p in [to, from] {
+            assert_eq!(
+                self.cli(p, &["cluster", "setslot", &s, "node", &to_id]),
+                "OK"
+            );
+        }
+        for p in self.live_ports() {
+            if p != to && p != from {
+                let _ = self.cli(p, &["cluster", "setslot", &s, "node", &to_id]);
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for port in self.paused.clone() {
+            self.resume_node(port);
+        }
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Switchboard {
+    /// `switchboard gateway --no-auth` on a free port against a Redis Cluster.
+    pub fn gateway_on_cluster(cluster: &RedisCluster, extra: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let urls = cluster.urls();
+        let replica = format!("gw{port}");
+        let mut args = vec![
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-cluster-urls",
+            &urls,
+            "--no-auth",
+            "--replica-id",
+            &replica,
+        ];
+        args.extend_from_slice(extra);
+        let gw = Self::spawn(port, &args);
+        gw.wait_ready(Duration::from_secs(20));
+        gw
+    }
+}

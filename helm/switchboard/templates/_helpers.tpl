@@ -80,8 +80,8 @@ references). Pass (dict "url" URL "username" USER "secret" SECRET "key" KEY
 */}}
 {{- define "switchboard.redisUrlEnv" -}}
 {{- $u := urlParse .url }}
-{{- if not (has $u.scheme (list "redis" "rediss")) }}
-{{- fail (printf "%s must start with redis:// or rediss://, got %q" .var .url) }}
+{{- if not (has $u.scheme (list "redis" "rediss" "redis+cluster")) }}
+{{- fail (printf "%s must start with redis://, rediss:// or redis+cluster://, got %q" .var .url) }}
 {{- end }}
 {{- if $u.userinfo }}
 {{- fail (printf "%s must not contain credentials: put the password in a Secret and name it in the existingSecret value" .var) }}

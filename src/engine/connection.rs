@@ -1,0 +1,415 @@
+//! Where Redis is and how commands reach it: one Redis or a Redis Cluster.
+//!
+//! [`RedisTarget`] is what the flags name: `--redis-url redis://…` for one
+//! Redis, `--redis-cluster-urls` (or a `redis+cluster://host:port,host:port`
+//! URL) for a cluster. [`Commands`] hands out [`RedisConnection`]s — a pooled
+//! multiplexed connection to the one Redis, or a cluster connection that routes
+//! each command to the master owning its key's slot (following `MOVED`/`ASK`
+//! and refreshing its slot map). Both implement `redis::aio::ConnectionLike`,
+//! so the engine, sessions, presence and the collector's lease issue the same
+//! commands either way.
+//!
+//! A pipeline on a cluster must only touch keys of one slot: [`Batch`] groups
+//! commands by the slot of the key they are filed under (one group on a single
+//! Redis, so nothing changes there) and runs the groups concurrently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::{Pool, Runtime};
+use redis::aio::ConnectionLike;
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
+
+use super::EngineError;
+use super::keys::slot;
+
+/// Which Redis the engine uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis: `redis://[user:password@]host:port[/db]`.
+    Single(String),
+    /// A Redis Cluster, named by some of its nodes (`redis://[user:password@]host:port`
+    /// each; the others are discovered).
+    Cluster(Vec<String>),
+}
+
+/// Why the Redis flags do not name a usable Redis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("give either --redis-url or --redis-cluster-urls, not both")]
+    Both,
+    #[error(
+        "no Redis configured: pass --redis-url redis://host:6379 (one Redis) or --redis-cluster-urls redis://host1:6379,redis://host2:6379 (a Redis Cluster)"
+    )]
+    Missing,
+    #[error("bad Redis URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error(
+        "Redis URL {0:?}: TLS (rediss://) is not built into this binary; terminate TLS in a sidecar (e.g. stunnel) or use a private network"
+    )]
+    Tls(String),
+    #[error("Redis Cluster URL {0:?}: a cluster has only database 0; remove the /<db> part")]
+    Database(String),
+}
+
+impl RedisTarget {
+    /// The target the flags describe: `--redis-url` (which may itself be a
+    /// `redis+cluster://` URL) or `--redis-cluster-urls`, exactly one.
+    pub fn from_flags(url: Option<&str>, cluster_urls: &[String]) -> Result<Self, TargetError> {
+        let cluster_urls: Vec<&str> = cluster_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match (url.map(str::trim).filter(|u| !u.is_empty()), cluster_urls) {
+            (Some(_), c) if !c.is_empty() => Err(TargetError::Both),
+            (None, c) if c.is_empty() => Err(TargetError::Missing),
+            (Some(url), _) => Self::from_url(url),
+            (None, c) => {
+                let mut nodes = Vec::new();
+                for u in c {
+                    match Self::from_url(u)? {
+                        Self::Cluster(more) => nodes.extend(more),
+                        Self::Single(one) => nodes.push(check_node(&one)?),
+                    }
+                }
+                Ok(Self::Cluster(nodes))
+            }
+        }
+    }
+
+    /// Parses one URL: `redis://…` is one Redis, `redis+cluster://[user:password@]host:port[,host:port…]`
+    /// a cluster.
+    pub fn from_url(url: &str) -> Result<Self, TargetError> {
+        let Some(rest) = url.strip_prefix("redis+cluster://") else {
+            check_url(url)?;
+            return Ok(Self::Single(url.to_string()));
+        };
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
+        let nodes = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| check_node(&format!("redis://{auth}{h}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(TargetError::BadUrl {
+                url: redact(url),
+                why: "no host:port after redis+cluster://".into(),
+            });
+        }
+        Ok(Self::Cluster(nodes))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// For logs: the URLs with any password replaced by `***`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Single(url) => redact(url),
+            Self::Cluster(nodes) => format!(
+                "Redis Cluster via {}",
+                nodes
+                    .iter()
+                    .map(|n| redact(n))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<redis::ConnectionInfo, TargetError> {
+    if url.starts_with("rediss://") {
+        return Err(TargetError::Tls(redact(url)));
+    }
+    let info = url
+        .into_connection_info()
+        .map_err(|e| TargetError::BadUrl {
+            url: redact(url),
+            why: e.to_string(),
+        })?;
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Err(TargetError::Tls(redact(url)));
+    }
+    Ok(info)
+}
+
+fn check_node(url: &str) -> Result<String, TargetError> {
+    let info = check_url(url)?;
+    if info.redis_settings().db() != 0 {
+        return Err(TargetError::Database(redact(url)));
+    }
+    if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+        return Err(TargetError::BadUrl {
+            url: redact(url),
+            why: "a cluster node must be host:port".into(),
+        });
+    }
+    Ok(url.to_string())
+}
+
+/// The URL with its password (if any) replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, hosts)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+            None => format!("{scheme}://***@{hosts}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Timeouts and sizes of command connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_size: usize,
+}
+
+/// Hands out command connections; cheap to clone.
+#[derive(Clone)]
+pub enum Commands {
+    Single(Pool),
+    Cluster(Arc<ClusterConnections>),
+}
+
+/// `pool_size` cluster connections used in turn (each keeps one multiplexed
+/// connection per node, so there are `pool_size` command connections per node,
+/// as on a single Redis).
+pub struct ClusterConnections {
+    connections: Vec<ClusterConnection>,
+    next: AtomicUsize,
+}
+
+impl Commands {
+    /// Sets up the connections without waiting for Redis: they connect in the
+    /// background and commands fail until Redis answers.
+    pub fn new(target: &RedisTarget, settings: ConnectionSettings) -> Result<Self, EngineError> {
+        let bad = |e: String| EngineError::Protocol(format!("bad Redis URL: {e}"));
+        match target {
+            RedisTarget::Single(url) => {
+                let connection_config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(settings.response_timeout))
+                    .set_connection_timeout(Some(settings.connect_timeout));
+                let manager =
+                    deadpool_redis::Manager::new_with_config(url.as_str(), connection_config)
+                        .map_err(|e| bad(e.to_string()))?;
+                let pool = Pool::builder(manager)
+                    .max_size(settings.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(settings.response_timeout))
+                    .create_timeout(Some(settings.connect_timeout))
+                    .recycle_timeout(Some(settings.response_timeout))
+                    .build()
+                    .map_err(|e| EngineError::Protocol(e.to_string()))?;
+                Ok(Self::Single(pool))
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.response_timeout)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(settings.connect_timeout)
+                    .set_response_timeout(settings.response_timeout);
+                let connections = (0..settings.pool_size.max(1))
+                    .map(|_| client.get_pending_async_connection_with_config(config.clone()))
+                    .collect();
+                Ok(Self::Cluster(Arc::new(ClusterConnections {
+                    connections,
+                    next: AtomicUsize::new(0),
+                })))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// A connection for a few commands.
+    pub async fn get(&self) -> Result<RedisConnection, EngineError> {
+        match self {
+            Self::Single(pool) => pool
+                .get()
+                .await
+                .map(RedisConnection::Single)
+                .map_err(|e| EngineError::Unavailable(e.to_string())),
+            Self::Cluster(c) => {
+                let i = c.next.fetch_add(1, Ordering::Relaxed) % c.connections.len();
+                Ok(RedisConnection::Cluster(c.connections[i].clone()))
+            }
+        }
+    }
+
+    /// An empty batch of commands for this Redis.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            cluster: self.is_cluster(),
+            pipes: BTreeMap::new(),
+        }
+    }
+
+    /// Runs every pipeline of the batch (concurrently on a cluster).
+    pub async fn run(&self, batch: Batch) -> Result<(), EngineError> {
+        let runs = batch.pipes.into_values().map(|pipe| async move {
+            let mut conn = self.get().await?;
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| EngineError::Unavailable(e.to_string()))
+        });
+        futures_util::future::try_join_all(runs).await.map(|_| ())
+    }
+}
+
+/// One command connection: to the one Redis, or to the cluster.
+pub enum RedisConnection {
+    Single(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Commands to send together, filed by the key they touch: one pipeline on a
+/// single Redis, one pipeline per hash slot on a cluster.
+pub struct Batch {
+    cluster: bool,
+    pipes: BTreeMap<u16, redis::Pipeline>,
+}
+
+impl Batch {
+    /// The pipeline for commands on `key`.
+    pub fn pipe(&mut self, key: &str) -> &mut redis::Pipeline {
+        let group = if self.cluster {
+            slot(key.as_bytes())
+        } else {
+            0
+        };
+        self.pipes.entry(group).or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pipes.values().all(|p| p.is_empty())
+    }
+
+    /// How many pipelines (round trips) the batch takes.
+    pub fn pipelines(&self) -> usize {
+        self.pipes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_select_one_redis_or_a_cluster() {
+        assert_eq!(
+            RedisTarget::from_flags(Some("redis://h:6379/2"), &[]).unwrap(),
+            RedisTarget::Single("redis://h:6379/2".into())
+        );
+        assert_eq!(
+            RedisTarget::from_flags(Some("redis+cluster://u:p@a:1,b:2/"), &[]).unwrap(),
+            RedisTarget::Cluster(vec!["redis://u:p@a:1".into(), "redis://u:p@b:2".into()])
+        );
+        assert_eq!(
+            RedisTarget::from_flags(None, &["redis://a:1".into(), " redis://b:2 ".into()]).unwrap(),
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(
+            RedisTarget::from_flags(Some("redis://a:1"), &["redis://b:2".into()]),
+            Err(TargetError::Both)
+        );
+        assert_eq!(
+            RedisTarget::from_flags(None, &[]),
+            Err(TargetError::Missing)
+        );
+        assert!(matches!(
+            RedisTarget::from_flags(None, &["redis://a:1/3".into()]),
+            Err(TargetError::Database(_))
+        ));
+        assert!(matches!(
+            RedisTarget::from_flags(Some("redis+cluster://"), &[]),
+            Err(TargetError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            RedisTarget::from_flags(Some("http://x"), &[]),
+            Err(TargetError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            RedisTarget::from_flags(Some("rediss://u:p@h:1"), &[]),
+            Err(TargetError::Tls(u)) if !u.contains(":p@")
+        ));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let t = RedisTarget::from_url("redis+cluster://u:secret@a:1,b:2").unwrap();
+        assert!(!t.describe().contains("secret"));
+    }
+
+    #[test]
+    fn batches_split_by_slot_only_on_a_cluster() {
+        let mut single = Batch {
+            cluster: false,
+            pipes: BTreeMap::new(),
+        };
+        single.pipe("a").hset("a", "f", 1);
+        single.pipe("b").hset("b", "f", 1);
+        assert_eq!(single.pipelines(), 1);
+        let mut cluster = Batch {
+            cluster: true,
+            pipes: BTreeMap::new(),
+        };
+        cluster.pipe("p:{x}:1").hset("p:{x}:1", "f", 1);
+        cluster.pipe("p:{x}:2").hset("p:{x}:2", "f", 1);
+        cluster.pipe("other").del("other");
+        assert_eq!(cluster.pipelines(), 2);
+        assert!(!cluster.is_empty());
+    }
+}
