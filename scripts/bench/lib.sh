@@ -15,6 +15,20 @@ PEERS_DIR=${WORKDIR:-/tmp/switchboard-peers}
 mkdir -p "$OUT"
 [ -x "$SB" ] || { echo "build first: cargo build --release ($SB missing)" >&2; exit 1; }
 
+# Authentication is on, as in production: every gateway verifies an HS256 JWT
+# on each upgrade (--jwt-secret-file) and every `bench` client sends one
+# (Authorization: Bearer). NO_AUTH=1 runs the gateways --no-auth instead.
+if [ "${NO_AUTH:-0}" = 1 ]; then
+  AUTH=off
+  TOKEN=
+else
+  AUTH=jwt
+  JWT_SECRET_FILE=${JWT_SECRET_FILE:-$OUT/jwt.secret}
+  [ -s "$JWT_SECRET_FILE" ] || python3 -c 'import secrets;print(secrets.token_hex(32))' > "$JWT_SECRET_FILE"
+  TOKEN=$("$SB" token --secret-file "$JWT_SECRET_FILE" --sub bench \
+    --perm websocket:connect,websocket:subscribe --channels '*' --ttl 12h)
+fi
+
 STARTED_PIDS=()
 cleanup() {
   local p
@@ -57,20 +71,23 @@ start_redis() {
 }
 
 # start_gateway NAME [extra flags…]: sets GW_PORT, GW_PID, GW_URL (needs start_redis).
-# Runs --no-auth unless the flags name a JWT key (--jwt-secret-file …).
+# Verifies tokens signed with $JWT_SECRET_FILE (one user, "bench", may hold
+# 20,000 connections) unless NO_AUTH=1 or the flags name their own key.
 start_gateway() {
   local name=$1; shift
-  local auth=(--no-auth)
+  local auth=(--jwt-secret-file "$JWT_SECRET_FILE" --max-connections-per-user 20000)
+  [ "$AUTH" = off ] && auth=(--no-auth)
   case " $* " in *" --jwt-"*|*" --jwks-file "*) auth=() ;; esac
   GW_PORT=$(free_port)
-  SWITCHBOARD_LOG_LEVEL=${GW_LOG_LEVEL:-warn} "${GW_BIN:-$SB}" gateway "${auth[@]}" \
+  # GW_WRAP: a command to run the gateway under (e.g. valgrind).
+  SWITCHBOARD_LOG_LEVEL=${GW_LOG_LEVEL:-warn} ${GW_WRAP:-} "${GW_BIN:-$SB}" gateway "${auth[@]}" \
     --listen "127.0.0.1:$GW_PORT" --redis-url "$REDIS_URL" --replica-id "$name" \
     --max-connections 20000 "$@" > "$OUT/$name.log" 2>&1 &
   GW_PID=$!
   STARTED_PIDS+=("$GW_PID")
   GW_URL=ws://127.0.0.1:$GW_PORT
-  wait_port "$GW_PORT"
-  for _ in $(seq 1 100); do
+  wait_port "$GW_PORT" "${READY_TRIES:-150}"
+  for _ in $(seq 1 "${READY_TRIES:-100}"); do
     curl -fs "http://127.0.0.1:$GW_PORT/health/ready" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -88,6 +105,11 @@ stop_pid() { # pid
 bench() {
   local name=$1; shift
   echo "== $name" >&2
+  local token=()
+  case " $* " in
+    *" --route raw "*|*" --token "*) ;;
+    *) [ "$AUTH" = jwt ] && token=(--token "$TOKEN") ;;
+  esac
   SWITCHBOARD_LOG_LEVEL=${BENCH_LOG_LEVEL:-warn} "$SB" bench --label "$name" \
-    --output "$OUT/$name.json" "$@"
+    --output "$OUT/$name.json" "${token[@]}" "$@"
 }

@@ -42,7 +42,7 @@ for load in $LOADS; do
   # 2. wsfan against switchboard's relay route (plain PUBLISH, as for the peers).
   start_redis
   start_gateway "gw-wsfan-$tag"
-  wsfan_run "switchboard-relay-$tag" "$GW_PID" "$GW_URL/api/ws/bench" 'switchboard:{bench}' \
+  wsfan_run "switchboard-relay-$tag" "$GW_PID" "$GW_URL/api/ws/bench${TOKEN:+?token=$TOKEN}" 'switchboard:{bench}' \
     "$conns" "$msgs" "$rate"
   cleanup
   # 3. switchboard bench against switchboard: native with offsets, and relay.

@@ -86,9 +86,31 @@ def versus_floor(d):
     print()
 
 
+def idle_rows(d):
+    """Idle runs (idle.sh): memory and CPU per connection, against issue 4's and 11's targets."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(d, "idle-*.json"))):
+        r = json.load(open(path))
+        if r.get("tool") != "switchboard bench":
+            continue
+        s, st, c = r["setup"], r["server_total"], r["connect"]
+        n, secs = s["clients"], s["run_s"]
+        us_per_s = st["cpu_s_run"] / secs / n * 1e6 if n and secs else 0.0
+        grown = sum(x["connected"]["rss_kb"] - x["before"]["rss_kb"] for x in r["servers"])
+        rows.append("| {:,} | {} | {:.0f} s | {:.1f} MB | **{:.2f} KB** | {:.2f} s | **{:.2f} µs** | {} |".format(
+            n, len(r["servers"]), secs, grown / 1024, grown / n if n else 0, st["cpu_s_run"],
+            us_per_s, c["per_second"] and f"{c['per_second']:,.0f}"))
+    if rows:
+        print("| connections | gateways | held | RSS growth (sum) | per connection (≤ 6 KB) | gateway CPU while idle | per connection per second (≤ 1.5 µs) | connects/s |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        print()
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     versus_floor(sys.argv[1])
+    idle_rows(sys.argv[1])
     bench_rows(sys.argv[1])
     wsfan_rows(sys.argv[1])
