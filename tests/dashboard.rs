@@ -1,8 +1,11 @@
 //! The dashboard page in a real browser (Debian's Chromium through Playwright,
 //! see `tests/browser/`): live figures and charts from real sources, a failing
 //! source flagged, reconnecting and catching up after the gateway restarts,
-//! sign-in with a token, every replica's figures through one, no console
-//! errors. Saves the page's screenshot to `target/dashboard.png` (and to
+//! sign-in with a token, sections marked simulated by a simulating collector,
+//! every replica's figures through one, a `--no-auth` gateway opening the page
+//! directly, and no console errors but the expected ones (refused connections
+//! while the gateway is down, refused tokens) — a missing file always fails.
+//! Saves the page's screenshot to `target/tmp/dashboard.png` (and to
 //! `docs/dashboard.png` with `SWITCHBOARD_UPDATE_SCREENSHOT=1`).
 
 mod browser;
@@ -11,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use browser::Browser;
+use browser::{Browser, ConsoleMessage};
 use common::{Client, RedisServer, Switchboard, free_port};
 use serde_json::json;
 
@@ -45,19 +48,43 @@ fn mint(secret_file: &Path, sub: &str, perms: &[&str], channels: &[&str]) -> Str
         .expect("mint a token")
 }
 
-/// Console errors, except the browser's own reports of refused connections
-/// (logged by Chromium itself while the gateway is down; no page can stop them).
-fn page_errors(console: &[(String, String)], allow_network: bool) -> Vec<String> {
+/// Errors a test expects the browser to log; any other is a failure.
+#[derive(Debug, Default, Clone, Copy)]
+struct Expect {
+    /// The gateway was down: Chromium's own reports of the connections it
+    /// refused (the WebSocket, and the page's `GET api/v1/whoami` asking why).
+    /// No page can stop the browser from logging them.
+    gateway_down: bool,
+    /// Tokens were refused: `GET api/v1/whoami` answered 401 (the sign-in form
+    /// shows the gateway's reason).
+    refused_tokens: bool,
+}
+
+/// Whether a console message is the browser reporting a connection to the
+/// gateway that was refused while it was down.
+fn refused_connection(m: &ConsoleMessage) -> bool {
+    let websocket =
+        m.text.starts_with("WebSocket connection to '") && m.text.contains("/ws' failed");
+    let whoami = m.text.starts_with("Failed to load resource") && m.url.ends_with("/api/v1/whoami");
+    (websocket || whoami) && m.text.contains("net::ERR_CONNECTION_REFUSED")
+}
+
+/// Console errors and uncaught exceptions, except those `expect` allows. A
+/// missing asset, a failed fetch of anything else or a refusal other than a
+/// closed port is always reported.
+fn page_errors(console: &[ConsoleMessage], expect: Expect) -> Vec<String> {
     console
         .iter()
-        .filter(|(kind, _)| kind == "error" || kind == "pageerror")
-        .filter(|(_, text)| {
-            !(allow_network
-                && (text.contains("ERR_CONNECTION_REFUSED")
-                    || text.contains("WebSocket connection to")
-                    || text.contains("Failed to load resource")))
+        .filter(|m| m.kind == "error" || m.kind == "pageerror")
+        .filter(|m| !(expect.gateway_down && refused_connection(m)))
+        .filter(|m| {
+            !(expect.refused_tokens
+                && m.url.ends_with("/api/v1/whoami")
+                && m.text.starts_with(
+                    "Failed to load resource: the server responded with a status of 401",
+                ))
         })
-        .map(|(kind, text)| format!("{kind}: {text}"))
+        .map(|m| format!("{}: {} ({})", m.kind, m.text, m.url))
         .collect()
 }
 
@@ -184,6 +211,19 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
             (b.number("#chart-ops-conns", "data-points") >= 2.0).then_some(())
         });
         assert_eq!(b.attr("#operations", "data-state").as_deref(), Some("live"));
+        // Messages in are counted on the in-memory engine too (the page's own
+        // subscriptions receive the collector's snapshots).
+        let msgs = b.wait_for("an inbound rate", long, |b| {
+            b.text("#kpi-msgs").filter(|t| !t.starts_with('–'))
+        });
+        assert!(msgs.contains(" → "), "{msgs}");
+        let rows = b.cmd(json!({"cmd": "count", "selector": "#replicas-table tbody tr"}));
+        assert_eq!(rows, 1);
+        let row = b.text("#replicas-table tbody tr").unwrap_or_default();
+        assert!(
+            !row.contains("n/a"),
+            "every engine reports messages in: {row}"
+        );
 
         // Tooltips render under the CSP (no inline style, no error).
         b.cmd(json!({"cmd": "hover", "selector": "#chart-health"}));
@@ -198,7 +238,7 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
             let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
             std::fs::copy(&shot, docs).expect("copy the screenshot to docs/");
         }
-        let errors = page_errors(&b.console(), false);
+        let errors = page_errors(&b.console(), Expect::default());
         assert!(errors.is_empty(), "console errors: {errors:#?}");
     });
 
@@ -261,7 +301,13 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
         });
         assert!(b.number("#federation", "data-offset").is_finite());
         assert!(version_before.is_finite());
-        let errors = page_errors(&b.console(), true);
+        let errors = page_errors(
+            &b.console(),
+            Expect {
+                gateway_down: true,
+                ..Expect::default()
+            },
+        );
         assert!(errors.is_empty(), "console errors: {errors:#?}");
     });
     drop(b);
@@ -377,6 +423,34 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
         b.wait_for("federation history", long, |b| {
             (b.number("#chart-health", "data-points") >= 4.0).then_some(())
         });
+        // `--simulate always`: every section is marked simulated, in the
+        // section headers and on each panel.
+        for section in ["peers", "sync_events", "reasoning", "ark"] {
+            let badge = format!(".source[data-section='{section}']");
+            b.wait_attr(&badge, "data-source", "simulated", long);
+            assert_eq!(
+                b.text(&badge).as_deref(),
+                Some(format!("{section}: simulated").as_str())
+            );
+        }
+        for panel in [
+            "#federation .panel[data-section='peers']",
+            "#federation .panel[data-section='sync_events']",
+            "#memory .panel[data-section='reasoning']",
+            "#memory .panel[data-section='ark']",
+        ] {
+            assert_eq!(
+                b.attr(panel, "data-source").as_deref(),
+                Some("simulated"),
+                "{panel}"
+            );
+            assert_eq!(
+                b.text(&format!("{panel} > h3 > .badge")).as_deref(),
+                Some("simulated"),
+                "{panel}"
+            );
+            assert_eq!(b.attr(panel, "data-stale").as_deref(), Some("false"));
+        }
     });
 
     // gw-a dies; the collector keeps publishing, then stops: the channel's
@@ -407,17 +481,26 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
         b.wait_attr("#conn", "data-state", "connected", Duration::from_secs(40));
         b.wait_attr("#federation", "data-offset", &format!("{newest}"), long);
         let first = b.number("#federation", "data-first-offset");
-        assert!(first <= offset_before, "{first} <= {offset_before}");
+        if first > offset_before {
+            let said: Vec<String> = b.console().into_iter().map(|m| m.text).collect();
+            panic!("the page dropped what it held ({first} > {offset_before}): {said:#?}");
+        }
         let expected = newest - first + 1.0;
         b.wait_for("every snapshot on the chart, once", long, |b| {
             (b.number("#chart-health", "data-points") == expected).then_some(())
         });
         let console = b.console();
         assert!(
-            !console.iter().any(|(_, t)| t.contains("starts over")),
+            !console.iter().any(|m| m.text.contains("starts over")),
             "the resume was recovered, not restarted: {console:?}"
         );
-        let errors = page_errors(&console, true);
+        let errors = page_errors(
+            &console,
+            Expect {
+                gateway_down: true,
+                refused_tokens: true,
+            },
+        );
         assert!(errors.is_empty(), "console errors: {errors:#?}");
     });
 
@@ -430,6 +513,12 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
         b.cmd(json!({"cmd": "fill", "selector": "#signin-token", "value": viewer}));
         b.cmd(json!({"cmd": "click", "selector": "#signin-form button"}));
         b.wait_attr("#conn", "data-state", "connected", long);
+        assert!(b.visible("#dashboard") && !b.visible("#signin"));
+        b.wait_for("the peer count from the snapshot", long, |b| {
+            b.number("#kpi-peers", "data-value")
+                .is_finite()
+                .then_some(())
+        });
         b.wait_for("the operations notice", long, |b| {
             b.visible("#operations-denied").then_some(())
         });
@@ -438,9 +527,111 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
             b.attr("#operations", "data-state").as_deref(),
             Some("denied")
         );
-        let errors = page_errors(&b.console(), true);
+        let errors = page_errors(
+            &b.console(),
+            Expect {
+                gateway_down: true,
+                refused_tokens: true,
+            },
+        );
         assert!(errors.is_empty(), "console errors: {errors:#?}");
     });
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_auth_opens_the_page_directly() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &redis_url,
+            "--no-auth",
+            "--replica-id",
+            "open-gw",
+            "--stats-interval",
+            "1s",
+        ],
+    );
+    gateway.wait_ready(Duration::from_secs(10));
+    let collector_port = free_port();
+    let collector_listen = format!("127.0.0.1:{collector_port}");
+    let _collector = Switchboard::spawn(
+        collector_port,
+        &[
+            "collector",
+            "--redis-url",
+            &redis_url,
+            "--listen",
+            &collector_listen,
+            "--simulate",
+            "always",
+            "--collect-interval-min",
+            "400ms",
+            "--collect-interval-max",
+            "500ms",
+            "--replica-id",
+            "c1",
+        ],
+    );
+    let long = Duration::from_secs(20);
+    let mut b = tokio::task::block_in_place(Browser::start);
+    tokio::task::block_in_place(|| {
+        b.open(&gateway.http_url("/"));
+        b.wait_attr("#conn", "data-state", "connected", long);
+        assert!(
+            b.visible("#dashboard") && !b.visible("#signin"),
+            "no sign-in with --no-auth"
+        );
+        assert_eq!(b.text("#who-user").as_deref(), Some("no authentication"));
+        assert!(!b.visible("#signout"), "nothing to sign out of");
+        assert_eq!(b.attr("#conn", "data-replica").as_deref(), Some("open-gw"));
+        let peers = b.wait_for("the peer count", long, |b| {
+            let n = b.number("#kpi-peers", "data-value");
+            n.is_finite().then_some(n)
+        });
+        assert!(peers >= 1.0, "the simulated mesh has peers: {peers}");
+        b.wait_attr("#federation", "data-state", "live", long);
+        b.wait_attr("#memory", "data-state", "live", long);
+        b.wait_for("ingestion figures", long, |b| {
+            b.number("#kpi-ingestion", "data-value")
+                .is_finite()
+                .then_some(())
+        });
+        // Without authentication everyone may see the operations view.
+        b.wait_attr("#kpi-replicas", "data-value", "1", long);
+        assert_eq!(b.attr("#operations", "data-state").as_deref(), Some("live"));
+        assert!(!b.visible("#operations-denied"));
+        assert_eq!(b.text("#kpi-redis").as_deref(), Some("ok"));
+        let errors = page_errors(&b.console(), Expect::default());
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+        // A missing file is an error the checks above would catch, even where
+        // refused connections are expected.
+        let loaded = b.cmd(json!({"cmd": "load_script", "src": "assets/missing.js"}));
+        assert_eq!(loaded, false, "there is no assets/missing.js");
+        let errors = page_errors(
+            &b.console(),
+            Expect {
+                gateway_down: true,
+                refused_tokens: true,
+            },
+        );
+        assert!(
+            errors.len() == 1
+                && errors[0].contains("404")
+                && errors[0].contains("/assets/missing.js"),
+            "{errors:#?}"
+        );
+    });
+    drop(b);
 }

@@ -56,6 +56,7 @@ export class Connection {
           backfilling: false,
           // Estimates of the channel's traffic, to size a resume.
           bytesPerMessage: 0,
+          intervalMs: 0,
           messagesPerSecond: 0,
           lastLiveAt: 0,
         },
@@ -317,8 +318,13 @@ export class Connection {
     const now = Date.now();
     ch.bytesPerMessage = ch.bytesPerMessage ? 0.8 * ch.bytesPerMessage + 0.2 * bytes : bytes;
     if (ch.lastLiveAt) {
-      const rate = 1000 / Math.max(1, now - ch.lastLiveAt);
-      ch.messagesPerSecond = ch.messagesPerSecond ? 0.8 * ch.messagesPerSecond + 0.2 * rate : rate;
+      // The mean of the intervals, not of their inverses: two messages read
+      // together (one TCP segment, a busy tab) are 0–1 ms apart, and counted
+      // as a rate of 1000/s they made a quiet channel look flooded, so a
+      // short outage was wrongly started over instead of resumed.
+      const interval = Math.max(1, now - ch.lastLiveAt);
+      ch.intervalMs = ch.intervalMs ? 0.8 * ch.intervalMs + 0.2 * interval : interval;
+      ch.messagesPerSecond = 1000 / ch.intervalMs;
     }
     ch.lastLiveAt = now;
   }

@@ -467,7 +467,8 @@ export class OperationsView {
     for (const r of this.asOf.values()) {
       const at = Date.parse(r.at);
       if (r.draining || t - at > 3 * (r.interval_seconds || 5) * 1000) continue;
-      // `null` (in-memory engine): nothing to count.
+      // Every engine reports it; a report without it (a replica older than
+      // this page, during an upgrade) adds nothing.
       if (typeof r.messages_in_per_second === "number") inRate = (Number.isNaN(inRate) ? 0 : inRate) + r.messages_in_per_second;
       outRate += r.messages_out_per_second || 0;
     }
@@ -539,7 +540,7 @@ export class OperationsView {
         xAxis: timeAxis(),
         yAxis: valueAxis("msg/s", { min: 0 }),
         series: [
-          { name: "in (from Redis)", type: "line", showSymbol: false, data: this.msgs.get("in"), color: COLORS.blue },
+          { name: "in (from the engine)", type: "line", showSymbol: false, data: this.msgs.get("in"), color: COLORS.blue },
           { name: "out (to clients)", type: "line", showSymbol: false, data: this.msgs.get("out"), color: COLORS.live },
         ],
       },
@@ -570,7 +571,7 @@ export class OperationsView {
           { text: statusText, className: statusClass },
           { text: String(c.total ?? "–"), title: `native ${c.native}, snapshot ${c.snapshot}, relay ${c.relay}` },
           String(r.subscriptions ?? "–"),
-          typeof r.messages_in_per_second === "number" ? fmt(r.messages_in_per_second) : "n/a",
+          typeof r.messages_in_per_second === "number" ? fmt(r.messages_in_per_second) : "–",
           fmt(r.messages_out_per_second),
           String(t.slow_consumer_closes ?? "–"),
           { text: `${e.kind || "?"}: ${e.ready ? "ok" : "DOWN"}`, className: e.ready ? "" : "status-bad", title: `${e.detail || ""} · ${t.redis_errors ?? 0} errors, ${t.redis_reconnects ?? 0} reconnects` },

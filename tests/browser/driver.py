@@ -35,10 +35,11 @@ def main():
         page = context.new_page()
         start = time.monotonic()
 
-        def record(kind, text):
-            console.append({"type": kind, "text": text, "at": round(time.monotonic() - start, 3)})
+        def record(kind, text, url=""):
+            console.append({"type": kind, "text": text, "url": url, "at": round(time.monotonic() - start, 3)})
 
-        page.on("console", lambda m: record(m.type, m.text))
+        # The location names the resource of a "Failed to load resource" message.
+        page.on("console", lambda m: record(m.type, m.text, (m.location or {}).get("url") or ""))
         page.on("pageerror", lambda e: record("pageerror", str(e)))
         reply({"ok": True, "value": browser.version})
         while True:
@@ -103,6 +104,19 @@ def run(page, command, console):
     if cmd == "viewport":
         page.set_viewport_size({"width": command["width"], "height": command["height"]})
         return None
+    if cmd == "load_script":
+        # Adds <script src=...> to the page (same origin, so the CSP allows it);
+        # says whether it loaded.
+        return page.evaluate(
+            """(src) => new Promise((done) => {
+                const s = document.createElement("script");
+                s.src = src;
+                s.onload = () => done(true);
+                s.onerror = () => done(false);
+                document.head.appendChild(s);
+            })""",
+            command["src"],
+        )
     if cmd == "console":
         return list(console)
     raise ValueError(f"unknown command {cmd!r}")

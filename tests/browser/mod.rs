@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// One console message (`kind` is `error`, `warning`, `info`, …, or
+/// `pageerror` for an uncaught exception); `url` is where it was logged — for
+/// a "Failed to load resource" message, the resource.
+#[derive(Debug, Clone)]
+pub struct ConsoleMessage {
+    pub kind: String,
+    pub text: String,
+    pub url: String,
+}
+
 pub struct Browser {
     child: Child,
     stdin: ChildStdin,
@@ -141,18 +151,17 @@ impl Browser {
         });
     }
 
-    /// Console messages so far: (type, text).
-    pub fn console(&mut self) -> Vec<(String, String)> {
+    /// Console messages and page errors so far, oldest first.
+    pub fn console(&mut self) -> Vec<ConsoleMessage> {
         self.cmd(json!({"cmd": "console"}))
             .as_array()
             .cloned()
             .unwrap_or_default()
             .iter()
-            .map(|m| {
-                (
-                    m["type"].as_str().unwrap_or_default().to_string(),
-                    m["text"].as_str().unwrap_or_default().to_string(),
-                )
+            .map(|m| ConsoleMessage {
+                kind: m["type"].as_str().unwrap_or_default().to_string(),
+                text: m["text"].as_str().unwrap_or_default().to_string(),
+                url: m["url"].as_str().unwrap_or_default().to_string(),
             })
             .collect()
     }
