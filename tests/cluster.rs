@@ -67,11 +67,13 @@ fn prometheus_binary() -> Option<PathBuf> {
 }
 
 impl Cluster {
-    /// Starts the cluster; `None` (with a message) only when nginx is not installed.
+    /// Starts the cluster; `None` (with a message) only when nginx is not
+    /// installed, and never in CI (a failure there).
     fn start(with_prometheus: bool) -> Option<Self> {
         if !nginx_available() {
-            eprintln!(
-                "SKIPPED: nginx is not installed (apt-get install nginx; scripts/test.sh does it)"
+            common::skip_unless_ci(
+                "nginx is not installed",
+                "apt-get install nginx; scripts/test.sh does it",
             );
             return None;
         }
@@ -110,8 +112,9 @@ impl Cluster {
                 Some(port)
             }
             (true, None) => {
-                eprintln!(
-                    "note: Prometheus not found (scripts/test.sh unpacks it): the scrape-and-rules part is skipped"
+                common::skip_unless_ci(
+                    "Prometheus not found: the scrape-and-rules part",
+                    "scripts/test.sh unpacks Debian's prometheus package into the cache",
                 );
                 None
             }
