@@ -8,7 +8,7 @@
 #   2. `buildah bud` builds the real deploy/Dockerfile with those two as
 #      RUST_IMAGE/RUNTIME_IMAGE (cargo fetches crates from crates.io inside the build);
 #   3. `podman run` starts the image read-only, as Kubernetes would, and checks:
-#      the user is 10001, standalone serves /health/live, /health/ready, /metrics and
+#      `gateway --check-config` accepts a chart-like environment, the user is 10001, standalone serves /health/live, /health/ready, /metrics and
 #      the dashboard page at / with its assets (compiled in from assets/),
 #      a gateway becomes ready against a redis-server on loopback, and SIGTERM drains
 #      and exits 0.
@@ -101,6 +101,12 @@ cleanup() {
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
+
+step "podman run: --check-config on the chart's kind of environment"
+out=$("${RUN[@]}" --rm --read-only -e SWITCHBOARD_REDIS_URL=redis://redis.example:6379/0 \
+  -e SWITCHBOARD_JWT_SECRET_FILE=/etc/switchboard/jwt/jwt-secret "$IMAGE" gateway --check-config)
+echo "$out" | grep -q "configuration valid" || { echo "gateway --check-config: $out"; exit 1; }
+echo "ok  $out"
 
 step "podman run: standalone, read-only root filesystem"
 port=$(free_port)
