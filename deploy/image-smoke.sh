@@ -16,7 +16,7 @@
 #   deploy/image-smoke.sh            (as root, or with sudo; installs buildah, podman,
 #                                     runc, debootstrap with apt when missing)
 #
-# Takes 10–25 minutes the first time (debootstrap twice, a release build on 2 cores).
+# Takes 10–30 minutes the first time (debootstrap twice, a release build on 2 cores).
 # Not part of CI for that reason; the README says what it proved and when.
 set -euo pipefail
 cd "$(dirname "$0")/.."
