@@ -8,14 +8,15 @@
 #   2. `buildah bud` builds the real deploy/Dockerfile with those two as
 #      RUST_IMAGE/RUNTIME_IMAGE (cargo fetches crates from crates.io inside the build);
 #   3. `podman run` starts the image read-only, as Kubernetes would, and checks:
-#      the user is 10001, standalone serves /health/live, /health/ready and /metrics,
+#      `gateway --check-config` accepts a chart-like environment, the user is 10001, standalone serves /health/live, /health/ready, /metrics and
+#      the dashboard page at / with its assets (compiled in from assets/),
 #      a gateway becomes ready against a redis-server on loopback, and SIGTERM drains
 #      and exits 0.
 #
 #   deploy/image-smoke.sh            (as root, or with sudo; installs buildah, podman,
 #                                     runc, debootstrap with apt when missing)
 #
-# Takes 10–25 minutes the first time (debootstrap twice, a release build on 2 cores).
+# Takes 10–30 minutes the first time (debootstrap twice, a release build on 2 cores).
 # Not part of CI for that reason; the README says what it proved and when.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,6 +102,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "podman run: --check-config on the chart's kind of environment"
+out=$("${RUN[@]}" --rm --read-only -e SWITCHBOARD_REDIS_URL=redis://redis.example:6379/0 \
+  -e SWITCHBOARD_JWT_SECRET_FILE=/etc/switchboard/jwt/jwt-secret "$IMAGE" gateway --check-config)
+echo "$out" | grep -q "configuration valid" || { echo "gateway --check-config: $out"; exit 1; }
+echo "ok  $out"
+
 step "podman run: standalone, read-only root filesystem"
 port=$(free_port)
 c=sb-smoke-standalone-$$; containers+=("$c")
@@ -111,7 +118,10 @@ wait_http "http://127.0.0.1:$port/health/ready" 200 20
 uid=$(podman exec "$c" id -u)
 [ "$uid" = 10001 ] || { echo "runs as uid $uid, want 10001"; exit 1; }
 curl -s "http://127.0.0.1:$port/metrics" | grep -q '^switchboard_build_info' || { echo "no metrics"; exit 1; }
-echo "ok  /health/live 200, /health/ready 200, /metrics served, uid $uid"
+# The dashboard page is compiled in from assets/: the image serves it with no file around.
+curl -s "http://127.0.0.1:$port/" | grep -qi '<!doctype html' || { echo "no dashboard page at /"; exit 1; }
+wait_http "http://127.0.0.1:$port/assets/vendor/echarts/echarts.min.js" 200 5
+echo "ok  /health/live 200, /health/ready 200, /metrics served, dashboard at / and its assets, uid $uid"
 
 step "podman run: gateway against redis-server on loopback, then SIGTERM"
 rport=$(free_port); gport=$(free_port)

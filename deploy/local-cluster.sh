@@ -5,13 +5,15 @@
 # deploy/docker-compose.yml uses: deploy/nginx/*.conf). Optionally Prometheus
 # scraping every replica with deploy/prometheus/alerts.yml loaded.
 #
-#   deploy/local-cluster.sh                 # then ws://127.0.0.1:8080/ws/federation
+#   deploy/local-cluster.sh                 # then http://127.0.0.1:8080/ (the dashboard)
+#                                           # or ws://127.0.0.1:8080/ws/federation
 #   deploy/local-cluster.sh --prometheus-port 9091
 #
 # Ctrl-C stops everything (gateways drain first). Needs redis-server and nginx
 # (Debian/Ubuntu: apt-get install redis-server nginx); runs as the current user,
 # with every file in one run directory. Builds target/release/switchboard when it is
-# missing or older than the sources (or use --bin). tests/cluster.rs drives it.
+# missing or older than the sources, src/ and assets/ (the dashboard page compiled
+# into it), or Cargo.toml/Cargo.lock (or use --bin). tests/cluster.rs drives it.
 set -euo pipefail
 DEPLOY=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$DEPLOY")
@@ -82,7 +84,8 @@ REDIS_SERVER=${REDIS_SERVER:-$(find_tool redis-server /usr/bin/redis-server || t
 
 if [ -z "$BIN" ]; then
   BIN=$ROOT/target/release/switchboard
-  newest_source=$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null || true)
+  # Everything the binary is compiled from (deploy/Dockerfile copies the same).
+  newest_source=$(find "$ROOT/src" "$ROOT/assets" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null || true)
   if [ ! -x "$BIN" ] || [ -n "$newest_source" ]; then
     echo "local-cluster: building the release binary (cargo build --release)…" >&2
     (cd "$ROOT" && cargo build --release --bin switchboard) || die "the build failed"
@@ -247,6 +250,7 @@ fi
 
 cat <<EOF
 switchboard local cluster is up (authentication off, loopback only)
+  dashboard:        http://127.0.0.1:$LB_PORT/   (open it in a browser; any gateway serves it, no token needed here)
   clients (nginx):  ws://127.0.0.1:$LB_PORT/ws/federation   ws://127.0.0.1:$LB_PORT/ws/memory   ws://127.0.0.1:$LB_PORT/ws
   publish:          curl -X POST http://127.0.0.1:$LB_PORT/api/v1/publish -d '{"channel":"demo","data":{"hello":1}}'
   gateways:         $(for p in "${GW_PORTS[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)

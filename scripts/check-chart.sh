@@ -10,8 +10,10 @@
 #   - apt: the `prometheus` .deb, downloaded and unpacked, never installed (promtool).
 # Then: yamllint; hadolint deploy/Dockerfile; scripts/check_chart.py (lint, render
 # with the default values and every helm/switchboard/ci/*.yaml, validate every
-# object, chart policies, refused values, README lists every value, env names
-# against the binary when given); promtool check/test of the alert rules and check
+# object, chart policies, refused values, README lists every value; with the binary:
+# the variables it sets are ones it reads, every rendered container's configuration
+# passes its --check-config, the NOTES.txt token commands run; the Dockerfile copies
+# what the build needs); promtool check/test of the alert rules and check
 # of the Prometheus configs; the Grafana dashboard is up to date; the compose file
 # refers to files that exist.
 set -euo pipefail

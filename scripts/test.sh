@@ -4,7 +4,8 @@
 # apt; Prometheus unpacked from Debian's package into the cache, for
 # tests/cluster.rs; chromium from apt and Playwright for Python from PyPI in a
 # virtual environment in the cache, for the browser tests in tests/dashboard.rs),
-# then runs every test. Safe to run again.
+# then runs every test. Safe to run again. With CI set (.ci/run exports CI=1) a test
+# that would skip for a missing tool (nginx, Prometheus) fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

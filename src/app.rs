@@ -20,6 +20,7 @@ use crate::cli::{
 };
 use crate::client;
 use crate::collector::demo::{self, DemoConfig};
+use crate::collector::federation::FederationRedis;
 use crate::collector::lease::{Lease, LeaseConfig};
 use crate::collector::{Collector, Leadership};
 use crate::config::GatewayConfig;
@@ -135,17 +136,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
-    if args.listen.ip().is_loopback() {
-        tracing::info!(
-            listen = %args.listen,
-            "standalone: in-memory engine, authentication disabled, listening on loopback only"
-        );
-    } else if args.allow_remote {
-        tracing::warn!(
-            listen = %args.listen,
-            "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback (--allow-remote): anyone who reaches this address can read and publish every channel"
-        );
-    } else {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
         bail!(
             "standalone has no authentication, so it listens on loopback only; {} is not loopback. Use `switchboard gateway` with JWT for a reachable service, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
             args.listen
@@ -155,6 +146,20 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .sources
         .config(&args.collector, None)
         .map_err(anyhow::Error::msg)?;
+    if args.check.check_config {
+        return configuration_valid("standalone", "in-memory engine");
+    }
+    if args.listen.ip().is_loopback() {
+        tracing::info!(
+            listen = %args.listen,
+            "standalone: in-memory engine, authentication disabled, listening on loopback only"
+        );
+    } else {
+        tracing::warn!(
+            listen = %args.listen,
+            "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback (--allow-remote): anyone who reaches this address can read and publish every channel"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
@@ -203,7 +208,16 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
-    let auth = match args.auth.jwt_config().map_err(anyhow::Error::msg)? {
+    let jwt = args.auth.jwt_config().map_err(anyhow::Error::msg)?;
+    let redis = redis_config(
+        &args.redis,
+        stats::with_system_history(args.history.config()),
+        &config,
+    )?;
+    if args.check.check_config {
+        return configuration_valid("gateway", &redis.target.describe());
+    }
+    let auth = match jwt {
         Some(jwt) => {
             let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
             verifier.watch(shutdown.child_token());
@@ -222,11 +236,6 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
             "no --allowed-origins: pages from any origin may connect (tokens are still required)"
         );
     }
-    let redis = redis_config(
-        &args.redis,
-        stats::with_system_history(args.history.config()),
-        &config,
-    )?;
     tracing::info!(redis = %redis.target.describe(), "gateway: engine on Redis");
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -287,6 +296,13 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         .config(&args.schedule, default_federation)
         .map_err(anyhow::Error::msg)?;
     let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
+    if args.check.check_config {
+        // What `Collector::new` checks later, without an engine: the source URLs parse.
+        if let Some(federation) = config.federation.clone() {
+            FederationRedis::new(federation).context("--federation-redis-url")?;
+        }
+        return configuration_valid("collector", &target.describe());
+    }
     let replica = args
         .lease
         .replica_id
@@ -345,6 +361,14 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
     collector_stop.cancel();
     let _ = task.await;
     engine_stop.cancel();
+    Ok(())
+}
+
+/// `--check-config`: the configuration was read and validated; say so and stop.
+fn configuration_valid(command: &str, engine: &str) -> anyhow::Result<()> {
+    println!(
+        "switchboard {command}: configuration valid ({engine}; key files, databases and Redis not opened)"
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The command line: subcommands, flags, and their environment variables.
 //!
 //! Every flag can also be set as `SWITCHBOARD_<FLAG>` (upper case, dashes as
-//! underscores), which is how the Helm chart configures pods. Flags map onto the
+//! underscores), which is how the Helm chart configures pods (except
+//! `--check-config`, which a stray variable must not turn on). Flags map onto the
 //! runtime configuration in `config.rs`, where each default is explained.
 
 use std::collections::HashMap;
@@ -359,6 +360,9 @@ pub struct StandaloneArgs {
 
     #[command(flatten)]
     pub sources: CollectorSources,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +382,9 @@ pub struct GatewayArgs {
 
     #[command(flatten)]
     pub history: HistoryArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +407,20 @@ pub struct CollectorArgs {
 
     #[command(flatten)]
     pub lease: LeaseArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+/// `--check-config` of the long-running commands (standalone, gateway, collector).
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Check the configuration (flags and environment) and exit: 0 and one line
+    /// when every value is valid, 1 and what to fix when not. Opens no file and
+    /// contacts nothing (key files, databases and Redis are first used at
+    /// startup). Not read from the environment.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Authentication of clients: JWT keys and what tokens must say.

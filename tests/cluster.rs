@@ -3,7 +3,8 @@
 //! configuration the compose file uses. Clients connect through nginx only; each
 //! replica's `/metrics` is scraped for the series the dashboard and alerts rely on;
 //! with Prometheus available (scripts/test.sh provides it) it scrapes the cluster
-//! with deploy/prometheus/alerts.yml loaded.
+//! with deploy/prometheus/alerts.yml loaded. The dashboard page is fetched through
+//! nginx, and its WebSocket is accepted as same-origin despite an Origin allowlist.
 
 mod common;
 
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The one site the test cluster's `--allowed-origins` lists.
+const DASHBOARD_SITE: &str = "https://dash.example.com";
 
 /// `deploy/local-cluster.sh` running in its own run directory; stopped on drop.
 struct Cluster {
@@ -64,11 +67,13 @@ fn prometheus_binary() -> Option<PathBuf> {
 }
 
 impl Cluster {
-    /// Starts the cluster; `None` (with a message) only when nginx is not installed.
+    /// Starts the cluster; `None` (with a message) only when nginx is not
+    /// installed, and never in CI (a failure there).
     fn start(with_prometheus: bool) -> Option<Self> {
         if !nginx_available() {
-            eprintln!(
-                "SKIPPED: nginx is not installed (apt-get install nginx; scripts/test.sh does it)"
+            common::skip_unless_ci(
+                "nginx is not installed",
+                "apt-get install nginx; scripts/test.sh does it",
             );
             return None;
         }
@@ -91,6 +96,12 @@ impl Cluster {
             .args(["--redis-port", &redis.to_string()])
             .arg("--dir")
             .arg(&dir)
+            // An Origin allowlist naming another site: the dashboard page served
+            // through nginx must still reach its gateway as same-origin.
+            .args([
+                "--gateway-arg",
+                &format!("--allowed-origins={DASHBOARD_SITE}"),
+            ])
             .args(["--collector-arg", "--collect-interval-min=200ms"])
             .args(["--collector-arg", "--collect-interval-max=300ms"]);
         let prometheus = match (with_prometheus, prometheus_binary()) {
@@ -101,8 +112,9 @@ impl Cluster {
                 Some(port)
             }
             (true, None) => {
-                eprintln!(
-                    "note: Prometheus not found (scripts/test.sh unpacks it): the scrape-and-rules part is skipped"
+                common::skip_unless_ci(
+                    "Prometheus not found: the scrape-and-rules part",
+                    "scripts/test.sh unpacks Debian's prometheus package into the cache",
                 );
                 None
             }
@@ -526,6 +538,67 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
     if let Some(port) = cluster.prometheus {
         check_prometheus(port, &cluster, open).await;
     }
+
+    check_dashboard_through_nginx(&cluster).await;
+}
+
+/// The dashboard page as a browser reaches it through the load balancer
+/// (`http://127.0.0.1:<lb>/`, what local-cluster.sh prints): served at `/`, its
+/// Content-Security-Policy naming the address the browser used, and its
+/// WebSocket accepted as same-origin although `--allowed-origins` lists only
+/// another site (nginx passes the Host with its port), while a third site's
+/// page is refused.
+async fn check_dashboard_through_nginx(cluster: &Cluster) {
+    use std::io::{Read, Write};
+    let address = format!("127.0.0.1:{}", cluster.lb);
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect to nginx");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET / HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET / through nginx: {head}"
+    );
+    assert!(
+        body.to_ascii_lowercase().starts_with("<!doctype html"),
+        "the dashboard page: {body:.200}"
+    );
+    let csp = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy: "))
+        .unwrap_or_else(|| panic!("no Content-Security-Policy: {head}"));
+    assert!(
+        csp.contains(&format!("ws://{address} ")),
+        "connect-src names the address the browser used: {csp}"
+    );
+
+    let own = Client::connect_with(
+        &cluster.ws("/ws"),
+        &[("Origin", &format!("http://{address}"))],
+    )
+    .await;
+    assert!(
+        own.is_ok(),
+        "the page's own WebSocket through nginx: {:?}",
+        own.err()
+    );
+    drop(own);
+    let listed = Client::connect_with(&cluster.ws("/ws"), &[("Origin", DASHBOARD_SITE)]).await;
+    assert!(listed.is_ok(), "an allowed site: {:?}", listed.err());
+    let other = Client::connect_with(
+        &cluster.ws("/ws"),
+        &[("Origin", "https://elsewhere.example")],
+    )
+    .await;
+    assert_eq!(
+        other.err().map(|(status, _)| status),
+        Some(403),
+        "a site not in --allowed-origins is refused"
+    );
 }
 
 /// GET over HTTP/1.0 (Prometheus answers HTTP/1.1 requests chunked); the body of a 200.

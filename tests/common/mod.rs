@@ -17,6 +17,23 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+/// Whether the tests run in CI: `CI` set to anything but empty, `0` or `false`
+/// (`.ci/run` exports `CI=1`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// A test (or part of one) that needs a tool this machine lacks: skipped with a
+/// message on a developer's machine, but a failure in CI, where `scripts/test.sh`
+/// installs every tool and a skip would hide a test that never ran.
+pub fn skip_unless_ci(what: &str, remedy: &str) {
+    assert!(
+        !in_ci(),
+        "{what}, and CI is set: a skipped test is a failure there ({remedy})"
+    );
+    eprintln!("SKIPPED: {what} ({remedy})");
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
