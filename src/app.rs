@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::{Filter, Reply};
 
-use crate::auth::Verifier;
 use crate::auth::mint::{TokenSpec, mint};
+use crate::auth::{JwtConfig, Verifier};
 use crate::cli::{
     CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
 };
@@ -122,6 +122,19 @@ async fn signals(shutdown: CancellationToken) {
     }
 }
 
+/// Loads the JWT keys (and keeps re-reading them until shutdown), if any.
+fn verifier(
+    jwt: Option<JwtConfig>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<Verifier>>> {
+    let Some(jwt) = jwt else {
+        return Ok(None);
+    };
+    let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
+    verifier.watch(shutdown.child_token());
+    Ok(Some(verifier))
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!(
@@ -135,7 +148,16 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
-    if args.listen.ip().is_loopback() {
+    let jwt = args
+        .auth
+        .optional_jwt_config()
+        .map_err(anyhow::Error::msg)?;
+    if jwt.is_some() {
+        tracing::info!(
+            listen = %args.listen,
+            "standalone: in-memory engine, JWT required on every connection and REST call"
+        );
+    } else if args.listen.ip().is_loopback() {
         tracing::info!(
             listen = %args.listen,
             "standalone: in-memory engine, authentication disabled, listening on loopback only"
@@ -147,10 +169,11 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         );
     } else {
         bail!(
-            "standalone has no authentication, so it listens on loopback only; {} is not loopback. Use `switchboard gateway` with JWT for a reachable service, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
+            "standalone without a JWT key has no authentication, so it listens on loopback only; {} is not loopback. Give it a key (--jwt-secret-file, --jwt-public-key-file or --jwks-file) so that clients need a token, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
             args.listen
         );
     }
+    let auth = verifier(jwt, &shutdown)?;
     let collector_config = args
         .sources
         .config(&args.collector, None)
@@ -184,7 +207,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         engine,
         hub,
         metrics,
-        auth: None,
+        auth,
         registry,
         presence: Presence::Local,
         sessions: SessionStore::memory(args.server.session_ttl),
@@ -203,20 +226,15 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
-    let auth = match args.auth.jwt_config().map_err(anyhow::Error::msg)? {
-        Some(jwt) => {
-            let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
-            verifier.watch(shutdown.child_token());
-            tracing::info!("authentication: JWT required on every connection and REST call");
-            Some(verifier)
-        }
-        None => {
-            tracing::warn!(
-                "authentication DISABLED (--no-auth): any client may read and publish every channel"
-            );
-            None
-        }
-    };
+    let jwt = args.auth.jwt_config().map_err(anyhow::Error::msg)?;
+    if jwt.is_some() {
+        tracing::info!("authentication: JWT required on every connection and REST call");
+    } else {
+        tracing::warn!(
+            "authentication DISABLED (--no-auth): any client may read and publish every channel"
+        );
+    }
+    let auth = verifier(jwt, &shutdown)?;
     if config.security.origins.is_any() {
         tracing::info!(
             "no --allowed-origins: pages from any origin may connect (tokens are still required)"

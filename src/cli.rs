@@ -63,7 +63,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
-    /// Runs without authentication, so it binds loopback only (unless --allow-remote).
+    /// Without a JWT key flag it runs without authentication, so it binds
+    /// loopback only (unless --allow-remote); with one it authenticates like a gateway.
     Standalone(StandaloneArgs),
     /// One gateway replica on a shared Redis.
     Gateway(GatewayArgs),
@@ -343,10 +344,14 @@ pub struct StandaloneArgs {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Allow a non-loopback --listen address. standalone has no authentication:
-    /// anyone who can reach the address can read and publish every channel.
+    /// Allow a non-loopback --listen address without authentication: anyone
+    /// who can reach the address can read and publish every channel. Not
+    /// needed with a JWT key flag (then every client needs a token).
     #[arg(long, env = "SWITCHBOARD_ALLOW_REMOTE")]
     pub allow_remote: bool,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub server: ServerArgs,
@@ -406,7 +411,8 @@ pub struct CollectorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// Run without authentication: every client may subscribe to and publish on
-    /// every channel. Only for trusted networks.
+    /// every channel. Only for trusted networks. gateway: required unless a JWT
+    /// key flag is given; standalone: the default, which this flag confirms.
     #[arg(long, env = "SWITCHBOARD_NO_AUTH")]
     pub no_auth: bool,
 
@@ -446,18 +452,30 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The JWT configuration, or `None` when authentication is off.
-    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
-        let has_keys = !self.jwt_secret_file.is_empty()
+    fn has_keys(&self) -> bool {
+        !self.jwt_secret_file.is_empty()
             || !self.jwt_public_key_file.is_empty()
-            || self.jwks_file.is_some();
-        match (self.no_auth, has_keys) {
-            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
-            (true, false) => Ok(None),
-            (false, false) => Err(
+            || self.jwks_file.is_some()
+    }
+
+    /// The gateway's JWT configuration, or `None` when authentication is off:
+    /// a key flag or `--no-auth` is required.
+    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+        if !self.no_auth && !self.has_keys() {
+            return Err(
                 "authentication needs a key: pass --jwt-secret-file, --jwt-public-key-file or --jwks-file (or --no-auth to run without authentication)"
                     .into(),
-            ),
+            );
+        }
+        self.optional_jwt_config()
+    }
+
+    /// standalone's JWT configuration: `None` (no authentication) unless a key
+    /// flag is given; `--no-auth` confirms the default.
+    pub fn optional_jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+        match (self.no_auth, self.has_keys()) {
+            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
+            (_, false) => Ok(None),
             (false, true) => Ok(Some(JwtConfig {
                 secret_files: self.jwt_secret_file.clone(),
                 public_key_files: self.jwt_public_key_file.clone(),
