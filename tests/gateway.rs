@@ -497,6 +497,11 @@ async fn health_and_metrics_endpoints() {
         assert_eq!(common::metric_value(&metrics, name, ""), want, "{name}");
     }
     assert!(common::metric_value(&metrics, "switchboard_bytes_sent_total", "") > 0.0);
+    // Bytes in from the feed: the one message's data, as published.
+    assert_eq!(
+        common::metric_value(&metrics, "switchboard_bytes_received_total", ""),
+        json!({"x": 1}).to_string().len() as f64
+    );
     assert!(metrics.contains("switchboard_delivery_lag_seconds_bucket"));
     assert!(metrics.contains("process_resident_memory_bytes"));
 }
