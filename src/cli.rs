@@ -872,12 +872,13 @@ impl CollectorSources {
 #[derive(Debug, Clone, Args)]
 pub struct LeaseArgs {
     /// How long the leader's lease lasts without renewal: after a leader dies
-    /// another collector publishes within about this long.
+    /// another collector takes over when it runs out and publishes within a cycle.
     #[arg(long, env = "SWITCHBOARD_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
 
     /// How often the leader renews its lease and followers try to take it
-    /// (at most half of --lease-ttl).
+    /// (at most half of --lease-ttl); a follower also tries the moment the
+    /// lease it saw runs out.
     #[arg(long, env = "SWITCHBOARD_LEASE_RENEW_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease_renew_interval: Duration,
 
