@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::{Filter, Reply};
 
-use crate::auth::Verifier;
 use crate::auth::mint::{TokenSpec, mint};
+use crate::auth::{JwtConfig, Verifier};
 use crate::cli::{
     CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
 };
@@ -123,6 +123,19 @@ async fn signals(shutdown: CancellationToken) {
     }
 }
 
+/// Loads the JWT keys (and keeps re-reading them until shutdown), if any.
+fn verifier(
+    jwt: Option<JwtConfig>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<Verifier>>> {
+    let Some(jwt) = jwt else {
+        return Ok(None);
+    };
+    let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
+    verifier.watch(shutdown.child_token());
+    Ok(Some(verifier))
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!(
@@ -136,9 +149,13 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .server
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
+    let jwt = args
+        .auth
+        .optional_jwt_config()
+        .map_err(anyhow::Error::msg)?;
+    if jwt.is_none() && !args.listen.ip().is_loopback() && !args.allow_remote {
         bail!(
-            "standalone has no authentication, so it listens on loopback only; {} is not loopback. Use `switchboard gateway` with JWT for a reachable service, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
+            "standalone without a JWT key has no authentication, so it listens on loopback only; {} is not loopback. Give it a key (--jwt-secret-file, --jwt-public-key-file or --jwks-file) so that clients need a token, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
             args.listen
         );
     }
@@ -149,7 +166,12 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     if args.check.check_config {
         return configuration_valid("standalone", "in-memory engine");
     }
-    if args.listen.ip().is_loopback() {
+    if jwt.is_some() {
+        tracing::info!(
+            listen = %args.listen,
+            "standalone: in-memory engine, JWT required on every connection and REST call"
+        );
+    } else if args.listen.ip().is_loopback() {
         tracing::info!(
             listen = %args.listen,
             "standalone: in-memory engine, authentication disabled, listening on loopback only"
@@ -160,6 +182,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
             "standalone: in-memory engine, authentication DISABLED, and listening beyond loopback (--allow-remote): anyone who reaches this address can read and publish every channel"
         );
     }
+    let auth = verifier(jwt, &shutdown)?;
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
@@ -189,7 +212,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         engine,
         hub,
         metrics,
-        auth: None,
+        auth,
         registry,
         presence: Presence::Local,
         sessions: SessionStore::memory(args.server.session_ttl),
@@ -217,20 +240,14 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     if args.check.check_config {
         return configuration_valid("gateway", &redis.target.describe());
     }
-    let auth = match jwt {
-        Some(jwt) => {
-            let verifier = Verifier::load(jwt).context("cannot use the JWT keys")?;
-            verifier.watch(shutdown.child_token());
-            tracing::info!("authentication: JWT required on every connection and REST call");
-            Some(verifier)
-        }
-        None => {
-            tracing::warn!(
-                "authentication DISABLED (--no-auth): any client may read and publish every channel"
-            );
-            None
-        }
-    };
+    if jwt.is_some() {
+        tracing::info!("authentication: JWT required on every connection and REST call");
+    } else {
+        tracing::warn!(
+            "authentication DISABLED (--no-auth): any client may read and publish every channel"
+        );
+    }
+    let auth = verifier(jwt, &shutdown)?;
     if config.security.origins.is_any() {
         tracing::info!(
             "no --allowed-origins: pages from any origin may connect (tokens are still required)"

@@ -1,8 +1,10 @@
 //! The command line: subcommands, flags, and their environment variables.
 //!
 //! Every flag can also be set as `SWITCHBOARD_<FLAG>` (upper case, dashes as
-//! underscores), which is how the Helm chart configures pods (except
-//! `--check-config`, which a stray variable must not turn on). Flags map onto the
+//! underscores), which is how the Helm chart configures pods; the two
+//! exceptions, `--check-config` (which a stray variable must not turn on) and
+//! `bench --channels`, are listed (with their reasons) in the test that walks
+//! the command tree to keep this true. Flags map onto the
 //! runtime configuration in `config.rs`, where each default is explained.
 
 use std::collections::HashMap;
@@ -64,7 +66,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
-    /// Runs without authentication, so it binds loopback only (unless --allow-remote).
+    /// Without a JWT key flag it runs without authentication, so it binds
+    /// loopback only (unless --allow-remote); with one it authenticates like a gateway.
     Standalone(StandaloneArgs),
     /// One gateway replica on a shared Redis.
     Gateway(GatewayArgs),
@@ -91,130 +94,151 @@ pub enum Command {
     Publish(PublishArgs),
 }
 
-/// `switchboard bench`. Not read from the environment: a benchmark is a
-/// command line to copy, so every setting is on it.
+/// `switchboard bench`. Like every command it also reads `SWITCHBOARD_<FLAG>`
+/// (except `--channels`), so the report's `setup` records what was run.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Server to connect clients to: `ws://host:port` (a path is a prefix for the
-    /// native and relay routes, the whole path for `--route raw`). Repeat it to
-    /// spread clients round-robin over replicas.
-    #[arg(long = "url", default_value = "ws://127.0.0.1:8080")]
+    /// Server to connect clients to: `ws://host:port` (`http://` is the same;
+    /// a path is a prefix for the native and relay routes, the whole path for
+    /// `--route raw`). Repeatable or comma-separated, to spread clients
+    /// round-robin over replicas.
+    #[arg(
+        long = "url",
+        env = "SWITCHBOARD_URL",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080"
+    )]
     pub urls: Vec<String>,
 
     /// `native`: /ws and the native protocol (subscribe, offsets); `relay`:
     /// /api/ws/{channel}; `raw`: the URL as given, nothing sent after the
     /// handshake (for other servers, such as the benchmark kit's floor and peers).
-    #[arg(long, value_enum, default_value = "native")]
+    #[arg(long, env = "SWITCHBOARD_ROUTE", value_enum, default_value = "native")]
     pub route: crate::bench::plan::Route,
 
     /// WebSocket clients to open.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "SWITCHBOARD_CLIENTS", default_value_t = 100)]
     pub clients: usize,
 
     /// Channels; client k subscribes to channel k mod N, and messages go round-robin.
+    /// Not read from the environment: SWITCHBOARD_CHANNELS is `token --channels`.
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
 
     /// Channel name (with one channel) or prefix of `PREFIX-i` (with several).
-    #[arg(long, default_value = "bench")]
+    #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "bench")]
     pub channel_prefix: String,
 
     /// Messages per second over all channels; 0 holds the clients idle for --duration.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "SWITCHBOARD_RATE", default_value_t = 10.0)]
     pub rate: f64,
 
     /// Measured messages to publish (instead of --duration).
-    #[arg(long, conflicts_with = "duration")]
+    #[arg(long, env = "SWITCHBOARD_MESSAGES", conflicts_with = "duration")]
     pub messages: Option<u64>,
 
     /// Length of the measured run (publishing, or idling with --rate 0).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
 
     /// Publishing before the measured run (latency and throughput ignore it;
     /// losses count it).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_WARMUP", default_value = "0s", value_parser = humantime::parse_duration)]
     pub warmup: std::time::Duration,
 
     /// Longest wait after the last publish for clients to receive everything.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: std::time::Duration,
 
     /// Pause after the last client connected, before reading the servers' memory
     /// and publishing (the raw route also needs it for subscriptions to settle).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: std::time::Duration,
 
     /// Redis the publisher writes to (the gateways' Redis).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// The gateways' `--redis-prefix`.
-    #[arg(long, default_value = "switchboard:")]
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
     pub redis_prefix: String,
 
     /// `script`: switchboard's publish script through the Redis engine (offsets
     /// and history, as the publish API does); `plain`: a plain PUBLISH of the JSON.
-    #[arg(long, value_enum, default_value = "script")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUBLISHER",
+        value_enum,
+        default_value = "script"
+    )]
     pub publisher: crate::bench::plan::PublisherKind,
 
     /// Exact Redis pub/sub channel for `--publisher plain` with one channel (for
     /// servers that do not use switchboard's key names, such as the floor).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_PUBSUB_NAME")]
     pub pubsub_name: Option<String>,
 
     /// Size of each message's `data`, in bytes (at least its seq and ts fields).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "SWITCHBOARD_PAYLOAD_BYTES", default_value_t = 100)]
     pub payload_bytes: usize,
 
     /// Source addresses for client connections, round-robin: addresses and
     /// ranges such as `127.0.0.1-127.0.0.20` (each gives ~28,000 ports per server).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "SWITCHBOARD_SRC_IPS", default_value = "127.0.0.1")]
     pub src_ips: String,
 
     /// New connections per second (0: as fast as --connect-concurrency allows).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "SWITCHBOARD_CONNECT_RATE", default_value_t = 0.0)]
     pub connect_rate: f64,
 
     /// Connections being opened (handshake and subscribe) at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "SWITCHBOARD_CONNECT_CONCURRENCY", default_value_t = 256)]
     pub connect_concurrency: usize,
 
     /// Longest a client may take to connect and subscribe before it counts as failed.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub connect_timeout: std::time::Duration,
 
     /// Publishes awaiting Redis's reply at once; beyond it the schedule slips
     /// (reported as schedule lag).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
 
-    /// Server process whose CPU seconds and RSS to report (from /proc). Repeatable.
-    #[arg(long = "server-pid")]
+    /// Server process whose CPU seconds and RSS to report (from /proc).
+    /// Repeatable or comma-separated.
+    #[arg(
+        long = "server-pid",
+        env = "SWITCHBOARD_SERVER_PID",
+        value_delimiter = ','
+    )]
     pub server_pids: Vec<u32>,
 
     /// Client processes (beyond ~20,000 sockets one process runs out of files).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
     /// Runtime threads per client process (default: one per CPU).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
     pub threads: Option<usize>,
 
     /// Bearer token sent with every upgrade (`Authorization: Bearer …`).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// Name of this run in the report.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_LABEL")]
     pub label: Option<String>,
 
     /// Print the report as JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_JSON")]
     pub json: bool,
 
     /// Also write the JSON report to this file.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_OUTPUT")]
     pub output: Option<std::path::PathBuf>,
 }
 
@@ -229,7 +253,7 @@ impl BenchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchWorkerArgs {
     /// Runtime threads.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
     pub threads: Option<usize>,
 }
 
@@ -279,29 +303,29 @@ pub struct TailArgs {
 
     /// Start after this offset (0: everything the channel's history still
     /// holds) instead of at the newest message; applies to every channel.
-    #[arg(long, value_name = "OFFSET")]
+    #[arg(long, env = "SWITCHBOARD_SINCE", value_name = "OFFSET")]
     pub since: Option<u64>,
 
     /// Subscription filter, a JSON object (docs/PROTOCOL.md, Filters), e.g.
     /// '{"status":"running"}'.
-    #[arg(long, value_name = "JSON")]
+    #[arg(long, env = "SWITCHBOARD_FILTER", value_name = "JSON")]
     pub filter: Option<String>,
 
     /// Do not print the channel's snapshot (printed first, with "snapshot": true).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_NO_SNAPSHOT")]
     pub no_snapshot: bool,
 
     /// How long to keep reconnecting after the connection is lost before giving up.
-    #[arg(long, env = "SWITCHBOARD_TAIL_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
 
     /// Interval of tail's pings to the gateway; three intervals without any
     /// frame from it mean the connection is lost (and tail moves on).
-    #[arg(long, env = "SWITCHBOARD_TAIL_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
 
     /// Largest message accepted from the gateway, in bytes.
-    #[arg(long, env = "SWITCHBOARD_TAIL_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
 }
 
@@ -320,20 +344,20 @@ pub struct PublishArgs {
     pub client: ClientArgs,
 
     /// Also store each message as the channel's snapshot.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT")]
     pub snapshot: bool,
 
     /// Print nothing on success (by default: the gateway's answer per
     /// message, `{"channel","offset","epoch"}`).
-    #[arg(long, short)]
+    #[arg(long, short, env = "SWITCHBOARD_QUIET")]
     pub quiet: bool,
 
     /// Limit on one publish request, from connecting to the answer.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
     /// Longest line read from standard input, in bytes.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "SWITCHBOARD_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     pub max_line_bytes: usize,
 }
 
@@ -344,10 +368,14 @@ pub struct StandaloneArgs {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Allow a non-loopback --listen address. standalone has no authentication:
-    /// anyone who can reach the address can read and publish every channel.
+    /// Allow a non-loopback --listen address without authentication: anyone
+    /// who can reach the address can read and publish every channel. Not
+    /// needed with a JWT key flag (then every client needs a token).
     #[arg(long, env = "SWITCHBOARD_ALLOW_REMOTE")]
     pub allow_remote: bool,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub server: ServerArgs,
@@ -427,7 +455,8 @@ pub struct CheckArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// Run without authentication: every client may subscribe to and publish on
-    /// every channel. Only for trusted networks.
+    /// every channel. Only for trusted networks. gateway: required unless a JWT
+    /// key flag is given; standalone: the default, which this flag confirms.
     #[arg(long, env = "SWITCHBOARD_NO_AUTH")]
     pub no_auth: bool,
 
@@ -467,18 +496,30 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The JWT configuration, or `None` when authentication is off.
-    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
-        let has_keys = !self.jwt_secret_file.is_empty()
+    fn has_keys(&self) -> bool {
+        !self.jwt_secret_file.is_empty()
             || !self.jwt_public_key_file.is_empty()
-            || self.jwks_file.is_some();
-        match (self.no_auth, has_keys) {
-            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
-            (true, false) => Ok(None),
-            (false, false) => Err(
+            || self.jwks_file.is_some()
+    }
+
+    /// The gateway's JWT configuration, or `None` when authentication is off:
+    /// a key flag or `--no-auth` is required.
+    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+        if !self.no_auth && !self.has_keys() {
+            return Err(
                 "authentication needs a key: pass --jwt-secret-file, --jwt-public-key-file or --jwks-file (or --no-auth to run without authentication)"
                     .into(),
-            ),
+            );
+        }
+        self.optional_jwt_config()
+    }
+
+    /// standalone's JWT configuration: `None` (no authentication) unless a key
+    /// flag is given; `--no-auth` confirms the default.
+    pub fn optional_jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+        match (self.no_auth, self.has_keys()) {
+            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
+            (_, false) => Ok(None),
             (false, true) => Ok(Some(JwtConfig {
                 secret_files: self.jwt_secret_file.clone(),
                 public_key_files: self.jwt_public_key_file.clone(),
@@ -499,7 +540,7 @@ pub struct TokenArgs {
     /// HMAC secret file (its first line is the secret) for HS256/384/512.
     #[arg(
         long,
-        env = "SWITCHBOARD_TOKEN_SECRET_FILE",
+        env = "SWITCHBOARD_SECRET_FILE",
         required_unless_present = "private_key_file"
     )]
     pub secret_file: Option<PathBuf>,
@@ -507,43 +548,43 @@ pub struct TokenArgs {
     /// PEM private key for RS256 or ES256 (use with --alg).
     #[arg(
         long,
-        env = "SWITCHBOARD_TOKEN_PRIVATE_KEY_FILE",
+        env = "SWITCHBOARD_PRIVATE_KEY_FILE",
         conflicts_with = "secret_file"
     )]
     pub private_key_file: Option<PathBuf>,
 
     /// Signing algorithm.
-    #[arg(long, default_value = "HS256", value_parser = ["HS256", "HS384", "HS512", "RS256", "ES256"])]
+    #[arg(long, env = "SWITCHBOARD_ALG", default_value = "HS256", value_parser = ["HS256", "HS384", "HS512", "RS256", "ES256"])]
     pub alg: String,
 
     /// The user (`sub` claim).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_SUB")]
     pub sub: String,
 
     /// A permission: websocket:connect, websocket:subscribe, websocket:publish,
     /// websocket:admin, agent:ID:monitor. Repeatable or comma-separated.
-    #[arg(long = "perm", value_delimiter = ',')]
+    #[arg(long = "perm", env = "SWITCHBOARD_PERM", value_delimiter = ',')]
     pub permissions: Vec<String>,
 
     /// Channel glob patterns the token may subscribe to (and publish on, with
     /// websocket:publish), e.g. `federation` or `dash:*`. Repeatable or comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "SWITCHBOARD_CHANNELS", value_delimiter = ',')]
     pub channels: Vec<String>,
 
     /// Lifetime of the token.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
 
     /// `aud` claim.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_AUD")]
     pub aud: Option<String>,
 
     /// `iss` claim.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_ISS")]
     pub iss: Option<String>,
 
     /// `kid` header (selects the key in a JWKS).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_KID")]
     pub kid: Option<String>,
 }
 
@@ -852,12 +893,13 @@ impl CollectorSources {
 #[derive(Debug, Clone, Args)]
 pub struct LeaseArgs {
     /// How long the leader's lease lasts without renewal: after a leader dies
-    /// another collector publishes within about this long.
+    /// another collector takes over when it runs out and publishes within a cycle.
     #[arg(long, env = "SWITCHBOARD_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
 
     /// How often the leader renews its lease and followers try to take it
-    /// (at most half of --lease-ttl).
+    /// (at most half of --lease-ttl); a follower also tries the moment the
+    /// lease it saw runs out.
     #[arg(long, env = "SWITCHBOARD_LEASE_RENEW_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease_renew_interval: Duration,
 
@@ -899,16 +941,16 @@ pub struct DemoDataArgs {
     pub redis_url: Option<String>,
 
     /// Replace existing database files.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_FORCE")]
     pub force: bool,
 
     /// Keep writing (sessions, stages, sandbox runs, peer heartbeats, sync
     /// events) until stopped, so the live dashboards move.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHBOARD_FOLLOW")]
     pub follow: bool,
 
     /// Interval of --follow writes.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_FOLLOW_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub follow_interval: Duration,
 
     /// Peer hash pattern, as the collector's (a prefix followed by `*`).
@@ -1161,6 +1203,54 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Flags deliberately not read from the environment (README, Configuration):
+    /// `bench --channels` is a count, while `SWITCHBOARD_CHANNELS` is the glob
+    /// list of `token --channels`; sharing it could mint a token for channel "4".
+    const NO_ENV: &[(&str, &str)] = &[
+        ("bench", "channels"),
+        ("standalone", "check-config"),
+        ("gateway", "check-config"),
+        ("collector", "check-config"),
+    ];
+
+    #[test]
+    fn every_flag_is_also_read_from_switchboard_flag() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut usize, wrong: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else {
+                    continue; // positional
+                };
+                if long == "help" || long == "version" {
+                    continue;
+                }
+                *seen += 1;
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                if NO_ENV.contains(&(cmd.get_name(), long)) {
+                    if env.is_some() {
+                        wrong.push(format!(
+                            "{path} --{long}: listed in NO_ENV but reads {env:?}"
+                        ));
+                    }
+                    continue;
+                }
+                let want = format!("SWITCHBOARD_{}", long.to_uppercase().replace('-', "_"));
+                if env.as_deref() != Some(want.as_str()) {
+                    wrong.push(format!("{path} --{long}: reads {env:?}, want {want}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen, wrong);
+            }
+        }
+        let (mut seen, mut wrong) = (0, Vec::new());
+        walk(&Cli::command(), "switchboard", &mut seen, &mut wrong);
+        assert!(
+            seen > 100,
+            "walked only {seen} flags: is the tree complete?"
+        );
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub channels: IntGauge,
     pub messages_in: IntCounter,
+    pub bytes_in: IntCounter,
     pub invalid_messages: IntCounter,
     pub messages_out: IntCounter,
     pub bytes_out: IntCounter,
@@ -147,6 +148,11 @@ impl Metrics {
                 &r,
                 "switchboard_messages_received_total",
                 "Messages received from the engine's live feed.",
+            ),
+            bytes_in: counter(
+                &r,
+                "switchboard_bytes_received_total",
+                "Bytes of message data (the JSON) received from the engine's live feed.",
             ),
             invalid_messages: counter(
                 &r,

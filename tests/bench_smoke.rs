@@ -188,7 +188,16 @@ fn bad_input_fails_with_a_clear_message() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    assert!(run(&["--url", "http://127.0.0.1:1"]).contains("only ws:// URLs"));
+    assert!(run(&["--url", "https://127.0.0.1:1"]).contains("only ws:// (or http://) URLs"));
+    // Flags are read from SWITCHBOARD_<FLAG> too (here SWITCHBOARD_URL, as tail's).
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("bench")
+        .env("SWITCHBOARD_URL", "wss://127.0.0.1:1")
+        .output()
+        .expect("run switchboard bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wss://127.0.0.1:1"), "{stderr}");
     assert!(run(&["--clients", "2", "--channels", "3"]).contains("--channels"));
     assert!(run(&["--src-ips", "127.0.0.9-127.0.0.1"]).contains("--src-ips"));
     // More sockets than one process may open: told to use more worker processes.

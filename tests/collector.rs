@@ -730,15 +730,38 @@ fn leader_flag(collector: &Switchboard) -> Option<f64> {
 #[tokio::test]
 async fn two_collectors_one_leads_and_the_other_takes_over_with_increasing_versions() {
     let redis = RedisServer::start();
+    const TTL: Duration = Duration::from_secs(4);
     let lease = [
         "--simulate",
         "always",
         "--lease-ttl",
-        "2s",
+        "4s",
         "--lease-renew-interval",
-        "500ms",
+        "2s",
     ];
+    const KEY: &str = "switchboard:collector:leader";
+    let mut conn = redis.connection().await;
     let a = collector(&redis, &lease);
+    // B starts 1.4 s into A's 2 s renew cycle: out of phase, so that only a
+    // follower that reads the lease's remaining time takes over right when it
+    // runs out (one that retried once per renew interval would be ~1.4 s late).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(KEY)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if holder.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first collector never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1400)).await;
     let b = collector(&redis, &lease);
     let gateway = Switchboard::gateway(&redis, &[]);
     let mut client = Client::connect(&gateway.ws_url("/ws")).await;
@@ -774,14 +797,52 @@ async fn two_collectors_one_leads_and_the_other_takes_over_with_increasing_versi
 
     // The leader dies without releasing its lease.
     let mut leader = leader;
+    let dead_token: String = redis::cmd("GET")
+        .arg(KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     leader.signal("KILL");
     leader.wait_exit(WAIT);
     let killed = Instant::now();
+    // The lease runs out at the dead leader's last renewal plus the TTL.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0, "the dead leader's lease is still running: {pttl}");
+    let expires = Instant::now() + Duration::from_millis(pttl as u64);
     let deadline = killed + WAIT;
-    while leader_flag(&follower) != Some(1.0) {
-        assert!(Instant::now() < deadline, "the follower never took over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let taken = loop {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(KEY)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if holder.is_some_and(|h| h != dead_token) {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Never before the lease ran out (the 50 ms cover reading the clock after
+    // Redis computed PTTL), and right after it: the follower read the lease's
+    // remaining time and tried again then, not a renew interval later.
+    assert!(
+        taken + Duration::from_millis(50) >= expires,
+        "lease taken {:?} before it ran out",
+        expires - taken
+    );
+    let late = taken.saturating_duration_since(expires);
+    eprintln!("lease taken {late:?} after it ran out");
+    assert!(
+        late < Duration::from_secs(1),
+        "lease taken {late:?} after it ran out"
+    );
     let m = client
         .recv_until(WAIT, |m| {
             m["type"] == "message" && m["data"]["version"].as_u64() > Some(before)
@@ -789,9 +850,13 @@ async fn two_collectors_one_leads_and_the_other_takes_over_with_increasing_versi
         .await;
     let took = killed.elapsed();
     observe(&mut versions, &m);
-    // Within the 2 s TTL plus one renew interval and one cycle; the margin is
-    // for a loaded machine (this checks the mechanism, not the speed).
-    assert!(took < Duration::from_secs(12), "takeover took {took:?}");
+    assert_eq!(leader_flag(&follower), Some(1.0));
+    // Within the TTL plus one cycle (at most 300 ms here); the 3 s margin is
+    // for a loaded machine: a correctness bound, not a performance figure.
+    assert!(
+        took < TTL + Duration::from_millis(300) + Duration::from_secs(3),
+        "takeover took {took:?}"
+    );
     for _ in 0..3 {
         let m = client.recv_until(WAIT, |m| m["type"] == "message").await;
         observe(&mut versions, &m);

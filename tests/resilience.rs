@@ -189,11 +189,15 @@ async fn redis_restarted_mid_stream_loses_nothing_and_readiness_follows() {
     redis.restart(Duration::from_secs(2));
     publisher.join().unwrap();
     for r in readers {
-        let (offsets, _) = r.await.unwrap();
+        let (offsets, reconnects) = r.await.unwrap();
         assert_eq!(
             offsets,
             (1..=300).collect::<Vec<u64>>(),
             "nothing lost, nothing twice"
+        );
+        assert_eq!(
+            reconnects, 0,
+            "clients stay connected while Redis is down: the gateway fills the gap itself"
         );
     }
     watching.store(false, Ordering::Relaxed);
@@ -205,6 +209,223 @@ async fn redis_restarted_mid_stream_loses_nothing_and_readiness_follows() {
     a.wait_ready(WAIT);
     b.wait_ready(WAIT);
     assert!(a.metric("switchboard_redis_reconnects_total", "") >= 1.0);
+}
+
+/// A TCP proxy in front of Redis that can make the pub/sub connections it
+/// carries go silent: their sockets stay open, nothing is forwarded either way
+/// and nothing is closed — a connection that is alive but no longer delivers.
+/// Command connections are not touched. Runs on its own thread, so that the
+/// test's blocking calls cannot stall it.
+struct SilentProxy {
+    port: u16,
+    /// While set, pub/sub connections (existing and new) are silenced.
+    silent: Arc<AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<Arc<Link>>>>,
+}
+
+/// One proxied connection.
+#[derive(Default)]
+struct Link {
+    /// It has sent a SUBSCRIBE.
+    pubsub: AtomicBool,
+    /// Nothing is forwarded any more (for the rest of its life).
+    frozen: AtomicBool,
+}
+
+impl SilentProxy {
+    fn start(upstream: u16) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = Arc::new(AtomicBool::new(false));
+        let links: Arc<std::sync::Mutex<Vec<Arc<Link>>>> = Arc::default();
+        let (silent2, links2) = (silent.clone(), links.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue; // drops the client: Redis is not there
+                    };
+                    let link = Arc::new(Link::default());
+                    links2.lock().unwrap().push(link.clone());
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(
+                        client_read,
+                        server_write,
+                        link.clone(),
+                        Some(silent2.clone()),
+                    ));
+                    tokio::spawn(pump(server_read, client_write, link, None));
+                }
+            });
+        });
+        Self {
+            port,
+            silent,
+            links,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Pub/sub connections stop forwarding, and so will new ones once they subscribe.
+    fn silence(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().iter() {
+            if link.pubsub.load(Ordering::SeqCst) {
+                link.frozen.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// New pub/sub connections are forwarded again (silenced ones stay silent).
+    fn forward_again(&self) {
+        self.silent.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a link; `silent` is given for the direction
+/// towards Redis, where a SUBSCRIBE marks the link as pub/sub.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: Arc<Link>,
+    silent: Option<Arc<AtomicBool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(silent) = &silent
+            && buf[..n].windows(9).any(|w| w == b"SUBSCRIBE")
+        {
+            link.pubsub.store(true, Ordering::SeqCst);
+            if silent.load(Ordering::SeqCst) {
+                link.frozen.store(true, Ordering::SeqCst);
+            }
+        }
+        if link.frozen.load(Ordering::SeqCst) {
+            continue; // swallowed; the socket stays open
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Polls `path` until it answers `status` (off the runtime's threads).
+async fn wait_status(port: u16, path: &'static str, status: u16, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = tokio::task::spawn_blocking(move || http_get(port, path))
+            .await
+            .unwrap();
+        if matches!(got, Ok((s, _)) if s == status) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{path} did not answer {status} within {timeout:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_connection_that_silently_stops_delivering_is_detected_and_rebuilt() {
+    let redis = RedisServer::start();
+    let proxy = SilentProxy::start(redis.port);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = proxy.url();
+    // Probe every 500 ms: three missed probes (1.5 s) mean the connection is dead.
+    let gw = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--no-auth",
+            "--redis-probe-interval",
+            "500ms",
+            "--redis-timeout",
+            "500ms",
+        ],
+    );
+    gw.wait_ready(WAIT);
+    let readers: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(resilient_reader(
+                gw.ws_url("/ws"),
+                "quiet",
+                150,
+                Duration::from_secs(60),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Published through the gateway (its command connections are not silenced).
+    let publisher = spawn_publisher(gw.port, "quiet", 150, Duration::from_millis(40));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gw.metric("switchboard_redis_reconnects_total", ""), 0.0);
+
+    // The pub/sub connection goes silent: no error, no close, no message.
+    proxy.silence();
+    let detected = wait_status(gw.port, "/health/ready", 503, Duration::from_secs(30)).await;
+    assert!(
+        detected < Duration::from_secs(30),
+        "found within 30 s (here {detected:?}, with a 500 ms probe)"
+    );
+    let deadline = Instant::now() + WAIT;
+    while gw.metric("switchboard_redis_reconnects_total", "") < 1.0 {
+        assert!(Instant::now() < deadline, "the loss was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still silent: every new pub/sub connection is swallowed too, so the
+    // gateway stays unready while it retries.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        common::http_get(gw.port, "/health/ready")
+            .map(|(s, _)| s)
+            .ok(),
+        Some(503),
+        "not ready while the feed is down"
+    );
+
+    // Forwarding again: a new connection goes through, the gateway
+    // resubscribes, catches up from history and turns ready.
+    proxy.forward_again();
+    wait_status(gw.port, "/health/ready", 200, Duration::from_secs(20)).await;
+    publisher.join().unwrap();
+    for r in readers {
+        let (offsets, reconnects) = r.await.unwrap();
+        assert_eq!(
+            offsets,
+            (1..=150).collect::<Vec<u64>>(),
+            "nothing lost, nothing twice"
+        );
+        assert_eq!(reconnects, 0, "clients stay connected throughout");
+    }
+    // One loss, counted once (not once per failed retry).
+    assert_eq!(gw.metric("switchboard_redis_reconnects_total", ""), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -995,3 +995,85 @@ fn standalone_refuses_to_listen_beyond_loopback_without_allow_remote() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+#[tokio::test]
+async fn standalone_accepts_no_auth_and_authenticates_with_a_jwt_key() {
+    // `--no-auth` (or SWITCHBOARD_NO_AUTH) confirms the default: no token needed.
+    let open = Switchboard::standalone(&["--no-auth"]);
+    open.wait_ready(WAIT);
+    let mut client = Client::connect(&open.ws_url("/ws")).await;
+    let hello = client.recv_json().await;
+    assert_eq!(hello["type"], "connection_established");
+    assert!(hello.get("user").is_none(), "anonymous: {hello}");
+    drop(client);
+    drop(open);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["standalone", "--listen", &listen])
+        .env("SWITCHBOARD_NO_AUTH", "true")
+        .env("SWITCHBOARD_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !matches!(common::http_get(port, "/health/ready"), Ok((200, _))) {
+        if std::time::Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            panic!("standalone with SWITCHBOARD_NO_AUTH=true did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // --no-auth and a key contradict each other: one clear line.
+    let keys = KeyDir::new();
+    let secret = keys.path("secret").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["standalone", "--no-auth", "--jwt-secret-file", &secret])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--no-auth contradicts"), "{stderr}");
+
+    // With a key, standalone authenticates like a gateway, and may then listen
+    // beyond loopback without --allow-remote.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let sb = Switchboard::spawn(
+        port,
+        &[
+            "standalone",
+            "--listen",
+            &listen,
+            "--jwt-secret-file",
+            &secret,
+            "--jwt-audience",
+            AUD,
+        ],
+    );
+    sb.wait_ready(WAIT);
+    let refused = Client::connect_with(&sb.ws_url("/ws"), &[]).await.err();
+    assert_eq!(
+        refused.map(|(status, body)| (status, body["error"].clone())),
+        Some((401, json!("missing_token")))
+    );
+    let token = hs(&viewer("alice"));
+    let mut client = Client::connect(&sb.ws_url(&format!("/ws?token={token}"))).await;
+    let hello = client.recv_json().await;
+    assert_eq!(hello["user"], "alice", "{hello}");
+    let reply = client
+        .subscribe(json!({"type": "subscribe", "channel": "federation"}))
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let reply = client
+        .subscribe(json!({"type": "subscribe", "channel": "memory"}))
+        .await;
+    assert_eq!(
+        reply["code"], "forbidden",
+        "the token's channels apply: {reply}"
+    );
+}

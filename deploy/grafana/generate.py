@@ -128,9 +128,10 @@ graphs([
         (f"sum(rate(switchboard_client_messages_total{{{GW}}}[$__rate_interval]))", "from clients"),
     ], "short", "Received from the Redis feed (per replica, summed), delivered to sockets, and frames from clients."),
     ("Bytes / s", [
+        (f"sum(rate(switchboard_bytes_received_total{{{GW}}}[$__rate_interval]))", "from Redis"),
         (f"sum(rate(switchboard_bytes_sent_total{{{GW}}}[$__rate_interval]))", "to clients"),
         (f"sum(rate(switchboard_client_bytes_received_total{{{GW}}}[$__rate_interval]))", "from clients"),
-    ], "Bps", "Bytes written to and read from client sockets."),
+    ], "Bps", "Message data received from the Redis feed (per replica, summed), and bytes written to and read from client sockets."),
     ("Publishes / s", [
         (f"sum by (result) (rate(switchboard_publishes_total{{{GW}}}[$__rate_interval]))", "{{result}}"),
         (f"sum(rate(switchboard_invalid_messages_total{{{GW}}}[$__rate_interval]))", "invalid from feed"),

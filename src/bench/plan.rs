@@ -196,7 +196,8 @@ impl Plan {
     }
 }
 
-/// Parses `ws://host:port[/path]`.
+/// Parses `ws://host:port[/path]`; `http://` is the same gateway (as `tail`
+/// and `publish` name it, so `SWITCHBOARD_URL` serves all three).
 pub fn parse_target(url: &str, route: Route) -> Result<Target, PlanError> {
     let err = |why: &str| PlanError::Url {
         url: url.to_owned(),
@@ -204,7 +205,10 @@ pub fn parse_target(url: &str, route: Route) -> Result<Target, PlanError> {
     };
     let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| err("only ws:// URLs are supported (terminate TLS elsewhere)"))?;
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            err("only ws:// (or http://) URLs are supported (terminate TLS elsewhere)")
+        })?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -285,6 +289,12 @@ mod tests {
         assert_eq!(t.path, "/sb");
         let t = parse_target("ws://127.0.0.1:9/ws?channel=x", Route::Raw).unwrap();
         assert_eq!(t.path, "/ws?channel=x");
-        assert!(parse_target("http://127.0.0.1:9", Route::Raw).is_err());
+        let t = parse_target("http://127.0.0.1:9/sb", Route::Native).unwrap();
+        assert_eq!(
+            (t.addr, t.path.as_str()),
+            ("127.0.0.1:9".parse().unwrap(), "/sb")
+        );
+        assert!(parse_target("https://127.0.0.1:9", Route::Raw).is_err());
+        assert!(parse_target("wss://127.0.0.1:9", Route::Raw).is_err());
     }
 }

@@ -1,10 +1,13 @@
 //! Leadership among collector replicas: a lease in Redis.
 //!
 //! Any number of collectors may run; the one holding the lease publishes. A
-//! follower tries `SET key token NX PX ttl` every renew interval; the leader
-//! extends its lease with a compare-and-set script (only if the key still holds
-//! its own token) and deletes it the same way on shutdown, so a follower takes
-//! over at once after a clean stop and within the TTL after a crash.
+//! follower tries `SET key token NX PX ttl`, in a script that answers a refusal
+//! with the lease's remaining time (`PTTL`); it tries again the moment that
+//! time runs out, or after a renew interval if that comes first (the leader
+//! may renew meanwhile). The leader extends its lease with a compare-and-set
+//! script (only if the key still holds its own token) and deletes it the same
+//! way on shutdown, so a follower takes over within a renew interval after a
+//! clean stop, and right when the TTL runs out after a crash.
 //!
 //! The leader treats itself as leader only until 90 % of the TTL after it *sent*
 //! its last successful renewal, so it stops before Redis can hand the lease to
@@ -68,16 +71,34 @@ impl LeaderState {
     }
 }
 
+/// `{1, 0}`: acquired; `{0, PTTL}`: held by another (`PTTL` -1: no expiry).
+const ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+                       return {1, 0} else return {0, redis.call('PTTL', KEYS[1])} end";
 const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                      return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// A follower retries this long after the lease it saw should have expired
+/// (Redis expires a key at its deadline to the millisecond; this covers the
+/// rounding of `PTTL`).
+const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
+
+/// The answer to an attempt to take the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquire {
+    Acquired,
+    /// Another collector holds it; it expires in this long unless renewed
+    /// (`None`: the key has no expiry, so only a renew interval is known).
+    Held(Option<Duration>),
+}
 
 /// A lease contender.
 pub struct Lease {
     engine: Arc<RedisEngine>,
     config: LeaseConfig,
     token: String,
+    acquire: Script,
     renew: Script,
     release: Script,
 }
@@ -89,6 +110,7 @@ impl Lease {
             engine,
             config,
             token,
+            acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
         }
@@ -118,10 +140,18 @@ impl Lease {
         let mut erroring = false;
         loop {
             let sent = Instant::now();
+            // When the lease held by another runs out, if it is not renewed.
+            let mut expires_in = None;
             let attempt = if state.leading {
                 self.try_renew().await
             } else {
-                self.try_acquire().await
+                self.try_acquire().await.map(|answer| match answer {
+                    Acquire::Acquired => true,
+                    Acquire::Held(remaining) => {
+                        expires_in = remaining;
+                        false
+                    }
+                })
             };
             let until = sent + self.config.ttl.mul_f64(0.9);
             match attempt {
@@ -171,14 +201,23 @@ impl Lease {
                 *current = state;
                 changed
             });
-            // A leader whose renewals fail must notice its expiry on time.
+            // A leader whose renewals fail must notice its expiry on time; a
+            // follower tries again right when the lease it saw runs out.
             let wait = match state.until {
                 Some(u) if state.leading => self
                     .config
                     .renew_interval
                     .min(u.saturating_duration_since(Instant::now()))
                     .max(Duration::from_millis(50)),
-                _ => self.config.renew_interval,
+                _ => match expires_in {
+                    Some(remaining) => {
+                        let at = sent + remaining + EXPIRY_MARGIN;
+                        self.config
+                            .renew_interval
+                            .min(at.saturating_duration_since(Instant::now()))
+                    }
+                    None => self.config.renew_interval,
+                },
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -203,18 +242,17 @@ impl Lease {
         }
     }
 
-    async fn try_acquire(&self) -> Result<bool, String> {
+    async fn try_acquire(&self) -> Result<Acquire, String> {
         let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(&self.config.key)
+        let (acquired, pttl): (i64, i64) = self
+            .acquire
+            .key(&self.config.key)
             .arg(&self.token)
-            .arg("NX")
-            .arg("PX")
             .arg(self.config.ttl.as_millis() as u64)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(reply.is_some())
+        Ok(acquire_answer(acquired, pttl))
     }
 
     async fn try_renew(&self) -> Result<bool, String> {
@@ -243,9 +281,31 @@ impl Lease {
     }
 }
 
+/// The acquire script's reply `{acquired, PTTL}`.
+fn acquire_answer(acquired: i64, pttl: i64) -> Acquire {
+    match (acquired, pttl) {
+        (1, _) => Acquire::Acquired,
+        // No expiry: only a renew interval can tell.
+        (_, -1) => Acquire::Held(None),
+        // -2: gone meanwhile (cannot happen inside the script): retry at once.
+        (_, ms) => Acquire::Held(Some(Duration::from_millis(ms.max(0) as u64))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acquire_replies() {
+        assert_eq!(acquire_answer(1, 0), Acquire::Acquired);
+        assert_eq!(
+            acquire_answer(0, 1500),
+            Acquire::Held(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(acquire_answer(0, -1), Acquire::Held(None));
+        assert_eq!(acquire_answer(0, -2), Acquire::Held(Some(Duration::ZERO)));
+    }
 
     #[tokio::test]
     async fn leadership_is_valid_until_its_deadline() {

@@ -668,12 +668,16 @@ impl Subscriber {
                     }
                     self.health.feed_up.store(false, Ordering::Relaxed);
                     self.health.set_detail(format!("Redis pub/sub: {why}"));
-                    if was_up {
+                    // A loss is reported (and counted) once; the attempts to
+                    // reconnect that fail after it are errors, not more losses.
+                    if established {
                         tracing::warn!(reason = %why, "Redis pub/sub connection lost; reconnecting");
                         self.metrics.redis_reconnects.inc();
                         if !self.feed.send(EngineEvent::Lost).await {
                             return;
                         }
+                    } else if was_up {
+                        tracing::warn!(reason = %why, "Redis pub/sub still unavailable; retrying");
                     } else {
                         tracing::warn!(reason = %why, "Redis pub/sub not available; retrying");
                     }

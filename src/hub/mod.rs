@@ -368,6 +368,7 @@ impl Hub {
             match event {
                 EngineEvent::Message(m) => {
                     self.metrics.messages_in.inc();
+                    self.metrics.bytes_in.inc_by(m.data.as_bytes().len() as u64);
                     self.dispatch_message(m).await;
                 }
                 EngineEvent::Lost => {
