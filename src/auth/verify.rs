@@ -2,9 +2,14 @@
 //!
 //! Keys come from files (Kubernetes secrets mounted as files): up to two HMAC
 //! secrets (HS256/384/512, for rotation), RSA or EC public keys in PEM (RS256,
-//! ES256), and a JWKS file. All files are re-read when they change, so a
-//! rotated secret or JWKS takes effect without a restart; a file that fails to
-//! parse keeps the previous keys and is logged.
+//! ES256), and a JWKS file. The files are read every `reload_interval` and,
+//! when their contents changed, parsed again, so a rotated secret or JWKS
+//! takes effect without a restart; files that fail to parse (or leave no key
+//! at all, as a half-written file may) keep the previous keys and are logged.
+//!
+//! Every token must carry `sub` (the user: per-user limits, sessions and
+//! "disconnect this user" key on it) and `exp`; `aud` and `iss` too when they
+//! are enforced. A missing claim is refused as `missing_claim`, naming it.
 //!
 //! The algorithm is never taken on trust: `none` is refused, an HS token is
 //! checked only against HMAC secrets and an RS/ES token only against public
@@ -91,7 +96,9 @@ pub enum AuthError {
     WrongAudience,
     #[error("the token's issuer is not accepted")]
     WrongIssuer,
-    #[error("the token lacks a required claim: {0}")]
+    #[error(
+        "the token lacks the required claim {0:?}: every token needs `sub` (the user it is for) and `exp`, and `aud`/`iss` when the gateway enforces them"
+    )]
     MissingClaim(String),
 }
 
@@ -104,6 +111,7 @@ impl AuthError {
             Self::NotYetValid => "token_not_yet_valid",
             Self::WrongAudience => "wrong_audience",
             Self::WrongIssuer => "wrong_issuer",
+            Self::MissingClaim(_) => "missing_claim",
             _ => "invalid_token",
         }
     }
@@ -213,6 +221,17 @@ impl Verifier {
         let validation = self.validation(alg);
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                // A blank `sub` names nobody: it would pool unrelated callers
+                // under one user (limits, sessions) just like a missing one.
+                Ok(data)
+                    if data
+                        .claims
+                        .sub
+                        .as_deref()
+                        .is_none_or(|s| s.trim().is_empty()) =>
+                {
+                    return Err(AuthError::MissingClaim("sub".into()));
+                }
                 Ok(data) => return Ok(Identity::from_claims(&data.claims)),
                 Err(e) => match classify(e.kind()) {
                     AuthError::BadSignature => continue,
@@ -227,7 +246,9 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.config.leeway.as_secs();
         v.validate_nbf = true;
-        let mut required = vec!["exp"];
+        // `sub` names the user: per-user connection limits, resumable
+        // sessions and "disconnect this user" all key on it.
+        let mut required = vec!["exp", "sub"];
         if self.config.audience.is_empty() {
             v.validate_aud = false;
         } else {
