@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::redis::RedisEngine;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisOp};
 
 /// Lease settings.
 #[derive(Debug, Clone)]
@@ -204,7 +204,11 @@ impl Lease {
     }
 
     async fn try_acquire(&self) -> Result<bool, String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let reply: Option<String> = redis::cmd("SET")
             .arg(&self.config.key)
             .arg(&self.token)
@@ -218,7 +222,11 @@ impl Lease {
     }
 
     async fn try_renew(&self) -> Result<bool, String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let renewed: i64 = self
             .renew
             .key(&self.config.key)
@@ -231,7 +239,11 @@ impl Lease {
     }
 
     async fn try_release(&self) -> Result<(), String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let _: i64 = self
             .release
             .key(&self.config.key)
