@@ -16,9 +16,10 @@
 //! keys, so a public key can never be used as an HMAC secret (algorithm
 //! confusion).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
@@ -128,14 +129,14 @@ struct KeyRing {
 pub struct Verifier {
     config: JwtConfig,
     keys: RwLock<Arc<KeyRing>>,
-    fingerprint: RwLock<Vec<Option<(SystemTime, u64)>>>,
+    fingerprint: RwLock<Vec<Option<u64>>>,
 }
 
 impl Verifier {
     /// Loads the keys; fails if none is configured or a file is unusable.
     pub fn load(config: JwtConfig) -> Result<Arc<Self>, KeyError> {
         let ring = KeyRing::load(&config)?;
-        if ring.hmac.is_empty() && ring.public.is_empty() && config.jwks_file.is_none() {
+        if ring.is_unusable(&config) {
             return Err(KeyError::NoKeys);
         }
         let fingerprint = fingerprints(&config);
@@ -170,6 +171,11 @@ impl Verifier {
         }
         *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = now;
         match KeyRing::load(&self.config) {
+            Ok(ring) if ring.is_unusable(&self.config) => {
+                tracing::error!(
+                    "JWT key files changed but hold no key (a file half written, or emptied); keeping the previous keys"
+                )
+            }
             Ok(ring) => {
                 tracing::info!(
                     hmac = ring.hmac.len(),
@@ -311,6 +317,11 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, KeyError> {
 }
 
 impl KeyRing {
+    /// No key at all, and no JWKS file that may gain some.
+    fn is_unusable(&self, config: &JwtConfig) -> bool {
+        self.hmac.is_empty() && self.public.is_empty() && config.jwks_file.is_none()
+    }
+
     fn load(config: &JwtConfig) -> Result<Self, KeyError> {
         let mut ring = Self::default();
         for path in &config.secret_files {
@@ -370,17 +381,22 @@ impl KeyRing {
     }
 }
 
-/// Modification time and length of each key file, to notice changes.
-fn fingerprints(config: &JwtConfig) -> Vec<Option<(SystemTime, u64)>> {
+/// A hash of each key file's contents (`None`: unreadable), to notice
+/// changes. Contents, not modification times: a secret rewritten with one of
+/// the same length within the file system's timestamp granularity is still
+/// noticed. Key files are small; reading them every interval costs nothing.
+fn fingerprints(config: &JwtConfig) -> Vec<Option<u64>> {
     config
         .secret_files
         .iter()
         .chain(&config.public_key_files)
         .chain(config.jwks_file.iter())
         .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
+            std::fs::read(p).ok().map(|bytes| {
+                let mut hasher = DefaultHasher::new();
+                bytes.hash(&mut hasher);
+                hasher.finish()
+            })
         })
         .collect()
 }
