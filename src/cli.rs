@@ -557,7 +557,8 @@ pub struct TokenArgs {
     #[arg(long, env = "SWITCHBOARD_ALG", default_value = "HS256", value_parser = ["HS256", "HS384", "HS512", "RS256", "ES256"])]
     pub alg: String,
 
-    /// The user (`sub` claim).
+    /// The user (`sub` claim); must not be empty: gateways refuse tokens
+    /// without a user.
     #[arg(long, env = "SWITCHBOARD_SUB")]
     pub sub: String,
 

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     pub gap_fills: IntCounterVec,
     pub resyncs: IntCounter,
-    pub redis_errors: IntCounter,
+    pub redis_errors: RedisErrors,
     pub redis_reconnects: IntCounter,
     pub ready: IntGauge,
     pub collector_cycle: Histogram,
@@ -86,6 +86,91 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         .register(Box::new(h.clone()))
         .expect("unique metric");
     h
+}
+
+/// What a failed Redis operation was for: the `op` label of
+/// `switchboard_redis_errors_total` (a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOp {
+    /// The publish script (and `WAIT` with `--redis-wait-replicas`).
+    Publish,
+    /// History reads (resume, gap fill).
+    History,
+    /// Snapshot reads.
+    Snapshot,
+    /// The cluster-wide connection list: reads and this replica's writes.
+    Presence,
+    /// Resumable sessions: reads and position writes.
+    Session,
+    /// The collector's leadership lease.
+    Lease,
+    /// The control channel ("disconnect this user everywhere").
+    Control,
+    /// The engine's health check.
+    Ping,
+    /// The live feed: pub/sub connections, (S)SUBSCRIBE, the cluster's slot map.
+    PubSub,
+}
+
+impl RedisOp {
+    pub const ALL: [RedisOp; 9] = [
+        Self::Publish,
+        Self::History,
+        Self::Snapshot,
+        Self::Presence,
+        Self::Session,
+        Self::Lease,
+        Self::Control,
+        Self::Ping,
+        Self::PubSub,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::History => "history",
+            Self::Snapshot => "snapshot",
+            Self::Presence => "presence",
+            Self::Session => "session",
+            Self::Lease => "lease",
+            Self::Control => "control",
+            Self::Ping => "ping",
+            Self::PubSub => "pubsub",
+        }
+    }
+}
+
+/// `switchboard_redis_errors_total{op}`: every label value exists from the
+/// start (at 0), so rates work from the first failure.
+pub struct RedisErrors {
+    by_op: IntCounterVec,
+}
+
+impl RedisErrors {
+    fn new(registry: &Registry) -> Self {
+        let by_op = counter_vec(
+            registry,
+            "switchboard_redis_errors_total",
+            "Redis operations that failed, by op: a command or pipeline that got an error reply, timed out or found no connection, and pub/sub connections lost or refused.",
+            &["op"],
+        );
+        for op in RedisOp::ALL {
+            by_op.with_label_values(&[op.label()]);
+        }
+        Self { by_op }
+    }
+
+    pub fn inc(&self, op: RedisOp) {
+        self.by_op.with_label_values(&[op.label()]).inc();
+    }
+
+    /// The sum over every `op`.
+    pub fn get(&self) -> u64 {
+        RedisOp::ALL
+            .iter()
+            .map(|op| self.by_op.with_label_values(&[op.label()]).get())
+            .sum()
+    }
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -225,11 +310,7 @@ impl Metrics {
                 "switchboard_resyncs_total",
                 "Channels whose subscribers had to restart (history lost: epoch changed or gap older than history).",
             ),
-            redis_errors: counter(
-                &r,
-                "switchboard_redis_errors_total",
-                "Failed connections or commands to Redis.",
-            ),
+            redis_errors: RedisErrors::new(&r),
             redis_reconnects: counter(
                 &r,
                 "switchboard_redis_reconnects_total",

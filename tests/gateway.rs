@@ -506,6 +506,53 @@ async fn health_and_metrics_endpoints() {
     assert!(metrics.contains("process_resident_memory_bytes"));
 }
 
+/// `switchboard_redis_errors_total{op}` counts failed commands, not only lost
+/// pub/sub connections: with Redis stopped, each refused publish and
+/// connection listing is counted under its op. `NOSCRIPT` (answered by
+/// loading the script) is not a failure.
+#[tokio::test]
+async fn failed_redis_commands_are_counted_by_operation() {
+    let mut redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let errors = |op: &str| gw.metric("switchboard_redis_errors_total", &format!("op=\"{op}\""));
+    let (_, metrics) = common::http_get(gw.port, "/metrics").unwrap();
+    for op in [
+        "publish", "history", "snapshot", "presence", "session", "lease", "control", "ping",
+        "pubsub",
+    ] {
+        assert!(
+            metrics.contains(&format!("switchboard_redis_errors_total{{op=\"{op}\"}} 0")),
+            "every op is exposed from the start: {op}"
+        );
+    }
+    // Redis forgets the publish script: the engine loads it again, no error.
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    publish(gw.port, "counted", &json!({"n": 1}));
+    assert_eq!(errors("publish"), 0.0, "NOSCRIPT is not a failure");
+
+    redis.kill();
+    let failed = 3;
+    for n in 0..failed {
+        let body = json!({"channel": "counted", "data": {"n": n}}).to_string();
+        let (status, reply) =
+            http_request(gw.port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+        assert_eq!(status, 503, "{reply}");
+    }
+    assert!(
+        errors("publish") >= f64::from(failed),
+        "each failed publish is counted: {}",
+        errors("publish")
+    );
+    let (status, reply) = http_request(gw.port, "GET", "/api/v1/connections", &[], None).unwrap();
+    assert_eq!(status, 503, "{reply}");
+    assert!(errors("presence") >= 1.0, "the failed listing is counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_spread_over_the_window_and_exits_in_time() {
     const WINDOW: Duration = Duration::from_secs(2);

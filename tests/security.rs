@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Client, RedisServer, Switchboard, free_port, http_request};
+use common::{Client, RedisServer, Refusal, Switchboard, free_port, http_request};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -175,17 +176,33 @@ fn gateway(redis: &RedisServer, keys: &KeyDir, extra: &[&str], log: Option<&Path
 
 /// What a hostile attempt must produce.
 enum Expect {
-    /// The upgrade is refused with this status and `error` code.
+    /// The upgrade is refused with this status and `error` code, without
+    /// `Retry-After` (waiting would not help).
     Refused(u16, &'static str),
+    /// The upgrade is refused with this status and `error` code, and
+    /// `Retry-After` of this many seconds.
+    RefusedRetryAfter(u16, &'static str, u64),
     /// An error frame with this code; the connection stays usable.
     ErrorFrame(&'static str),
     /// The connection is closed with this code.
     Closed(u16),
 }
 
-/// One hostile case: how to connect, and what to send once connected.
+/// Connections a case opens first and holds until it ends.
+enum Hold {
+    Nothing,
+    /// This many connections with this token (each must be accepted).
+    Same(String, usize),
+    /// Connections of distinct users until the replica refuses one (it must
+    /// within this many).
+    UntilRefused(usize),
+}
+
+/// One hostile case: what to hold, how to connect, and what to send once
+/// connected.
 struct Case {
     name: &'static str,
+    hold: Hold,
     path: String,
     headers: Vec<(&'static str, String)>,
     send: Vec<Message>,
@@ -199,6 +216,7 @@ fn case(name: &'static str, token: Option<&str>, send: Vec<Message>, expect: Exp
     };
     Case {
         name,
+        hold: Hold::Nothing,
         path,
         headers: vec![],
         send,
@@ -210,30 +228,70 @@ fn text(t: impl Into<String>) -> Message {
     Message::text(t.into())
 }
 
+/// Asserts a refusal's status, `error` code and a non-empty message.
+fn assert_refusal(name: &str, r: &Refusal, status: u16, code: &str) {
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (status, Some(code)),
+        "{name}: {}",
+        r.body
+    );
+    assert!(
+        r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{name}"
+    );
+}
+
+async fn hold(gw: &Switchboard, c: &Case) -> Vec<Client> {
+    let mut held = Vec::new();
+    match &c.hold {
+        Hold::Nothing => {}
+        Hold::Same(token, n) => {
+            for _ in 0..*n {
+                held.push(Client::connect(&gw.ws_url(&format!("/ws?token={token}"))).await);
+            }
+        }
+        Hold::UntilRefused(max) => {
+            for i in 0..*max {
+                let token = hs(&viewer(&format!("filler{i}")));
+                match Client::connect_or_refusal(&gw.ws_url(&format!("/ws?token={token}")), &[])
+                    .await
+                {
+                    Ok(client) => held.push(client),
+                    Err(_) => return held,
+                }
+            }
+            panic!("{}: the replica accepted {max} more connections", c.name);
+        }
+    }
+    held
+}
+
 async fn run_case(gw: &Switchboard, c: &Case) {
+    let held = hold(gw, c).await;
     let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let outcome = Client::connect_with(&gw.ws_url(&c.path), &headers).await;
+    let outcome = Client::connect_or_refusal(&gw.ws_url(&c.path), &headers).await;
     match (&c.expect, outcome) {
-        (Expect::Refused(status, code), Err((got, body))) => {
+        (Expect::Refused(status, code), Err(r)) => {
+            assert_refusal(c.name, &r, *status, code);
+            assert_eq!(r.header("retry-after"), None, "{}", c.name);
+        }
+        (Expect::RefusedRetryAfter(status, code, seconds), Err(r)) => {
+            assert_refusal(c.name, &r, *status, code);
             assert_eq!(
-                (got, body["error"].as_str()),
-                (*status, Some(*code)),
-                "{}: {body}",
-                c.name
-            );
-            assert!(
-                body["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{}",
+                r.header("retry-after"),
+                Some(seconds.to_string().as_str()),
+                "{}: Retry-After",
                 c.name
             );
         }
-        (Expect::Refused(status, code), Ok(_)) => {
+        (Expect::Refused(status, code) | Expect::RefusedRetryAfter(status, code, _), Ok(_)) => {
             panic!(
                 "{}: expected refusal {status} {code}, but connected",
                 c.name
             )
         }
-        (_, Err((status, body))) => panic!("{}: refused unexpectedly: {status} {body}", c.name),
+        (_, Err(r)) => panic!("{}: refused unexpectedly: {} {}", c.name, r.status, r.body),
         (expect, Ok(mut client)) => {
             let hello = client.recv_json().await;
             assert_eq!(hello["type"], "connection_established", "{}", c.name);
@@ -253,9 +311,34 @@ async fn run_case(gw: &Switchboard, c: &Case) {
                 Expect::Closed(code) => {
                     assert_eq!(client.closed_code(WAIT).await, Some(*code), "{}", c.name);
                 }
-                Expect::Refused(..) => unreachable!(),
+                Expect::Refused(..) | Expect::RefusedRetryAfter(..) => unreachable!(),
             }
         }
+    }
+    if !held.is_empty() {
+        let (status, _) = http_request(gw.port, "GET", "/health/ready", &[], None).unwrap();
+        assert_eq!(
+            status, 200,
+            "{}: a replica at a limit is still ready",
+            c.name
+        );
+    }
+}
+
+/// Waits until the well-behaved client is the only connection left: every
+/// connection a hostile case opened has been released.
+async fn settle(gw: &Switchboard, name: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open = gw.metric("switchboard_connections", "");
+        if open == 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {open} connections still open after the case"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -268,6 +351,8 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
         &redis,
         &keys,
         &[
+            "--max-connections",
+            "12",
             "--max-connections-per-user",
             "3",
             "--max-channels-per-connection",
@@ -355,6 +440,10 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
         &viewer("u"),
     );
     let no_connect = hs(&claims("u", &["websocket:subscribe"], &["*"]));
+    let mut no_sub = viewer("u");
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let no_sub = hs(&no_sub);
+    let limited = hs(&viewer("limited"));
     let rs_ok = sign(Algorithm::RS256, &rsa, &viewer("rs"));
     let es_ok = sign(Algorithm::ES256, &ec, &viewer("es"));
     let v = hs(&viewer("hostile"));
@@ -433,13 +522,42 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
             Expect::Refused(401, "invalid_token"),
         ),
         case(
+            "no sub claim",
+            Some(&no_sub),
+            vec![],
+            Expect::Refused(401, "missing_claim"),
+        ),
+        case(
+            "blank sub claim",
+            Some(&hs(&viewer(" "))),
+            vec![],
+            Expect::Refused(401, "missing_claim"),
+        ),
+        case(
             "no websocket:connect",
             Some(&no_connect),
             vec![],
             Expect::Refused(403, "forbidden"),
         ),
         Case {
+            name: "over the per-user limit",
+            hold: Hold::Same(limited.clone(), 3),
+            path: format!("/ws?token={limited}"),
+            headers: vec![],
+            send: vec![],
+            expect: Expect::RefusedRetryAfter(429, "max_connections_per_user", 30),
+        },
+        Case {
+            name: "over the replica's connection limit",
+            hold: Hold::UntilRefused(12),
+            path: format!("/ws?token={v}"),
+            headers: vec![],
+            send: vec![],
+            expect: Expect::RefusedRetryAfter(503, "max_connections", 5),
+        },
+        Case {
             name: "bad origin",
+            hold: Hold::Nothing,
             path: format!("/ws?token={v}"),
             headers: vec![("origin", "https://evil.example".into())],
             send: vec![],
@@ -447,6 +565,7 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
         },
         Case {
             name: "forbidden channel on a drop-in route",
+            hold: Hold::Nothing,
             path: format!("/ws/memory?token={v}"),
             headers: vec![],
             send: vec![],
@@ -454,6 +573,7 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
         },
         Case {
             name: "bad channel name in the path",
+            hold: Hold::Nothing,
             path: format!("/api/ws/bad*name?token={v}"),
             headers: vec![],
             send: vec![],
@@ -519,6 +639,14 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
             Expect::ErrorFrame("forbidden"),
         ),
         case(
+            "refresh with a token without sub",
+            Some(&v),
+            vec![text(
+                json!({"type":"refresh_token","token":no_sub}).to_string(),
+            )],
+            Expect::ErrorFrame("unauthorized"),
+        ),
+        case(
             "refresh with an invalid token",
             Some(&v),
             vec![text(
@@ -555,6 +683,7 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
     for c in &cases {
         eprintln!("case: {}", c.name);
         run_case(&gw, c).await;
+        settle(&gw, c.name).await;
     }
 
     // Accepted ways in: header, subprotocol, RS256, ES256, allowed origins.
@@ -593,20 +722,6 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
         "wildcard origin"
     );
 
-    // Per-user limit (3): the hostile user now holds at most 3; a 4th is refused.
-    let limited = hs(&viewer("limited"));
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(Client::connect(&gw.ws_url(&format!("/ws?token={limited}"))).await);
-    }
-    let refused = Client::connect_with(&gw.ws_url(&format!("/ws?token={limited}")), &[]).await;
-    assert!(
-        matches!(refused, Err((429, ref b)) if b["error"] == "max_connections_per_user"),
-        "{:?}",
-        refused.err()
-    );
-    drop(held);
-
     // REST refusals.
     let publish_body = json!({"channel":"dash:stream","data":{}}).to_string();
     let rest = |headers: &[(&str, &str)], method: &str, path: &str, body: Option<&str>| {
@@ -621,6 +736,15 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
     assert_eq!(
         rest(&[], "POST", "/api/v1/publish", Some(&publish_body)),
         (401, json!("missing_token"))
+    );
+    assert_eq!(
+        rest(
+            &[("Authorization", &format!("Bearer {no_sub}"))],
+            "POST",
+            "/api/v1/publish",
+            Some(&publish_body)
+        ),
+        (401, json!("missing_claim"))
     );
     assert_eq!(
         rest(
@@ -696,21 +820,6 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
     ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replica_connection_limit_refuses_with_503_and_retry_after() {
-    let redis = RedisServer::start();
-    let keys = KeyDir::new();
-    let gw = gateway(&redis, &keys, &["--max-connections", "2"], None);
-    let t = hs(&viewer("u"));
-    let url = gw.ws_url(&format!("/ws?token={t}"));
-    let _a = Client::connect(&url).await;
-    let _b = Client::connect(&url).await;
-    let refused = Client::connect_with(&url, &[]).await;
-    assert!(matches!(refused, Err((503, ref b)) if b["error"] == "max_connections"));
-    let (status, _) = http_request(gw.port, "GET", "/health/ready", &[], None).unwrap();
-    assert_eq!(status, 200, "a full replica is still healthy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,6 +991,278 @@ async fn jwks_file_is_reloaded_when_it_changes() {
     assert!(accepted, "the rotated JWKS is used without a restart");
 }
 
+/// A raw HTTP/1.1 exchange: status, headers (names lowercased) and body.
+fn http_exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, HashMap<String, String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// CORS on the REST API follows `--allowed-origins` (exact and wildcard
+/// entries): a preflight from an allowed page is answered, one from another
+/// site refused, and responses to an allowed page carry
+/// `Access-Control-Allow-Origin` (refusals too, so the page can read why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_on_the_rest_api_follows_allowed_origins() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let gw = gateway(&redis, &keys, &[], None);
+    let preflight = |origin: &str| {
+        http_exchange(
+            gw.port,
+            "OPTIONS",
+            "/api/v1/publish",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type",
+                ),
+            ],
+            None,
+        )
+    };
+    for origin in [
+        "https://dash.example.com",
+        "https://pr-7.preview.example.com",
+    ] {
+        let (status, headers, body) = preflight(origin);
+        assert_eq!(status, 204, "{origin}: {body}");
+        assert_eq!(
+            headers
+                .get("access-control-allow-origin")
+                .map(String::as_str),
+            Some(origin)
+        );
+        assert_eq!(headers.get("vary").map(String::as_str), Some("Origin"));
+        let methods = &headers["access-control-allow-methods"];
+        assert!(
+            methods.contains("POST") && methods.contains("GET"),
+            "{methods}"
+        );
+        let allowed = &headers["access-control-allow-headers"];
+        assert!(
+            allowed.contains("authorization") && allowed.contains("content-type"),
+            "{allowed}"
+        );
+        assert_eq!(
+            headers.get("access-control-max-age").map(String::as_str),
+            Some("600")
+        );
+    }
+    for origin in ["https://evil.example", "http://dash.example.com"] {
+        let (status, headers, body) = preflight(origin);
+        assert_eq!(status, 403, "{origin}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "forbidden");
+        assert!(
+            v["message"].as_str().unwrap().contains("--allowed-origins"),
+            "{v}"
+        );
+        assert!(!headers.contains_key("access-control-allow-origin"));
+    }
+
+    let publisher = format!(
+        "Bearer {}",
+        hs(&claims("publisher", &["websocket:publish"], &["dash:*"]))
+    );
+    let body = json!({"channel":"dash:cors","data":{"n":1}}).to_string();
+    let post = |origin: &str, auth: &str| {
+        http_exchange(
+            gw.port,
+            "POST",
+            "/api/v1/publish",
+            &[("Origin", origin), ("Authorization", auth)],
+            Some(&body),
+        )
+    };
+    let (status, headers, reply) = post("https://dash.example.com", &publisher);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://dash.example.com")
+    );
+    assert_eq!(headers.get("vary").map(String::as_str), Some("Origin"));
+    let (status, headers, _) = post("https://dash.example.com", "Bearer not.a.jwt");
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://dash.example.com"),
+        "a refusal is readable by the allowed page"
+    );
+    let (_, headers, _) = post("https://evil.example", &publisher);
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "no CORS grant for another site"
+    );
+}
+
+/// Claims accepted by a gateway that enforces no audience or issuer.
+fn plain_claims(sub: &str) -> Value {
+    json!({"sub": sub, "exp": now() + 3600, "permissions": ["websocket:connect"]})
+}
+
+fn hmac(alg: Algorithm, secret: &str, sub: &str) -> String {
+    sign(
+        alg,
+        &EncodingKey::from_secret(secret.as_bytes()),
+        &plain_claims(sub),
+    )
+}
+
+/// Opens and closes a WebSocket with `token`; the refusal if there is one.
+async fn admits(gw: &Switchboard, token: &str) -> Result<(), Refusal> {
+    Client::connect_or_refusal(&gw.ws_url(&format!("/ws?token={token}")), &[])
+        .await
+        .map(drop)
+}
+
+async fn refused_as_invalid(gw: &Switchboard, token: &str) -> bool {
+    matches!(admits(gw, token).await, Err(r) if r.status == 401 && r.body["error"] == "invalid_token")
+}
+
+/// Two HMAC secrets are active at once (rotation), with HS256, HS384 and
+/// HS512; a third secret is refused. Rewriting the secret file while the
+/// gateway runs takes effect within `--jwt-reload-interval`, without a
+/// restart; a file with three secrets is not taken and the previous keys stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_secrets_rotate_without_a_restart() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let secret = |name: &str| format!("{name}-rotation-secret-0123456789abcdefghijklmnop");
+    let (old, current, next, extra) = (secret("old"), secret("cur"), secret("new"), secret("xtr"));
+    let file = keys.path("rotating");
+    std::fs::write(&file, format!("{old}\n{current}\n")).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let file_arg = file.display().to_string();
+    let log = keys.path("rotation.log");
+    let gw = Switchboard::spawn_with(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--jwt-secret-file",
+            &file_arg,
+            "--jwt-reload-interval",
+            "200ms",
+            "--max-connections-per-user",
+            "1000",
+        ],
+        "info",
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    gw.wait_ready(WAIT);
+
+    for (alg, key) in [
+        (Algorithm::HS256, &old),
+        (Algorithm::HS256, &current),
+        (Algorithm::HS384, &old),
+        (Algorithm::HS384, &current),
+        (Algorithm::HS512, &old),
+        (Algorithm::HS512, &current),
+    ] {
+        let result = admits(&gw, &hmac(alg, key, "rotating")).await;
+        assert!(result.is_ok(), "{alg:?}: {:?}", result.err());
+    }
+    assert!(
+        refused_as_invalid(&gw, &hmac(Algorithm::HS256, &next, "rotating")).await,
+        "a secret not in the file"
+    );
+
+    // Rotate: retire the old secret, add the next one — no restart.
+    std::fs::write(&file, format!("{current}\n{next}\n")).unwrap();
+    let next_token = hmac(Algorithm::HS512, &next, "rotating");
+    let deadline = Instant::now() + WAIT;
+    while admits(&gw, &next_token).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the rewritten secret file was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused_as_invalid(&gw, &hmac(Algorithm::HS256, &old, "rotating")).await,
+        "the retired secret"
+    );
+    assert!(
+        admits(&gw, &hmac(Algorithm::HS384, &current, "rotating"))
+            .await
+            .is_ok()
+    );
+
+    // Three secrets: refused, the two active ones stay.
+    std::fs::write(&file, format!("{current}\n{next}\n{extra}\n")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("at most two HMAC secrets")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the third secret was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused_as_invalid(&gw, &hmac(Algorithm::HS256, &extra, "rotating")).await,
+        "a third secret"
+    );
+    assert!(admits(&gw, &next_token).await.is_ok(), "previous keys kept");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for secret in [&old, &current, &next, &extra] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
+    }
+}
+
 #[test]
 fn gateway_refuses_to_start_without_keys_or_with_a_weak_secret() {
     let redis_url = "redis://127.0.0.1:1";
@@ -914,6 +1295,26 @@ fn gateway_refuses_to_start_without_keys_or_with_a_weak_secret() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
+    let long = |n: u8| format!("secret-{n}-0123456789abcdefghijklmnopqrstuvwxyz");
+    std::fs::write(
+        dir.join("three"),
+        format!("{}\n{}\n{}\n", long(1), long(2), long(3)),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "gateway",
+            "--redis-url",
+            redis_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret-file",
+        ])
+        .arg(dir.join("three"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most two HMAC secrets"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -959,6 +1360,17 @@ fn token_command_mints_a_token_the_gateway_accepts() {
     assert_eq!(data.claims["channels"], json!(["dash:*"]));
     let ttl = data.claims["exp"].as_u64().unwrap() - now();
     assert!((590..=600).contains(&ttl));
+
+    // A token must name its user: an empty --sub is refused with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["token", "--secret-file"])
+        .arg(keys.path("secret"))
+        .args(["--sub", " ", "--perm", "websocket:connect"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--sub is empty"), "{stderr}");
 }
 
 #[test]

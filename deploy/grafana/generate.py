@@ -150,8 +150,8 @@ graphs([
 
 row("Redis")
 graphs([
-    ("Redis errors / s", [(f"sum by (instance) (rate(switchboard_redis_errors_total{{{ANY}}}[$__rate_interval]))", "{{instance}}")],
-     "reqps", "Failed connections or commands to Redis."),
+    ("Redis errors / s", [(f"sum by (instance, op) (rate(switchboard_redis_errors_total{{{ANY}}}[$__rate_interval]))", "{{instance}} {{op}}")],
+     "reqps", "Failed Redis operations by op: commands and pipelines (publish, history, snapshot, presence, session, lease, control, ping) and pub/sub connections (pubsub)."),
     ("Redis pub/sub reconnects", [(f"sum by (instance) (increase(switchboard_redis_reconnects_total{{{ANY}}}[$__range]))", "{{instance}}")],
      "short", "Times the pub/sub connection was rebuilt in the dashboard's range."),
     ("Ready", [(f"switchboard_ready{{{ANY}}}", "{{job}} {{instance}}")], "short",

@@ -22,6 +22,8 @@ pub struct TokenSpec {
 /// Why a token could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
+    #[error("--sub is empty: a token must name its user (gateways refuse tokens without `sub`)")]
+    EmptySubject,
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -40,6 +42,9 @@ pub enum MintError {
 /// Signs a token: `key_file` is the HMAC secret file (first line) for HS*, or
 /// a PEM private key for RS256/ES256.
 pub fn mint(spec: &TokenSpec, alg: Algorithm, key_file: &Path) -> Result<String, MintError> {
+    if spec.subject.trim().is_empty() {
+        return Err(MintError::EmptySubject);
+    }
     let path = key_file.display().to_string();
     let bytes = std::fs::read(key_file).map_err(|source| MintError::Read {
         path: path.clone(),

@@ -41,11 +41,14 @@ pub fn is_system_channel(channel: &ChannelName) -> bool {
     channel.namespace() == Some(SYSTEM_NAMESPACE)
 }
 
-/// The claims switchboard reads from a token.
+/// The claims switchboard reads from a token. `sub` and `exp` are required,
+/// but optional here so that a token without them is refused by validation
+/// with a `missing_claim` error naming the claim, not as malformed.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    #[serde(default)]
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
@@ -64,7 +67,8 @@ pub struct Claims {
 /// A caller and its rights.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The token's `sub`; `None` when authentication is disabled.
+    /// The token's `sub` (every verified token has one); `None` only when
+    /// authentication is disabled.
     pub user: Option<String>,
     /// The token's `exp` (Unix seconds); `None` when authentication is disabled.
     pub expires_at: Option<u64>,

@@ -2,18 +2,24 @@
 //!
 //! Keys come from files (Kubernetes secrets mounted as files): up to two HMAC
 //! secrets (HS256/384/512, for rotation), RSA or EC public keys in PEM (RS256,
-//! ES256), and a JWKS file. All files are re-read when they change, so a
-//! rotated secret or JWKS takes effect without a restart; a file that fails to
-//! parse keeps the previous keys and is logged.
+//! ES256), and a JWKS file. The files are read every `reload_interval` and,
+//! when their contents changed, parsed again, so a rotated secret or JWKS
+//! takes effect without a restart; files that fail to parse (or leave no key
+//! at all, as a half-written file may) keep the previous keys and are logged.
+//!
+//! Every token must carry `sub` (the user: per-user limits, sessions and
+//! "disconnect this user" key on it) and `exp`; `aud` and `iss` too when they
+//! are enforced. A missing claim is refused as `missing_claim`, naming it.
 //!
 //! The algorithm is never taken on trust: `none` is refused, an HS token is
 //! checked only against HMAC secrets and an RS/ES token only against public
 //! keys, so a public key can never be used as an HMAC secret (algorithm
 //! confusion).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
@@ -91,7 +97,9 @@ pub enum AuthError {
     WrongAudience,
     #[error("the token's issuer is not accepted")]
     WrongIssuer,
-    #[error("the token lacks a required claim: {0}")]
+    #[error(
+        "the token lacks the required claim {0:?}: every token needs `sub` (the user it is for) and `exp`, and `aud`/`iss` when the gateway enforces them"
+    )]
     MissingClaim(String),
 }
 
@@ -104,6 +112,7 @@ impl AuthError {
             Self::NotYetValid => "token_not_yet_valid",
             Self::WrongAudience => "wrong_audience",
             Self::WrongIssuer => "wrong_issuer",
+            Self::MissingClaim(_) => "missing_claim",
             _ => "invalid_token",
         }
     }
@@ -120,14 +129,14 @@ struct KeyRing {
 pub struct Verifier {
     config: JwtConfig,
     keys: RwLock<Arc<KeyRing>>,
-    fingerprint: RwLock<Vec<Option<(SystemTime, u64)>>>,
+    fingerprint: RwLock<Vec<Option<u64>>>,
 }
 
 impl Verifier {
     /// Loads the keys; fails if none is configured or a file is unusable.
     pub fn load(config: JwtConfig) -> Result<Arc<Self>, KeyError> {
         let ring = KeyRing::load(&config)?;
-        if ring.hmac.is_empty() && ring.public.is_empty() && config.jwks_file.is_none() {
+        if ring.is_unusable(&config) {
             return Err(KeyError::NoKeys);
         }
         let fingerprint = fingerprints(&config);
@@ -162,6 +171,11 @@ impl Verifier {
         }
         *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = now;
         match KeyRing::load(&self.config) {
+            Ok(ring) if ring.is_unusable(&self.config) => {
+                tracing::error!(
+                    "JWT key files changed but hold no key (a file half written, or emptied); keeping the previous keys"
+                )
+            }
             Ok(ring) => {
                 tracing::info!(
                     hmac = ring.hmac.len(),
@@ -213,6 +227,17 @@ impl Verifier {
         let validation = self.validation(alg);
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                // A blank `sub` names nobody: it would pool unrelated callers
+                // under one user (limits, sessions) just like a missing one.
+                Ok(data)
+                    if data
+                        .claims
+                        .sub
+                        .as_deref()
+                        .is_none_or(|s| s.trim().is_empty()) =>
+                {
+                    return Err(AuthError::MissingClaim("sub".into()));
+                }
                 Ok(data) => return Ok(Identity::from_claims(&data.claims)),
                 Err(e) => match classify(e.kind()) {
                     AuthError::BadSignature => continue,
@@ -227,7 +252,9 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.config.leeway.as_secs();
         v.validate_nbf = true;
-        let mut required = vec!["exp"];
+        // `sub` names the user: per-user connection limits, resumable
+        // sessions and "disconnect this user" all key on it.
+        let mut required = vec!["exp", "sub"];
         if self.config.audience.is_empty() {
             v.validate_aud = false;
         } else {
@@ -290,6 +317,11 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, KeyError> {
 }
 
 impl KeyRing {
+    /// No key at all, and no JWKS file that may gain some.
+    fn is_unusable(&self, config: &JwtConfig) -> bool {
+        self.hmac.is_empty() && self.public.is_empty() && config.jwks_file.is_none()
+    }
+
     fn load(config: &JwtConfig) -> Result<Self, KeyError> {
         let mut ring = Self::default();
         for path in &config.secret_files {
@@ -349,17 +381,22 @@ impl KeyRing {
     }
 }
 
-/// Modification time and length of each key file, to notice changes.
-fn fingerprints(config: &JwtConfig) -> Vec<Option<(SystemTime, u64)>> {
+/// A hash of each key file's contents (`None`: unreadable), to notice
+/// changes. Contents, not modification times: a secret rewritten with one of
+/// the same length within the file system's timestamp granularity is still
+/// noticed. Key files are small; reading them every interval costs nothing.
+fn fingerprints(config: &JwtConfig) -> Vec<Option<u64>> {
     config
         .secret_files
         .iter()
         .chain(&config.public_key_files)
         .chain(config.jwks_file.iter())
         .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
+            std::fs::read(p).ok().map(|bytes| {
+                let mut hasher = DefaultHasher::new();
+                bytes.hash(&mut hasher);
+                hasher.finish()
+            })
         })
         .collect()
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::redis::RedisEngine;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisOp};
 
 /// Lease settings.
 #[derive(Debug, Clone)]
@@ -243,7 +243,11 @@ impl Lease {
     }
 
     async fn try_acquire(&self) -> Result<Acquire, String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let (acquired, pttl): (i64, i64) = self
             .acquire
             .key(&self.config.key)
@@ -256,7 +260,11 @@ impl Lease {
     }
 
     async fn try_renew(&self) -> Result<bool, String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let renewed: i64 = self
             .renew
             .key(&self.config.key)
@@ -269,7 +277,11 @@ impl Lease {
     }
 
     async fn try_release(&self) -> Result<(), String> {
-        let mut conn = self.engine.connection().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .engine
+            .connection(RedisOp::Lease)
+            .await
+            .map_err(|e| e.to_string())?;
         let _: i64 = self
             .release
             .key(&self.config.key)

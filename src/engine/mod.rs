@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod connection;
+pub mod counted;
 pub mod keys;
 pub mod memory;
 pub mod redis;

@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterSubscriber;
-use super::connection::{Batch, Commands, ConnectionSettings, RedisConnection, RedisTarget};
+use super::connection::{Batch, Commands, ConnectionSettings, RedisTarget};
+use super::counted::{Counted, count};
 use super::keys::Keys;
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
@@ -37,7 +38,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
 use crate::json::Json;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisOp};
 
 /// Connection settings of the Redis engine.
 #[derive(Debug, Clone)]
@@ -232,12 +233,14 @@ impl RedisEngine {
         &self.keys
     }
 
-    /// A command connection, for other Redis-backed stores (sessions,
-    /// presence, the collector's lease). On a cluster each command goes to the
-    /// master owning its key; a pipeline must stay within one slot (see
-    /// [`RedisEngine::batch`]).
-    pub async fn connection(&self) -> Result<RedisConnection, EngineError> {
-        self.commands.get().await
+    /// A command connection, for the engine and other Redis-backed stores
+    /// (sessions, presence, the collector's lease); its failures are counted
+    /// under `op`. On a cluster each command goes to the master owning its
+    /// key; a pipeline must stay within one slot (see [`RedisEngine::batch`]).
+    pub async fn connection(&self, op: RedisOp) -> Result<Counted, EngineError> {
+        let conn = self.commands.get().await;
+        let conn = conn.map_err(count(&self.metrics, op))?;
+        Ok(Counted::new(conn, op, self.metrics.clone()))
     }
 
     /// Whether the engine runs on a Redis Cluster.
@@ -250,15 +253,17 @@ impl RedisEngine {
         self.commands.batch()
     }
 
-    /// Sends a batch (its pipelines concurrently on a cluster).
-    pub async fn run_batch(&self, batch: Batch) -> Result<(), EngineError> {
-        self.commands.run(batch).await
+    /// Sends a batch (its pipelines concurrently on a cluster); a failure is
+    /// counted under `op`.
+    pub async fn run_batch(&self, op: RedisOp, batch: Batch) -> Result<(), EngineError> {
+        let sent = self.commands.run(batch).await;
+        sent.map_err(count(&self.metrics, op))
     }
 
     /// Publishes on the control channel every replica listens to (sharded
     /// pub/sub on a cluster, like every channel).
     pub async fn publish_control(&self, message: &str) -> Result<(), EngineError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(RedisOp::Control).await?;
         redis::cmd(self.publish_command)
             .arg(self.keys.control())
             .arg(message)
@@ -269,7 +274,7 @@ impl RedisEngine {
 
     /// PING (on a cluster: every master).
     async fn ping(&self) -> Result<(), EngineError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(RedisOp::Ping).await?;
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
@@ -286,7 +291,7 @@ impl RedisEngine {
     /// twice).
     async fn publish_and_wait(
         &self,
-        conn: &mut RedisConnection,
+        conn: &mut Counted,
         channel: &ChannelName,
         data: &Json,
         options: PublishOptions,
@@ -328,7 +333,7 @@ impl RedisEngine {
         }
         let acked = integer(&acked).unwrap_or(0);
         if acked < self.config.wait_replicas as i64 {
-            self.metrics.redis_errors.inc();
+            self.metrics.redis_errors.inc(RedisOp::Publish);
             let now = crate::time::unix_millis();
             let last = self.last_wait_warning.swap(now, Ordering::Relaxed);
             if now.saturating_sub(last) >= 10_000 {
@@ -384,7 +389,7 @@ impl Engine for RedisEngine {
         options: PublishOptions,
     ) -> Result<Published, EngineError> {
         let policy = self.config.history.policy(channel);
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(RedisOp::Publish).await?;
         if self.config.wait_replicas > 0 {
             let reply = self
                 .publish_and_wait(&mut conn, channel, data, options)
@@ -417,7 +422,7 @@ impl Engine for RedisEngine {
         limit: usize,
     ) -> Result<HistoryPage, EngineError> {
         let policy = self.config.history.policy(channel);
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(RedisOp::History).await?;
         let reply: Value = self
             .history_script
             .key(self.keys.meta(channel))
@@ -446,7 +451,7 @@ impl Engine for RedisEngine {
     }
 
     async fn snapshot(&self, channel: &ChannelName) -> Result<Option<Snapshot>, EngineError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(RedisOp::Snapshot).await?;
         let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.keys.snapshot(channel))
             .arg(&["o", "e", "d", "v"])
@@ -509,7 +514,7 @@ impl Engine for RedisEngine {
 
 /// Runs a pipeline of two commands; their replies, errors included.
 async fn two_replies(
-    conn: &mut RedisConnection,
+    conn: &mut Counted,
     pipe: redis::Pipeline,
 ) -> Result<(Value, Value), EngineError> {
     let replies: Vec<Value> = pipe.query_async(conn).await.map_err(unavailable)?;
@@ -681,7 +686,7 @@ impl Subscriber {
                     } else {
                         tracing::warn!(reason = %why, "Redis pub/sub not available; retrying");
                     }
-                    self.metrics.redis_errors.inc();
+                    self.metrics.redis_errors.inc(RedisOp::PubSub);
                 }
             }
             let delay = backoff.next_delay();

@@ -389,6 +389,8 @@ fn accept(
                     .retry_after(30)
                 })?,
         ),
+        // Only without authentication (`--no-auth`, `standalone`): a verified
+        // token always names its user (`sub` is required).
         None => None,
     };
     let permit = gw

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::{Change, ConnInfo, Registry};
 use crate::engine::EngineError;
 use crate::engine::redis::RedisEngine;
+use crate::metrics::RedisOp;
 use crate::protocol::CloseCode;
 
 /// How long a replica's entries outlive its last refresh.
@@ -82,7 +83,7 @@ impl Presence {
         let Self::Redis { engine, .. } = self else {
             return Ok(registry.list(user));
         };
-        let mut conn = engine.connection().await?;
+        let mut conn = engine.connection(RedisOp::Presence).await?;
         let now = crate::time::unix_millis();
         let replicas: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(engine.keys().global("replicas"))
@@ -187,7 +188,7 @@ async fn write_loop(
             .arg("-inf")
             .arg(crate::time::unix_millis())
             .ignore();
-        let written = engine.run_batch(writes).await;
+        let written = engine.run_batch(RedisOp::Presence, writes).await;
         resync = match written {
             Ok(()) => false,
             Err(e) => {
@@ -202,5 +203,5 @@ async fn write_loop(
     let mut batch = engine.batch();
     batch.pipe(&key).del(&key).ignore();
     batch.pipe(&replicas).zrem(&replicas, &replica).ignore();
-    let _ = engine.run_batch(batch).await;
+    let _ = engine.run_batch(RedisOp::Presence, batch).await;
 }

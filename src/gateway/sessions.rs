@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::EngineError;
 use crate::engine::redis::RedisEngine;
+use crate::metrics::RedisOp;
 
 /// Rewrites the epoch and offset of a stored subscription, keeping its filters.
 const RESYNC_SCRIPT: &str = r#"
@@ -141,7 +142,7 @@ impl SessionStore {
                 Ok(map.get(id).map(|(_, r)| r.clone()))
             }
             Backend::Redis { engine, .. } => {
-                let mut conn = engine.connection().await?;
+                let mut conn = engine.connection(RedisOp::Session).await?;
                 let fields: HashMap<String, String> = redis::cmd("HGETALL")
                     .arg(engine.keys().global(&format!("session:{id}")))
                     .query_async(&mut conn)
@@ -372,7 +373,7 @@ async fn write_loop(
         if touched.is_empty() {
             continue;
         }
-        let result = engine.run_batch(batch_out).await;
+        let result = engine.run_batch(RedisOp::Session, batch_out).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, sessions = touched.len(), "could not store session positions; a resume may replay more than needed");
         }

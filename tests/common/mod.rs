@@ -422,6 +422,21 @@ pub struct Client {
     ws: Ws,
 }
 
+/// A refused WebSocket upgrade.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+impl Refusal {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// What a client observed when it stopped reading.
 #[derive(Debug, PartialEq)]
 pub enum Received {
@@ -438,6 +453,14 @@ impl Client {
     /// Connects with extra request headers; a refused upgrade gives its
     /// status and JSON body.
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, (u16, Value)> {
+        Self::connect_or_refusal(url, headers)
+            .await
+            .map_err(|r| (r.status, r.body))
+    }
+
+    /// Connects with extra request headers; a refused upgrade gives its
+    /// status, headers and JSON body.
+    pub async fn connect_or_refusal(url: &str, headers: &[(&str, &str)]) -> Result<Self, Refusal> {
         let mut request = url.into_client_request().expect("valid url");
         for (k, v) in headers {
             request.headers_mut().insert(
@@ -454,7 +477,11 @@ impl Client {
                     .as_ref()
                     .and_then(|b| serde_json::from_slice(b).ok())
                     .unwrap_or(Value::Null);
-                Err((status, body))
+                Err(Refusal {
+                    status,
+                    headers: response.headers().clone(),
+                    body,
+                })
             }
             Err(e) => panic!("connect failed without an HTTP status: {e}"),
         }

@@ -52,7 +52,7 @@ use super::redis::{Feed, Health, RedisConfig, SubCommand, unavailable};
 use super::{EngineError, EngineEvent};
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisOp};
 
 /// Most channels in one `SSUBSCRIBE`.
 const CHUNK: usize = 512;
@@ -267,7 +267,7 @@ impl ClusterSubscriber {
                     tracing::warn!(reason = %why, "Redis Cluster: cannot read the slot map (CLUSTER SLOTS); retrying");
                     self.refresh_failing = true;
                 }
-                self.metrics.redis_errors.inc();
+                self.metrics.redis_errors.inc(RedisOp::PubSub);
                 self.health
                     .set_detail(format!("Redis Cluster: cannot read the slot map: {why}"));
                 self.refresh_at = Some(Instant::now() + self.refresh_backoff.next_delay());
@@ -679,7 +679,7 @@ impl ClusterSubscriber {
                     return;
                 }
                 tracing::error!(node = %addr, reply = %e, "Redis Cluster: SSUBSCRIBE/SUNSUBSCRIBE refused (check the ACL of the Redis user: it needs &<prefix>* channel access)");
-                self.metrics.redis_errors.inc();
+                self.metrics.redis_errors.inc(RedisOp::PubSub);
                 if let Some(cmd) = failed.filter(|c| c.subscribe) {
                     for name in &cmd.names {
                         if let Some(c) = self.keys.channel_of(name, self.config.max_channel_len) {
@@ -723,7 +723,7 @@ impl ClusterSubscriber {
         } else {
             tracing::debug!(node = %addr, reason = why, "Redis Cluster: master still unreachable");
         }
-        self.metrics.redis_errors.inc();
+        self.metrics.redis_errors.inc(RedisOp::PubSub);
         if self.has_data(&node) {
             self.mark_lost(&format!("{addr}: {why}"));
         }
