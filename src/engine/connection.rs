@@ -2,24 +2,24 @@
 //!
 //! [`RedisTarget`] is what the flags name: `--redis-url redis://…` for one
 //! Redis, `--redis-cluster-urls` (or a `redis+cluster://host:port,host:port`
-//! URL) for a cluster. [`Commands`] hands out [`RedisConnection`]s — a pooled
-//! multiplexed connection to the one Redis, or a cluster connection that routes
-//! each command to the master owning its key's slot (following `MOVED`/`ASK`
-//! and refreshing its slot map). Both implement `redis::aio::ConnectionLike`,
-//! so the engine, sessions, presence and the collector's lease issue the same
-//! commands either way.
+//! URL) for a cluster. [`Commands`] hands out [`RedisConnection`]s — a shared
+//! multiplexed connection to the one Redis ([`SingleConnections`]), or a cluster
+//! connection that routes each command to the master owning its key's slot
+//! (following `MOVED`/`ASK` and refreshing its slot map). Both implement
+//! `redis::aio::ConnectionLike`, so the engine, sessions, presence and the
+//! collector's lease issue the same commands either way.
 //!
 //! A pipeline on a cluster must only touch keys of one slot: [`Batch`] groups
 //! commands by the slot of the key they are filed under (one group on a single
 //! Redis, so nothing changes there) and runs the groups concurrently.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
@@ -184,8 +184,159 @@ pub struct ConnectionSettings {
 /// Hands out command connections; cheap to clone.
 #[derive(Clone)]
 pub enum Commands {
-    Single(Pool),
+    Single(Arc<SingleConnections>),
     Cluster(Arc<ClusterConnections>),
+}
+
+/// Command connections to one Redis: `pool_size` multiplexed connections,
+/// each shared by every command sent while it is in use.
+///
+/// `deadpool-redis` creates them (within the connect timeout) and bounds their
+/// number; once created, a connection stays checked out in its slot and each
+/// command takes a clone of it in turn (a multiplexed connection is a handle:
+/// the commands of many tasks are pipelined on its socket). Checking a
+/// connection out per command would cost what deadpool-redis's recycle sends at
+/// every checkout — `UNWATCH` and `PING`, a round trip and two commands per
+/// publish — and would allow only `pool_size` commands in flight. Nothing is
+/// sent to check a connection instead: one whose command failed with an I/O
+/// error (reset, timed out) or a protocol error is marked broken, and the next
+/// command on its slot has the pool open a new one. A connection found closed
+/// (Redis restarted, or closed it) marks every connection opened until then
+/// stale, so that one failed command, not one per connection, finds out.
+pub struct SingleConnections {
+    pool: Pool,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    /// Connections of an earlier generation than this are stale.
+    generation: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Slot {
+    held: Mutex<Option<Held>>,
+    /// One replacement at a time per slot.
+    refill: tokio::sync::Mutex<()>,
+}
+
+/// A connection kept out of the pool (so it counts in the pool's size and is
+/// never recycled), and whether a command saw it fail.
+struct Held {
+    object: deadpool_redis::Connection,
+    broken: Arc<AtomicBool>,
+    generation: u64,
+}
+
+impl Held {
+    fn share(&self, current: &Arc<AtomicU64>) -> SharedConnection {
+        SharedConnection {
+            conn: MultiplexedConnection::clone(&self.object),
+            broken: self.broken.clone(),
+            generation: self.generation,
+            current: current.clone(),
+        }
+    }
+}
+
+impl SingleConnections {
+    fn new(pool: Pool, size: usize) -> Self {
+        Self {
+            pool,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A clone of the slot's connection, unless it is missing, broken or stale.
+    fn current(&self, slot: &Slot) -> Option<SharedConnection> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let held = slot.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .filter(|h| !h.broken.load(Ordering::Relaxed) && h.generation >= generation)
+            .map(|h| h.share(&self.generation))
+    }
+
+    /// The next slot's connection, opened (or replaced) first if needed.
+    async fn get(&self) -> Result<SharedConnection, EngineError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(conn) = self.current(slot) {
+            return Ok(conn);
+        }
+        let _refill = slot.refill.lock().await;
+        if let Some(conn) = self.current(slot) {
+            return Ok(conn);
+        }
+        let old = slot.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(old) = old {
+            // Out of the pool for good: closed once its last clone is dropped.
+            drop(deadpool_redis::Connection::take(old.object));
+            tracing::debug!("replacing a failed Redis command connection");
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        let object = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let held = Held {
+            object,
+            broken: Arc::new(AtomicBool::new(false)),
+            generation,
+        };
+        let conn = held.share(&self.generation);
+        *slot.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+        Ok(conn)
+    }
+}
+
+/// A clone of one of [`SingleConnections`]' connections; a command that fails
+/// with an error after which the connection cannot be trusted marks it (or,
+/// when the connection was closed, every connection as old) for replacement.
+pub struct SharedConnection {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+    generation: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl SharedConnection {
+    fn note<T>(&self, result: &redis::RedisResult<T>) {
+        let Err(e) = result else { return };
+        if e.is_connection_dropped() {
+            self.current
+                .fetch_max(self.generation + 1, Ordering::Relaxed);
+        }
+        if e.is_io_error() || e.is_unrecoverable_error() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 /// `pool_size` cluster connections used in turn (each keeps one multiplexed
@@ -210,14 +361,16 @@ impl Commands {
                     deadpool_redis::Manager::new_with_config(url.as_str(), connection_config)
                         .map_err(|e| bad(e.to_string()))?;
                 let pool = Pool::builder(manager)
-                    .max_size(settings.pool_size)
+                    .max_size(settings.pool_size.max(1))
                     .runtime(Runtime::Tokio1)
                     .wait_timeout(Some(settings.response_timeout))
                     .create_timeout(Some(settings.connect_timeout))
-                    .recycle_timeout(Some(settings.response_timeout))
                     .build()
                     .map_err(|e| EngineError::Protocol(e.to_string()))?;
-                Ok(Self::Single(pool))
+                Ok(Self::Single(Arc::new(SingleConnections::new(
+                    pool,
+                    settings.pool_size,
+                ))))
             }
             RedisTarget::Cluster(nodes) => {
                 let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
@@ -246,11 +399,7 @@ impl Commands {
     /// A connection for a few commands.
     pub async fn get(&self) -> Result<RedisConnection, EngineError> {
         match self {
-            Self::Single(pool) => pool
-                .get()
-                .await
-                .map(RedisConnection::Single)
-                .map_err(|e| EngineError::Unavailable(e.to_string())),
+            Self::Single(c) => c.get().await.map(RedisConnection::Single),
             Self::Cluster(c) => {
                 let i = c.next.fetch_add(1, Ordering::Relaxed) % c.connections.len();
                 Ok(RedisConnection::Cluster(c.connections[i].clone()))
@@ -280,7 +429,7 @@ impl Commands {
 
 /// One command connection: to the one Redis, or to the cluster.
 pub enum RedisConnection {
-    Single(deadpool_redis::Connection),
+    Single(SharedConnection),
     Cluster(ClusterConnection),
 }
 

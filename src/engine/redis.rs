@@ -1,10 +1,10 @@
 //! The Redis engine: channels, history and snapshots in Redis (one Redis or a
 //! Redis Cluster), shared by every gateway replica.
 //!
-//! Commands go through [`Commands`](super::connection::Commands): a
-//! `deadpool-redis` pool on one Redis, cluster connections on a cluster (every
-//! key of a channel shares its hash tag, so the publish script runs whole on
-//! the master owning the channel). On a cluster the publish script uses
+//! Commands go through [`Commands`](super::connection::Commands): shared
+//! multiplexed connections from a `deadpool-redis` pool on one Redis, cluster
+//! connections on a cluster (every key of a channel shares its hash tag, so the
+//! publish script runs whole on the master owning the channel). On a cluster the publish script uses
 //! `SPUBLISH` and the live feed is [`ClusterSubscriber`]: sharded pub/sub, one
 //! connection per master. On one Redis the live feed is one dedicated
 //! pub/sub connection per replica, owned by the subscriber task below: it holds
@@ -365,7 +365,9 @@ impl RedisEngine {
 async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: CancellationToken) {
     loop {
         let Some(e) = engine.upgrade() else { return };
-        let ok = e.ping().await.is_ok();
+        // A command connection Redis has closed fails once and is replaced:
+        // a second PING tells that apart from Redis being unreachable.
+        let ok = e.ping().await.is_ok() || e.ping().await.is_ok();
         e.health.commands_ok.store(ok, Ordering::Relaxed);
         drop(e);
         tokio::select! {
