@@ -151,10 +151,18 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
             args.listen
         );
     }
-    let collector_config = args
+    let mut collector_config = args
         .sources
         .config(&args.collector, None)
         .map_err(anyhow::Error::msg)?;
+    let federation_url = collector_config.federation.as_ref().map(|f| f.url.as_str());
+    let tls = args
+        .redis_tls
+        .load(federation_url)
+        .context("cannot use the Redis TLS settings")?;
+    if let Some(federation) = collector_config.federation.as_mut() {
+        federation.tls = tls;
+    }
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
@@ -282,10 +290,24 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
             "the engine is a Redis Cluster, so the federation's peers are not read from it: pass --federation-redis-url (a single Redis holding the peer hashes and sync events)"
         );
     }
-    let config = args
+    let mut config = args
         .sources
         .config(&args.schedule, default_federation)
         .map_err(anyhow::Error::msg)?;
+    let tls = args
+        .redis
+        .tls
+        .load(
+            target
+                .urls()
+                .into_iter()
+                .chain(config.federation.as_ref().map(|f| f.url.as_str())),
+        )
+        .context("cannot use the Redis TLS settings")?;
+    if let Some(federation) = config.federation.as_mut() {
+        federation.tls = tls.clone();
+    }
+    log_tls(&target, tls.as_ref());
     let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
     let replica = args
         .lease
@@ -310,6 +332,7 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         replica_id: format!("collector-{replica}-{}", std::process::id()),
         wait_replicas: args.redis.redis_wait_replicas,
         wait_timeout: args.redis.redis_wait_timeout,
+        tls,
     };
     let engine_stop = CancellationToken::new();
     let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
@@ -349,9 +372,14 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
 }
 
 async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let redis_tls = args
+        .redis_tls
+        .load(args.redis_url.as_deref())
+        .context("cannot use the Redis TLS settings")?;
     let config = DemoConfig {
         dir: args.dir,
         redis_url: args.redis_url,
+        redis_tls,
         force: args.force,
         follow: args.follow.then_some(args.follow_interval),
         peer_pattern: args.federation_peer_pattern,
@@ -394,8 +422,15 @@ fn redis_config(
     history: HistoryConfig,
     gw: &GatewayConfig,
 ) -> anyhow::Result<RedisConfig> {
+    let target = args.target().map_err(anyhow::Error::msg)?;
+    let tls = args
+        .tls
+        .load(target.urls())
+        .context("cannot use the Redis TLS settings")?;
+    log_tls(&target, tls.as_ref());
     Ok(RedisConfig {
-        target: args.target().map_err(anyhow::Error::msg)?,
+        target,
+        tls,
         prefix: args.redis_prefix.clone(),
         response_timeout: args.redis_timeout,
         connect_timeout: args.redis_connect_timeout,
@@ -408,6 +443,18 @@ fn redis_config(
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
     })
+}
+
+/// Says how the engine's Redis connections are secured.
+fn log_tls(target: &RedisTarget, tls: Option<&crate::engine::tls::RedisTls>) {
+    match tls.filter(|_| target.is_tls()) {
+        Some(tls) => tracing::info!(
+            trust = tls.describe(),
+            client_certificate = tls.has_client_certificate(),
+            "Redis connections use TLS"
+        ),
+        None => tracing::debug!("Redis connections are not encrypted (redis://)"),
+    }
 }
 
 fn announce(listener: &TcpListener, config: &GatewayConfig) {

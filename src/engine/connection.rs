@@ -2,7 +2,8 @@
 //!
 //! [`RedisTarget`] is what the flags name: `--redis-url redis://…` for one
 //! Redis, `--redis-cluster-urls` (or a `redis+cluster://host:port,host:port`
-//! URL) for a cluster. [`Commands`] hands out [`RedisConnection`]s — a shared
+//! URL) for a cluster; `rediss://` and `rediss+cluster://` for the same over
+//! TLS (see [`super::tls`]). [`Commands`] hands out [`RedisConnection`]s — a shared
 //! multiplexed connection to the one Redis ([`SingleConnections`]), or a cluster
 //! connection that routes each command to the master owning its key's slot
 //! (following `MOVED`/`ASK` and refreshing its slot map). Both implement
@@ -26,14 +27,15 @@ use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Redi
 
 use super::EngineError;
 use super::keys::slot;
+use super::tls::{self, RedisTls};
 
 /// Which Redis the engine uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// One Redis: `redis://[user:password@]host:port[/db]`.
+    /// One Redis: `redis[s]://[user:password@]host:port[/db]`.
     Single(String),
-    /// A Redis Cluster, named by some of its nodes (`redis://[user:password@]host:port`
-    /// each; the others are discovered).
+    /// A Redis Cluster, named by some of its nodes (`redis[s]://[user:password@]host:port`
+    /// each, all with the same scheme; the others are discovered).
     Cluster(Vec<String>),
 }
 
@@ -43,15 +45,19 @@ pub enum TargetError {
     #[error("give either --redis-url or --redis-cluster-urls, not both")]
     Both,
     #[error(
-        "no Redis configured: pass --redis-url redis://host:6379 (one Redis) or --redis-cluster-urls redis://host1:6379,redis://host2:6379 (a Redis Cluster)"
+        "no Redis configured: pass --redis-url redis://host:6379 (one Redis) or --redis-cluster-urls redis://host1:6379,redis://host2:6379 (a Redis Cluster); rediss:// for TLS"
     )]
     Missing,
     #[error("bad Redis URL {url:?}: {why}")]
     BadUrl { url: String, why: String },
     #[error(
-        "Redis URL {0:?}: TLS (rediss://) is not built into this binary; terminate TLS in a sidecar (e.g. stunnel) or use a private network"
+        "Redis URL {0:?}: certificate checks cannot be turned off (#insecure); give --redis-ca-file with the CA that signed the server's certificate instead"
     )]
-    Tls(String),
+    Insecure(String),
+    #[error(
+        "Redis Cluster nodes {0}: either all rediss:// (TLS) or all redis://, the cluster's nodes are reached the same way"
+    )]
+    MixedTls(String),
     #[error("Redis Cluster URL {0:?}: a cluster has only database 0; remove the /<db> part")]
     Database(String),
 }
@@ -77,15 +83,30 @@ impl RedisTarget {
                         Self::Single(one) => nodes.push(check_node(&one)?),
                     }
                 }
+                let tls = nodes.iter().filter(|n| tls::is_tls_url(n)).count();
+                if tls != 0 && tls != nodes.len() {
+                    return Err(TargetError::MixedTls(
+                        nodes
+                            .iter()
+                            .map(|n| redact(n))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ));
+                }
                 Ok(Self::Cluster(nodes))
             }
         }
     }
 
-    /// Parses one URL: `redis://…` is one Redis, `redis+cluster://[user:password@]host:port[,host:port…]`
-    /// a cluster.
+    /// Parses one URL: `redis://…` (`rediss://…`) is one Redis,
+    /// `redis+cluster://[user:password@]host:port[,host:port…]`
+    /// (`rediss+cluster://…`) a cluster.
     pub fn from_url(url: &str) -> Result<Self, TargetError> {
-        let Some(rest) = url.strip_prefix("redis+cluster://") else {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            ("redis", rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            ("rediss", rest)
+        } else {
             check_url(url)?;
             return Ok(Self::Single(url.to_string()));
         };
@@ -98,12 +119,12 @@ impl RedisTarget {
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(|h| check_node(&format!("redis://{auth}{h}")))
+            .map(|h| check_node(&format!("{scheme}://{auth}{h}")))
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
             return Err(TargetError::BadUrl {
                 url: redact(url),
-                why: "no host:port after redis+cluster://".into(),
+                why: format!("no host:port after {scheme}+cluster://"),
             });
         }
         Ok(Self::Cluster(nodes))
@@ -111,6 +132,22 @@ impl RedisTarget {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Whether connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Single(url) => tls::is_tls_url(url),
+            Self::Cluster(nodes) => nodes.iter().any(|n| tls::is_tls_url(n)),
+        }
+    }
+
+    /// The URLs, for [`RedisTls::for_urls`].
+    pub fn urls(&self) -> Vec<&str> {
+        match self {
+            Self::Single(url) => vec![url.as_str()],
+            Self::Cluster(nodes) => nodes.iter().map(String::as_str).collect(),
+        }
     }
 
     /// For logs: the URLs with any password replaced by `***`.
@@ -130,17 +167,14 @@ impl RedisTarget {
 }
 
 fn check_url(url: &str) -> Result<redis::ConnectionInfo, TargetError> {
-    if url.starts_with("rediss://") {
-        return Err(TargetError::Tls(redact(url)));
-    }
     let info = url
         .into_connection_info()
         .map_err(|e| TargetError::BadUrl {
             url: redact(url),
             why: e.to_string(),
         })?;
-    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-        return Err(TargetError::Tls(redact(url)));
+    if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+        return Err(TargetError::Insecure(redact(url)));
     }
     Ok(info)
 }
@@ -150,7 +184,10 @@ fn check_node(url: &str) -> Result<String, TargetError> {
     if info.redis_settings().db() != 0 {
         return Err(TargetError::Database(redact(url)));
     }
-    if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+    if !matches!(
+        info.addr(),
+        ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. }
+    ) {
         return Err(TargetError::BadUrl {
             url: redact(url),
             why: "a cluster node must be host:port".into(),
@@ -277,7 +314,7 @@ impl SingleConnections {
             .pool
             .get()
             .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            .map_err(|e| EngineError::Unavailable(tls::explain(e)))?;
         let held = Held {
             object,
             broken: Arc::new(AtomicBool::new(false)),
@@ -349,17 +386,25 @@ pub struct ClusterConnections {
 
 impl Commands {
     /// Sets up the connections without waiting for Redis: they connect in the
-    /// background and commands fail until Redis answers.
-    pub fn new(target: &RedisTarget, settings: ConnectionSettings) -> Result<Self, EngineError> {
+    /// background and commands fail until Redis answers. `tls` is used for
+    /// `rediss://` targets.
+    pub fn new(
+        target: &RedisTarget,
+        settings: ConnectionSettings,
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, EngineError> {
         let bad = |e: String| EngineError::Protocol(format!("bad Redis URL: {e}"));
         match target {
             RedisTarget::Single(url) => {
                 let connection_config = AsyncConnectionConfig::new()
                     .set_response_timeout(Some(settings.response_timeout))
                     .set_connection_timeout(Some(settings.connect_timeout));
-                let manager =
-                    deadpool_redis::Manager::new_with_config(url.as_str(), connection_config)
-                        .map_err(|e| bad(e.to_string()))?;
+                let client = tls::client(url, tls).map_err(|e| bad(e.to_string()))?;
+                let manager = deadpool_redis::Manager::new_with_config(
+                    client.get_connection_info().clone(),
+                    connection_config,
+                )
+                .map_err(|e| bad(e.to_string()))?;
                 let pool = Pool::builder(manager)
                     .max_size(settings.pool_size.max(1))
                     .runtime(Runtime::Tokio1)
@@ -373,11 +418,13 @@ impl Commands {
                 ))))
             }
             RedisTarget::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                     .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.response_timeout)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
+                    .response_timeout(settings.response_timeout);
+                if let Some(tls) = tls.filter(|_| target.is_tls()) {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client = builder.build().map_err(|e| bad(e.to_string()))?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(settings.connect_timeout)
                     .set_response_timeout(settings.response_timeout);
@@ -528,8 +575,33 @@ mod tests {
             Err(TargetError::BadUrl { .. })
         ));
         assert!(matches!(
-            RedisTarget::from_flags(Some("rediss://u:p@h:1"), &[]),
-            Err(TargetError::Tls(u)) if !u.contains(":p@")
+            RedisTarget::from_flags(Some("rediss://u:p@h:1/#insecure"), &[]),
+            Err(TargetError::Insecure(u)) if !u.contains(":p@")
+        ));
+    }
+
+    #[test]
+    fn tls_targets() {
+        let one = RedisTarget::from_flags(Some("rediss://u:p@h:6380/1"), &[]).unwrap();
+        assert_eq!(one, RedisTarget::Single("rediss://u:p@h:6380/1".into()));
+        assert!(one.is_tls() && !one.is_cluster());
+        let cluster = RedisTarget::from_flags(Some("rediss+cluster://u:p@a:1,b:2"), &[]).unwrap();
+        assert_eq!(
+            cluster,
+            RedisTarget::Cluster(vec!["rediss://u:p@a:1".into(), "rediss://u:p@b:2".into()])
+        );
+        assert!(cluster.is_tls());
+        let listed =
+            RedisTarget::from_flags(None, &["rediss://a:1".into(), "rediss://b:2".into()]).unwrap();
+        assert!(listed.is_tls());
+        assert!(matches!(
+            RedisTarget::from_flags(None, &["rediss://a:1".into(), "redis://b:2".into()]),
+            Err(TargetError::MixedTls(_))
+        ));
+        assert!(!RedisTarget::from_url("redis://h:1").unwrap().is_tls());
+        assert!(matches!(
+            RedisTarget::from_flags(Some("rediss+cluster://"), &[]),
+            Err(TargetError::BadUrl { .. })
         ));
     }
 

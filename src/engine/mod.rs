@@ -14,6 +14,7 @@ pub mod connection;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::ClusterSubscriber;
 use super::connection::{Batch, Commands, ConnectionSettings, RedisConnection, RedisTarget};
 use super::keys::Keys;
+use super::tls::{self, RedisTls, TlsFiles};
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
     HistoryPage, IncomingMessage, Offset, Position, PublishOptions, Published, Snapshot,
@@ -68,6 +69,9 @@ pub struct RedisConfig {
     pub wait_replicas: usize,
     /// Longest `WAIT` for those replicas.
     pub wait_timeout: Duration,
+    /// Trust and client certificate for a `rediss://` target (`None`: the
+    /// system's roots, no client certificate); unused without TLS.
+    pub tls: Option<RedisTls>,
 }
 
 /// The Redis engine.
@@ -92,6 +96,8 @@ pub(crate) struct Health {
     pub(crate) feed_up: AtomicBool,
     commands_ok: AtomicBool,
     detail: Mutex<String>,
+    /// Why the last health check's commands failed.
+    command_error: Mutex<String>,
 }
 
 impl Health {
@@ -166,6 +172,12 @@ impl RedisEngine {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let keys = Keys::new(&config.prefix).map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let mut config = config;
+        if config.tls.is_none() && config.target.is_tls() {
+            let defaults = RedisTls::load(&TlsFiles::default())
+                .map_err(|e| EngineError::Protocol(e.to_string()))?;
+            config.tls = Some(defaults);
+        }
         let commands = Commands::new(
             &config.target,
             ConnectionSettings {
@@ -173,6 +185,7 @@ impl RedisEngine {
                 connect_timeout: config.connect_timeout,
                 pool_size: config.pool_size,
             },
+            config.tls.as_ref(),
         )?;
         let health = Arc::new(Health::default());
         health.set_detail("connecting to Redis");
@@ -202,7 +215,7 @@ impl RedisEngine {
         });
         match &config.target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())
+                let client = tls::client(url, config.tls.as_ref())
                     .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
                 let subscriber = Subscriber {
                     client,
@@ -367,8 +380,19 @@ async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: Cancellatio
         let Some(e) = engine.upgrade() else { return };
         // A command connection Redis has closed fails once and is replaced:
         // a second PING tells that apart from Redis being unreachable.
-        let ok = e.ping().await.is_ok() || e.ping().await.is_ok();
-        e.health.commands_ok.store(ok, Ordering::Relaxed);
+        let result = match e.ping().await {
+            Ok(()) => Ok(()),
+            Err(_) => e.ping().await,
+        };
+        if let Err(err) = &result {
+            *e.health
+                .command_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = err.to_string();
+        }
+        e.health
+            .commands_ok
+            .store(result.is_ok(), Ordering::Relaxed);
         drop(e);
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -489,14 +513,22 @@ impl Engine for RedisEngine {
     fn health(&self) -> EngineHealth {
         let feed = self.health.feed_up.load(Ordering::Relaxed);
         let commands = self.health.commands_ok.load(Ordering::Relaxed);
-        let detail = if !commands {
-            "Redis does not answer commands".to_string()
+        let lock = |m: &'_ Mutex<String>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let feed_detail = lock(&self.health.detail);
+        let detail = if commands {
+            feed_detail
         } else {
-            self.health
-                .detail
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
+            let error = lock(&self.health.command_error);
+            let mut detail = "Redis does not answer commands".to_string();
+            if !error.is_empty() {
+                detail = format!("{detail}: {error}");
+            }
+            // Both are down: the feed's reason may say more (the cluster's
+            // seed check, the pub/sub connection's error).
+            if !feed && !feed_detail.is_empty() {
+                detail = format!("{detail}; {feed_detail}");
+            }
+            detail
         };
         EngineHealth {
             ready: feed && commands,
@@ -720,7 +752,7 @@ impl Subscriber {
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             r = connect => match r {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => return lost(e.to_string()),
+                Ok(Err(e)) => return lost(tls::explain(e)),
                 Err(_) => return lost("connect timed out"),
             },
         };
