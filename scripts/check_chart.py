@@ -274,6 +274,8 @@ def main():
     expect_failure(chart, {"redis": {"url": "redis://:hunter2@redis:6379"}},
                    "must not contain credentials", "password in redis.url")
     expect_failure(chart, {"redis": {"url": "http://redis:6379"}}, "does not match pattern", "wrong URL scheme")
+    expect_failure(chart, deep_merge(REDIS, {"redis": {"tls": {"caSecret": "redis-ca"}}}),
+                   "no Redis URL uses TLS", "TLS Secrets with a redis:// URL")
     expect_failure(chart, deep_merge(REDIS, {"gatway": {"replicaCount": 2}}), "gatway", "misspelt value")
     expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
                    "minReplicas must not exceed", "autoscaling bounds reversed")
