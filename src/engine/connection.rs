@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -251,8 +251,8 @@ pub struct SingleConnections {
 #[derive(Default)]
 struct Slot {
     held: Mutex<Option<Held>>,
-    /// One replacement at a time per slot.
-    refill: tokio::sync::Mutex<()>,
+    /// One replacement at a time per slot; when the last one failed, and why.
+    refill: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// A connection kept out of the pool (so it counts in the pool's size and is
@@ -299,9 +299,17 @@ impl SingleConnections {
         if let Some(conn) = self.current(slot) {
             return Ok(conn);
         }
-        let _refill = slot.refill.lock().await;
+        let arrived = Instant::now();
+        let mut refill = slot.refill.lock().await;
         if let Some(conn) = self.current(slot) {
             return Ok(conn);
+        }
+        // Commands that waited while a replacement failed fail with it rather
+        // than each waiting for a connect timeout of its own in turn.
+        if let Some((at, why)) = refill.as_ref()
+            && *at >= arrived
+        {
+            return Err(EngineError::Unavailable(why.clone()));
         }
         let old = slot.held.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(old) = old {
@@ -309,16 +317,20 @@ impl SingleConnections {
             drop(deadpool_redis::Connection::take(old.object));
             tracing::debug!("replacing a failed Redis command connection");
         }
-        let generation = self.generation.load(Ordering::Relaxed);
-        let object = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Unavailable(tls::explain(e)))?;
+        let object = match self.pool.get().await {
+            Ok(object) => object,
+            Err(e) => {
+                let why = tls::explain(e);
+                *refill = Some((Instant::now(), why.clone()));
+                return Err(EngineError::Unavailable(why));
+            }
+        };
+        *refill = None;
         let held = Held {
             object,
             broken: Arc::new(AtomicBool::new(false)),
-            generation,
+            // Opened now: not stale for failures found before.
+            generation: self.generation.load(Ordering::Relaxed),
         };
         let conn = held.share(&self.generation);
         *slot.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
