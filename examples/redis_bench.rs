@@ -93,6 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         replica_id: format!("bench-{}", std::process::id()),
         wait_replicas: args.wait_replicas,
         wait_timeout: Duration::from_millis(1000),
+        tls: None,
     };
     let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone())?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -159,7 +159,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
             args.listen
         );
     }
-    let collector_config = args
+    let mut collector_config = args
         .sources
         .config(&args.collector, None)
         .map_err(anyhow::Error::msg)?;
@@ -183,6 +183,14 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         );
     }
     let auth = verifier(jwt, &shutdown)?;
+    let federation_url = collector_config.federation.as_ref().map(|f| f.url.as_str());
+    let tls = args
+        .redis_tls
+        .load(federation_url)
+        .context("cannot use the Redis TLS settings")?;
+    if let Some(federation) = collector_config.federation.as_mut() {
+        federation.tls = tls;
+    }
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
@@ -232,14 +240,16 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .gateway_config(args.listen)
         .map_err(anyhow::Error::msg)?;
     let jwt = args.auth.jwt_config().map_err(anyhow::Error::msg)?;
+    if args.check.check_config {
+        // Before the TLS files are read: --check-config opens none.
+        let target = args.redis.target().map_err(anyhow::Error::msg)?;
+        return configuration_valid("gateway", &target.describe());
+    }
     let redis = redis_config(
         &args.redis,
         stats::with_system_history(args.history.config()),
         &config,
     )?;
-    if args.check.check_config {
-        return configuration_valid("gateway", &redis.target.describe());
-    }
     if jwt.is_some() {
         tracing::info!("authentication: JWT required on every connection and REST call");
     } else {
@@ -308,10 +318,11 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
             "the engine is a Redis Cluster, so the federation's peers are not read from it: pass --federation-redis-url (a single Redis holding the peer hashes and sync events)"
         );
     }
-    let config = args
+    let mut config = args
         .sources
         .config(&args.schedule, default_federation)
         .map_err(anyhow::Error::msg)?;
+    // Before any file is read: --check-config opens none (TLS files included).
     let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
     if args.check.check_config {
         // What `Collector::new` checks later, without an engine: the source URLs parse.
@@ -320,6 +331,20 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         }
         return configuration_valid("collector", &target.describe());
     }
+    let tls = args
+        .redis
+        .tls
+        .load(
+            target
+                .urls()
+                .into_iter()
+                .chain(config.federation.as_ref().map(|f| f.url.as_str())),
+        )
+        .context("cannot use the Redis TLS settings")?;
+    if let Some(federation) = config.federation.as_mut() {
+        federation.tls = tls.clone();
+    }
+    log_tls(&target, tls.as_ref());
     let replica = args
         .lease
         .replica_id
@@ -343,6 +368,7 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
         replica_id: format!("collector-{replica}-{}", std::process::id()),
         wait_replicas: args.redis.redis_wait_replicas,
         wait_timeout: args.redis.redis_wait_timeout,
+        tls,
     };
     let engine_stop = CancellationToken::new();
     let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
@@ -390,9 +416,14 @@ fn configuration_valid(command: &str, engine: &str) -> anyhow::Result<()> {
 }
 
 async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let redis_tls = args
+        .redis_tls
+        .load(args.redis_url.as_deref())
+        .context("cannot use the Redis TLS settings")?;
     let config = DemoConfig {
         dir: args.dir,
         redis_url: args.redis_url,
+        redis_tls,
         force: args.force,
         follow: args.follow.then_some(args.follow_interval),
         peer_pattern: args.federation_peer_pattern,
@@ -435,8 +466,15 @@ fn redis_config(
     history: HistoryConfig,
     gw: &GatewayConfig,
 ) -> anyhow::Result<RedisConfig> {
+    let target = args.target().map_err(anyhow::Error::msg)?;
+    let tls = args
+        .tls
+        .load(target.urls())
+        .context("cannot use the Redis TLS settings")?;
+    log_tls(&target, tls.as_ref());
     Ok(RedisConfig {
-        target: args.target().map_err(anyhow::Error::msg)?,
+        target,
+        tls,
         prefix: args.redis_prefix.clone(),
         response_timeout: args.redis_timeout,
         connect_timeout: args.redis_connect_timeout,
@@ -449,6 +487,18 @@ fn redis_config(
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
     })
+}
+
+/// Says how the engine's Redis connections are secured.
+fn log_tls(target: &RedisTarget, tls: Option<&crate::engine::tls::RedisTls>) {
+    match tls.filter(|_| target.is_tls()) {
+        Some(tls) => tracing::info!(
+            trust = tls.describe(),
+            client_certificate = tls.has_client_certificate(),
+            "Redis connections use TLS"
+        ),
+        None => tracing::debug!("Redis connections are not encrypted (redis://)"),
+    }
 }
 
 fn announce(listener: &TcpListener, config: &GatewayConfig) {

@@ -23,6 +23,7 @@ use crate::collector::sqlite::SqliteConfig;
 use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
 use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
 use crate::engine::connection::RedisTarget;
+use crate::engine::tls::{RedisTls, TlsError, TlsFiles};
 use crate::engine::{HistoryConfig, HistoryPolicy};
 use crate::filter::FilterLimits;
 use crate::hub::{HeartbeatConfig, HubConfig};
@@ -155,13 +156,17 @@ pub struct BenchArgs {
     #[arg(long, env = "SWITCHBOARD_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: std::time::Duration,
 
-    /// Redis the publisher writes to (the gateways' Redis).
+    /// Redis the publisher writes to (the gateways' Redis): redis://…, or
+    /// rediss://… over TLS.
     #[arg(
         long,
         env = "SWITCHBOARD_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
 
     /// The gateways' `--redis-prefix`.
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
@@ -391,6 +396,10 @@ pub struct StandaloneArgs {
 
     #[command(flatten)]
     pub check: CheckArgs,
+
+    /// For a rediss:// --federation-redis-url.
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -592,17 +601,21 @@ pub struct TokenArgs {
 /// Connection to the Redis that carries channels, history and snapshots.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// One Redis: redis://[user:password@]host:port[/db]. A Redis Cluster:
-    /// redis+cluster://[user:password@]host:port[,host:port…] (or use
-    /// --redis-cluster-urls). Exactly one of the two is required.
+    /// One Redis: redis://[user:password@]host:port[/db], or rediss://… over
+    /// TLS. A Redis Cluster: redis+cluster://[user:password@]host:port[,host:port…]
+    /// (rediss+cluster://… over TLS), or use --redis-cluster-urls. Exactly one
+    /// of the two is required.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// A Redis Cluster (Redis ≥ 7, for sharded pub/sub), by some of its nodes:
-    /// comma-separated redis://[user:password@]host:port (the other nodes are
-    /// discovered). Instead of --redis-url.
+    /// comma-separated redis://[user:password@]host:port, or all rediss://…
+    /// for TLS (the other nodes are discovered). Instead of --redis-url.
     #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER_URLS", value_delimiter = ',')]
     pub redis_cluster_urls: Vec<String>,
+
+    #[command(flatten)]
+    pub tls: RedisTlsArgs,
 
     /// Prefix of every Redis key and pub/sub channel switchboard uses.
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
@@ -660,6 +673,42 @@ impl RedisArgs {
         }
         RedisTarget::from_flags(self.redis_url.as_deref(), &self.redis_cluster_urls)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// TLS to Redis, for rediss:// URLs: what to trust and what to present.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RedisTlsArgs {
+    /// PEM file of the CA certificate(s) that signed the Redis servers'
+    /// certificates (rediss:// URLs); then only these are trusted. Default: the
+    /// system's trusted roots, which managed Redis services are signed by.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain) presented to a Redis that requires
+    /// client certificates (mutual TLS, `tls-auth-clients yes`); with
+    /// --redis-client-key-file.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --redis-client-cert-file.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
+}
+
+impl RedisTlsArgs {
+    /// The TLS settings for these Redis URLs: read and checked if one of
+    /// them is rediss://; none otherwise (and then no TLS flag may be given).
+    pub fn load<'a>(
+        &self,
+        urls: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Option<RedisTls>, TlsError> {
+        let files = TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        };
+        RedisTls::for_urls(&files, urls)
     }
 }
 
@@ -731,7 +780,8 @@ pub struct CollectorSources {
     pub simulate: SimulateMode,
 
     /// Redis holding the federation's peer hashes and sync events
-    /// (collector default: --redis-url; standalone: none, simulated).
+    /// (collector default: --redis-url; standalone: none, simulated); one
+    /// Redis, redis://… or rediss://… (TLS, with the --redis-ca-file trust).
     #[arg(long, env = "SWITCHBOARD_FEDERATION_REDIS_URL")]
     pub federation_redis_url: Option<String>,
 
@@ -843,6 +893,7 @@ impl CollectorSources {
             .or(default_federation_url)
             .map(|url| FederationRedisConfig {
                 url: url.to_string(),
+                tls: None,
                 peer_pattern: self.federation_peer_pattern.clone(),
                 sync_key: self.federation_sync_key.clone(),
                 max_peers: self.federation_max_peers.max(1),
@@ -937,9 +988,13 @@ pub struct DemoDataArgs {
     /// Directory to create reasoning_logs.db and ark.db in (created if missing).
     pub dir: PathBuf,
 
-    /// Also write sample peer hashes and sync events to this Redis.
+    /// Also write sample peer hashes and sync events to this Redis
+    /// (redis://… or rediss://… over TLS).
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
 
     /// Replace existing database files.
     #[arg(long, env = "SWITCHBOARD_FORCE")]

@@ -80,6 +80,7 @@ async fn engine_on(
         replica_id: "conformance".into(),
         wait_replicas,
         wait_timeout: Duration::from_millis(1000),
+        tls: None,
     };
     let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone()).unwrap();
     for _ in 0..400 {

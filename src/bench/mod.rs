@@ -126,6 +126,10 @@ pub fn plan_from(args: &BenchArgs) -> Result<Plan, PlanError> {
         settle: args.settle,
         publisher: args.publisher,
         redis_url: args.redis_url.clone(),
+        redis_tls: args
+            .redis_tls
+            .load([args.redis_url.as_str()])
+            .map_err(|e| PlanError::Invalid(e.to_string()))?,
         redis_prefix: args.redis_prefix.clone(),
         pubsub_name: args.pubsub_name.clone(),
         payload_bytes: args.payload_bytes,

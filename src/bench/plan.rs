@@ -79,6 +79,10 @@ pub struct Plan {
     pub settle: Duration,
     pub publisher: PublisherKind,
     pub redis_url: String,
+    /// Trust for a `rediss://` `redis_url` (the publisher runs in the main
+    /// process; workers get none).
+    #[serde(skip)]
+    pub redis_tls: Option<crate::engine::tls::RedisTls>,
     pub redis_prefix: String,
     pub pubsub_name: Option<String>,
     pub payload_bytes: usize,

@@ -20,6 +20,7 @@ use super::plan::{Plan, PublisherKind};
 use crate::channel::{ChannelName, DEFAULT_MAX_CHANNEL_LEN};
 use crate::engine::connection::RedisTarget;
 use crate::engine::redis::{RedisConfig, RedisEngine};
+use crate::engine::tls;
 use crate::engine::{Engine, HistoryConfig, PublishOptions};
 use crate::json::Json;
 use crate::metrics::Metrics;
@@ -75,15 +76,15 @@ impl Sink {
             url: plan.redis_url.clone(),
             why,
         };
-        let client =
-            redis::Client::open(plan.redis_url.as_str()).map_err(|e| unreachable(e.to_string()))?;
+        let client = tls::client(&plan.redis_url, plan.redis_tls.as_ref())
+            .map_err(|e| unreachable(e.to_string()))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(tls::explain(e)))?;
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
@@ -118,6 +119,7 @@ impl Sink {
                         replica_id: format!("bench-{}", std::process::id()),
                         wait_replicas: 0,
                         wait_timeout: Duration::from_millis(500),
+                        tls: plan.redis_tls.clone(),
                     },
                     events,
                     Arc::new(Metrics::new()),

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::federation::pattern_prefix;
 use super::schema::{ARK_DDL, REASONING_DDL};
+use crate::engine::tls::{self, RedisTls};
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct DemoConfig {
     pub dir: PathBuf,
     /// Also write peers and sync events to this Redis.
     pub redis_url: Option<String>,
+    /// For a `rediss://` URL.
+    pub redis_tls: Option<RedisTls>,
     /// Replace existing database files.
     pub force: bool,
     /// Keep writing at this interval until stopped.
@@ -105,7 +108,7 @@ pub async fn create(config: &DemoConfig) -> Result<DemoSummary, DemoError> {
         sync_events: 0,
     };
     if let Some(url) = &config.redis_url {
-        let mut conn = connect(url).await?;
+        let mut conn = connect(url, config.redis_tls.as_ref()).await?;
         let mut rng = StdRng::from_os_rng();
         write_peers(&mut conn, &prefix, &mut rng).await?;
         let mut pipe = redis::pipe();
@@ -123,12 +126,15 @@ pub async fn create(config: &DemoConfig) -> Result<DemoSummary, DemoError> {
     Ok(summary)
 }
 
-async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, DemoError> {
-    redis::Client::open(url)
+async fn connect(
+    url: &str,
+    tls: Option<&RedisTls>,
+) -> Result<redis::aio::MultiplexedConnection, DemoError> {
+    tls::client(url, tls)
         .map_err(|e| DemoError::Redis(format!("bad URL: {e}")))?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| DemoError::Redis(e.to_string()))
+        .map_err(|e| DemoError::Redis(tls::explain(e)))
 }
 
 fn peer_prefix(pattern: &str) -> Result<String, DemoError> {
@@ -360,7 +366,7 @@ pub async fn follow(
     };
     let prefix = peer_prefix(&config.peer_pattern)?;
     let mut redis = match &config.redis_url {
-        Some(url) => Some(connect(url).await?),
+        Some(url) => Some(connect(url, config.redis_tls.as_ref()).await?),
         None => None,
     };
     let (r, a) = (summary.reasoning_db.clone(), summary.ark_db.clone());
@@ -427,6 +433,7 @@ mod tests {
         let config = DemoConfig {
             dir: dir.clone(),
             redis_url: None,
+            redis_tls: None,
             force: false,
             follow: None,
             peer_pattern: "peer:*".into(),

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use super::formulas::timestamp_ms;
 use super::snapshot::SyncEvent;
+use crate::engine::tls::{self, RedisTls};
 
 /// Where the federation data lives in Redis.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct FederationRedisConfig {
     pub max_peers: usize,
     /// Limit on connecting and on each command.
     pub timeout: Duration,
+    /// For a `rediss://` URL.
+    pub tls: Option<RedisTls>,
 }
 
 /// Sync events shown (seed 001: the last 10).
@@ -139,7 +142,7 @@ pub struct FederationRedis {
 
 impl FederationRedis {
     pub fn new(config: FederationRedisConfig) -> Result<Self, FederationError> {
-        let client = redis::Client::open(config.url.as_str())
+        let client = tls::client(&config.url, config.tls.as_ref())
             .map_err(|e| FederationError::Redis(format!("bad URL: {e}")))?;
         Ok(Self {
             client,
@@ -167,7 +170,7 @@ impl FederationRedis {
         )
         .await
         .map_err(|_| FederationError::Redis("connect timed out".into()))?
-        .map_err(redis_error)?;
+        .map_err(|e| FederationError::Redis(tls::explain(e)))?;
         *slot = Some(conn.clone());
         Ok(conn)
     }

@@ -2,38 +2,40 @@
 //!
 //! [`RedisTarget`] is what the flags name: `--redis-url redis://…` for one
 //! Redis, `--redis-cluster-urls` (or a `redis+cluster://host:port,host:port`
-//! URL) for a cluster. [`Commands`] hands out [`RedisConnection`]s — a pooled
-//! multiplexed connection to the one Redis, or a cluster connection that routes
-//! each command to the master owning its key's slot (following `MOVED`/`ASK`
-//! and refreshing its slot map). Both implement `redis::aio::ConnectionLike`,
-//! so the engine, sessions, presence and the collector's lease issue the same
-//! commands either way.
+//! URL) for a cluster; `rediss://` and `rediss+cluster://` for the same over
+//! TLS (see [`super::tls`]). [`Commands`] hands out [`RedisConnection`]s — a shared
+//! multiplexed connection to the one Redis ([`SingleConnections`]), or a cluster
+//! connection that routes each command to the master owning its key's slot
+//! (following `MOVED`/`ASK` and refreshing its slot map). Both implement
+//! `redis::aio::ConnectionLike`, so the engine, sessions, presence and the
+//! collector's lease issue the same commands either way.
 //!
 //! A pipeline on a cluster must only touch keys of one slot: [`Batch`] groups
 //! commands by the slot of the key they are filed under (one group on a single
 //! Redis, so nothing changes there) and runs the groups concurrently.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
 
 use super::EngineError;
 use super::keys::slot;
+use super::tls::{self, RedisTls};
 
 /// Which Redis the engine uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// One Redis: `redis://[user:password@]host:port[/db]`.
+    /// One Redis: `redis[s]://[user:password@]host:port[/db]`.
     Single(String),
-    /// A Redis Cluster, named by some of its nodes (`redis://[user:password@]host:port`
-    /// each; the others are discovered).
+    /// A Redis Cluster, named by some of its nodes (`redis[s]://[user:password@]host:port`
+    /// each, all with the same scheme; the others are discovered).
     Cluster(Vec<String>),
 }
 
@@ -43,15 +45,19 @@ pub enum TargetError {
     #[error("give either --redis-url or --redis-cluster-urls, not both")]
     Both,
     #[error(
-        "no Redis configured: pass --redis-url redis://host:6379 (one Redis) or --redis-cluster-urls redis://host1:6379,redis://host2:6379 (a Redis Cluster)"
+        "no Redis configured: pass --redis-url redis://host:6379 (one Redis) or --redis-cluster-urls redis://host1:6379,redis://host2:6379 (a Redis Cluster); rediss:// for TLS"
     )]
     Missing,
     #[error("bad Redis URL {url:?}: {why}")]
     BadUrl { url: String, why: String },
     #[error(
-        "Redis URL {0:?}: TLS (rediss://) is not built into this binary; terminate TLS in a sidecar (e.g. stunnel) or use a private network"
+        "Redis URL {0:?}: certificate checks cannot be turned off (#insecure); give --redis-ca-file with the CA that signed the server's certificate instead"
     )]
-    Tls(String),
+    Insecure(String),
+    #[error(
+        "Redis Cluster nodes {0}: either all rediss:// (TLS) or all redis://, the cluster's nodes are reached the same way"
+    )]
+    MixedTls(String),
     #[error("Redis Cluster URL {0:?}: a cluster has only database 0; remove the /<db> part")]
     Database(String),
 }
@@ -77,15 +83,30 @@ impl RedisTarget {
                         Self::Single(one) => nodes.push(check_node(&one)?),
                     }
                 }
+                let tls = nodes.iter().filter(|n| tls::is_tls_url(n)).count();
+                if tls != 0 && tls != nodes.len() {
+                    return Err(TargetError::MixedTls(
+                        nodes
+                            .iter()
+                            .map(|n| redact(n))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ));
+                }
                 Ok(Self::Cluster(nodes))
             }
         }
     }
 
-    /// Parses one URL: `redis://…` is one Redis, `redis+cluster://[user:password@]host:port[,host:port…]`
-    /// a cluster.
+    /// Parses one URL: `redis://…` (`rediss://…`) is one Redis,
+    /// `redis+cluster://[user:password@]host:port[,host:port…]`
+    /// (`rediss+cluster://…`) a cluster.
     pub fn from_url(url: &str) -> Result<Self, TargetError> {
-        let Some(rest) = url.strip_prefix("redis+cluster://") else {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            ("redis", rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            ("rediss", rest)
+        } else {
             check_url(url)?;
             return Ok(Self::Single(url.to_string()));
         };
@@ -98,12 +119,12 @@ impl RedisTarget {
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(|h| check_node(&format!("redis://{auth}{h}")))
+            .map(|h| check_node(&format!("{scheme}://{auth}{h}")))
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
             return Err(TargetError::BadUrl {
                 url: redact(url),
-                why: "no host:port after redis+cluster://".into(),
+                why: format!("no host:port after {scheme}+cluster://"),
             });
         }
         Ok(Self::Cluster(nodes))
@@ -111,6 +132,22 @@ impl RedisTarget {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Whether connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Single(url) => tls::is_tls_url(url),
+            Self::Cluster(nodes) => nodes.iter().any(|n| tls::is_tls_url(n)),
+        }
+    }
+
+    /// The URLs, for [`RedisTls::for_urls`].
+    pub fn urls(&self) -> Vec<&str> {
+        match self {
+            Self::Single(url) => vec![url.as_str()],
+            Self::Cluster(nodes) => nodes.iter().map(String::as_str).collect(),
+        }
     }
 
     /// For logs: the URLs with any password replaced by `***`.
@@ -130,17 +167,14 @@ impl RedisTarget {
 }
 
 fn check_url(url: &str) -> Result<redis::ConnectionInfo, TargetError> {
-    if url.starts_with("rediss://") {
-        return Err(TargetError::Tls(redact(url)));
-    }
     let info = url
         .into_connection_info()
         .map_err(|e| TargetError::BadUrl {
             url: redact(url),
             why: e.to_string(),
         })?;
-    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-        return Err(TargetError::Tls(redact(url)));
+    if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+        return Err(TargetError::Insecure(redact(url)));
     }
     Ok(info)
 }
@@ -150,7 +184,10 @@ fn check_node(url: &str) -> Result<String, TargetError> {
     if info.redis_settings().db() != 0 {
         return Err(TargetError::Database(redact(url)));
     }
-    if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+    if !matches!(
+        info.addr(),
+        ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. }
+    ) {
         return Err(TargetError::BadUrl {
             url: redact(url),
             why: "a cluster node must be host:port".into(),
@@ -184,8 +221,171 @@ pub struct ConnectionSettings {
 /// Hands out command connections; cheap to clone.
 #[derive(Clone)]
 pub enum Commands {
-    Single(Pool),
+    Single(Arc<SingleConnections>),
     Cluster(Arc<ClusterConnections>),
+}
+
+/// Command connections to one Redis: `pool_size` multiplexed connections,
+/// each shared by every command sent while it is in use.
+///
+/// `deadpool-redis` creates them (within the connect timeout) and bounds their
+/// number; once created, a connection stays checked out in its slot and each
+/// command takes a clone of it in turn (a multiplexed connection is a handle:
+/// the commands of many tasks are pipelined on its socket). Checking a
+/// connection out per command would cost what deadpool-redis's recycle sends at
+/// every checkout — `UNWATCH` and `PING`, a round trip and two commands per
+/// publish — and would allow only `pool_size` commands in flight. Nothing is
+/// sent to check a connection instead: one whose command failed with an I/O
+/// error (reset, timed out) or a protocol error is marked broken, and the next
+/// command on its slot has the pool open a new one. A connection found closed
+/// (Redis restarted, or closed it) marks every connection opened until then
+/// stale, so that one failed command, not one per connection, finds out.
+pub struct SingleConnections {
+    pool: Pool,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    /// Connections of an earlier generation than this are stale.
+    generation: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Slot {
+    held: Mutex<Option<Held>>,
+    /// One replacement at a time per slot; when the last one failed, and why.
+    refill: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+/// A connection kept out of the pool (so it counts in the pool's size and is
+/// never recycled), and whether a command saw it fail.
+struct Held {
+    object: deadpool_redis::Connection,
+    broken: Arc<AtomicBool>,
+    generation: u64,
+}
+
+impl Held {
+    fn share(&self, current: &Arc<AtomicU64>) -> SharedConnection {
+        SharedConnection {
+            conn: MultiplexedConnection::clone(&self.object),
+            broken: self.broken.clone(),
+            generation: self.generation,
+            current: current.clone(),
+        }
+    }
+}
+
+impl SingleConnections {
+    fn new(pool: Pool, size: usize) -> Self {
+        Self {
+            pool,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A clone of the slot's connection, unless it is missing, broken or stale.
+    fn current(&self, slot: &Slot) -> Option<SharedConnection> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let held = slot.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .filter(|h| !h.broken.load(Ordering::Relaxed) && h.generation >= generation)
+            .map(|h| h.share(&self.generation))
+    }
+
+    /// The next slot's connection, opened (or replaced) first if needed.
+    async fn get(&self) -> Result<SharedConnection, EngineError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(conn) = self.current(slot) {
+            return Ok(conn);
+        }
+        let arrived = Instant::now();
+        let mut refill = slot.refill.lock().await;
+        if let Some(conn) = self.current(slot) {
+            return Ok(conn);
+        }
+        // Commands that waited while a replacement failed fail with it rather
+        // than each waiting for a connect timeout of its own in turn.
+        if let Some((at, why)) = refill.as_ref()
+            && *at >= arrived
+        {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let old = slot.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(old) = old {
+            // Out of the pool for good: closed once its last clone is dropped.
+            drop(deadpool_redis::Connection::take(old.object));
+            tracing::debug!("replacing a failed Redis command connection");
+        }
+        let object = match self.pool.get().await {
+            Ok(object) => object,
+            Err(e) => {
+                let why = tls::explain(e);
+                *refill = Some((Instant::now(), why.clone()));
+                return Err(EngineError::Unavailable(why));
+            }
+        };
+        *refill = None;
+        let held = Held {
+            object,
+            broken: Arc::new(AtomicBool::new(false)),
+            // Opened now: not stale for failures found before.
+            generation: self.generation.load(Ordering::Relaxed),
+        };
+        let conn = held.share(&self.generation);
+        *slot.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+        Ok(conn)
+    }
+}
+
+/// A clone of one of [`SingleConnections`]' connections; a command that fails
+/// with an error after which the connection cannot be trusted marks it (or,
+/// when the connection was closed, every connection as old) for replacement.
+pub struct SharedConnection {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+    generation: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl SharedConnection {
+    fn note<T>(&self, result: &redis::RedisResult<T>) {
+        let Err(e) = result else { return };
+        if e.is_connection_dropped() {
+            self.current
+                .fetch_max(self.generation + 1, Ordering::Relaxed);
+        }
+        if e.is_io_error() || e.is_unrecoverable_error() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 /// `pool_size` cluster connections used in turn (each keeps one multiplexed
@@ -198,33 +398,45 @@ pub struct ClusterConnections {
 
 impl Commands {
     /// Sets up the connections without waiting for Redis: they connect in the
-    /// background and commands fail until Redis answers.
-    pub fn new(target: &RedisTarget, settings: ConnectionSettings) -> Result<Self, EngineError> {
+    /// background and commands fail until Redis answers. `tls` is used for
+    /// `rediss://` targets.
+    pub fn new(
+        target: &RedisTarget,
+        settings: ConnectionSettings,
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, EngineError> {
         let bad = |e: String| EngineError::Protocol(format!("bad Redis URL: {e}"));
         match target {
             RedisTarget::Single(url) => {
                 let connection_config = AsyncConnectionConfig::new()
                     .set_response_timeout(Some(settings.response_timeout))
                     .set_connection_timeout(Some(settings.connect_timeout));
-                let manager =
-                    deadpool_redis::Manager::new_with_config(url.as_str(), connection_config)
-                        .map_err(|e| bad(e.to_string()))?;
+                let client = tls::client(url, tls).map_err(|e| bad(e.to_string()))?;
+                let manager = deadpool_redis::Manager::new_with_config(
+                    client.get_connection_info().clone(),
+                    connection_config,
+                )
+                .map_err(|e| bad(e.to_string()))?;
                 let pool = Pool::builder(manager)
-                    .max_size(settings.pool_size)
+                    .max_size(settings.pool_size.max(1))
                     .runtime(Runtime::Tokio1)
                     .wait_timeout(Some(settings.response_timeout))
                     .create_timeout(Some(settings.connect_timeout))
-                    .recycle_timeout(Some(settings.response_timeout))
                     .build()
                     .map_err(|e| EngineError::Protocol(e.to_string()))?;
-                Ok(Self::Single(pool))
+                Ok(Self::Single(Arc::new(SingleConnections::new(
+                    pool,
+                    settings.pool_size,
+                ))))
             }
             RedisTarget::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                     .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.response_timeout)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
+                    .response_timeout(settings.response_timeout);
+                if let Some(tls) = tls.filter(|_| target.is_tls()) {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client = builder.build().map_err(|e| bad(e.to_string()))?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(settings.connect_timeout)
                     .set_response_timeout(settings.response_timeout);
@@ -246,11 +458,7 @@ impl Commands {
     /// A connection for a few commands.
     pub async fn get(&self) -> Result<RedisConnection, EngineError> {
         match self {
-            Self::Single(pool) => pool
-                .get()
-                .await
-                .map(RedisConnection::Single)
-                .map_err(|e| EngineError::Unavailable(e.to_string())),
+            Self::Single(c) => c.get().await.map(RedisConnection::Single),
             Self::Cluster(c) => {
                 let i = c.next.fetch_add(1, Ordering::Relaxed) % c.connections.len();
                 Ok(RedisConnection::Cluster(c.connections[i].clone()))
@@ -280,7 +488,7 @@ impl Commands {
 
 /// One command connection: to the one Redis, or to the cluster.
 pub enum RedisConnection {
-    Single(deadpool_redis::Connection),
+    Single(SharedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -379,8 +587,33 @@ mod tests {
             Err(TargetError::BadUrl { .. })
         ));
         assert!(matches!(
-            RedisTarget::from_flags(Some("rediss://u:p@h:1"), &[]),
-            Err(TargetError::Tls(u)) if !u.contains(":p@")
+            RedisTarget::from_flags(Some("rediss://u:p@h:1/#insecure"), &[]),
+            Err(TargetError::Insecure(u)) if !u.contains(":p@")
+        ));
+    }
+
+    #[test]
+    fn tls_targets() {
+        let one = RedisTarget::from_flags(Some("rediss://u:p@h:6380/1"), &[]).unwrap();
+        assert_eq!(one, RedisTarget::Single("rediss://u:p@h:6380/1".into()));
+        assert!(one.is_tls() && !one.is_cluster());
+        let cluster = RedisTarget::from_flags(Some("rediss+cluster://u:p@a:1,b:2"), &[]).unwrap();
+        assert_eq!(
+            cluster,
+            RedisTarget::Cluster(vec!["rediss://u:p@a:1".into(), "rediss://u:p@b:2".into()])
+        );
+        assert!(cluster.is_tls());
+        let listed =
+            RedisTarget::from_flags(None, &["rediss://a:1".into(), "rediss://b:2".into()]).unwrap();
+        assert!(listed.is_tls());
+        assert!(matches!(
+            RedisTarget::from_flags(None, &["rediss://a:1".into(), "redis://b:2".into()]),
+            Err(TargetError::MixedTls(_))
+        ));
+        assert!(!RedisTarget::from_url("redis://h:1").unwrap().is_tls());
+        assert!(matches!(
+            RedisTarget::from_flags(Some("rediss+cluster://"), &[]),
+            Err(TargetError::BadUrl { .. })
         ));
     }
 

@@ -15,6 +15,7 @@ pub mod counted;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,10 +1,10 @@
 //! The Redis engine: channels, history and snapshots in Redis (one Redis or a
 //! Redis Cluster), shared by every gateway replica.
 //!
-//! Commands go through [`Commands`](super::connection::Commands): a
-//! `deadpool-redis` pool on one Redis, cluster connections on a cluster (every
-//! key of a channel shares its hash tag, so the publish script runs whole on
-//! the master owning the channel). On a cluster the publish script uses
+//! Commands go through [`Commands`](super::connection::Commands): shared
+//! multiplexed connections from a `deadpool-redis` pool on one Redis, cluster
+//! connections on a cluster (every key of a channel shares its hash tag, so the
+//! publish script runs whole on the master owning the channel). On a cluster the publish script uses
 //! `SPUBLISH` and the live feed is [`ClusterSubscriber`]: sharded pub/sub, one
 //! connection per master. On one Redis the live feed is one dedicated
 //! pub/sub connection per replica, owned by the subscriber task below: it holds
@@ -31,6 +31,7 @@ use super::cluster::ClusterSubscriber;
 use super::connection::{Batch, Commands, ConnectionSettings, RedisTarget};
 use super::counted::{Counted, count};
 use super::keys::Keys;
+use super::tls::{self, RedisTls, TlsFiles};
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
     HistoryPage, IncomingMessage, Offset, Position, PublishOptions, Published, Snapshot,
@@ -69,6 +70,9 @@ pub struct RedisConfig {
     pub wait_replicas: usize,
     /// Longest `WAIT` for those replicas.
     pub wait_timeout: Duration,
+    /// Trust and client certificate for a `rediss://` target (`None`: the
+    /// system's roots, no client certificate); unused without TLS.
+    pub tls: Option<RedisTls>,
 }
 
 /// The Redis engine.
@@ -93,6 +97,8 @@ pub(crate) struct Health {
     pub(crate) feed_up: AtomicBool,
     commands_ok: AtomicBool,
     detail: Mutex<String>,
+    /// Why the last health check's commands failed.
+    command_error: Mutex<String>,
 }
 
 impl Health {
@@ -167,6 +173,12 @@ impl RedisEngine {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let keys = Keys::new(&config.prefix).map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let mut config = config;
+        if config.tls.is_none() && config.target.is_tls() {
+            let defaults = RedisTls::load(&TlsFiles::default())
+                .map_err(|e| EngineError::Protocol(e.to_string()))?;
+            config.tls = Some(defaults);
+        }
         let commands = Commands::new(
             &config.target,
             ConnectionSettings {
@@ -174,6 +186,7 @@ impl RedisEngine {
                 connect_timeout: config.connect_timeout,
                 pool_size: config.pool_size,
             },
+            config.tls.as_ref(),
         )?;
         let health = Arc::new(Health::default());
         health.set_detail("connecting to Redis");
@@ -203,7 +216,7 @@ impl RedisEngine {
         });
         match &config.target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())
+                let client = tls::client(url, config.tls.as_ref())
                     .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
                 let subscriber = Subscriber {
                     client,
@@ -370,8 +383,21 @@ impl RedisEngine {
 async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: CancellationToken) {
     loop {
         let Some(e) = engine.upgrade() else { return };
-        let ok = e.ping().await.is_ok();
-        e.health.commands_ok.store(ok, Ordering::Relaxed);
+        // A command connection Redis has closed fails once and is replaced:
+        // a second PING tells that apart from Redis being unreachable.
+        let result = match e.ping().await {
+            Ok(()) => Ok(()),
+            Err(_) => e.ping().await,
+        };
+        if let Err(err) = &result {
+            *e.health
+                .command_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = err.to_string();
+        }
+        e.health
+            .commands_ok
+            .store(result.is_ok(), Ordering::Relaxed);
         drop(e);
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -492,14 +518,22 @@ impl Engine for RedisEngine {
     fn health(&self) -> EngineHealth {
         let feed = self.health.feed_up.load(Ordering::Relaxed);
         let commands = self.health.commands_ok.load(Ordering::Relaxed);
-        let detail = if !commands {
-            "Redis does not answer commands".to_string()
+        let lock = |m: &'_ Mutex<String>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let feed_detail = lock(&self.health.detail);
+        let detail = if commands {
+            feed_detail
         } else {
-            self.health
-                .detail
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
+            let error = lock(&self.health.command_error);
+            let mut detail = "Redis does not answer commands".to_string();
+            if !error.is_empty() {
+                detail = format!("{detail}: {error}");
+            }
+            // Both are down: the feed's reason may say more (the cluster's
+            // seed check, the pub/sub connection's error).
+            if !feed && !feed_detail.is_empty() {
+                detail = format!("{detail}; {feed_detail}");
+            }
+            detail
         };
         EngineHealth {
             ready: feed && commands,
@@ -727,7 +761,7 @@ impl Subscriber {
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             r = connect => match r {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => return lost(e.to_string()),
+                Ok(Err(e)) => return lost(tls::explain(e)),
                 Err(_) => return lost("connect timed out"),
             },
         };

@@ -80,8 +80,8 @@ references). Pass (dict "url" URL "username" USER "secret" SECRET "key" KEY
 */}}
 {{- define "switchboard.redisUrlEnv" -}}
 {{- $u := urlParse .url }}
-{{- if not (has $u.scheme (list "redis" "rediss" "redis+cluster")) }}
-{{- fail (printf "%s must start with redis://, rediss:// or redis+cluster://, got %q" .var .url) }}
+{{- if not (has $u.scheme (list "redis" "rediss" "redis+cluster" "rediss+cluster")) }}
+{{- fail (printf "%s must start with redis://, rediss://, redis+cluster:// or rediss+cluster://, got %q" .var .url) }}
 {{- end }}
 {{- if $u.userinfo }}
 {{- fail (printf "%s must not contain credentials: put the password in a Secret and name it in the existingSecret value" .var) }}
@@ -100,6 +100,80 @@ references). Pass (dict "url" URL "username" USER "secret" SECRET "key" KEY
 {{- else }}
 - name: {{ .var }}
   value: {{ .url | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when a component (dict "root" . "component" "gateway"|"collector") uses
+the redis.tls Secrets: some are set and one of its Redis URLs is rediss://
+(the gateway's: redis.url; the collector's: also the federation's). Fails
+when they are set and no URL of the release uses TLS.
+*/}}
+{{- define "switchboard.redisTlsWanted" -}}
+{{- $root := .root }}
+{{- $t := $root.Values.redis.tls }}
+{{- if or $t.caSecret $t.clientSecret }}
+{{- $isTls := dict "rediss" true "rediss+cluster" true }}
+{{- $main := hasKey $isTls (urlParse (include "switchboard.redisBaseUrl" $root)).scheme }}
+{{- $federation := false }}
+{{- with $root.Values.collector.sources.federationRedisUrl }}
+{{- $federation = hasKey $isTls (urlParse .).scheme }}
+{{- end }}
+{{- if not (or $main $federation) }}
+{{- fail "redis.tls.caSecret / redis.tls.clientSecret are set, but no Redis URL uses TLS: write redis.url as rediss://… (rediss+cluster://… for a Redis Cluster) or collector.sources.federationRedisUrl as rediss://…, or unset them" }}
+{{- end }}
+{{- if or $main (and (eq .component "collector") $federation) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* SWITCHBOARD_REDIS_*_FILE ConfigMap data for the mounted redis.tls Secrets. */}}
+{{- define "switchboard.redisTlsConfig" -}}
+{{- $t := .Values.redis.tls }}
+{{- if $t.caSecret }}
+SWITCHBOARD_REDIS_CA_FILE: {{ printf "/etc/switchboard/redis-tls/ca/%s" $t.caKey | quote }}
+{{- end }}
+{{- if $t.clientSecret }}
+SWITCHBOARD_REDIS_CLIENT_CERT_FILE: {{ printf "/etc/switchboard/redis-tls/client/%s" $t.clientCertKey | quote }}
+SWITCHBOARD_REDIS_CLIENT_KEY_FILE: {{ printf "/etc/switchboard/redis-tls/client/%s" $t.clientKeyKey | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts of the redis.tls Secrets. */}}
+{{- define "switchboard.redisTlsMounts" -}}
+{{- if .Values.redis.tls.caSecret }}
+- name: redis-tls-ca
+  mountPath: /etc/switchboard/redis-tls/ca
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.tls.clientSecret }}
+- name: redis-tls-client
+  mountPath: /etc/switchboard/redis-tls/client
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Volumes of the redis.tls Secrets (only the keys used). */}}
+{{- define "switchboard.redisTlsVolumes" -}}
+{{- $t := .Values.redis.tls }}
+{{- if $t.caSecret }}
+- name: redis-tls-ca
+  secret:
+    secretName: {{ $t.caSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $t.caKey }}
+        path: {{ $t.caKey }}
+{{- end }}
+{{- if $t.clientSecret }}
+- name: redis-tls-client
+  secret:
+    secretName: {{ $t.clientSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $t.clientCertKey }}
+        path: {{ $t.clientCertKey }}
+      - key: {{ $t.clientKeyKey }}
+        path: {{ $t.clientKeyKey }}
 {{- end }}
 {{- end }}
 

@@ -29,7 +29,9 @@
 //! redis-rs has `SSUBSCRIBE` only on its cluster connection, where it shares the
 //! command connections, resubscribes by itself without saying when, and reports
 //! pushes without the node they came from; this module speaks RESP2 directly
-//! ([`resp`]) so that it knows, per master, what is subscribed and when.
+//! ([`resp`]) so that it knows, per master, what is subscribed and when. On a
+//! `rediss://` cluster those connections are TLS (tokio-rustls, with the
+//! engine's trust settings, checked against each master's announced address).
 
 pub mod node;
 pub mod resp;
@@ -137,8 +139,14 @@ impl ClusterSubscriber {
         let keys = feed.keys().clone();
         let (auth, fallback_host) = seed_auth(&config.target);
         let control = keys.control();
+        let tls = config
+            .tls
+            .as_ref()
+            .filter(|_| config.target.is_tls())
+            .map(|t| t.connector().clone());
         let settings = Arc::new(NodeSettings {
             auth,
+            tls,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             probe_prefix: keys.global("probe:{sbp"),
@@ -263,6 +271,13 @@ impl ClusterSubscriber {
                 }
             }
             Err(why) => {
+                // The cluster client says little more than "timed out" when
+                // it cannot connect: connecting to a seed node directly says why
+                // (refused, TLS certificate not trusted, AUTH refused).
+                let why = match self.check_seed().await {
+                    Some(seed) => format!("{why}; {seed}"),
+                    None => why,
+                };
                 if !self.refresh_failing {
                     tracing::warn!(reason = %why, "Redis Cluster: cannot read the slot map (CLUSTER SLOTS); retrying");
                     self.refresh_failing = true;
@@ -273,6 +288,15 @@ impl ClusterSubscriber {
                 self.refresh_at = Some(Instant::now() + self.refresh_backoff.next_delay());
             }
         }
+    }
+
+    /// Why the first seed node cannot be used, if it cannot.
+    async fn check_seed(&self) -> Option<String> {
+        let seed = seed_addr(&self.config.target)?;
+        node::check(&seed, &self.settings)
+            .await
+            .err()
+            .map(|why| format!("seed node {seed}: {why}"))
     }
 
     /// Brings connections and subscriptions in line with the slot map.
@@ -866,6 +890,23 @@ fn send_grouped(node: &mut Node, subscribe: bool, names: Vec<String>) {
     }
 }
 
+/// The address of the first seed node.
+fn seed_addr(target: &RedisTarget) -> Option<NodeAddr> {
+    use redis::IntoConnectionInfo;
+    let RedisTarget::Cluster(nodes) = target else {
+        return None;
+    };
+    let info = nodes.first()?.as_str().into_connection_info().ok()?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some(NodeAddr {
+            host: host.clone(),
+            port: *port,
+        }),
+        _ => None,
+    }
+}
+
 /// The credentials and a host for nodes announced without one, from the first seed.
 fn seed_auth(target: &RedisTarget) -> (Auth, String) {
     use redis::IntoConnectionInfo;
@@ -879,7 +920,9 @@ fn seed_auth(target: &RedisTarget) -> (Auth, String) {
         return (Auth::default(), "127.0.0.1".into());
     };
     let host = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, _) => host.clone(),
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            host.clone()
+        }
         _ => "127.0.0.1".into(),
     };
     let settings = info.redis_settings();

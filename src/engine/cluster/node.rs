@@ -1,26 +1,31 @@
-//! One sharded pub/sub connection: a task owning a TCP connection to one
-//! cluster master.
+//! One sharded pub/sub connection: a task owning a TCP (or TLS) connection to
+//! one cluster master.
 //!
-//! It connects (and authenticates), writes the `SSUBSCRIBE`/`SUNSUBSCRIBE`
+//! It connects (TLS handshake on a `rediss://` cluster, the certificate checked
+//! against the master's address as the cluster announces it; then `AUTH`), writes the `SSUBSCRIBE`/`SUNSUBSCRIBE`
 //! commands the coordinator sends it, and reads what the master pushes. Live
 //! messages of channels go straight to the engine's event queue (the hot path
 //! never passes the coordinator); confirmations, errors, probe messages and the
 //! end of the connection are reported to the coordinator, tagged with the
 //! connection's generation so that reports of a replaced connection are ignored.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::resp::{Decoder, Frame};
 use super::topology::NodeAddr;
 use crate::engine::EngineEvent;
 use crate::engine::redis::Feed;
+use crate::engine::tls;
 
 /// Credentials sent with `AUTH` after connecting.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +62,8 @@ pub struct Report {
 #[derive(Clone)]
 pub struct NodeSettings {
     pub auth: Auth,
+    /// TLS on a `rediss://` cluster.
+    pub tls: Option<TlsConnector>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// Pub/sub names starting with this are probes.
@@ -145,41 +152,38 @@ impl Connection {
 
     /// Runs the connection until it fails; returns why.
     async fn serve(&mut self) -> String {
-        let target = (self.addr.host.as_str(), self.addr.port);
-        let mut stream =
-            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(target))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return format!("connect: {e}"),
-                Err(_) => return "connect timed out".into(),
-            };
-        let _ = stream.set_nodelay(true);
+        let mut stream = match open(&self.addr, &self.settings).await {
+            Ok(stream) => stream,
+            Err(why) => return why,
+        };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder;
-        if let Err(why) = self.authenticate(&mut stream, &mut buf, &mut decoder).await {
+        if let Err(why) = authenticate(&self.settings, &mut stream, &mut buf, &mut decoder).await {
             return why;
         }
         if !self.report(NodeEvent::Connected).await {
             return "shutting down".into();
         }
-        let (mut reader, mut writer) = stream.into_split();
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return "closed by the engine".into() };
-                    let write = tokio::time::timeout(self.settings.response_timeout, writer.write_all(&cmd));
-                    match write.await {
+                    // TLS buffers what it encrypts: flush sends it.
+                    let write = async {
+                        stream.write_all(&cmd).await?;
+                        stream.flush().await
+                    };
+                    match tokio::time::timeout(self.settings.response_timeout, write).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return format!("write: {e}"),
                         Err(_) => return "write timed out".into(),
                     }
                 }
-                read = reader.read_buf(&mut buf) => {
+                read = stream.read_buf(&mut buf) => {
                     match read {
                         Ok(0) => return "connection closed by Redis".into(),
                         Ok(_) => {}
-                        Err(e) => return format!("read: {e}"),
+                        Err(e) => return format!("read: {}", tls::explain(e)),
                     }
                     loop {
                         match decoder.decode(&mut buf) {
@@ -197,45 +201,6 @@ impl Connection {
                     }
                 }
             }
-        }
-    }
-
-    async fn authenticate(
-        &self,
-        stream: &mut TcpStream,
-        buf: &mut BytesMut,
-        decoder: &mut Decoder,
-    ) -> Result<(), String> {
-        let Some(password) = &self.settings.auth.password else {
-            return Ok(());
-        };
-        let mut cmd = redis::cmd("AUTH");
-        if let Some(user) = &self.settings.auth.username {
-            cmd.arg(user);
-        }
-        cmd.arg(password);
-        let exchange = async {
-            stream
-                .write_all(&cmd.get_packed_command())
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            loop {
-                if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
-                    return Ok(frame);
-                }
-                match stream.read_buf(buf).await {
-                    Ok(0) => return Err("connection closed during AUTH".to_string()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read: {e}")),
-                }
-            }
-        };
-        match tokio::time::timeout(self.settings.response_timeout, exchange).await {
-            Ok(Ok(Frame::Simple(_))) => Ok(()),
-            Ok(Ok(Frame::Error(e))) => Err(format!("AUTH refused: {e}")),
-            Ok(Ok(other)) => Err(format!("unexpected AUTH reply {other:?}")),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("AUTH timed out".into()),
         }
     }
 
@@ -288,6 +253,149 @@ impl Connection {
         match self.feed.decode(channel, payload) {
             Some(event) => self.feed.send(event).await,
             None => true,
+        }
+    }
+}
+
+/// Connects to `addr` (TLS handshake too, on a `rediss://` cluster) within
+/// the connect timeout.
+async fn open(addr: &NodeAddr, settings: &NodeSettings) -> Result<NodeStream, String> {
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    let connect = TcpStream::connect((addr.host.as_str(), addr.port));
+    let tcp = match tokio::time::timeout_at(deadline, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(connector) = &settings.tls else {
+        return Ok(NodeStream::Plain(tcp));
+    };
+    let name = tls::server_name(&addr.host).map_err(|why| format!("TLS: {why}"))?;
+    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(NodeStream::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(format!("TLS handshake: {}", tls::explain(e))),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+/// Connects to `addr` as a pub/sub connection would and sends `PING`: why
+/// that fails, to say more than "timed out" when the cluster is unreadable.
+pub(crate) async fn check(addr: &NodeAddr, settings: &NodeSettings) -> Result<(), String> {
+    let mut stream = open(addr, settings).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut decoder = Decoder;
+    authenticate(settings, &mut stream, &mut buf, &mut decoder).await?;
+    match exchange(
+        settings,
+        &mut stream,
+        &mut buf,
+        &mut decoder,
+        &redis::cmd("PING"),
+    )
+    .await?
+    {
+        Frame::Simple(_) => Ok(()),
+        Frame::Error(e) => Err(format!("PING refused: {e}")),
+        other => Err(format!("unexpected PING reply {other:?}")),
+    }
+}
+
+/// Sends `AUTH` when the URLs carry credentials.
+async fn authenticate(
+    settings: &NodeSettings,
+    stream: &mut NodeStream,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<(), String> {
+    let Some(password) = &settings.auth.password else {
+        return Ok(());
+    };
+    let mut cmd = redis::cmd("AUTH");
+    if let Some(user) = &settings.auth.username {
+        cmd.arg(user);
+    }
+    cmd.arg(password);
+    match exchange(settings, stream, buf, decoder, &cmd).await {
+        Ok(Frame::Simple(_)) => Ok(()),
+        Ok(Frame::Error(e)) => Err(format!("AUTH refused: {e}")),
+        Ok(other) => Err(format!("unexpected AUTH reply {other:?}")),
+        Err(e) => Err(format!("AUTH: {e}")),
+    }
+}
+
+/// One command and its reply, within the response timeout.
+async fn exchange(
+    settings: &NodeSettings,
+    stream: &mut NodeStream,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    cmd: &redis::Cmd,
+) -> Result<Frame, String> {
+    let exchange = async {
+        stream
+            .write_all(&cmd.get_packed_command())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        stream.flush().await.map_err(|e| format!("write: {e}"))?;
+        loop {
+            if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
+                return Ok(frame);
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) => return Err("connection closed before the reply".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {}", tls::explain(e))),
+            }
+        }
+    };
+    tokio::time::timeout(settings.response_timeout, exchange)
+        .await
+        .map_err(|_| "no reply in time".to_string())?
+}
+
+/// A connection to a master: plain TCP, or TLS on a `rediss://` cluster.
+enum NodeStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NodeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
