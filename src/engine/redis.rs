@@ -4,10 +4,11 @@
 //! Commands go through [`Commands`](super::connection::Commands): shared
 //! multiplexed connections from a `deadpool-redis` pool on one Redis, cluster
 //! connections on a cluster (every key of a channel shares its hash tag, so the
-//! publish script runs whole on the master owning the channel). On a cluster the publish script uses
-//! `SPUBLISH` and the live feed is [`ClusterSubscriber`]: sharded pub/sub, one
-//! connection per master. On one Redis the live feed is one dedicated
-//! pub/sub connection per replica, owned by the subscriber task below: it holds
+//! publish script runs whole on the master owning the channel). On a cluster
+//! the publish script uses `SPUBLISH` and the live feed is
+//! [`ClusterSubscriber`]: sharded pub/sub, one connection per master. On one
+//! Redis the live feed is one dedicated pub/sub connection per replica (over
+//! TLS for `rediss://`, see [`super::tls`]), owned by the subscriber task below: it holds
 //! the set of channels this replica needs, subscribes each once however many
 //! clients want it, and after a lost connection reconnects with backoff,
 //! subscribes everything again and reports [`EngineEvent::Restored`] so the hub

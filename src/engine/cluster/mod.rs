@@ -272,11 +272,16 @@ impl ClusterSubscriber {
             }
             Err(why) => {
                 // The cluster client says little more than "timed out" when
-                // it cannot connect: connecting to a seed node directly says why
-                // (refused, TLS certificate not trusted, AUTH refused).
-                let why = match self.check_seed().await {
-                    Some(seed) => format!("{why}; {seed}"),
-                    None => why,
+                // it cannot connect: before the slot map was ever read (a
+                // wrong address, TLS certificate or password), connecting to a
+                // seed node directly says why. Later failures are the cluster's
+                // own (failover), where the check would only delay recovery.
+                let why = match self.topology.is_none() {
+                    true => match self.check_seed().await {
+                        Some(seed) => format!("{why}; {seed}"),
+                        None => why,
+                    },
+                    false => why,
                 };
                 if !self.refresh_failing {
                     tracing::warn!(reason = %why, "Redis Cluster: cannot read the slot map (CLUSTER SLOTS); retrying");
