@@ -272,8 +272,17 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One local cluster at a time: each picks its ports with `free_port` and
+/// hands them to `deploy/local-cluster.sh`, so two starting together can pick
+/// the same one between the check and the bind ("Address already in use").
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 #[tokio::test]
 async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_reports_metrics() {
+    let _serial = serial().await;
     let Some(cluster) = Cluster::start(true) else {
         return;
     };
@@ -669,6 +678,7 @@ async fn check_prometheus(port: u16, cluster: &Cluster, open: f64) {
 
 #[tokio::test]
 async fn a_draining_gateway_hands_its_clients_to_the_others_through_nginx() {
+    let _serial = serial().await;
     let Some(cluster) = Cluster::start(false) else {
         return;
     };

@@ -9,6 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SB=${SB:-$ROOT/target/release/switchboard}
 OUT=${OUT:-$ROOT/target/bench-results/$(date -u +%Y%m%d)}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: redis-server runs in its own dir
 # The optional external kit (floor, peers, wsfan): not part of this repository.
 KIT=${KIT:-$ROOT/../shared/bench}
 PEERS_DIR=${WORKDIR:-/tmp/switchboard-peers}
@@ -75,8 +76,8 @@ start_redis() {
 # 20,000 connections) unless NO_AUTH=1 or the flags name their own key.
 start_gateway() {
   local name=$1; shift
-  local auth=(--jwt-secret-file "$JWT_SECRET_FILE" --max-connections-per-user 20000)
-  [ "$AUTH" = off ] && auth=(--no-auth)
+  local auth=(--no-auth)
+  [ "$AUTH" = jwt ] && auth=(--jwt-secret-file "$JWT_SECRET_FILE" --max-connections-per-user 20000)
   case " $* " in *" --jwt-"*|*" --jwks-file "*) auth=() ;; esac
   GW_PORT=$(free_port)
   # GW_WRAP: a command to run the gateway under (e.g. valgrind).

@@ -6,6 +6,8 @@
 # Needs the floor from the OPTIONAL external kit (bash ../shared/bench/setup.sh).
 #   bash scripts/bench/versus_floor.sh [LOAD…]   LOAD = CLIENTS:RATE:MESSAGES
 # Default: 5000:2:40 1000:300:3000 1000:400:4000 (the issue's loads); REPS=3.
+# GW_FLAGS adds gateway flags (e.g. GW_FLAGS="--ping-interval 0" to see what
+# heartbeats cost; use another OUT= so the runs are summarized apart).
 source "$(dirname "$0")/lib.sh"
 LOADS=${*:-5000:2:40 1000:300:3000 1000:400:4000}
 REPS=${REPS:-3}
@@ -26,7 +28,8 @@ for load in $LOADS; do
     cleanup
     for route in native relay; do
       start_redis
-      start_gateway "gw-vs-$route"
+      # shellcheck disable=SC2086 # GW_FLAGS is a list of flags
+      start_gateway "gw-vs-$route" ${GW_FLAGS:-}
       bench "vs-$route-${clients}x$rate-$rep" --url "$GW_URL" --redis-url "$REDIS_URL" \
         --route "$route" --clients "$clients" --rate "$rate" --messages "$msgs" --server-pid "$GW_PID"
       cleanup
