@@ -9,6 +9,7 @@
 //! dashboard page and [`client`] is the `tail` / `publish` command-line client;
 //! [`bench`] is the load generator that measures all of it.
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod backoff;

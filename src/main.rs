@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::cli::{Cli, Command};
-use switchboard::{app, logging};
+use switchboard::{allocator, app, logging};
 
 fn main() -> ExitCode {
+    allocator::cap_arenas();
     let cli = Cli::parse();
     // The command-line client reports a failure as one line, not a log record,
     // and logs only warnings unless asked for more.
