@@ -488,69 +488,7 @@ async fn resume_snapshots_and_sessions_work_across_gateways_on_a_cluster() {
         ],
     );
     b.wait_ready(Duration::from_secs(20));
-    let snapshot = |port: u16, v: u64| {
-        let body = json!({"channel":"board","data":{"state":v},"snapshot":true}).to_string();
-        let (status, _) = http_request(port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
-        assert_eq!(status, 200);
-    };
-    snapshot(a.port, 1);
-    let mut client = Client::connect(&a.ws_url("/ws")).await;
-    client.recv_json().await;
-    let sub = client
-        .subscribe(json!({"type":"subscribe","channel":"board"}))
-        .await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    assert_eq!(client.recv_json().await["type"], "snapshot");
-    common::publish(b.port, "board", &json!({"delta": 2}));
-    assert_eq!(
-        client.recv_json().await["offset"],
-        2,
-        "published on B, live on A"
-    );
-    drop(client);
-
-    // Within history: exactly the missed ones, on the other gateway.
-    for n in 3..=5 {
-        common::publish(a.port, "board", &json!({"delta": n}));
-    }
-    let mut back = Client::connect(&b.ws_url("/ws")).await;
-    back.recv_json().await;
-    let sub = back
-        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":2,"epoch":epoch}}))
-        .await;
-    assert_eq!(
-        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
-        (Some(true), Some(5))
-    );
-    for n in 3..=5 {
-        let m = back.recv_json().await;
-        assert_eq!(
-            (m["type"].as_str(), m["offset"].as_u64()),
-            (Some("message"), Some(n))
-        );
-    }
-    back.expect_silence(Duration::from_millis(300)).await;
-    drop(back);
-
-    // Beyond history: recovered false and the current snapshot.
-    for n in 6..=19 {
-        common::publish(a.port, "board", &json!({"delta": n}));
-    }
-    snapshot(a.port, 20);
-    let mut late = Client::connect(&b.ws_url("/ws")).await;
-    late.recv_json().await;
-    let sub = late
-        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":5,"epoch":epoch}}))
-        .await;
-    assert_eq!(
-        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
-        (Some(false), Some(20))
-    );
-    let snap = late.recv_json().await;
-    assert_eq!(
-        (snap["type"].as_str(), snap["data"]["state"].as_u64()),
-        (Some("snapshot"), Some(20))
-    );
+    common::resume_within_and_beyond_history(&a, &b).await;
 
     // Sessions: several, so one flush of acknowledged positions spans several
     // slots (one pipeline each); each resumes on the other gateway.

@@ -433,66 +433,7 @@ async fn resume_within_history_recovers_exactly_and_beyond_it_says_so_with_the_s
     let redis = RedisServer::start();
     let a = Switchboard::gateway(&redis, &["--history-size", "5"]);
     let b = Switchboard::gateway(&redis, &["--history-size", "5"]);
-    let snapshot = |port: u16, v: u64| {
-        let body = json!({"channel":"board","data":{"state":v},"snapshot":true}).to_string();
-        let (status, _) = http_request(port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
-        assert_eq!(status, 200);
-    };
-    snapshot(a.port, 1);
-    let mut client = Client::connect(&a.ws_url("/ws")).await;
-    client.recv_json().await;
-    let sub = client
-        .subscribe(json!({"type":"subscribe","channel":"board"}))
-        .await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    assert_eq!(client.recv_json().await["type"], "snapshot");
-    publish(a.port, "board", &json!({"delta": 2}));
-    assert_eq!(client.recv_json().await["offset"], 2);
-    drop(client);
-
-    // Within history (3 missed, history 5): exactly the missed ones, on the other replica.
-    for n in 3..=5 {
-        publish(a.port, "board", &json!({"delta": n}));
-    }
-    let mut back = Client::connect(&b.ws_url("/ws")).await;
-    back.recv_json().await;
-    let sub = back
-        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":2,"epoch":epoch}}))
-        .await;
-    assert_eq!(
-        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
-        (Some(true), Some(5))
-    );
-    for n in 3..=5 {
-        let m = back.recv_json().await;
-        assert_eq!(
-            (m["type"].as_str(), m["offset"].as_u64()),
-            (Some("message"), Some(n))
-        );
-    }
-    back.expect_silence(Duration::from_millis(300)).await;
-    drop(back);
-
-    // Beyond history (15 missed, history 5): recovered false and the current snapshot.
-    for n in 6..=19 {
-        publish(a.port, "board", &json!({"delta": n}));
-    }
-    snapshot(a.port, 20);
-    let mut late = Client::connect(&b.ws_url("/ws")).await;
-    late.recv_json().await;
-    let sub = late
-        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":5,"epoch":epoch}}))
-        .await;
-    assert_eq!(
-        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
-        (Some(false), Some(20))
-    );
-    let snap = late.recv_json().await;
-    assert_eq!(
-        (snap["type"].as_str(), snap["data"]["state"].as_u64()),
-        (Some("snapshot"), Some(20))
-    );
-    late.expect_silence(Duration::from_millis(300)).await;
+    common::resume_within_and_beyond_history(&a, &b).await;
     // A wrong epoch is never "recovered".
     let mut other = Client::connect(&b.ws_url("/ws")).await;
     other.recv_json().await;

@@ -173,23 +173,25 @@ impl Switchboard {
 
     /// `switchboard gateway --no-auth` on a free port against `redis`.
     pub fn gateway(redis: &RedisServer, extra: &[&str]) -> Self {
+        Self::gateway_with(
+            &["--redis-url", &redis.url()],
+            extra,
+            Duration::from_secs(10),
+        )
+    }
+
+    /// `switchboard gateway --no-auth` on a free port, named `gw<port>`, with
+    /// `redis` (the flags naming its Redis) and `extra`; waits until it is ready.
+    fn gateway_with(redis: &[&str], extra: &[&str], ready_within: Duration) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let url = redis.url();
         let replica = format!("gw{port}");
-        let mut args = vec![
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--no-auth",
-            "--replica-id",
-            &replica,
-        ];
+        let mut args = vec!["gateway", "--listen", &listen];
+        args.extend_from_slice(redis);
+        args.extend_from_slice(&["--no-auth", "--replica-id", &replica]);
         args.extend_from_slice(extra);
         let gw = Self::spawn(port, &args);
-        gw.wait_ready(Duration::from_secs(10));
+        gw.wait_ready(ready_within);
         gw
     }
 
@@ -986,23 +988,79 @@ impl Drop for RedisCluster {
 impl Switchboard {
     /// `switchboard gateway --no-auth` on a free port against a Redis Cluster.
     pub fn gateway_on_cluster(cluster: &RedisCluster, extra: &[&str]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let urls = cluster.urls();
-        let replica = format!("gw{port}");
-        let mut args = vec![
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-cluster-urls",
-            &urls,
-            "--no-auth",
-            "--replica-id",
-            &replica,
-        ];
-        args.extend_from_slice(extra);
-        let gw = Self::spawn(port, &args);
-        gw.wait_ready(Duration::from_secs(20));
-        gw
+        Self::gateway_with(
+            &["--redis-cluster-urls", &cluster.urls()],
+            extra,
+            Duration::from_secs(20),
+        )
     }
+}
+
+/// Resume across replicas, shared by the single-Redis and the Redis Cluster
+/// suites: `a` and `b` are gateways on one engine with `--history-size 5`. A
+/// client that missed 3 messages resumes on `b` with exactly those
+/// (`recovered: true`); one that missed 15 gets `recovered: false` and the
+/// current snapshot.
+pub async fn resume_within_and_beyond_history(a: &Switchboard, b: &Switchboard) {
+    use serde_json::json;
+    let snapshot = |port: u16, v: u64| {
+        let body = json!({"channel":"board","data":{"state":v},"snapshot":true}).to_string();
+        let (status, _) = http_request(port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+        assert_eq!(status, 200);
+    };
+    snapshot(a.port, 1);
+    let mut client = Client::connect(&a.ws_url("/ws")).await;
+    client.recv_json().await;
+    let sub = client
+        .subscribe(json!({"type":"subscribe","channel":"board"}))
+        .await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    assert_eq!(client.recv_json().await["type"], "snapshot");
+    publish(a.port, "board", &json!({"delta": 2}));
+    assert_eq!(client.recv_json().await["offset"], 2);
+    drop(client);
+
+    // Within history (3 missed, history 5): exactly the missed ones, on the other replica.
+    for n in 3..=5 {
+        publish(a.port, "board", &json!({"delta": n}));
+    }
+    let mut back = Client::connect(&b.ws_url("/ws")).await;
+    back.recv_json().await;
+    let sub = back
+        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":2,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
+        (Some(true), Some(5))
+    );
+    for n in 3..=5 {
+        let m = back.recv_json().await;
+        assert_eq!(
+            (m["type"].as_str(), m["offset"].as_u64()),
+            (Some("message"), Some(n))
+        );
+    }
+    back.expect_silence(Duration::from_millis(300)).await;
+    drop(back);
+
+    // Beyond history (15 missed, history 5): recovered false and the current snapshot.
+    for n in 6..=19 {
+        publish(a.port, "board", &json!({"delta": n}));
+    }
+    snapshot(a.port, 20);
+    let mut late = Client::connect(&b.ws_url("/ws")).await;
+    late.recv_json().await;
+    let sub = late
+        .subscribe(json!({"type":"subscribe","channel":"board","since":{"offset":5,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
+        (Some(false), Some(20))
+    );
+    let snap = late.recv_json().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["data"]["state"].as_u64()),
+        (Some("snapshot"), Some(20))
+    );
+    late.expect_silence(Duration::from_millis(300)).await;
 }
