@@ -453,6 +453,12 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
         }
     });
 
+    // A busy tab reads several seconds of frames in one go: a burst, not a
+    // flood; the outage that follows is still resumed, not started over.
+    tokio::task::block_in_place(|| {
+        b.cmd(json!({"cmd": "busy", "ms": 8000}));
+    });
+
     // gw-a dies; the collector keeps publishing, then stops: the channel's
     // newest offset is then fixed.
     let offset_before = tokio::task::block_in_place(|| b.number("#federation", "data-offset"));

@@ -22,6 +22,10 @@ const SILENCE_LIMIT_MS = 2 * PING_EVERY_MS + 5000;
 // over from its snapshot instead: the gateway closes a client whose queue
 // passes --max-outbound-bytes (1 MiB by default) with 4000.
 const RESUME_BUDGET_BYTES = 384 * 1024;
+// A channel's rate is measured over this much of its recent news, from offsets
+// (which count messages exactly), not from arrival times (which bunch up).
+const RATE_WINDOW_MS = 30000;
+const RATE_SAMPLE_EVERY_MS = 1000;
 // Close codes after which reconnecting cannot help.
 const FINAL = {
   4004: "an administrator disconnected this user",
@@ -56,9 +60,10 @@ export class Connection {
           backfilling: false,
           // Estimates of the channel's traffic, to size a resume.
           bytesPerMessage: 0,
-          intervalMs: 0,
-          messagesPerSecond: 0,
+          // {at, offset} of news, one per RATE_SAMPLE_EVERY_MS, over RATE_WINDOW_MS.
+          samples: [],
           lastLiveAt: 0,
+          lastLiveOffset: 0,
         },
       ]),
     );
@@ -287,7 +292,7 @@ export class Connection {
   resumable(ch) {
     if (ch.epoch === null || ch.last === 0) return false;
     const missedSeconds = ch.lastLiveAt ? (Date.now() - ch.lastLiveAt) / 1000 : 0;
-    const expected = ch.messagesPerSecond * missedSeconds * ch.bytesPerMessage;
+    const expected = this.messagesPerSecond(ch) * missedSeconds * ch.bytesPerMessage;
     if (this.skipResume || expected > RESUME_BUDGET_BYTES) {
       console.info(`${ch.name}: about ${Math.round(expected / 1024)} KiB missed; starting over from the snapshot instead of replaying`);
       this.handlers.reset(ch.name, "too much was missed to replay");
@@ -304,6 +309,8 @@ export class Connection {
     if (frame.recovered === false || (ch.epoch !== null && !sameEpoch)) {
       this.handlers.reset(ch.name, sameEpoch ? "the gap was older than the history" : "the channel's history was lost (new epoch)");
       ch.last = 0;
+      // Offsets of another epoch measure nothing against these.
+      if (!sameEpoch) ch.samples = [];
     }
     ch.epoch = frame.epoch;
     ch.position = frame.offset;
@@ -314,19 +321,28 @@ export class Connection {
     if (!ch.backfilled && !ch.backfill.afterSnapshot) this.startBackfill(ch, ch.backfill.max);
   }
 
-  measure(ch, bytes) {
+  measure(ch, bytes, offset) {
     const now = Date.now();
     ch.bytesPerMessage = ch.bytesPerMessage ? 0.8 * ch.bytesPerMessage + 0.2 * bytes : bytes;
-    if (ch.lastLiveAt) {
-      // The mean of the intervals, not of their inverses: two messages read
-      // together (one TCP segment, a busy tab) are 0–1 ms apart, and counted
-      // as a rate of 1000/s they made a quiet channel look flooded, so a
-      // short outage was wrongly started over instead of resumed.
-      const interval = Math.max(1, now - ch.lastLiveAt);
-      ch.intervalMs = ch.intervalMs ? 0.8 * ch.intervalMs + 0.2 * interval : interval;
-      ch.messagesPerSecond = 1000 / ch.intervalMs;
-    }
     ch.lastLiveAt = now;
+    ch.lastLiveOffset = offset;
+    const newest = ch.samples[ch.samples.length - 1];
+    if (!newest || now - newest.at >= RATE_SAMPLE_EVERY_MS) ch.samples.push({ at: now, offset });
+    while (ch.samples.length > 1 && now - ch.samples[1].at >= RATE_WINDOW_MS) ch.samples.shift();
+  }
+
+  /**
+   * Messages per second on `ch` over its recent news: the offsets say how many
+   * were published, the clock only how long that took. Rates from the gaps
+   * between arrivals made a quiet channel look flooded whenever a busy tab
+   * read several messages at once, and a short outage was then started over
+   * instead of resumed.
+   */
+  messagesPerSecond(ch) {
+    const oldest = ch.samples[0];
+    if (!oldest || ch.lastLiveOffset <= oldest.offset) return 0;
+    const seconds = Math.max(1, (ch.lastLiveAt - oldest.at) / 1000);
+    return (ch.lastLiveOffset - oldest.offset) / seconds;
   }
 
   startBackfill(ch, count) {
@@ -351,7 +367,7 @@ export class Connection {
       ch.backfilling = false;
     }
     // Only news counts for the estimates (not a replay's burst).
-    if (kind === "live" && typeof offset === "number" && offset > ch.position) this.measure(ch, bytes);
+    if (kind === "live" && typeof offset === "number" && offset > ch.position) this.measure(ch, bytes, offset);
     this.handlers.data(ch.name, { kind, offset, data: frame.data, bytes });
     if (kind === "snapshot" && !ch.backfilled && ch.backfill.afterSnapshot) {
       const budget = ch.backfill.budgetBytes || 256 * 1024;

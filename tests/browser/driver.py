@@ -117,6 +117,11 @@ def run(page, command, console):
             })""",
             command["src"],
         )
+    if cmd == "busy":
+        # Holds the page's main thread, as a busy tab does: frames queue up
+        # and are then handled in one go.
+        page.evaluate("(ms) => { const end = Date.now() + ms; while (Date.now() < end) {} }", command["ms"])
+        return None
     if cmd == "console":
         return list(console)
     raise ValueError(f"unknown command {cmd!r}")
