@@ -23,6 +23,6 @@ for n in $COUNTS; do
   label=idle-$n; [ "$REPLICAS" -gt 1 ] && label=idle-$n-${REPLICAS}gw
   bench "$label" "${urls[@]}" --redis-url "$REDIS_URL" --clients "$n" --channels 100 \
     --rate 0 --duration "$HOLD" --settle 3s --workers "$workers" --src-ips 127.0.0.1-127.0.0.8 \
-    --connect-rate 5000 "${pids[@]}"
+    --connect-rate "${CONNECT_RATE:-5000}" "${pids[@]}"
   cleanup
 done
