@@ -197,7 +197,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         stats::with_system_history(args.history.config()),
         events_tx,
     ));
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(&config.replica_id));
     let hub = Hub::start(
         engine.clone(),
         events_rx,
@@ -269,7 +269,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let engine_stop = CancellationToken::new();
     let engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
         .context("could not set up the Redis engine")?;
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(&config.replica_id));
     let presence = Presence::redis(
         engine.clone(),
         registry.clone(),

@@ -617,3 +617,70 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_window_and_exits_
         "exited within the {DEADLINE:?} drain deadline of SIGTERM"
     );
 }
+
+/// Presence is written in pipelines of at most 512 connections: a connect
+/// storm larger than that reaches the other replica's listing whole, each
+/// connection once and as it is now (subscribed), and departures follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_mirrors_a_connect_storm_larger_than_one_pipeline() {
+    const CLIENTS: usize = 1_100;
+    const LEAVING: usize = 300;
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let url = a.ws_url("/ws");
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut c = Client::connect(&url).await;
+        c.recv_json().await;
+        let ok = c
+            .subscribe(json!({"type": "subscribe", "channel": "room"}))
+            .await;
+        assert_eq!(ok["type"], "subscribed", "{ok}");
+        clients.push(c);
+    }
+    let listing = |expected: usize| {
+        let port = b.port;
+        async move {
+            let mut last = Value::Null;
+            for _ in 0..100 {
+                let (status, body) =
+                    http_request(port, "GET", "/api/v1/connections", &[], None).unwrap();
+                assert_eq!(status, 200, "{body}");
+                last = serde_json::from_str(&body).unwrap();
+                if last["total"] == expected {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!(
+                "the listing never reached {expected}: total {}",
+                last["total"]
+            );
+        }
+    };
+    let all = listing(CLIENTS).await;
+    let conns = all["connections"].as_array().unwrap();
+    let ids: std::collections::HashSet<&str> = conns
+        .iter()
+        .map(|c| c["connection_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), CLIENTS, "each connection once");
+    let replica = conns[0]["replica"].as_str().unwrap().to_string();
+    for c in conns {
+        assert_eq!(c["replica"], replica.as_str(), "{c}");
+        assert!(
+            c["connection_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{replica}-")),
+            "{c}"
+        );
+        assert_eq!(c["route"], "native", "{c}");
+        assert_eq!(c["channels"], json!(["room"]), "as it is now: {c}");
+        let at = c["connected_at"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(at).is_ok(), "{c}");
+    }
+    clients.truncate(CLIENTS - LEAVING);
+    listing(CLIENTS - LEAVING).await;
+}

@@ -9,6 +9,7 @@
 //! connection limit (503).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -412,24 +413,46 @@ fn accept(
             "the connection cannot be upgraded",
         )
     })?;
-    let session_gw = gw.clone();
-    let remote = peer.map(|p| p.0);
-    let resume = query_param(query, "session");
+    // Boxed: what the session is started with would otherwise stay in the
+    // connection task's state for the connection's whole life.
+    let start = Box::new(SessionStart {
+        gw: gw.clone(),
+        route,
+        identity,
+        remote: peer.map(|p| p.0),
+        resume: query_param(query, "session"),
+    });
     let task = async move {
         match take_stream(on_upgrade).await {
             Ok(stream) => {
-                let conn = session_gw.new_conn(stream);
-                Session::new(session_gw, conn, route, identity, remote, resume)
+                let SessionStart {
+                    gw,
+                    route,
+                    identity,
+                    remote,
+                    resume,
+                } = *start;
+                let conn = gw.new_conn(stream);
+                Box::new(Session::new(gw, conn, route, identity, remote, resume))
                     .run()
                     .await;
             }
-            Err(e) => tracing::debug!(peer = ?remote, error = %e, "upgrade not completed"),
+            Err(e) => tracing::debug!(peer = ?start.remote, error = %e, "upgrade not completed"),
         }
         drop(user_slot);
         drop(permit);
     };
     gw.tasks.spawn(task);
     Ok(request.accept_response().into_response())
+}
+
+/// What an accepted upgrade starts its session with.
+struct SessionStart {
+    gw: Arc<Gateway>,
+    route: Route,
+    identity: Identity,
+    remote: Option<SocketAddr>,
+    resume: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -23,11 +23,16 @@ use crate::engine::EngineError;
 use crate::engine::redis::RedisEngine;
 use crate::metrics::RedisOp;
 use crate::protocol::CloseCode;
+use crate::ws::conn::ConnId;
 
 /// How long a replica's entries outlive its last refresh.
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// Changes are written in batches at this interval.
 const WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// At most this many connections per pipeline: the Redis connection's write
+/// buffer keeps the capacity of the largest pipeline it sent, so a connect
+/// storm must not make it as large as the storm.
+const MAX_WRITES_PER_PIPELINE: usize = 512;
 
 /// See the module documentation.
 pub enum Presence {
@@ -148,33 +153,55 @@ async fn write_loop(
     let key = engine.keys().global(&format!("presence:{replica}"));
     let replicas = engine.keys().global("replicas");
     let mut resync = true;
-    let mut batch = Vec::new();
+    // Entries still to rewrite after a resynchronization's first pipeline.
+    let mut resync_rest: Vec<(ConnId, ConnInfo)> = Vec::new();
+    let mut batch = Vec::with_capacity(MAX_WRITES_PER_PIPELINE);
+    let mut behind = false;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(WRITE_INTERVAL) => {}
-        }
-        batch.clear();
-        while let Ok(change) = changes.try_recv() {
-            batch.push(change);
+        // A backlog (a connect storm) is written pipeline after pipeline;
+        // otherwise once per interval.
+        if !behind {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(WRITE_INTERVAL) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            break;
         }
         let mut writes = engine.batch();
         let pipe = writes.pipe(&key);
         if resync {
+            // Changes queued so far are in the full rewrite.
+            while changes.try_recv().is_ok() {}
             pipe.del(&key).ignore();
-            for (id, info) in registry.all() {
+            resync_rest = registry.all();
+        }
+        if !resync_rest.is_empty() {
+            let from = resync_rest.len().saturating_sub(MAX_WRITES_PER_PIPELINE);
+            for (id, info) in resync_rest.drain(from..) {
                 pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
                     .ignore();
             }
         } else {
-            for change in &batch {
-                match change {
-                    Change::Upsert(id, info) => {
-                        pipe.hset(&key, *id, serde_json::to_string(info).unwrap_or_default())
+            batch.clear();
+            while batch.len() < MAX_WRITES_PER_PIPELINE {
+                match changes.try_recv() {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
+                }
+            }
+            // A connection that subscribed and left within the interval is
+            // written once, as it is now.
+            batch.sort_unstable();
+            batch.dedup();
+            for &Change(id) in &batch {
+                match registry.get(id) {
+                    Some(info) => {
+                        pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
                             .ignore();
                     }
-                    Change::Remove(id) => {
-                        pipe.hdel(&key, *id).ignore();
+                    None => {
+                        pipe.hdel(&key, id).ignore();
                     }
                 }
             }
@@ -189,6 +216,8 @@ async fn write_loop(
             .arg(crate::time::unix_millis())
             .ignore();
         let written = engine.run_batch(RedisOp::Presence, writes).await;
+        // After a failure, wait the interval (and resynchronize) instead.
+        behind = written.is_ok() && (!resync_rest.is_empty() || !changes.is_empty());
         resync = match written {
             Ok(()) => false,
             Err(e) => {

@@ -7,13 +7,16 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::channel::ChannelName;
 use crate::protocol::CloseCode;
 use crate::ws::conn::{Conn, ConnId};
 
-/// What the admin API shows of a connection.
+/// What the admin API shows of a connection, and what presence stores in
+/// Redis for it (JSON). Built when asked for; the registry keeps less.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ConnInfo {
     pub connection_id: String,
@@ -26,9 +29,24 @@ pub struct ConnInfo {
     pub channels: BTreeSet<String>,
 }
 
+/// A connection as it arrives in the registry.
+pub struct NewConn {
+    pub user: Option<String>,
+    pub route: &'static str,
+    pub remote: Option<SocketAddr>,
+}
+
+/// A connection as the registry holds it: an idle gateway holds one per client,
+/// so nothing here is a copy (the channel names share the hub's allocation, the
+/// replica and connection id are put together when asked for).
 struct Entry {
     conn: Arc<Conn>,
-    info: ConnInfo,
+    user: Option<Box<str>>,
+    route: &'static str,
+    remote: Option<SocketAddr>,
+    connected_at: SystemTime,
+    /// Few per connection: a vector, not a tree.
+    channels: Vec<ChannelName>,
 }
 
 #[derive(Default)]
@@ -38,8 +56,8 @@ struct Inner {
 }
 
 /// See the module documentation.
-#[derive(Default)]
 pub struct Registry {
+    replica: String,
     inner: Mutex<Inner>,
 }
 
@@ -61,14 +79,21 @@ impl Drop for UserSlot {
     }
 }
 
-/// A change to mirror elsewhere (presence).
-#[derive(Debug, Clone)]
-pub enum Change {
-    Upsert(ConnId, ConnInfo),
-    Remove(ConnId),
-}
+/// A connection whose entry changed, to mirror elsewhere (presence): the
+/// mirror reads the entry as it is when it writes, so changes in between
+/// coalesce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change(pub ConnId);
 
 impl Registry {
+    /// An empty registry of the replica `replica`.
+    pub fn new(replica: &str) -> Self {
+        Self {
+            replica: replica.to_string(),
+            inner: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -87,37 +112,74 @@ impl Registry {
         })
     }
 
-    pub fn insert(&self, conn: Arc<Conn>, info: ConnInfo) -> Change {
+    pub fn insert(&self, conn: Arc<Conn>, new: NewConn) -> Change {
         let id = conn.id();
-        let change = Change::Upsert(id, info.clone());
-        self.lock().conns.insert(id, Entry { conn, info });
-        change
+        let entry = Entry {
+            conn,
+            user: new.user.map(String::into_boxed_str),
+            route: new.route,
+            remote: new.remote,
+            connected_at: SystemTime::now(),
+            channels: Vec::new(),
+        };
+        self.lock().conns.insert(id, entry);
+        Change(id)
     }
 
     pub fn remove(&self, id: ConnId) -> Change {
         self.lock().conns.remove(&id);
-        Change::Remove(id)
+        Change(id)
     }
 
     /// Records a subscription change of a connection.
-    pub fn set_channel(&self, id: ConnId, channel: &str, subscribed: bool) -> Option<Change> {
+    pub fn set_channel(
+        &self,
+        id: ConnId,
+        channel: &ChannelName,
+        subscribed: bool,
+    ) -> Option<Change> {
         let mut inner = self.lock();
         let entry = inner.conns.get_mut(&id)?;
-        if subscribed {
-            entry.info.channels.insert(channel.to_string());
-        } else {
-            entry.info.channels.remove(channel);
+        let at = entry.channels.iter().position(|c| c == channel);
+        match (subscribed, at) {
+            (true, None) => entry.channels.push(channel.clone()),
+            (false, Some(i)) => {
+                entry.channels.swap_remove(i);
+            }
+            _ => return None,
         }
-        Some(Change::Upsert(id, entry.info.clone()))
+        Some(Change(id))
+    }
+
+    fn info(&self, id: ConnId, entry: &Entry) -> ConnInfo {
+        ConnInfo {
+            connection_id: format!("{}-{id}", self.replica),
+            replica: self.replica.clone(),
+            user: entry.user.as_deref().map(str::to_owned),
+            route: entry.route.to_owned(),
+            remote: entry.remote,
+            connected_at: humantime::format_rfc3339_millis(entry.connected_at).to_string(),
+            channels: entry
+                .channels
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+        }
+    }
+
+    /// The connection `id` as it is now; `None` once it is gone.
+    pub fn get(&self, id: ConnId) -> Option<ConnInfo> {
+        let inner = self.lock();
+        inner.conns.get(&id).map(|e| self.info(id, e))
     }
 
     /// Every connection, or those of one user.
     pub fn list(&self, user: Option<&str>) -> Vec<ConnInfo> {
         self.lock()
             .conns
-            .values()
-            .filter(|e| user.is_none() || e.info.user.as_deref() == user)
-            .map(|e| e.info.clone())
+            .iter()
+            .filter(|(_, e)| user.is_none() || e.user.as_deref() == user)
+            .map(|(id, e)| self.info(*id, e))
             .collect()
     }
 
@@ -126,7 +188,7 @@ impl Registry {
         self.lock()
             .conns
             .iter()
-            .map(|(id, e)| (*id, e.info.clone()))
+            .map(|(id, e)| (*id, self.info(*id, e)))
             .collect()
     }
 
@@ -136,7 +198,7 @@ impl Registry {
             .lock()
             .conns
             .values()
-            .filter(|e| e.info.user.as_deref() == Some(user))
+            .filter(|e| e.user.as_deref() == Some(user))
             .map(|e| e.conn.clone())
             .collect();
         targets.iter().filter(|c| c.close(code)).count()

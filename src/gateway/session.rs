@@ -7,8 +7,11 @@
 //! While a client is idle the task holds no buffer at all.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +19,7 @@ use serde_json::Value;
 
 use super::Gateway;
 use super::recovery;
-use super::registry::ConnInfo;
+use super::registry::NewConn;
 use super::sessions;
 use crate::auth::Identity;
 use crate::channel::ChannelName;
@@ -183,22 +186,21 @@ impl Session {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    /// Serves the connection to its end. The session is boxed: an async fn
+    /// keeps its argument twice in its state, and this state is what every
+    /// connected client costs.
+    pub(crate) async fn run(mut self: Box<Self>) {
         let route = self.route.label();
         let metrics = self.gw.metrics.clone();
         metrics.connections.with_label_values(&[route]).inc();
         metrics.connections_opened.with_label_values(&[route]).inc();
         tracing::debug!(connection = %self.connection_id, route, user = ?self.identity.user, "connected");
-        let info = ConnInfo {
-            connection_id: self.connection_id.clone(),
-            replica: self.gw.config.replica_id.clone(),
+        let new = NewConn {
             user: self.identity.user.clone(),
-            route: route.to_string(),
+            route,
             remote: self.remote,
-            connected_at: crate::time::rfc3339_now(),
-            channels: Default::default(),
         };
-        let change = self.gw.registry.insert(self.conn.clone(), info);
+        let change = self.gw.registry.insert(self.conn.clone(), new);
         self.gw.presence.record(change);
         self.conn.set_expiry(self.identity.expires_at.unwrap_or(0));
         Box::pin(self.gw.hub.watch(&self.conn, self.shard)).await;
@@ -227,7 +229,9 @@ impl Session {
         let drain = drain_signal(self.gw.clone(), self.conn.id());
         tokio::pin!(drain);
         let mut drained = false;
-        let mut close_deadline: Option<tokio::time::Instant> = None;
+        // Armed once the close is sent; boxed: most connections never close
+        // from this side, and the task's size is what an idle client costs.
+        let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             for channel in self.conn.take_resyncs() {
                 Box::pin(self.resync(channel)).await;
@@ -242,23 +246,25 @@ impl Session {
                     if sent && self.client_closed {
                         return self.ending(code);
                     }
-                    if close_deadline.is_none() {
-                        close_deadline = Some(
-                            tokio::time::Instant::now() + self.gw.config.timeouts.close_timeout,
-                        );
+                    if close_timer.is_none() {
+                        close_timer = Some(Box::pin(tokio::time::sleep(
+                            self.gw.config.timeouts.close_timeout,
+                        )));
                     }
                 }
                 OutState::Open => {}
             }
             let want_write = self.conn.has_queued();
-            let deadline = close_deadline;
+            // Readiness is polled in place (no readiness future per branch):
+            // the socket keeps the task's waker itself.
+            let conn = &self.conn;
             tokio::select! {
                 _ = &mut drain, if !drained => {
                     drained = true;
                     self.conn.close(CloseCode::GoingAway);
                 }
-                _ = self.conn.woken() => {}
-                ready = self.conn.stream().readable() => {
+                _ = poll_fn(|cx| conn.poll_woken(cx)) => {}
+                ready = poll_fn(|cx| conn.stream().poll_read_ready(cx)) => {
                     if ready.is_err() {
                         return Ending::Lost;
                     }
@@ -266,8 +272,11 @@ impl Session {
                         return ending;
                     }
                 }
-                _ = self.conn.stream().writable(), if want_write => {}
-                _ = sleep_until(deadline), if deadline.is_some() => {
+                _ = poll_fn(|cx| conn.stream().poll_write_ready(cx)), if want_write => {}
+                _ = poll_fn(|cx| match close_timer.as_mut() {
+                    Some(timer) => timer.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }), if close_timer.is_some() => {
                     return match self.conn.state() {
                         OutState::Closing(code) => self.ending(code),
                         _ => Ending::Lost,
@@ -651,11 +660,7 @@ impl Session {
         gw.hub
             .release(self.conn.id(), self.shard, &channel, start.live_after())
             .await;
-        if let Some(change) = self
-            .gw
-            .registry
-            .set_channel(self.conn.id(), channel.as_str(), true)
-        {
+        if let Some(change) = self.gw.registry.set_channel(self.conn.id(), &channel, true) {
             self.gw.presence.record(change);
         }
         self.subscriptions.insert(channel, mode);
@@ -794,11 +799,7 @@ impl Session {
         }
         self.subscriptions.remove(channel);
         self.gw.hub.leave(self.conn.id(), self.shard, channel).await;
-        if let Some(change) = self
-            .gw
-            .registry
-            .set_channel(self.conn.id(), channel.as_str(), false)
-        {
+        if let Some(change) = self.gw.registry.set_channel(self.conn.id(), channel, false) {
             self.gw.presence.record(change);
         }
     }
@@ -888,13 +889,6 @@ async fn drain_signal(gw: Arc<Gateway>, conn_id: u64) {
     // A well-mixed fraction in [0, 1) from the connection id.
     let fraction = (conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     tokio::time::sleep(gw.config.drain.window.mul_f64(fraction)).await;
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ return 1
 
 /// Acknowledgements are written at most this often.
 const ACK_FLUSH: Duration = Duration::from_millis(500);
+/// At most this many writes per pipeline (a backlog goes out in several): the
+/// Redis connection's write buffer keeps the capacity of the largest pipeline.
+const MAX_WRITES_PER_PIPELINE: usize = 1024;
 
 /// A session id: 128 random bits as hex.
 pub fn new_session_id() -> String {
@@ -283,15 +286,20 @@ async fn write_loop(
     let mut batch = Vec::new();
     loop {
         let received = tokio::select! {
-            n = writes.recv_many(&mut batch, 4096) => n,
+            n = writes.recv_many(&mut batch, MAX_WRITES_PER_PIPELINE) => n,
             _ = shutdown.cancelled() => 0,
         };
         if received == 0 && batch.is_empty() {
             return;
         }
-        // Let acknowledgements of the next moments join this batch.
-        tokio::time::sleep(ACK_FLUSH).await;
-        while let Ok(w) = writes.try_recv() {
+        // Let acknowledgements of the next moments join this batch (a backlog
+        // that fills a pipeline goes out at once).
+        if batch.len() < MAX_WRITES_PER_PIPELINE {
+            tokio::time::sleep(ACK_FLUSH).await;
+        }
+        while batch.len() < MAX_WRITES_PER_PIPELINE
+            && let Ok(w) = writes.try_recv()
+        {
             batch.push(w);
         }
         let mut acks: HashMap<(String, String), u64> = HashMap::new();

@@ -11,12 +11,13 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::frame;
 use crate::channel::ChannelName;
@@ -35,10 +36,37 @@ pub struct Conn {
     id: ConnId,
     stream: TcpStream,
     out: Mutex<Outbound>,
-    wake: Notify,
+    wake: Wake,
     max_queued_bytes: usize,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
+}
+
+/// Wakes the session task. A flag and the one waker of its one task: no
+/// waiter list and no future to keep per connection (an idle client costs the
+/// memory of what its task waits on).
+#[derive(Default)]
+struct Wake {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first: a notify between the check and the registration
+        // would otherwise be missed.
+        self.waker.register(cx.waker());
+        if self.pending.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Heartbeat bookkeeping, read by the shard's timing wheel. Times are
@@ -114,7 +142,7 @@ impl Conn {
                 state: OutState::Open,
                 resync: Vec::new(),
             }),
-            wake: Notify::new(),
+            wake: Wake::default(),
             max_queued_bytes,
             metrics,
             heartbeat: Heartbeat {
@@ -134,9 +162,10 @@ impl Conn {
         &self.stream
     }
 
-    /// Resolves when the connection has output to drain or a state change.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Ready when the connection has output to drain or a state change (once
+    /// per wake-up; a wake-up before the poll is kept).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.wake.poll(cx)
     }
 
     fn lock(&self) -> MutexGuard<'_, Outbound> {
@@ -174,7 +203,7 @@ impl Conn {
                 Err(_) => {
                     out.state = OutState::Closed;
                     drop(out);
-                    self.wake.notify_one();
+                    self.wake.notify();
                     return Sent::Dropped;
                 }
             }
@@ -188,7 +217,7 @@ impl Conn {
             Self::start_close(&mut out, CloseCode::SlowConsumer);
         }
         drop(out);
-        self.wake.notify_one();
+        self.wake.notify();
         if overflow {
             Sent::Overflow
         } else {
@@ -211,7 +240,7 @@ impl Conn {
         }
         Self::start_close(&mut out, code);
         drop(out);
-        self.wake.notify_one();
+        self.wake.notify();
         true
     }
 
@@ -232,7 +261,7 @@ impl Conn {
             out.resync.push(channel);
         }
         drop(out);
-        self.wake.notify_one();
+        self.wake.notify();
     }
 
     /// Channels the session must restart.
@@ -243,7 +272,7 @@ impl Conn {
     /// Marks the socket finished: nothing more will be written.
     pub fn mark_closed(&self) {
         self.lock().state = OutState::Closed;
-        self.wake.notify_one();
+        self.wake.notify();
     }
 
     /// The connection's state.
