@@ -1126,7 +1126,7 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_TOKEN_EXPIRY_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_expiry_grace: Duration,
 
-    /// Interval of server WebSocket pings (sent to clients as `heartbeat_interval`; 0 disables).
+    /// Interval of server WebSocket pings (sent to clients as `heartbeat_interval`; 0 disables). The first ping comes in the second half of the interval, spread over connections.
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 

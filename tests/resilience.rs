@@ -590,6 +590,52 @@ async fn a_client_that_does_not_answer_pings_is_closed_with_4002() {
     assert!(counted >= 1.0);
 }
 
+/// Clients that connect together are not pinged together: the first ping
+/// comes at a moment spread over the second half of the interval, never early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_pings_of_clients_that_connected_together_are_spread() {
+    const INTERVAL: Duration = Duration::from_secs(6);
+    let sb = Switchboard::standalone(&["--ping-interval", "6s"]);
+    sb.wait_ready(WAIT);
+    let started = Instant::now();
+    let mut waits = Vec::new();
+    for _ in 0..40 {
+        let mut c = Client::connect(&sb.ws_url("/ws")).await;
+        waits.push(tokio::spawn(async move {
+            let connected = Instant::now();
+            assert!(
+                c.next_ping(INTERVAL * 2).await,
+                "a ping within the interval"
+            );
+            connected.elapsed()
+        }));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "connected together"
+    );
+    let mut firsts = Vec::new();
+    for w in waits {
+        firsts.push(w.await.unwrap());
+    }
+    firsts.sort();
+    let (earliest, latest) = (firsts[0], firsts[firsts.len() - 1]);
+    // Half the interval at the earliest (the wheel is never early), the
+    // interval plus one tick of the wheel at the latest.
+    assert!(
+        earliest >= INTERVAL / 2 - Duration::from_millis(100),
+        "{firsts:?}"
+    );
+    assert!(
+        latest <= INTERVAL + Duration::from_millis(1500),
+        "{firsts:?}"
+    );
+    assert!(
+        latest - earliest >= Duration::from_millis(1500),
+        "spread: {firsts:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_with_4003_after_the_idle_limit() {
     let sb = Switchboard::standalone(&["--ping-interval", "0s", "--idle-timeout", "2s"]);

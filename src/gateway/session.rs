@@ -886,8 +886,7 @@ fn dropin_command(text: &[u8]) -> Option<&'static str> {
 /// replica's clients are closed evenly over the drain window.
 async fn drain_signal(gw: Arc<Gateway>, conn_id: u64) {
     gw.shutdown.cancelled().await;
-    // A well-mixed fraction in [0, 1) from the connection id.
-    let fraction = (conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    let fraction = crate::time::spread(conn_id);
     tokio::time::sleep(gw.config.drain.window.mul_f64(fraction)).await;
 }
 

@@ -87,6 +87,15 @@ impl Wheel {
     /// Starts watching a new connection.
     pub(crate) fn watch(&mut self, conn: &Arc<Conn>) {
         let now = crate::time::mono_millis();
+        let interval = millis(self.config.ping_interval);
+        if interval > 0 {
+            // Clients that connect together (a deploy, a reconnect storm)
+            // would otherwise be pinged together, and answer together, every
+            // interval for as long as they stay: the first ping comes at a
+            // moment spread over the second half of the interval.
+            let early = (interval as f64 / 2.0 * crate::time::spread(conn.id())) as u64;
+            conn.start_ping_clock(now.saturating_sub(early).max(1));
+        }
         let due = self.next_deadline(conn, now, crate::time::unix_secs());
         self.insert(Arc::downgrade(conn), due, now);
     }

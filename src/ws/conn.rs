@@ -355,6 +355,12 @@ impl Conn {
     }
 
     /// When the last ping was sent (monotonic milliseconds, 0 = never).
+    /// Sets the moment (monotonic milliseconds) the first ping interval
+    /// counts from.
+    pub fn start_ping_clock(&self, at: u64) {
+        self.heartbeat.last_ping.store(at, Ordering::Relaxed);
+    }
+
     pub fn last_ping(&self) -> u64 {
         self.heartbeat.last_ping.load(Ordering::Relaxed)
     }

@@ -529,6 +529,19 @@ impl Client {
         }
     }
 
+    /// Reads until the server's next WebSocket ping (answered by tungstenite);
+    /// false on close or timeout.
+    pub async fn next_ping(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => return true,
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return false,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// The next text frame parsed as JSON; panics on close or timeout.
     pub async fn recv_json(&mut self) -> Value {
         match self.next(Duration::from_secs(10)).await {
