@@ -5,6 +5,9 @@
 # several processes (one process holds at most ~20,000 sockets here) over
 # several 127.0.0.x source addresses.
 #   bash scripts/bench/idle.sh [CLIENTS…]   (default 10000 19000)
+# HOLD sets how long they are held (default 60s), CONNECT_RATE the clients'
+# connect rate (default 5000/s), GW_BIN another
+# gateway binary (before/after runs).
 # REPLICAS=3 spreads the clients over three gateways on one Redis: how to go
 # past one process's sockets (e.g. REPLICAS=3 idle.sh 50000).
 source "$(dirname "$0")/lib.sh"
