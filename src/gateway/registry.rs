@@ -45,7 +45,8 @@ struct Entry {
     route: &'static str,
     remote: Option<SocketAddr>,
     connected_at: SystemTime,
-    /// Few per connection: a vector, not a tree.
+    /// Few per connection (`--max-channels-per-connection`, 64 by default):
+    /// a vector, not a tree.
     channels: Vec<ChannelName>,
 }
 
