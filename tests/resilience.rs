@@ -597,12 +597,14 @@ async fn first_pings_of_clients_that_connected_together_are_spread() {
     const INTERVAL: Duration = Duration::from_secs(6);
     let sb = Switchboard::standalone(&["--ping-interval", "6s"]);
     sb.wait_ready(WAIT);
-    let started = Instant::now();
+    // Each time counts from the client's own connect, so how long the 40
+    // connects took does not spread them: without the spread they would all be
+    // the interval, give or take the wheel's one-second tick.
     let mut waits = Vec::new();
     for _ in 0..40 {
         let mut c = Client::connect(&sb.ws_url("/ws")).await;
+        let connected = Instant::now();
         waits.push(tokio::spawn(async move {
-            let connected = Instant::now();
             assert!(
                 c.next_ping(INTERVAL * 2).await,
                 "a ping within the interval"
@@ -610,10 +612,6 @@ async fn first_pings_of_clients_that_connected_together_are_spread() {
             connected.elapsed()
         }));
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "connected together"
-    );
     let mut firsts = Vec::new();
     for w in waits {
         firsts.push(w.await.unwrap());
@@ -621,15 +619,13 @@ async fn first_pings_of_clients_that_connected_together_are_spread() {
     firsts.sort();
     let (earliest, latest) = (firsts[0], firsts[firsts.len() - 1]);
     // Half the interval at the earliest (the wheel is never early), the
-    // interval plus one tick of the wheel at the latest.
+    // interval plus one tick of the wheel (and a loaded machine's delay) at
+    // the latest.
     assert!(
         earliest >= INTERVAL / 2 - Duration::from_millis(100),
         "{firsts:?}"
     );
-    assert!(
-        latest <= INTERVAL + Duration::from_millis(1500),
-        "{firsts:?}"
-    );
+    assert!(latest <= INTERVAL + Duration::from_secs(2), "{firsts:?}");
     assert!(
         latest - earliest >= Duration::from_millis(1500),
         "spread: {firsts:?}"
