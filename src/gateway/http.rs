@@ -9,7 +9,6 @@
 //! connection limit (503).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,7 +24,7 @@ use warp::{Filter, Reply};
 use super::Gateway;
 use super::presence::Disconnect;
 use super::server::PeerAddr;
-use super::session::{Route, Session};
+use super::session::{Route, Session, SessionStart};
 use crate::auth::{AuthError, Identity};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PublishOptions};
@@ -425,17 +424,8 @@ fn accept(
     let task = async move {
         match take_stream(on_upgrade).await {
             Ok(stream) => {
-                let SessionStart {
-                    gw,
-                    route,
-                    identity,
-                    remote,
-                    resume,
-                } = *start;
-                let conn = gw.new_conn(stream);
-                Box::new(Session::new(gw, conn, route, identity, remote, resume))
-                    .run()
-                    .await;
+                let conn = start.gw.new_conn(stream);
+                Box::new(Session::new(*start, conn)).run().await;
             }
             Err(e) => tracing::debug!(peer = ?start.remote, error = %e, "upgrade not completed"),
         }
@@ -444,15 +434,6 @@ fn accept(
     };
     gw.tasks.spawn(task);
     Ok(request.accept_response().into_response())
-}
-
-/// What an accepted upgrade starts its session with.
-struct SessionStart {
-    gw: Arc<Gateway>,
-    route: Route,
-    identity: Identity,
-    remote: Option<SocketAddr>,
-    resume: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -153,9 +153,9 @@ async fn write_loop(
     let key = engine.keys().global(&format!("presence:{replica}"));
     let replicas = engine.keys().global("replicas");
     let mut resync = true;
-    // Entries still to rewrite after a resynchronization's first pipeline.
-    let mut resync_rest: Vec<(ConnId, ConnInfo)> = Vec::new();
-    let mut batch = Vec::with_capacity(MAX_WRITES_PER_PIPELINE);
+    // Connections still to write, each as it is when written: after a
+    // resynchronization every one, else the changed ones.
+    let mut pending: Vec<ConnId> = Vec::new();
     let mut behind = false;
     loop {
         // A backlog (a connect storm) is written pipeline after pipeline;
@@ -174,35 +174,27 @@ async fn write_loop(
             // Changes queued so far are in the full rewrite.
             while changes.try_recv().is_ok() {}
             pipe.del(&key).ignore();
-            resync_rest = registry.all();
-        }
-        if !resync_rest.is_empty() {
-            let from = resync_rest.len().saturating_sub(MAX_WRITES_PER_PIPELINE);
-            for (id, info) in resync_rest.drain(from..) {
-                pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
-                    .ignore();
-            }
-        } else {
-            batch.clear();
-            while batch.len() < MAX_WRITES_PER_PIPELINE {
-                match changes.try_recv() {
-                    Ok(change) => batch.push(change),
-                    Err(_) => break,
-                }
+            pending = registry.ids();
+        } else if pending.is_empty() {
+            while pending.len() < MAX_WRITES_PER_PIPELINE
+                && let Ok(Change(id)) = changes.try_recv()
+            {
+                pending.push(id);
             }
             // A connection that subscribed and left within the interval is
             // written once, as it is now.
-            batch.sort_unstable();
-            batch.dedup();
-            for &Change(id) in &batch {
-                match registry.get(id) {
-                    Some(info) => {
-                        pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
-                            .ignore();
-                    }
-                    None => {
-                        pipe.hdel(&key, id).ignore();
-                    }
+            pending.sort_unstable();
+            pending.dedup();
+        }
+        let from = pending.len().saturating_sub(MAX_WRITES_PER_PIPELINE);
+        for id in pending.drain(from..) {
+            match registry.get(id) {
+                Some(info) => {
+                    pipe.hset(&key, id, serde_json::to_string(&info).unwrap_or_default())
+                        .ignore();
+                }
+                None => {
+                    pipe.hdel(&key, id).ignore();
                 }
             }
         }
@@ -217,7 +209,7 @@ async fn write_loop(
             .ignore();
         let written = engine.run_batch(RedisOp::Presence, writes).await;
         // After a failure, wait the interval (and resynchronize) instead.
-        behind = written.is_ok() && (!resync_rest.is_empty() || !changes.is_empty());
+        behind = written.is_ok() && (!pending.is_empty() || !changes.is_empty());
         resync = match written {
             Ok(()) => false,
             Err(e) => {

@@ -83,7 +83,7 @@ impl Drop for UserSlot {
 /// A connection whose entry changed, to mirror elsewhere (presence): the
 /// mirror reads the entry as it is when it writes, so changes in between
 /// coalesce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change(pub ConnId);
 
 impl Registry {
@@ -184,13 +184,9 @@ impl Registry {
             .collect()
     }
 
-    /// Every entry, for a full resynchronization of presence.
-    pub fn all(&self) -> Vec<(ConnId, ConnInfo)> {
-        self.lock()
-            .conns
-            .iter()
-            .map(|(id, e)| (*id, self.info(*id, e)))
-            .collect()
+    /// Every connection's id, for a full resynchronization of presence.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.lock().conns.keys().copied().collect()
     }
 
     /// Closes every connection of `user` with `code`; returns how many.

@@ -73,6 +73,16 @@ impl Ending {
     }
 }
 
+/// What an accepted upgrade starts its session with (the socket aside).
+pub(crate) struct SessionStart {
+    pub gw: Arc<Gateway>,
+    pub route: Route,
+    pub identity: Identity,
+    pub remote: Option<SocketAddr>,
+    /// The session id asked for with `?session=` (native route).
+    pub resume: Option<String>,
+}
+
 pub(crate) struct Session {
     gw: Arc<Gateway>,
     conn: Arc<Conn>,
@@ -150,14 +160,14 @@ impl RateLimit {
 }
 
 impl Session {
-    pub(crate) fn new(
-        gw: Arc<Gateway>,
-        conn: Arc<Conn>,
-        route: Route,
-        identity: Identity,
-        remote: Option<SocketAddr>,
-        resume: Option<String>,
-    ) -> Self {
+    pub(crate) fn new(start: SessionStart, conn: Arc<Conn>) -> Self {
+        let SessionStart {
+            gw,
+            route,
+            identity,
+            remote,
+            resume,
+        } = start;
         let shard = gw.hub.assign_shard();
         let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
         let limits = &gw.config.limits;
