@@ -40,7 +40,7 @@ def main():
 
         # The location names the resource of a "Failed to load resource" message.
         page.on("console", lambda m: record(m.type, m.text, (m.location or {}).get("url") or ""))
-        page.on("pageerror", lambda e: record("pageerror", str(e)))
+        page.on("pageerror", lambda e: record("pageerror", f"{e} ({(e.stack or '').strip()})"))
         reply({"ok": True, "value": browser.version})
         while True:
             ready, _, _ = select.select([sys.stdin], [], [], 0.05)
