@@ -27,7 +27,7 @@ use crate::config::GatewayConfig;
 use crate::engine::connection::RedisTarget;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
-use crate::engine::{Engine, EngineEvent, HistoryConfig};
+use crate::engine::{Engine, EngineEvent, HistoryConfig, event_channel};
 use crate::gateway::http::json_response;
 use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
@@ -192,7 +192,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         federation.tls = tls;
     }
     let metrics = Arc::new(Metrics::new());
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
         stats::with_system_history(args.history.config()),
         events_tx,
@@ -265,7 +265,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     }
     tracing::info!(redis = %redis.target.describe(), "gateway: engine on Redis");
     let metrics = Arc::new(Metrics::new());
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
     let engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
         .context("could not set up the Redis engine")?;

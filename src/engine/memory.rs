@@ -50,10 +50,10 @@ impl ChannelLog {
 
 impl MemoryEngine {
     /// An engine whose live feed goes to `events`.
-    pub fn new(history: HistoryConfig, events: EventSink) -> Self {
+    pub fn new(history: HistoryConfig, events: impl Into<EventSink>) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            events,
+            events: events.into(),
             history,
         }
     }

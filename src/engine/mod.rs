@@ -15,6 +15,7 @@ pub mod counted;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod sink;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -195,8 +196,7 @@ pub enum EngineEvent {
     Control(serde_json::Value),
 }
 
-/// Where the feed's events go (bounded: a slow consumer slows the feed).
-pub type EventSink = tokio::sync::mpsc::Sender<EngineEvent>;
+pub use sink::{EventFeed, EventSink, FeedClosed, InlineReceiver, event_channel};
 
 /// Whether the engine can serve.
 #[derive(Debug, Clone, PartialEq, Eq)]

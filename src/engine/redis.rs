@@ -169,10 +169,11 @@ impl RedisEngine {
     /// wait for Redis: a replica may start first and turn ready when Redis is up.
     pub fn start(
         config: RedisConfig,
-        events: EventSink,
+        events: impl Into<EventSink>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
+        let events = events.into();
         let keys = Keys::new(&config.prefix).map_err(|e| EngineError::Protocol(e.to_string()))?;
         let mut config = config;
         if config.tls.is_none() && config.target.is_tls() {

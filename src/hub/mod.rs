@@ -4,10 +4,14 @@
 //! * One engine subscription per channel however many local clients want it,
 //!   taken on the first local subscriber and dropped after the last (the
 //!   subscription manager task serializes these, in batches).
-//! * The dispatcher task reads the engine feed, checks each message's offset
-//!   against the last one seen on its channel — dropping duplicates and filling
-//!   gaps from history — and hands one shared [`Delivery`] to each shard that
-//!   has subscribers of the channel.
+//! * The dispatcher checks each message of the engine feed against the last
+//!   offset seen on its channel — dropping duplicates and filling gaps from
+//!   history — and hands one shared [`Delivery`] to each shard that has
+//!   subscribers of the channel. A message that continues its channel, when
+//!   every shard queue it goes to has room, is dispatched in place on the
+//!   engine's reader task ([`InlineReceiver`]); anything else (a gap, a new
+//!   epoch, a full queue, feed loss and restore) goes through the dispatcher
+//!   task, and later messages queue behind it, so the order holds.
 //! * Shards ([`shard`]) write the frames to the sockets.
 //!
 //! Joining is two-phase so that a subscription can start with a snapshot and
@@ -32,7 +36,9 @@ pub use shard::Mode;
 use shard::{Shard, ShardCmd};
 
 use crate::channel::ChannelName;
-use crate::engine::{Engine, EngineEvent, Epoch, IncomingMessage, Offset};
+use crate::engine::{
+    Engine, EngineEvent, Epoch, EventFeed, IncomingMessage, InlineReceiver, Offset,
+};
 use crate::metrics::Metrics;
 use crate::ws::conn::{Conn, ConnId};
 
@@ -124,7 +130,7 @@ impl Hub {
     /// Control messages from the engine go to `control`, if given.
     pub fn start(
         engine: Arc<dyn Engine>,
-        events: mpsc::Receiver<EngineEvent>,
+        events: EventFeed,
         metrics: Arc<Metrics>,
         config: HubConfig,
         control: Option<mpsc::UnboundedSender<serde_json::Value>>,
@@ -156,6 +162,8 @@ impl Hub {
             catching_up: AtomicBool::new(false),
         });
         tokio::spawn(hub.clone().manage(ops_rx));
+        let inline: Arc<dyn InlineReceiver> = hub.clone();
+        events.attach(Arc::downgrade(&inline));
         tokio::spawn(hub.clone().dispatch(events));
         hub
     }
@@ -363,30 +371,39 @@ impl Hub {
     }
 
     /// The dispatcher: the engine feed, in order, to the shards.
-    async fn dispatch(self: Arc<Self>, mut events: mpsc::Receiver<EngineEvent>) {
+    async fn dispatch(self: Arc<Self>, mut events: EventFeed) {
         while let Some(event) = events.recv().await {
-            match event {
-                EngineEvent::Message(m) => {
-                    self.metrics.messages_in.inc();
-                    self.metrics.bytes_in.inc_by(m.data.as_bytes().len() as u64);
-                    self.dispatch_message(m).await;
-                }
-                EngineEvent::Lost => {
-                    self.catching_up.store(true, Ordering::Relaxed);
-                    tracing::warn!("engine feed lost: live delivery paused until it is restored");
-                }
-                EngineEvent::Restored => {
-                    self.catch_up_all().await;
-                    self.catching_up.store(false, Ordering::Relaxed);
-                    tracing::info!("caught up after the engine feed was restored");
-                }
-                EngineEvent::Control(message) => {
-                    if let Some(control) = &self.control {
-                        let _ = control.send(message);
-                    }
+            self.handle(event).await;
+            events.handled();
+        }
+    }
+
+    async fn handle(&self, event: EngineEvent) {
+        match event {
+            EngineEvent::Message(m) => {
+                self.count_in(&m);
+                self.dispatch_message(m).await;
+            }
+            EngineEvent::Lost => {
+                self.catching_up.store(true, Ordering::Relaxed);
+                tracing::warn!("engine feed lost: live delivery paused until it is restored");
+            }
+            EngineEvent::Restored => {
+                self.catch_up_all().await;
+                self.catching_up.store(false, Ordering::Relaxed);
+                tracing::info!("caught up after the engine feed was restored");
+            }
+            EngineEvent::Control(message) => {
+                if let Some(control) = &self.control {
+                    let _ = control.send(message);
                 }
             }
         }
+    }
+
+    fn count_in(&self, m: &IncomingMessage) {
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.inc_by(m.data.as_bytes().len() as u64);
     }
 
     fn step(&self, m: &IncomingMessage) -> Step {
@@ -394,29 +411,7 @@ impl Hub {
         let Some(entry) = table.get_mut(&m.channel) else {
             return Step::Drop;
         };
-        if let Some((offset, epoch)) = &m.seq {
-            match &entry.last {
-                Some((last_epoch, last)) if last_epoch == epoch => {
-                    if offset <= last {
-                        return Step::Drop;
-                    }
-                    if *offset > last + 1 {
-                        return Step::Fill { after: *last };
-                    }
-                }
-                Some((last_epoch, _)) => {
-                    tracing::warn!(
-                        channel = %m.channel, old = %last_epoch, new = %epoch,
-                        "channel epoch changed: its history was lost in the engine; subscribers restart"
-                    );
-                    entry.last = Some((epoch.clone(), *offset));
-                    return Step::Resync(targets(entry));
-                }
-                None => {}
-            }
-            entry.last = Some((epoch.clone(), *offset));
-        }
-        Step::Deliver(targets(entry))
+        step_entry(entry, m)
     }
 
     async fn dispatch_message(&self, m: IncomingMessage) {
@@ -546,6 +541,117 @@ impl Hub {
         for s in shards {
             let _ = self.shards[s].send(ShardCmd::Deliver(d.clone())).await;
         }
+    }
+}
+
+/// Where a live message stands against its channel's last offset.
+enum Verdict {
+    /// Seen already (or older): dropped.
+    Seen,
+    /// The next one (or one without an offset): delivered.
+    Next,
+    /// Messages after `after` are missing before it.
+    Gap { after: Offset },
+    /// The channel's epoch changed.
+    NewEpoch,
+}
+
+fn judge(entry: &ChannelEntry, m: &IncomingMessage) -> Verdict {
+    let Some((offset, epoch)) = &m.seq else {
+        return Verdict::Next;
+    };
+    match &entry.last {
+        Some((last_epoch, last)) if last_epoch == epoch => {
+            if offset <= last {
+                Verdict::Seen
+            } else if *offset > last + 1 {
+                Verdict::Gap { after: *last }
+            } else {
+                Verdict::Next
+            }
+        }
+        Some(_) => Verdict::NewEpoch,
+        None => Verdict::Next,
+    }
+}
+
+/// The message is the channel's newest from now on.
+fn advance(entry: &mut ChannelEntry, m: &IncomingMessage) {
+    if let Some((offset, epoch)) = &m.seq {
+        entry.last = Some((epoch.clone(), *offset));
+    }
+}
+
+fn step_entry(entry: &mut ChannelEntry, m: &IncomingMessage) -> Step {
+    match judge(entry, m) {
+        Verdict::Seen => Step::Drop,
+        Verdict::Gap { after } => Step::Fill { after },
+        Verdict::NewEpoch => {
+            if let (Some((old, _)), Some((_, new))) = (&entry.last, &m.seq) {
+                tracing::warn!(
+                    channel = %m.channel, %old, %new,
+                    "channel epoch changed: its history was lost in the engine; subscribers restart"
+                );
+            }
+            advance(entry, m);
+            Step::Resync(targets(entry))
+        }
+        Verdict::Next => {
+            advance(entry, m);
+            Step::Deliver(targets(entry))
+        }
+    }
+}
+
+/// The in-place path (see the module documentation): a message that continues
+/// its channel goes to the shards from the engine's reader task when every
+/// shard queue it needs has room; anything else is given back to be queued
+/// for the dispatcher task, with nothing changed.
+impl InlineReceiver for Hub {
+    fn offer(&self, event: EngineEvent) -> Option<EngineEvent> {
+        let EngineEvent::Message(m) = event else {
+            return Some(event);
+        };
+        let permits = {
+            let mut table = self.lock();
+            let Some(entry) = table.get_mut(&m.channel) else {
+                // Nobody here subscribes it (any more).
+                self.count_in(&m);
+                return None;
+            };
+            match judge(entry, &m) {
+                Verdict::Seen => {
+                    self.count_in(&m);
+                    return None;
+                }
+                Verdict::Gap { .. } | Verdict::NewEpoch => return Some(EngineEvent::Message(m)),
+                Verdict::Next => {}
+            }
+            let mut permits = Vec::with_capacity(self.shards.len());
+            for (shard, subscribers) in entry.per_shard.iter().enumerate() {
+                if *subscribers == 0 {
+                    continue;
+                }
+                match self.shards[shard].try_reserve() {
+                    Ok(permit) => permits.push(permit),
+                    // Full (or stopping): the dispatcher task waits for room.
+                    Err(_) => return Some(EngineEvent::Message(m)),
+                }
+            }
+            advance(entry, &m);
+            permits
+        };
+        self.count_in(&m);
+        let d = Arc::new(Delivery::new(
+            m.channel,
+            m.seq.map(|(o, _)| o),
+            m.published_us,
+            m.data,
+        ));
+        for permit in permits {
+            permit.send(ShardCmd::Deliver(d.clone()));
+        }
+        None
     }
 }
 
