@@ -5,7 +5,24 @@
 //! The publisher writes `data` as `{"seq":N,"ts":T,"pad":"…"}`, so both keys sit
 //! at the start of the payload; the scan is a few substring searches.
 
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+/// The keys searched in every received message, each a searcher built once:
+/// `memmem::find` builds one per call, which on these short frames costs more
+/// than the search. The client's cost per message is part of every latency
+/// it measures (client and server share the machine's cores), so it is kept
+/// low and close between routes.
+static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
+static TS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ts\":"));
+static DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"data\":"));
+static OFFSET: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"offset\":"));
+static TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\":\""));
+static CODE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"code\":\""));
+
+/// How the gateway begins a native message frame (`type` comes first).
+const MESSAGE_START: &[u8] = b"{\"type\":\"message\"";
 
 /// What the publisher put into `data`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,8 +55,8 @@ pub fn make_data(seq: u64, ts: u64, payload_bytes: usize) -> String {
 }
 
 /// The unsigned integer right after `key` (which includes its `"…":`).
-fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memmem::find(text, key)? + key.len();
+fn number_after(text: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(text)? + key.needle().len();
     let digits = &text[at..];
     let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
     if digits.is_empty() || digits.len() > 19 {
@@ -51,8 +68,8 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 /// The string value right after `key`.
-fn string_after<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a str> {
-    let at = memmem::find(text, key)? + key.len();
+fn string_after<'a>(text: &'a [u8], key: &Finder<'_>) -> Option<&'a str> {
+    let at = key.find(text)? + key.needle().len();
     let rest = &text[at..];
     let end = memchr::memchr(b'"', rest)?;
     std::str::from_utf8(&rest[..end]).ok()
@@ -61,30 +78,35 @@ fn string_after<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a str> {
 /// `seq` and `ts` of a payload as the publisher wrote it.
 pub fn stamp(data: &[u8]) -> Stamp {
     Stamp {
-        seq: number_after(data, b"\"seq\":"),
-        ts: number_after(data, b"\"ts\":"),
+        seq: number_after(data, &SEQ),
+        ts: number_after(data, &TS),
     }
 }
 
 /// Classifies a native-protocol frame.
 pub fn native(text: &[u8]) -> Native<'_> {
-    match string_after(text, b"\"type\":\"") {
+    let kind = if text.starts_with(MESSAGE_START) {
+        Some("message")
+    } else {
+        string_after(text, &TYPE)
+    };
+    match kind {
         Some("message") => {
-            let (head, data) = match memmem::find(text, b"\"data\":") {
+            let (head, data) = match DATA.find(text) {
                 Some(i) => text.split_at(i),
                 None => (text, &[][..]),
             };
             Native::Message {
-                offset: number_after(head, b"\"offset\":"),
+                offset: number_after(head, &OFFSET),
                 stamp: stamp(data),
             }
         }
         Some("connection_established") => Native::Established,
         Some("subscribed") => Native::Subscribed {
-            offset: number_after(text, b"\"offset\":").unwrap_or(0),
+            offset: number_after(text, &OFFSET).unwrap_or(0),
         },
         Some("error") => Native::Error {
-            code: string_after(text, b"\"code\":\"").unwrap_or("unknown"),
+            code: string_after(text, &CODE).unwrap_or("unknown"),
         },
         Some("pong") => Native::Pong,
         _ => Native::Other,
@@ -148,10 +170,7 @@ mod tests {
 
     #[test]
     fn numbers_that_overflow_are_ignored() {
-        assert_eq!(
-            number_after(br#""ts":99999999999999999999"#, b"\"ts\":"),
-            None
-        );
-        assert_eq!(number_after(br#""ts":-1"#, b"\"ts\":"), None);
+        assert_eq!(number_after(br#""ts":99999999999999999999"#, &TS), None);
+        assert_eq!(number_after(br#""ts":-1"#, &TS), None);
     }
 }

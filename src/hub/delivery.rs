@@ -56,17 +56,30 @@ impl Delivery {
     }
 
     /// The complete WebSocket frame in the given form (encoded on first use).
+    ///
+    /// Shards on other threads ask for the same frame at the same moment: one
+    /// that finds it missing encodes it itself rather than wait for another
+    /// that is encoding it (`get_or_init` would park it on a futex, a thread
+    /// hand-off per message); the first stored is kept, the other dropped.
     pub fn frame(&self, kind: FrameKind) -> &Bytes {
-        match kind {
-            FrameKind::Native => self.native.get_or_init(|| {
-                frame::text(&server::message(
-                    self.channel.as_str(),
-                    self.offset,
-                    &self.data,
-                ))
-            }),
-            FrameKind::Raw => self.raw.get_or_init(|| frame::text(self.data.as_str())),
+        let cell = match kind {
+            FrameKind::Native => &self.native,
+            FrameKind::Raw => &self.raw,
+        };
+        if let Some(frame) = cell.get() {
+            return frame;
         }
+        let encoded = match kind {
+            FrameKind::Native => frame::text(&server::message(
+                self.channel.as_str(),
+                self.offset,
+                &self.data,
+            )),
+            FrameKind::Raw => frame::text(self.data.as_str()),
+        };
+        // Storing is a move: a race lost here waits nanoseconds, not an
+        // encoding, and keeps the other (equal) frame.
+        cell.get_or_init(|| encoded)
     }
 
     /// Whether the message passes `filter`: the data is parsed once, on first
