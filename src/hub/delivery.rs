@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::channel::ChannelName;
-use crate::engine::Offset;
+use crate::engine::{IncomingMessage, Offset};
 use crate::filter::Filter;
 use crate::json::Json;
 use crate::protocol::server;
@@ -53,6 +53,16 @@ impl Delivery {
             parsed: OnceLock::new(),
             verdicts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A live message from the engine's feed, on its way out.
+    pub fn live(m: IncomingMessage) -> Arc<Self> {
+        Arc::new(Self::new(
+            m.channel,
+            m.seq.map(|(offset, _)| offset),
+            m.published_us,
+            m.data,
+        ))
     }
 
     /// The complete WebSocket frame in the given form (encoded on first use).

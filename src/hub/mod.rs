@@ -418,21 +418,18 @@ impl Hub {
         match self.step(&m) {
             Step::Drop => {}
             Step::Deliver(shards) => {
-                let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
-                self.send_to(shards, Arc::new(d)).await;
+                self.send_to(shards, Delivery::live(m)).await;
             }
             Step::Resync(shards) => {
                 self.resync(&m.channel, &shards).await;
-                let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
-                self.send_to(shards, Arc::new(d)).await;
+                self.send_to(shards, Delivery::live(m)).await;
             }
             Step::Fill { after } => {
                 self.fill_gap(&m.channel, after).await;
                 // The message itself was in the history just read, unless the
                 // history was lost; then deliver it and move on.
                 if let Step::Deliver(shards) = self.step(&m) {
-                    let d = Delivery::new(m.channel, m.seq.map(|(o, _)| o), m.published_us, m.data);
-                    self.send_to(shards, Arc::new(d)).await;
+                    self.send_to(shards, Delivery::live(m)).await;
                 }
             }
         }
@@ -493,8 +490,7 @@ impl Hub {
                 e.last = Some((epoch.clone(), entry.offset));
                 targets(e)
             };
-            let d = Delivery::new(m.channel, Some(entry.offset), m.published_us, m.data);
-            self.send_to(shards, Arc::new(d)).await;
+            self.send_to(shards, Delivery::live(m)).await;
         }
     }
 
@@ -642,12 +638,7 @@ impl InlineReceiver for Hub {
             permits
         };
         self.count_in(&m);
-        let d = Arc::new(Delivery::new(
-            m.channel,
-            m.seq.map(|(o, _)| o),
-            m.published_us,
-            m.data,
-        ));
+        let d = Delivery::live(m);
         for permit in permits {
             permit.send(ShardCmd::Deliver(d.clone()));
         }
