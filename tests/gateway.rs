@@ -684,3 +684,40 @@ async fn presence_mirrors_a_connect_storm_larger_than_one_pipeline() {
     clients.truncate(CLIENTS - LEAVING);
     listing(CLIENTS - LEAVING).await;
 }
+
+/// With one-command shard queues a burst keeps them full: messages then take
+/// the dispatcher task's queue instead of the in-place path, and back again,
+/// and every client still gets every message once, in order.
+#[tokio::test]
+async fn a_burst_through_full_shard_queues_arrives_whole_and_in_order() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &["--shard-queue", "1", "--fanout-shards", "2"]);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect(&gw.ws_url("/ws")).await;
+        c.recv_json().await;
+        let reply = c
+            .subscribe(json!({"type":"subscribe","channel":"burst"}))
+            .await;
+        assert_eq!(reply["type"], "subscribed");
+        clients.push(c);
+    }
+    const N: u64 = 1000;
+    let mut pipe = redis::pipe();
+    for n in 0..N {
+        pipe.cmd("PUBLISH")
+            .arg("switchboard:{burst}")
+            .arg(json!({ "n": n }).to_string())
+            .ignore();
+    }
+    let mut conn = redis.connection().await;
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    for c in clients.iter_mut() {
+        for n in 0..N {
+            let m = c.recv_json().await;
+            assert_eq!(m["type"], "message");
+            assert_eq!(m["data"]["n"].as_u64(), Some(n), "in order, none missing");
+        }
+        c.expect_silence(Duration::from_millis(300)).await;
+    }
+}
