@@ -411,7 +411,24 @@ impl Hub {
         let Some(entry) = table.get_mut(&m.channel) else {
             return Step::Drop;
         };
-        step_entry(entry, m)
+        match judge(entry, m) {
+            Verdict::Seen => Step::Drop,
+            Verdict::Gap { after } => Step::Fill { after },
+            Verdict::NewEpoch => {
+                if let (Some((old, _)), Some((_, new))) = (&entry.last, &m.seq) {
+                    tracing::warn!(
+                        channel = %m.channel, %old, %new,
+                        "channel epoch changed: its history was lost in the engine; subscribers restart"
+                    );
+                }
+                advance(entry, m);
+                Step::Resync(targets(entry))
+            }
+            Verdict::Next => {
+                advance(entry, m);
+                Step::Deliver(targets(entry))
+            }
+        }
     }
 
     async fn dispatch_message(&self, m: IncomingMessage) {
@@ -578,27 +595,6 @@ fn advance(entry: &mut ChannelEntry, m: &IncomingMessage) {
     }
 }
 
-fn step_entry(entry: &mut ChannelEntry, m: &IncomingMessage) -> Step {
-    match judge(entry, m) {
-        Verdict::Seen => Step::Drop,
-        Verdict::Gap { after } => Step::Fill { after },
-        Verdict::NewEpoch => {
-            if let (Some((old, _)), Some((_, new))) = (&entry.last, &m.seq) {
-                tracing::warn!(
-                    channel = %m.channel, %old, %new,
-                    "channel epoch changed: its history was lost in the engine; subscribers restart"
-                );
-            }
-            advance(entry, m);
-            Step::Resync(targets(entry))
-        }
-        Verdict::Next => {
-            advance(entry, m);
-            Step::Deliver(targets(entry))
-        }
-    }
-}
-
 /// The in-place path (see the module documentation): a message that continues
 /// its channel goes to the shards from the engine's reader task when every
 /// shard queue it needs has room; anything else is given back to be queued
@@ -623,17 +619,14 @@ impl InlineReceiver for Hub {
                 Verdict::Gap { .. } | Verdict::NewEpoch => return Some(EngineEvent::Message(m)),
                 Verdict::Next => {}
             }
-            let mut permits = Vec::with_capacity(self.shards.len());
-            for (shard, subscribers) in entry.per_shard.iter().enumerate() {
-                if *subscribers == 0 {
-                    continue;
-                }
-                match self.shards[shard].try_reserve() {
-                    Ok(permit) => permits.push(permit),
-                    // Full (or stopping): the dispatcher task waits for room.
-                    Err(_) => return Some(EngineEvent::Message(m)),
-                }
-            }
+            let reserved: Result<Vec<_>, _> = targets(entry)
+                .into_iter()
+                .map(|shard| self.shards[shard].try_reserve())
+                .collect();
+            // A queue full (or stopping): the dispatcher task waits for room.
+            let Ok(permits) = reserved else {
+                return Some(EngineEvent::Message(m));
+            };
             advance(entry, &m);
             permits
         };
