@@ -333,13 +333,7 @@ async fn two_replicas_on_one_redis_deliver_every_message_exactly_once() {
     let b = Switchboard::gateway(&redis, &[]);
     let mut clients = Vec::new();
     for gw in [&a, &b, &a, &b] {
-        let mut c = Client::connect(&gw.ws_url("/ws")).await;
-        c.recv_json().await;
-        let reply = c
-            .subscribe(json!({"type":"subscribe","channel":"shared"}))
-            .await;
-        assert_eq!(reply["type"], "subscribed");
-        clients.push(c);
+        clients.push(Client::subscribed_to(&gw.ws_url("/ws"), "shared").await);
     }
     for n in 0..30 {
         let via = if n % 2 == 0 { a.port } else { b.port };
@@ -694,13 +688,7 @@ async fn a_burst_through_full_shard_queues_arrives_whole_and_in_order() {
     let gw = Switchboard::gateway(&redis, &["--shard-queue", "1", "--fanout-shards", "2"]);
     let mut clients = Vec::new();
     for _ in 0..8 {
-        let mut c = Client::connect(&gw.ws_url("/ws")).await;
-        c.recv_json().await;
-        let reply = c
-            .subscribe(json!({"type":"subscribe","channel":"burst"}))
-            .await;
-        assert_eq!(reply["type"], "subscribed");
-        clients.push(c);
+        clients.push(Client::subscribed_to(&gw.ws_url("/ws"), "burst").await);
     }
     const N: u64 = 1000;
     let mut pipe = redis::pipe();

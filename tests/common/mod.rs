@@ -587,6 +587,18 @@ impl Client {
         }
     }
 
+    /// A native client on `url` (a gateway's `/ws`), past its greeting and
+    /// subscribed to `channel`.
+    pub async fn subscribed_to(url: &str, channel: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        c.recv_json().await;
+        let reply = c
+            .subscribe(serde_json::json!({"type": "subscribe", "channel": channel}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        c
+    }
+
     /// Subscribes on the native protocol and returns the `subscribed` reply.
     pub async fn subscribe(&mut self, v: Value) -> Value {
         self.send_json(&v).await;
