@@ -1,12 +1,14 @@
 //! The dashboard page in a real browser (Debian's Chromium through Playwright,
 //! see `tests/browser/`): live figures and charts from real sources, a failing
-//! source flagged, reconnecting and catching up after the gateway restarts,
-//! sign-in with a token, sections marked simulated by a simulating collector,
-//! every replica's figures through one, a `--no-auth` gateway opening the page
-//! directly, and no console errors but the expected ones (refused connections
-//! while the gateway is down, refused tokens) — a missing file always fails.
-//! Saves the page's screenshot to `target/tmp/dashboard.png` (and to
-//! `docs/dashboard.png` with `SWITCHBOARD_UPDATE_SCREENSHOT=1`).
+//! source flagged, a window too small for the charts (nothing drawn, no error,
+//! everything drawn once there is room), reconnecting and catching up after
+//! the gateway restarts, sign-in with a token, sections marked simulated by a
+//! simulating collector, every replica's figures through one, a `--no-auth`
+//! gateway opening the page directly, and no console errors but the expected
+//! ones (refused connections while the gateway is down, refused tokens) — a
+//! missing file always fails. Saves the page's screenshot to
+//! `target/tmp/dashboard.png` (and to `docs/dashboard.png` with
+//! `SWITCHBOARD_UPDATE_SCREENSHOT=1`).
 
 mod browser;
 mod common;
@@ -146,6 +148,27 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
             b.visible("#dashboard") && !b.visible("#signin"),
             "--no-auth opens directly"
         );
+
+        // No room for the charts (a tiny or minimised window): snapshots keep
+        // coming, nothing is drawn into an empty box (ECharts' graph throws
+        // there: the page error CI once saw), and what arrived meanwhile is
+        // drawn once there is room again.
+        b.cmd(json!({"cmd": "viewport", "width": 1, "height": 1}));
+        let points = b.number("#chart-health", "data-points");
+        let held = b.wait_for("points while the window is tiny", long, |b| {
+            let now = b.number("#chart-health", "data-points");
+            (now >= points + 3.0).then_some(now)
+        });
+        let drawn = b.number("#chart-health", "data-drawn");
+        assert!(
+            drawn.is_nan() || drawn < held,
+            "nothing is drawn without room: {drawn} drawn of {held}"
+        );
+        b.cmd(json!({"cmd": "viewport", "width": 1400, "height": 1000}));
+        b.wait_for("the held points drawn", long, |b| {
+            (b.number("#chart-health", "data-drawn") >= held).then_some(())
+        });
+        b.wait_attr("#chart-mesh", "data-drawn", "5", long);
 
         // Peers come from the Redis hashes demo-data wrote; charts grow.
         let peers = b.wait_for("the peer count", long, |b| {

@@ -248,9 +248,6 @@ async function start() {
   }
   if (!state.views) {
     state.views = { federation: new FederationView(), memory: new MemoryView(), operations: new OperationsView() };
-    window.addEventListener("resize", () => {
-      for (const v of Object.values(state.views)) for (const c of v.charts()) c.resize();
-    });
     setInterval(tick, 1000);
   }
   // A new token (signed in again) gets a new connection that resumes where

@@ -76,28 +76,67 @@ function replaceRows(tableId, rows) {
   for (const r of rows) row(tbody, r);
 }
 
-/** An ECharts instance on a container, with the page's common options. */
+/**
+ * An ECharts instance on a container, with the page's common options.
+ *
+ * ECharts lays a chart out in its container's box, and a graph series throws
+ * inside ECharts when that box is empty (a tiny or minimised window, a hidden
+ * section). So a chart is drawn only while its container has an area: an
+ * option set meanwhile is kept (the latest; each one is a chart's whole
+ * option) and drawn, like every size change, when a ResizeObserver sees the
+ * container with an area again.
+ */
 class Chart {
   constructor(id) {
     this.el = $(id);
     this.chart = window.echarts.init(this.el, null, { renderer: "canvas" });
+    this.pending = null;
+    this.framed = false;
+    new ResizeObserver(() => this.refit()).observe(this.el);
   }
 
+  hasArea() {
+    return this.el.clientWidth > 0 && this.el.clientHeight > 0;
+  }
+
+  /** Sets the chart's whole option; `points` (shown as `data-points`) counts its data. */
   set(option, points) {
-    this.chart.setOption(
-      {
-        backgroundColor: "transparent",
-        animation: false,
-        textStyle: { color: COLORS.text },
-        ...option,
-      },
-      { notMerge: false, lazyUpdate: false },
-    );
     this.el.dataset.points = String(points);
+    const whole = {
+      backgroundColor: "transparent",
+      animation: false,
+      textStyle: { color: COLORS.text },
+      ...option,
+    };
+    if (this.hasArea()) this.draw(whole, points);
+    else this.pending = { option: whole, points };
   }
 
-  resize() {
-    this.chart.resize();
+  /**
+   * Draws in the container's current box (ECharts keeps the size it last
+   * measured); `data-drawn` counts the data on screen.
+   */
+  draw(option, points) {
+    if (this.chart.getWidth() !== this.el.clientWidth || this.chart.getHeight() !== this.el.clientHeight) this.chart.resize();
+    this.chart.setOption(option, { notMerge: false, lazyUpdate: false });
+    this.el.dataset.drawn = String(points);
+  }
+
+  /** Follows the container's size, in the next frame (outside the observer's callback). */
+  refit() {
+    if (this.framed) return;
+    this.framed = true;
+    requestAnimationFrame(() => {
+      this.framed = false;
+      if (!this.hasArea()) return;
+      if (this.pending) {
+        const { option, points } = this.pending;
+        this.pending = null;
+        this.draw(option, points);
+      } else {
+        this.chart.resize();
+      }
+    });
   }
 }
 
@@ -199,10 +238,6 @@ export class FederationView {
     this.latest = null;
     this.health.clear();
     this.sync.clear();
-  }
-
-  charts() {
-    return [this.mesh, this.healthChart, this.syncChart];
   }
 
   render() {
@@ -349,10 +384,6 @@ export class MemoryView {
     this.rates.clear();
   }
 
-  charts() {
-    return [this.ratesChart, this.trustChart, this.deltasChart];
-  }
-
   render() {
     const d = this.latest;
     if (!d) return;
@@ -482,9 +513,6 @@ export class OperationsView {
     this.conns.clear();
   }
 
-  charts() {
-    return [this.msgsChart, this.connsChart];
-  }
 
   /** Replicas with their state: reporting, silent (no report for 3 intervals) or gone (draining). */
   states(now) {
