@@ -413,6 +413,15 @@ fn nginx_binary() -> String {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // TERM: the master stops its worker before it exits (a KILL would leave
+        // the worker running, orphaned, on the port); KILL only if it hangs.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
