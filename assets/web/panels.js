@@ -513,7 +513,6 @@ export class OperationsView {
     this.conns.clear();
   }
 
-
   /** Replicas with their state: reporting, silent (no report for 3 intervals) or gone (draining). */
   states(now) {
     const out = [];
