@@ -241,23 +241,12 @@ impl Switchboard {
 
     /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`) to the process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        assert!(send_signal(&self.child, signal), "kill -{signal}");
     }
 
     /// Waits for the process to exit; returns how long it took, if within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, timeout)
     }
 
     /// The value of a metric (summed over label sets matching `labels`).
@@ -344,6 +333,26 @@ pub fn publish(port: u16, channel: &str, data: &Value) -> u64 {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to `child`; whether `kill` succeeded.
+fn send_signal(child: &Child, signal: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits for `child` to exit; how long it took, if within `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// An nginx load balancer on loopback in front of `upstreams` (round robin,
 /// WebSocket upgrades proxied, a failed upstream skipped).
 pub struct Nginx {
@@ -415,13 +424,8 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // TERM: the master stops its worker before it exits (a KILL would leave
         // the worker running, orphaned, on the port); KILL only if it hangs.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        send_signal(&self.child, "TERM");
+        wait_exit(&mut self.child, Duration::from_secs(5));
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -929,11 +933,7 @@ impl RedisCluster {
 
     fn signal(&self, port: u16, signal: &str) {
         let child = self.children.get(&port).expect("a running node");
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        assert!(send_signal(child, signal), "kill -{signal}");
     }
 
     /// Waits until a live master other than `old` serves `slot`; returns its port.
