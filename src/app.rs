@@ -28,6 +28,7 @@ use crate::engine::connection::RedisTarget;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, EngineEvent, HistoryConfig, event_channel};
+use crate::gateway::dialect::council::store::CouncilStore;
 use crate::gateway::http::json_response;
 use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
@@ -71,6 +72,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
         subject: args.sub.clone(),
         permissions: args.permissions.clone(),
         channels: args.channels.clone(),
+        roles: args.roles.clone(),
         ttl: args.ttl,
         audience: args.aud.clone(),
         issuer: args.iss.clone(),
@@ -193,10 +195,8 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     }
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(
-        stats::with_system_history(args.history.config()),
-        events_tx,
-    ));
+    let history = with_dialect_history(stats::with_system_history(args.history.config()), &config)?;
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(history, events_tx));
     let registry = Arc::new(Registry::new(&config.replica_id));
     let hub = Hub::start(
         engine.clone(),
@@ -224,6 +224,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         registry,
         presence: Presence::Local,
         sessions: SessionStore::memory(args.server.session_ttl),
+        council: CouncilStore::memory(config.dialects.council.retention),
     };
     let gw = Gateway::new(config, parts, shutdown);
     let reporting = stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
@@ -245,11 +246,8 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         let target = args.redis.target().map_err(anyhow::Error::msg)?;
         return configuration_valid("gateway", &target.describe());
     }
-    let redis = redis_config(
-        &args.redis,
-        stats::with_system_history(args.history.config()),
-        &config,
-    )?;
+    let history = with_dialect_history(stats::with_system_history(args.history.config()), &config)?;
+    let redis = redis_config(&args.redis, history, &config)?;
     if jwt.is_some() {
         tracing::info!("authentication: JWT required on every connection and REST call");
     } else {
@@ -278,6 +276,11 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     );
     let sessions =
         SessionStore::redis(engine.clone(), args.server.session_ttl, engine_stop.clone());
+    let council = CouncilStore::redis(
+        engine.clone(),
+        config.dialects.council.retention,
+        engine_stop.clone(),
+    );
     let dyn_engine: Arc<dyn Engine> = engine;
     let hub = Hub::start(
         dyn_engine.clone(),
@@ -296,6 +299,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         registry,
         presence,
         sessions,
+        council,
     };
     let gw = Gateway::new(config, parts, shutdown);
     let reporting = stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
@@ -459,6 +463,31 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
         .await
         .context("demo data: --follow stopped")?;
     Ok(())
+}
+
+/// Gives the `council` namespace the AI Council route's history: its events
+/// (`--council-history-size`) kept for `--council-retention`.
+fn with_dialect_history(
+    mut history: HistoryConfig,
+    config: &GatewayConfig,
+) -> anyhow::Result<HistoryConfig> {
+    let council = &config.dialects.council;
+    if history
+        .namespaces
+        .contains_key(crate::gateway::dialect::council::NAMESPACE)
+    {
+        bail!(
+            "--namespace-history council=… is set by --council-history-size and --council-retention: use those"
+        );
+    }
+    history.namespaces.insert(
+        crate::gateway::dialect::council::NAMESPACE.to_string(),
+        crate::engine::HistoryPolicy {
+            size: council.history_size,
+            ttl: council.retention,
+        },
+    );
+    Ok(history)
 }
 
 fn redis_config(

@@ -21,7 +21,9 @@ use crate::collector::federation::FederationRedisConfig;
 use crate::collector::formulas::TrustWeights;
 use crate::collector::sqlite::SqliteConfig;
 use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
-use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
+use crate::config::{
+    CouncilConfig, Dialects, Drain, EscaiConfig, GatewayConfig, Limits, Security, Timeouts,
+};
 use crate::engine::connection::RedisTarget;
 use crate::engine::tls::{RedisTls, TlsError, TlsFiles};
 use crate::engine::{HistoryConfig, HistoryPolicy};
@@ -502,6 +504,16 @@ pub struct AuthArgs {
     /// Longest token accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_TOKEN_BYTES", default_value_t = 8192)]
     pub max_token_bytes: usize,
+
+    /// Permissions a name in a token's `roles` claim grants: `NAME=PERM,PERM…`
+    /// (e.g. `admin=websocket:admin`). Repeatable; in the variable, separate
+    /// roles with `;`. A role not named here grants nothing.
+    #[arg(long, env = "SWITCHBOARD_JWT_ROLE", value_delimiter = ';', value_parser = parse_jwt_role)]
+    pub jwt_role: Vec<(String, Vec<String>)>,
+}
+
+fn parse_jwt_role(spec: &str) -> Result<(String, Vec<String>), String> {
+    crate::auth::parse_role(spec)
 }
 
 impl AuthArgs {
@@ -538,6 +550,7 @@ impl AuthArgs {
                 issuer: self.jwt_issuer.clone(),
                 reload_interval: self.jwt_reload_interval,
                 max_token_bytes: self.max_token_bytes,
+                roles: self.jwt_role.iter().cloned().collect(),
             })),
         }
     }
@@ -580,6 +593,11 @@ pub struct TokenArgs {
     /// websocket:publish), e.g. `federation` or `dash:*`. Repeatable or comma-separated.
     #[arg(long, env = "SWITCHBOARD_CHANNELS", value_delimiter = ',')]
     pub channels: Vec<String>,
+
+    /// A name for the `roles` claim (the ESCAI seed's tokens carry roles; a
+    /// gateway maps each to permissions with --jwt-role). Repeatable or comma-separated.
+    #[arg(long = "role", env = "SWITCHBOARD_ROLE", value_delimiter = ',')]
+    pub roles: Vec<String>,
 
     /// Lifetime of the token.
     #[arg(long, env = "SWITCHBOARD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
@@ -1167,6 +1185,84 @@ pub struct ServerArgs {
     /// Commands queued per fan-out shard before producers wait.
     #[arg(long, env = "SWITCHBOARD_SHARD_QUEUE", default_value_t = 8192)]
     pub shard_queue: usize,
+
+    #[command(flatten)]
+    pub dialects: DialectArgs,
+}
+
+/// The seed systems' routes: ESCAI (`/ws/monitor/{session_id}`, seed 003) and
+/// AI Council (`/api/v1/ws/{request_id}`, seed 004).
+#[derive(Debug, Clone, Args)]
+pub struct DialectArgs {
+    /// ESCAI route: interval of the server's heartbeat (a WebSocket ping and the
+    /// seed's `{"type":"ping"}`); 0 disables it.
+    #[arg(long, env = "SWITCHBOARD_ESCAI_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub escai_ping_interval: Duration,
+
+    /// ESCAI route: time to answer the heartbeat (a WebSocket pong or
+    /// `{"type":"pong"}`) before the close with 4002.
+    #[arg(long, env = "SWITCHBOARD_ESCAI_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub escai_pong_timeout: Duration,
+
+    /// ESCAI route: time a client may send nothing before it is closed with 4003 (0 disables).
+    #[arg(long, env = "SWITCHBOARD_ESCAI_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub escai_idle_timeout: Duration,
+
+    /// AI Council route: interval of the server's `{"type":"heartbeat"}`; 0 disables it.
+    #[arg(long, env = "SWITCHBOARD_COUNCIL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub council_heartbeat_interval: Duration,
+
+    /// AI Council route: time a client may send nothing (no ack, no
+    /// heartbeat_response) before it is closed with 4003 (0 disables).
+    #[arg(long, env = "SWITCHBOARD_COUNCIL_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub council_idle_timeout: Duration,
+
+    /// AI Council route: how long a request's events, acknowledgements and
+    /// owner are kept after its last event (older events are reported to a
+    /// reconnecting client as expired, never skipped silently).
+    #[arg(long, env = "SWITCHBOARD_COUNCIL_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub council_retention: Duration,
+
+    /// AI Council route: events kept per request (the history of the `council` namespace).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_COUNCIL_HISTORY_SIZE",
+        default_value_t = 10_000
+    )]
+    pub council_history_size: usize,
+}
+
+impl DialectArgs {
+    /// The dialects' configuration.
+    pub fn config(&self) -> Result<Dialects, String> {
+        if self.council_retention.is_zero() {
+            return Err("--council-retention must be longer than 0".into());
+        }
+        if self.council_history_size == 0 {
+            return Err(
+                "--council-history-size must be at least 1 (the replay needs the events)".into(),
+            );
+        }
+        if !self.escai_ping_interval.is_zero() && self.escai_pong_timeout.is_zero() {
+            return Err(
+                "--escai-pong-timeout must be longer than 0 while --escai-ping-interval is on"
+                    .into(),
+            );
+        }
+        Ok(Dialects {
+            escai: EscaiConfig {
+                ping_interval: self.escai_ping_interval,
+                pong_timeout: self.escai_pong_timeout,
+                idle_timeout: self.escai_idle_timeout,
+            },
+            council: CouncilConfig {
+                heartbeat_interval: self.council_heartbeat_interval,
+                idle_timeout: self.council_idle_timeout,
+                retention: self.council_retention,
+                history_size: self.council_history_size,
+            },
+        })
+    }
 }
 
 impl ServerArgs {
@@ -1186,6 +1282,7 @@ impl ServerArgs {
             return Err("--max-connections must be at least 1".into());
         }
         let replica_id = self.replica_id.clone().unwrap_or_else(default_replica_id);
+        let dialects = self.dialects.config()?;
         Ok(GatewayConfig {
             listen,
             replica_id,
@@ -1228,9 +1325,15 @@ impl ServerArgs {
                     pong_timeout: self.pong_timeout,
                     idle_timeout: self.idle_timeout,
                     token_grace: self.token_expiry_grace,
+                    ..HeartbeatConfig::default()
                 },
+                dialect_heartbeats: crate::gateway::dialect::heartbeats(
+                    &dialects,
+                    self.token_expiry_grace,
+                ),
                 ..HubConfig::default()
             },
+            dialects,
         })
     }
 }

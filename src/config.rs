@@ -113,6 +113,59 @@ impl Default for Drain {
     }
 }
 
+/// The ESCAI route (seed 003): its heartbeat, as the seed's `HeartbeatManager`.
+#[derive(Debug, Clone)]
+pub struct EscaiConfig {
+    /// A WebSocket ping and the seed's `{"type":"ping"}` every interval (0 disables).
+    pub ping_interval: Duration,
+    /// Time to answer (a WebSocket pong or `{"type":"pong"}`) before the close with 4002.
+    pub pong_timeout: Duration,
+    /// Time a client may send nothing before it is closed with 4003 (0 disables).
+    pub idle_timeout: Duration,
+}
+
+impl Default for EscaiConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The AI Council route (seed 004).
+#[derive(Debug, Clone)]
+pub struct CouncilConfig {
+    /// The seed's `{"type":"heartbeat"}` every interval (0 disables).
+    pub heartbeat_interval: Duration,
+    /// Time a client may send nothing before it is closed with 4003 (0 disables).
+    pub idle_timeout: Duration,
+    /// How long a request's events, acknowledgements and owner are kept after
+    /// its last event (the seed's `cleanup_old_data(max_age_hours=24)`).
+    pub retention: Duration,
+    /// Events kept per request (the history of the `council` namespace).
+    pub history_size: usize,
+}
+
+impl Default for CouncilConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            retention: Duration::from_secs(24 * 3600),
+            history_size: 10_000,
+        }
+    }
+}
+
+/// The seed systems' routes.
+#[derive(Debug, Clone, Default)]
+pub struct Dialects {
+    pub escai: EscaiConfig,
+    pub council: CouncilConfig,
+}
+
 /// Everything a gateway replica needs to run.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -126,6 +179,7 @@ pub struct GatewayConfig {
     pub security: Security,
     pub drain: Drain,
     pub hub: HubConfig,
+    pub dialects: Dialects,
 }
 
 impl GatewayConfig {
@@ -140,6 +194,7 @@ impl GatewayConfig {
             security: Security::default(),
             drain: Drain::default(),
             hub: HubConfig::default(),
+            dialects: Dialects::default(),
         }
     }
 }

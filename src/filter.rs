@@ -6,13 +6,22 @@
 //! {"agent_id": "agent_1", "confidence_level": {"min": 0.8}, "status": {"in": ["ok", "warn"]}}
 //! ```
 //!
-//! * a scalar (string, number, boolean, null) or `{"eq": value}`: equality;
+//! * a scalar (string, number, boolean, null), `{"eq": value}` or (the ESCAI
+//!   seed's spelling) `{"equals": value}`: equality;
 //! * `{"min": x, "max": y}` (either may be left out): an inclusive numeric range;
-//! * `{"in": [v, …]}`: membership.
+//! * `{"in": [v, …]}`: membership;
+//! * `{"contains": "text"}`: the field, a string (or a number or boolean, by its
+//!   JSON text), contains `text`.
 //!
 //! All conditions must hold; a missing field fails its condition. A filter is
 //! compiled once per subscription and identified by its canonical text, so the
 //! fan-out evaluates it once per message for every subscriber that shares it.
+//!
+//! Dialects build richer filters from these ([`Filter::scoped`],
+//! [`Filter::and_equal`], [`Filter::any_of`]): an ESCAI connection that follows
+//! two event types of one agent holds one subscription whose filter is "type A
+//! with A's conditions, or type B with B's". Internally a filter is therefore a
+//! disjunction of clauses, each a conjunction; a client's filter is one clause.
 
 use std::sync::Arc;
 
@@ -66,47 +75,120 @@ enum Condition {
     Eq(Value),
     Range { min: Option<f64>, max: Option<f64> },
     In(Vec<Value>),
+    Contains(String),
 }
 
-/// A compiled filter.
+/// Conditions that must all hold, with their canonical JSON (path → condition).
+#[derive(Debug, Clone, PartialEq)]
+struct Clause {
+    conditions: Vec<(Vec<String>, Condition)>,
+    spec: Map<String, Value>,
+}
+
+impl Clause {
+    fn matches(&self, data: &Value) -> bool {
+        self.conditions.iter().all(|(path, cond)| {
+            let mut node = data;
+            for segment in path {
+                match node.get(segment) {
+                    Some(next) => node = next,
+                    None => return false,
+                }
+            }
+            cond.holds(node)
+        })
+    }
+
+    fn text(&self) -> String {
+        // serde_json's Map is ordered by key, so this text is canonical.
+        Value::Object(self.spec.clone()).to_string()
+    }
+}
+
+/// A compiled filter: any of its clauses holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
-    conditions: Vec<(Vec<String>, Condition)>,
+    clauses: Vec<Clause>,
     key: Arc<str>,
 }
 
 impl Filter {
-    /// Compiles a filter object.
+    /// Compiles a client's filter object.
     pub fn compile(spec: &Map<String, Value>, limits: &FilterLimits) -> Result<Self, FilterError> {
-        if spec.is_empty() {
-            return Err(FilterError::Empty);
-        }
-        if spec.len() > limits.max_conditions {
-            return Err(FilterError::TooManyConditions(limits.max_conditions));
-        }
-        let mut conditions = Vec::with_capacity(spec.len());
-        for (path, cond) in spec {
-            let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-            if segments.iter().any(String::is_empty) {
-                return Err(FilterError::BadPath(path.clone()));
-            }
-            if segments.len() > limits.max_path_depth {
-                return Err(FilterError::PathTooDeep {
-                    path: path.clone(),
-                    max: limits.max_path_depth,
-                });
-            }
-            conditions.push((segments, compile_condition(path, cond, limits)?));
-        }
-        // serde_json's Map is ordered by key, so this text is canonical.
-        let key = Value::Object(spec.clone()).to_string();
+        let clause = compile_clause(spec, &[], limits)?;
+        let key = clause.text();
         if key.len() > limits.max_bytes {
             return Err(FilterError::TooLarge(limits.max_bytes));
         }
         Ok(Self {
-            conditions,
+            clauses: vec![clause],
             key: Arc::from(key),
         })
+    }
+
+    /// Compiles a client's filter whose paths are relative to `scope` (e.g.
+    /// `["data"]`: the seed's conditions apply to an event's `data`). The
+    /// limits apply to what the client wrote.
+    pub fn scoped(
+        spec: &Map<String, Value>,
+        scope: &[&str],
+        limits: &FilterLimits,
+    ) -> Result<Self, FilterError> {
+        let text = Value::Object(spec.clone()).to_string();
+        if text.len() > limits.max_bytes {
+            return Err(FilterError::TooLarge(limits.max_bytes));
+        }
+        let clause = compile_clause(spec, scope, limits)?;
+        Ok(Self::from_clauses(vec![clause]))
+    }
+
+    /// A filter of one equality: `path` (dotted) equals `value`.
+    pub fn equal(path: &str, value: Value) -> Self {
+        let mut spec = Map::new();
+        spec.insert(path.to_owned(), Value::Object(eq_spec(&value)));
+        let clause = Clause {
+            conditions: vec![(split(path), Condition::Eq(value))],
+            spec,
+        };
+        Self::from_clauses(vec![clause])
+    }
+
+    /// This filter with one more equality in every clause.
+    pub fn and_equal(self, path: &str, value: Value) -> Self {
+        let clauses = self
+            .clauses
+            .into_iter()
+            .map(|mut c| {
+                c.spec
+                    .insert(path.to_owned(), Value::Object(eq_spec(&value)));
+                c.conditions
+                    .push((split(path), Condition::Eq(value.clone())));
+                c
+            })
+            .collect();
+        Self::from_clauses(clauses)
+    }
+
+    /// A filter that passes what any of `filters` passes; `None` for none.
+    pub fn any_of(filters: impl IntoIterator<Item = Filter>) -> Option<Self> {
+        let clauses: Vec<Clause> = filters.into_iter().flat_map(|f| f.clauses).collect();
+        (!clauses.is_empty()).then(|| Self::from_clauses(clauses))
+    }
+
+    fn from_clauses(mut clauses: Vec<Clause>) -> Self {
+        clauses.sort_by_cached_key(Clause::text);
+        clauses.dedup_by(|a, b| a.spec == b.spec);
+        let key = match clauses.as_slice() {
+            [one] => one.text(),
+            many => format!(
+                "[{}]",
+                many.iter().map(Clause::text).collect::<Vec<_>>().join(",")
+            ),
+        };
+        Self {
+            clauses,
+            key: Arc::from(key),
+        }
     }
 
     /// Canonical text: equal filters have equal keys.
@@ -119,19 +201,70 @@ impl Filter {
         self.key.clone()
     }
 
-    /// Whether `data` satisfies every condition.
+    /// Whether `data` satisfies every condition of some clause.
     pub fn matches(&self, data: &Value) -> bool {
-        self.conditions.iter().all(|(path, cond)| {
-            let mut node = data;
-            for segment in path {
-                match node.get(segment) {
-                    Some(next) => node = next,
-                    None => return false,
-                }
-            }
-            cond.holds(node)
-        })
+        self.clauses.iter().any(|c| c.matches(data))
     }
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('.').map(str::to_owned).collect()
+}
+
+fn eq_spec(value: &Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("eq".into(), value.clone());
+    m
+}
+
+fn compile_clause(
+    spec: &Map<String, Value>,
+    scope: &[&str],
+    limits: &FilterLimits,
+) -> Result<Clause, FilterError> {
+    if spec.is_empty() {
+        return Err(FilterError::Empty);
+    }
+    if spec.len() > limits.max_conditions {
+        return Err(FilterError::TooManyConditions(limits.max_conditions));
+    }
+    let mut conditions = Vec::with_capacity(spec.len());
+    let mut canonical = Map::new();
+    for (path, cond) in spec {
+        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(FilterError::BadPath(path.clone()));
+        }
+        if segments.len() > limits.max_path_depth {
+            return Err(FilterError::PathTooDeep {
+                path: path.clone(),
+                max: limits.max_path_depth,
+            });
+        }
+        let condition = compile_condition(path, cond, limits)?;
+        let full: Vec<String> = scope
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(segments)
+            .collect();
+        let key = full.join(".");
+        // Scoped clauses are keyed by their full path, so `{"a": 1}` under
+        // `data` never shares a verdict with a client's own `{"data.a": 1}`
+        // unless they mean the same.
+        canonical.insert(
+            key,
+            if scope.is_empty() {
+                cond.clone()
+            } else {
+                condition.canonical()
+            },
+        );
+        conditions.push((full, condition));
+    }
+    Ok(Clause {
+        conditions,
+        spec: canonical,
+    })
 }
 
 fn compile_condition(
@@ -143,11 +276,13 @@ fn compile_condition(
     match cond {
         Value::Array(_) => Err(bad("a list must be written {\"in\": [...]}")),
         Value::Object(ops) => {
-            if let Some(v) = ops.get("eq") {
-                if ops.len() != 1 {
-                    return Err(bad("\"eq\" cannot be combined with other operators"));
+            for eq in ["eq", "equals"] {
+                if let Some(v) = ops.get(eq) {
+                    if ops.len() != 1 {
+                        return Err(bad("\"eq\" cannot be combined with other operators"));
+                    }
+                    return Ok(Condition::Eq(v.clone()));
                 }
-                return Ok(Condition::Eq(v.clone()));
             }
             if let Some(v) = ops.get("in") {
                 if ops.len() != 1 {
@@ -161,6 +296,15 @@ fn compile_condition(
                 }
                 return Ok(Condition::In(values.clone()));
             }
+            if let Some(v) = ops.get("contains") {
+                if ops.len() != 1 {
+                    return Err(bad("\"contains\" cannot be combined with other operators"));
+                }
+                let Value::String(text) = v else {
+                    return Err(bad("\"contains\" takes a string"));
+                };
+                return Ok(Condition::Contains(text.clone()));
+            }
             let number = |key: &str| match ops.get(key) {
                 None => Ok(None),
                 Some(v) => v
@@ -170,7 +314,7 @@ fn compile_condition(
             };
             let (min, max) = (number("min")?, number("max")?);
             if ops.keys().any(|k| k != "min" && k != "max") {
-                return Err(bad("operators are eq, in, min and max"));
+                return Err(bad("operators are eq, in, min, max and contains"));
             }
             if min.is_none() && max.is_none() {
                 return Err(bad("an empty condition object"));
@@ -190,7 +334,36 @@ impl Condition {
                 Some(x) => min.is_none_or(|m| x >= m) && max.is_none_or(|m| x <= m),
                 None => false,
             },
+            Self::Contains(text) => match v {
+                Value::String(s) => s.contains(text.as_str()),
+                Value::Number(_) | Value::Bool(_) => v.to_string().contains(text.as_str()),
+                _ => false,
+            },
         }
+    }
+
+    /// The condition as JSON, in one spelling per meaning.
+    fn canonical(&self) -> Value {
+        let mut m = Map::new();
+        match self {
+            Self::Eq(v) => {
+                m.insert("eq".into(), v.clone());
+            }
+            Self::In(values) => {
+                m.insert("in".into(), Value::Array(values.clone()));
+            }
+            Self::Contains(text) => {
+                m.insert("contains".into(), Value::String(text.clone()));
+            }
+            Self::Range { min, max } => {
+                for (k, v) in [("min", min), ("max", max)] {
+                    if let Some(x) = v.and_then(serde_json::Number::from_f64) {
+                        m.insert(k.into(), Value::Number(x));
+                    }
+                }
+            }
+        }
+        Value::Object(m)
     }
 }
 
@@ -271,6 +444,48 @@ mod tests {
         assert_eq!(
             compile(json!({"a": long})),
             Err(FilterError::TooLarge(2048))
+        );
+    }
+
+    #[test]
+    fn seed_spellings_equals_and_contains() {
+        let f = compile(json!({"status": {"equals": "ok"}, "note": {"contains": "disk"}})).unwrap();
+        assert!(f.matches(&json!({"status": "ok", "note": "disk 91%"})));
+        assert!(!f.matches(&json!({"status": "ok", "note": "cpu"})));
+        let n = compile(json!({"code": {"contains": "40"}})).unwrap();
+        assert!(n.matches(&json!({"code": 404})));
+        assert!(!n.matches(&json!({"code": [40]})));
+        assert!(matches!(
+            compile(json!({"a": {"contains": 1}})),
+            Err(FilterError::BadCondition(..))
+        ));
+    }
+
+    #[test]
+    fn scoped_clauses_combine_as_any_of() {
+        let limits = FilterLimits::default();
+        let spec = |v: Value| v.as_object().unwrap().clone();
+        let epistemic = Filter::scoped(
+            &spec(json!({"confidence_level": {"min": 0.8}})),
+            &["data"],
+            &limits,
+        )
+        .unwrap()
+        .and_equal("type", json!("epistemic_update"));
+        let alerts = Filter::equal("type", json!("pattern_alert"));
+        let both = Filter::any_of([epistemic.clone(), alerts.clone()]).unwrap();
+        let e = |c: f64| json!({"type": "epistemic_update", "data": {"confidence_level": c}});
+        assert!(both.matches(&e(0.9)));
+        assert!(!both.matches(&e(0.5)));
+        assert!(both.matches(&json!({"type": "pattern_alert", "data": {}})));
+        assert!(!both.matches(&json!({"type": "prediction_update", "data": {}})));
+        let again = Filter::any_of([alerts, epistemic]).unwrap();
+        assert_eq!(both.key(), again.key(), "order does not change the key");
+        assert!(Filter::any_of(Vec::new()).is_none());
+        let many: Map<String, Value> = (0..16).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(
+            Filter::scoped(&many, &["data"], &limits).is_ok(),
+            "the scope does not count against the client's limits"
         );
     }
 }

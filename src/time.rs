@@ -34,6 +34,11 @@ pub fn rfc3339_from_millis(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// A Unix time in microseconds as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339_from_micros(us: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(us)).to_string()
+}
+
 /// Milliseconds on the process's monotonic clock. It starts a day in, so a
 /// moment shortly before the process started is still a positive number (a
 /// first ping clock set back from a connection's arrival) and 0 can mean

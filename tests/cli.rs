@@ -353,6 +353,7 @@ fn client_failures_are_one_clear_line() {
     let url = auth.http_url("");
     let token = |perms: &[&str], channels: &[&str]| {
         let spec = switchboard::auth::mint::TokenSpec {
+            roles: Vec::new(),
             subject: "cli".into(),
             permissions: perms.iter().map(|s| s.to_string()).collect(),
             channels: channels.iter().map(|s| s.to_string()).collect(),

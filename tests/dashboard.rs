@@ -38,6 +38,7 @@ fn binary() -> &'static str {
 
 fn mint(secret_file: &Path, sub: &str, perms: &[&str], channels: &[&str]) -> String {
     let spec = switchboard::auth::mint::TokenSpec {
+        roles: Vec::new(),
         subject: sub.into(),
         permissions: perms.iter().map(|s| s.to_string()).collect(),
         channels: channels.iter().map(|s| s.to_string()).collect(),

@@ -35,6 +35,7 @@ impl Keys {
 
     fn token(&self, perms: &[&str], channels: &[&str]) -> String {
         let spec = switchboard::auth::mint::TokenSpec {
+            roles: Vec::new(),
             subject: "ops-test".into(),
             permissions: perms.iter().map(|s| s.to_string()).collect(),
             channels: channels.iter().map(|s| s.to_string()).collect(),

@@ -13,6 +13,8 @@ pub struct TokenSpec {
     pub subject: String,
     pub permissions: Vec<String>,
     pub channels: Vec<String>,
+    /// Names for the `roles` claim (mapped to permissions by `--jwt-role`).
+    pub roles: Vec<String>,
     pub ttl: Duration,
     pub audience: Option<String>,
     pub issuer: Option<String>,
@@ -78,6 +80,7 @@ pub fn mint(spec: &TokenSpec, alg: Algorithm, key_file: &Path) -> Result<String,
         iss: spec.issuer.clone(),
         permissions: spec.permissions.clone(),
         channels: spec.channels.clone(),
+        roles: spec.roles.clone(),
     };
     let mut header = Header::new(alg);
     header.kid = spec.key_id.clone();

@@ -13,6 +13,10 @@
 //!   channels `websocket:subscribe` and `websocket:publish` apply to. No
 //!   `channels` claim means no channels: access is granted, never assumed.
 //!
+//! A `roles` claim (the ESCAI seed's tokens carry one) adds the permissions the
+//! gateway's role map ([`RoleMap`], `--jwt-role NAME=PERM,…`) gives each named
+//! role; a role the map does not name grants nothing.
+//!
 //! With authentication disabled (`--no-auth`, `standalone`) every caller is an
 //! anonymous identity with every right.
 //!
@@ -25,7 +29,7 @@ pub mod mint;
 pub mod origin;
 pub mod verify;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use wildmatch::WildMatch;
 
@@ -62,6 +66,34 @@ pub struct Claims {
     pub permissions: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+/// Role name → the permissions it grants (`--jwt-role admin=websocket:admin`).
+pub type RoleMap = HashMap<String, Vec<String>>;
+
+/// Parses one `--jwt-role` value: `NAME=PERM,PERM…`.
+pub fn parse_role(spec: &str) -> Result<(String, Vec<String>), String> {
+    let (name, perms) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected NAME=PERMISSION,PERMISSION…"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{spec:?}: the role name is empty"));
+    }
+    let perms: Vec<String> = perms
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if perms.is_empty() {
+        return Err(format!(
+            "{spec:?}: a role must grant at least one permission"
+        ));
+    }
+    Ok((name.to_owned(), perms))
 }
 
 /// A caller and its rights.
@@ -101,10 +133,16 @@ impl Identity {
         }
     }
 
-    /// The identity a verified token describes.
+    /// The identity a verified token describes (without a role map).
     pub fn from_claims(claims: &Claims) -> Self {
+        Self::from_claims_with_roles(claims, &RoleMap::new())
+    }
+
+    /// The identity a verified token describes, its `roles` mapped through `roles`.
+    pub fn from_claims_with_roles(claims: &Claims, roles: &RoleMap) -> Self {
         let mut grants = TokenGrants::default();
-        for permission in &claims.permissions {
+        let from_roles = claims.roles.iter().filter_map(|r| roles.get(r)).flatten();
+        for permission in claims.permissions.iter().chain(from_roles) {
             match permission.as_str() {
                 "websocket:connect" => grants.connect = true,
                 "websocket:subscribe" => grants.subscribe = true,
@@ -161,6 +199,29 @@ impl Identity {
             Grants::Everything => true,
             Grants::Token(g) => g.admin || (g.publish && g.matches_channel(channel)),
         }
+    }
+
+    /// May this caller follow agent `agent` (the ESCAI route)? It needs
+    /// `websocket:subscribe` and `agent:{agent}:monitor`, or `websocket:admin`.
+    pub fn can_monitor_agent(&self, agent: &str) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => g.admin || (g.subscribe && g.agents.contains(agent)),
+        }
+    }
+
+    /// May this caller subscribe at all (`websocket:subscribe` or admin)?
+    pub fn can_subscribe_any(&self) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(g) => g.admin || g.subscribe,
+        }
+    }
+
+    /// The user as a key for per-user records: the `sub`, or empty without
+    /// authentication.
+    pub fn user_key(&self) -> &str {
+        self.user.as_deref().unwrap_or("")
     }
 
     /// May this caller use the admin API and admin channels?
@@ -243,6 +304,30 @@ mod tests {
         );
         let anon = Identity::anonymous();
         assert!(anon.can_connect() && anon.is_admin());
+    }
+
+    #[test]
+    fn roles_map_to_permissions_through_the_configured_map() {
+        let mut roles = RoleMap::new();
+        let (name, perms) = parse_role("viewer=websocket:connect, websocket:subscribe").unwrap();
+        roles.insert(name, perms);
+        roles.insert("admin".into(), vec!["websocket:admin".into()]);
+        let claims = |r: &[&str], p: &[&str]| Claims {
+            sub: Some("u".into()),
+            exp: 1,
+            roles: r.iter().map(|s| s.to_string()).collect(),
+            permissions: p.iter().map(|s| s.to_string()).collect(),
+            ..Claims::default()
+        };
+        let viewer =
+            Identity::from_claims_with_roles(&claims(&["viewer"], &["agent:a1:monitor"]), &roles);
+        assert!(viewer.can_connect() && viewer.can_monitor_agent("a1"));
+        assert!(!viewer.can_monitor_agent("a2") && !viewer.is_admin());
+        let admin = Identity::from_claims_with_roles(&claims(&["admin"], &[]), &roles);
+        assert!(admin.is_admin() && admin.can_monitor_agent("any"));
+        let unknown = Identity::from_claims_with_roles(&claims(&["root"], &[]), &roles);
+        assert!(!unknown.can_connect(), "an unmapped role grants nothing");
+        assert!(parse_role("x").is_err() && parse_role("=a").is_err() && parse_role("x=").is_err());
     }
 
     #[test]

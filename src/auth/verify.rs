@@ -50,6 +50,9 @@ pub struct JwtConfig {
     pub reload_interval: Duration,
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Permissions granted by the names in a token's `roles` claim
+    /// (`--jwt-role NAME=PERM,…`), as the ESCAI seed's tokens carry them.
+    pub roles: super::RoleMap,
 }
 
 /// A problem with the configured keys (at startup: the process refuses to start).
@@ -238,7 +241,12 @@ impl Verifier {
                 {
                     return Err(AuthError::MissingClaim("sub".into()));
                 }
-                Ok(data) => return Ok(Identity::from_claims(&data.claims)),
+                Ok(data) => {
+                    return Ok(Identity::from_claims_with_roles(
+                        &data.claims,
+                        &self.config.roles,
+                    ));
+                }
                 Err(e) => match classify(e.kind()) {
                     AuthError::BadSignature => continue,
                     other => return Err(other),

@@ -4,9 +4,9 @@
 //!
 //! An upgrade is checked in this order, each step refusing before any
 //! WebSocket exists: route and channel name (400), handshake headers (400),
-//! draining (503), `Origin` (403), token (401), `websocket:connect` and the
-//! route's channel (403), the user's connection limit (429), the replica's
-//! connection limit (503).
+//! draining (503), `Origin` (403), token (401), the route's rights (403:
+//! `websocket:connect`, the route's channel, a request's owner), the user's
+//! connection limit (429), the replica's connection limit (503).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,9 +22,11 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::Gateway;
+use super::connection::{Connection, ConnectionStart};
+use super::dialect::council::store::Claim;
+use super::dialect::{Route, council, escai};
 use super::presence::Disconnect;
 use super::server::PeerAddr;
-use super::session::{Route, Session, SessionStart};
 use crate::auth::{AuthError, Identity};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PublishOptions};
@@ -141,18 +143,30 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let origin = warp::header::optional::<String>("origin");
 
-    let native = warp::path!("ws").and(warp::get()).map(|| Ok(Route::Native));
+    let native = warp::path!("ws")
+        .and(warp::get())
+        .map(|| Ok(Route::Native { resume: None }));
     let max_len = gw.config.limits.max_channel_len;
     let snapshot = warp::path!("ws" / String)
         .and(warp::get())
-        .map(move |name: String| channel_route(&name, max_len, Route::Snapshot));
+        .map(move |name: String| channel_route(&name, max_len, Route::Ark));
     let relay = warp::path!("api" / "ws" / String)
         .and(warp::get())
         .map(move |name: String| channel_route(&name, max_len, Route::Relay));
+    let escai = warp::path!("ws" / "monitor" / String)
+        .and(warp::get())
+        .map(|session_id: String| escai_route(session_id));
+    let council = warp::path!("api" / "v1" / "ws" / String)
+        .and(warp::get())
+        .map(move |request_id: String| council_route(request_id, max_len));
     let websocket = native
         .or(snapshot)
         .unify()
         .or(relay)
+        .unify()
+        .or(escai)
+        .unify()
+        .or(council)
         .unify()
         .and(state.clone())
         .and(warp::header::headers_cloned())
@@ -224,7 +238,13 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
             },
         );
 
-    websocket
+    // The seeds' REST paths first: `/ws/health`, `/ws/connections` and
+    // `/ws/status` answer HTTP, not the ARK route of a channel of that name.
+    escai::rest::routes(gw.clone())
+        .or(council::rest::routes(gw.clone()))
+        .unify()
+        .or(websocket)
+        .unify()
         .or(live)
         .unify()
         .or(ready)
@@ -242,14 +262,46 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// A refused route: the error code and why.
+type BadRoute = (&'static str, String);
+
 fn channel_route(
     name: &str,
     max_len: usize,
     route: fn(ChannelName) -> Route,
-) -> Result<Route, String> {
+) -> Result<Route, BadRoute> {
     ChannelName::parse(name, max_len)
         .map(route)
-        .map_err(|e| e.to_string())
+        .map_err(|e| ("bad_channel", e.to_string()))
+}
+
+/// Longest ESCAI session id in the path.
+const MAX_SESSION_ID: usize = 128;
+
+fn escai_route(session_id: String) -> Result<Route, BadRoute> {
+    let ok = !session_id.is_empty()
+        && session_id.len() <= MAX_SESSION_ID
+        && session_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b));
+    if !ok {
+        return Err((
+            "bad_session_id",
+            format!(
+                "the session id in /ws/monitor/{{session_id}} must be 1 to {MAX_SESSION_ID} ASCII letters, digits or _ - . : @"
+            ),
+        ));
+    }
+    Ok(Route::Escai { session_id })
+}
+
+fn council_route(request_id: String, max_len: usize) -> Result<Route, BadRoute> {
+    let channel = council::request_channel(&request_id, max_len)
+        .map_err(|e| ("bad_channel", format!("request id {request_id:?}: {e}")))?;
+    Ok(Route::Council {
+        request_id,
+        channel,
+    })
 }
 
 fn readiness(gw: &Gateway) -> Response {
@@ -299,14 +351,14 @@ fn preflight(gw: &Gateway, origin: Option<&str>) -> Response {
 
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
-    route: Result<Route, String>,
+    route: Result<Route, BadRoute>,
     gw: Arc<Gateway>,
     headers: HeaderMap,
     query: String,
     on_upgrade: Option<OnUpgrade>,
     peer: Option<PeerAddr>,
 ) -> Response {
-    match accept(&gw, route, &headers, &query, on_upgrade, peer) {
+    match accept(&gw, route, &headers, &query, on_upgrade, peer).await {
         Ok(response) => response,
         Err(e) => {
             gw.metrics
@@ -318,15 +370,19 @@ async fn upgrade(
     }
 }
 
-fn accept(
+async fn accept(
     gw: &Arc<Gateway>,
-    route: Result<Route, String>,
+    route: Result<Route, BadRoute>,
     headers: &HeaderMap,
     query: &str,
     on_upgrade: Option<OnUpgrade>,
     peer: Option<PeerAddr>,
 ) -> Result<Response, ApiError> {
-    let route = route.map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "bad_channel", why))?;
+    let mut route =
+        route.map_err(|(code, why)| ApiError::new(StatusCode::BAD_REQUEST, code, why))?;
+    if let Route::Native { resume } = &mut route {
+        *resume = query_param(query, "session");
+    }
     let request = UpgradeRequest::from_headers(headers)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_handshake", e.to_string()))?;
     if gw.shutdown.is_cancelled() {
@@ -361,17 +417,32 @@ fn accept(
                 .map_err(|e| ApiError::unauthorized(&e))?
         }
     };
-    if !identity.can_connect() {
+    // The AI Council seed's tokens carry no permissions: a valid token (and,
+    // for an owned request, its owner) is what that route asks.
+    if !matches!(route, Route::Council { .. }) && !identity.can_connect() {
         return Err(ApiError::forbidden(
             "your token lacks the websocket:connect permission",
         ));
     }
-    if let Route::Snapshot(channel) | Route::Relay(channel) = &route
+    if let Route::Ark(channel) | Route::Relay(channel) = &route
         && !identity.can_subscribe(channel)
     {
         return Err(ApiError::forbidden(
             "your token does not allow subscribing to this channel",
         ));
+    }
+    if let Some(channel) = route.channel() {
+        let allowed = gw.council.may_read(channel, &identity).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e}; retry with backoff"),
+            )
+            .retry_after(1)
+        })?;
+        if !allowed {
+            return Err(ApiError::forbidden("this request belongs to another user"));
+        }
     }
     let user_slot = match &identity.user {
         Some(user) => Some(
@@ -412,20 +483,19 @@ fn accept(
             "the connection cannot be upgraded",
         )
     })?;
-    // Boxed: what the session is started with would otherwise stay in the
+    // Boxed: what the connection is started with would otherwise stay in the
     // connection task's state for the connection's whole life.
-    let start = Box::new(SessionStart {
+    let start = Box::new(ConnectionStart {
         gw: gw.clone(),
         route,
         identity,
         remote: peer.map(|p| p.0),
-        resume: query_param(query, "session"),
     });
     let task = async move {
         match take_stream(on_upgrade).await {
             Ok(stream) => {
                 let conn = start.gw.new_conn(stream);
-                Box::new(Session::new(*start, conn)).run().await;
+                Box::new(Connection::new(*start, conn)).run().await;
             }
             Err(e) => tracing::debug!(peer = ?start.remote, error = %e, "upgrade not completed"),
         }
@@ -444,6 +514,10 @@ struct PublishBody<'a> {
     data: &'a RawValue,
     #[serde(default)]
     snapshot: bool,
+    /// The user who owns an AI Council request (`council:{request_id}`): only
+    /// that user (or an administrator) may read it.
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 async fn publish(gw: Arc<Gateway>, headers: HeaderMap, query: String, body: Bytes) -> Response {
@@ -493,6 +567,9 @@ async fn try_publish(
         limits.max_json_depth,
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.to_string()))?;
+    if let Some(owner) = parsed.owner.as_deref() {
+        claim_owner(gw, &channel, owner).await?;
+    }
     let options = PublishOptions {
         snapshot: parsed.snapshot,
         version: None,
@@ -526,6 +603,55 @@ async fn try_publish(
             )
             .retry_after(1))
         }
+    }
+}
+
+/// Makes `owner` the owner of an AI Council request before its event is
+/// published; a newly claimed request's readers of other users are closed on
+/// every replica.
+async fn claim_owner(gw: &Gateway, channel: &ChannelName, owner: &str) -> Result<(), ApiError> {
+    if channel.namespace() != Some(council::NAMESPACE) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "\"owner\" applies to AI Council requests, channels {}:{{request_id}}",
+                council::NAMESPACE
+            ),
+        ));
+    }
+    if owner.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "\"owner\" must name a user (a token's sub)",
+        ));
+    }
+    let unavailable = |e: EngineError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e}; retry with backoff"),
+        )
+        .retry_after(1)
+    };
+    match gw
+        .council
+        .claim(channel, owner)
+        .await
+        .map_err(unavailable)?
+    {
+        Claim::Same => Ok(()),
+        Claim::New => gw
+            .presence
+            .owner_claimed(&gw.registry, channel.as_str(), owner)
+            .await
+            .map_err(unavailable),
+        Claim::Other(current) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "owner_conflict",
+            format!("this request already belongs to {current:?}"),
+        )),
     }
 }
 

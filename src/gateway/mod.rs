@@ -5,12 +5,14 @@
 //! until shutdown, then waits for the sessions — which close themselves spread
 //! over the drain window — until the drain deadline.
 
+pub mod connection;
+pub mod core;
+pub mod dialect;
 pub mod http;
 pub mod presence;
 pub mod recovery;
 pub mod registry;
 pub mod server;
-pub mod session;
 pub mod sessions;
 pub mod stats;
 
@@ -29,6 +31,7 @@ use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ws::conn::Conn;
+use dialect::council::store::CouncilStore;
 use presence::Presence;
 use registry::Registry;
 
@@ -48,6 +51,8 @@ pub struct Gateway {
     pub presence: Presence,
     /// Resumable sessions.
     pub sessions: sessions::SessionStore,
+    /// AI Council requests: owners, acknowledgements, reconnections.
+    pub council: CouncilStore,
     connection_slots: Arc<Semaphore>,
     /// The tasks of the open WebSocket connections.
     tasks: TaskTracker,
@@ -63,6 +68,7 @@ pub struct Parts {
     pub registry: Arc<Registry>,
     pub presence: Presence,
     pub sessions: sessions::SessionStore,
+    pub council: CouncilStore,
 }
 
 impl Gateway {
@@ -78,6 +84,7 @@ impl Gateway {
             registry: parts.registry,
             presence: parts.presence,
             sessions: parts.sessions,
+            council: parts.council,
             connection_slots: slots,
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),

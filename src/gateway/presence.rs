@@ -8,8 +8,10 @@
 //! different slots: each write is one pipeline per key (sent concurrently), and
 //! a listing reads the set, then each hash on its own master. "Disconnect this
 //! user everywhere" is a message on the control channel `<prefix>control`,
-//! which every replica subscribes to (sharded pub/sub on a cluster). In
-//! `standalone` the local registry is the whole picture.
+//! which every replica subscribes to (sharded pub/sub on a cluster), and so
+//! is "this AI Council request now belongs to U" (each replica closes its
+//! readers of the request that are not U). In `standalone` the local registry
+//! is the whole picture.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,13 +135,45 @@ impl Presence {
     }
 }
 
+impl Presence {
+    /// A request's owner was claimed: closes, on every replica, the readers of
+    /// `channel` that are neither `owner` nor administrators (1008, the close
+    /// the seeds give a refused client).
+    pub async fn owner_claimed(
+        &self,
+        registry: &Registry,
+        channel: &str,
+        owner: &str,
+    ) -> Result<(), EngineError> {
+        match self {
+            Self::Local => {
+                registry.close_non_owners(channel, owner, CloseCode::PolicyViolation);
+                Ok(())
+            }
+            Self::Redis { engine, .. } => {
+                let message = json!({"op": "owner", "channel": channel, "user": owner}).to_string();
+                engine.publish_control(&message).await
+            }
+        }
+    }
+}
+
 /// Handles a control message from the control channel.
 pub fn apply_control(registry: &Registry, message: &serde_json::Value) {
-    if message["op"] == "disconnect"
-        && let Some(user) = message["user"].as_str()
-    {
-        let closed = registry.close_user(user, CloseCode::Kicked);
-        tracing::info!(closed, "disconnected a user on request of an administrator");
+    match (message["op"].as_str(), message["user"].as_str()) {
+        (Some("disconnect"), Some(user)) => {
+            let closed = registry.close_user(user, CloseCode::Kicked);
+            tracing::info!(closed, "disconnected a user on request of an administrator");
+        }
+        (Some("owner"), Some(owner)) => {
+            if let Some(channel) = message["channel"].as_str() {
+                let closed = registry.close_non_owners(channel, owner, CloseCode::PolicyViolation);
+                if closed > 0 {
+                    tracing::info!(closed, %channel, "closed readers of a request that now belongs to another user");
+                }
+            }
+        }
+        _ => {}
     }
 }
 

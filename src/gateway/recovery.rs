@@ -57,6 +57,23 @@ pub async fn plan(
     fresh(engine, channel, want_snapshot, max_replay).await
 }
 
+/// Every message the channel's history holds (at most `max`, the oldest
+/// first), with the position. What is missing (trimmed, expired, past `max`)
+/// the caller sees from the entries' offsets against `position.offset`.
+pub async fn everything(
+    engine: &dyn Engine,
+    channel: &ChannelName,
+    max: usize,
+) -> Result<Start, EngineError> {
+    let page = engine.history(channel, 0, max).await?;
+    Ok(Start {
+        position: page.position,
+        recovered: None,
+        snapshot: None,
+        replay: page.entries,
+    })
+}
+
 async fn fresh(
     engine: &dyn Engine,
     channel: &ChannelName,

@@ -27,6 +27,14 @@ pub struct ConnInfo {
     /// RFC 3339.
     pub connected_at: String,
     pub channels: BTreeSet<String>,
+    /// When the client last sent a frame (RFC 3339), as of the listing on this
+    /// replica or of the last presence write on another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// What the connection's dialect adds (ESCAI: its session id and
+    /// subscriptions; AI Council: heartbeats and reconnections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// A connection as it arrives in the registry.
@@ -34,6 +42,8 @@ pub struct NewConn {
     pub user: Option<String>,
     pub route: &'static str,
     pub remote: Option<SocketAddr>,
+    /// The token has `websocket:admin` (kept when a request's owner is claimed).
+    pub admin: bool,
 }
 
 /// A connection as the registry holds it: an idle gateway holds one per client,
@@ -48,6 +58,9 @@ struct Entry {
     /// Few per connection (`--max-channels-per-connection`, 64 by default):
     /// a vector, not a tree.
     channels: Vec<ChannelName>,
+    admin: bool,
+    /// Only for dialects that have one (boxed: most connections have none).
+    detail: Option<Box<serde_json::Value>>,
 }
 
 #[derive(Default)]
@@ -122,6 +135,8 @@ impl Registry {
             remote: new.remote,
             connected_at: SystemTime::now(),
             channels: Vec::new(),
+            admin: new.admin,
+            detail: None,
         };
         self.lock().conns.insert(id, entry);
         Change(id)
@@ -152,7 +167,33 @@ impl Registry {
         Some(Change(id))
     }
 
+    /// Replaces what the connection's dialect shows of it.
+    pub fn set_detail(&self, id: ConnId, detail: serde_json::Value) -> Option<Change> {
+        let mut inner = self.lock();
+        let entry = inner.conns.get_mut(&id)?;
+        entry.detail = Some(Box::new(detail));
+        Some(Change(id))
+    }
+
+    /// Closes the connections subscribed to `channel` whose user is not
+    /// `owner` (administrators excepted) with `code`; returns how many.
+    pub fn close_non_owners(&self, channel: &str, owner: &str, code: CloseCode) -> usize {
+        let targets: Vec<Arc<Conn>> = self
+            .lock()
+            .conns
+            .values()
+            .filter(|e| !e.admin && e.user.as_deref() != Some(owner))
+            .filter(|e| e.channels.iter().any(|c| c.as_str() == channel))
+            .map(|e| e.conn.clone())
+            .collect();
+        targets.iter().filter(|c| c.close(code)).count()
+    }
+
     fn info(&self, id: ConnId, entry: &Entry) -> ConnInfo {
+        let idle_ms = crate::time::mono_millis().saturating_sub(entry.conn.last_seen());
+        let last_seen = SystemTime::now()
+            .checked_sub(std::time::Duration::from_millis(idle_ms))
+            .map(|t| humantime::format_rfc3339_millis(t).to_string());
         ConnInfo {
             connection_id: format!("{}-{id}", self.replica),
             replica: self.replica.clone(),
@@ -165,6 +206,8 @@ impl Registry {
                 .iter()
                 .map(|c| c.as_str().to_owned())
                 .collect(),
+            last_seen,
+            detail: entry.detail.as_deref().cloned(),
         }
     }
 

@@ -86,6 +86,10 @@ pub struct Connections {
     pub native: i64,
     pub snapshot: i64,
     pub relay: i64,
+    /// The ESCAI route (seed 003).
+    pub escai: i64,
+    /// The AI Council route (seed 004).
+    pub council: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
@@ -151,6 +155,7 @@ impl Reporter {
         let health = gw.engine.health();
         let route = |r: &str| gw.metrics.connections.with_label_values(&[r]).get();
         let (native, snapshot, relay) = (route("native"), route("snapshot"), route("relay"));
+        let (escai, council) = (route("escai"), route("council"));
         let report = Report {
             replica: gw.config.replica_id.clone(),
             role: self.role,
@@ -167,10 +172,12 @@ impl Reporter {
                 detail: health.detail,
             },
             connections: Connections {
-                total: native + snapshot + relay,
+                total: native + snapshot + relay + escai + council,
                 native,
                 snapshot,
                 relay,
+                escai,
+                council,
             },
             subscriptions: gw.metrics.subscriptions.get(),
             channels: gw.metrics.channels.get(),

@@ -1,4 +1,10 @@
 //! One message on its way to local subscribers, encoded at most once per form.
+//!
+//! A form is how one dialect's clients receive a message (the native
+//! `message`, the drop-in routes' bare data, the ESCAI seed's event, the AI
+//! Council seed's envelope). Whatever the number of subscribers and dialects,
+//! each form of a message is encoded once per replica and the same bytes go to
+//! every subscriber that takes that form.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -9,7 +15,7 @@ use crate::channel::ChannelName;
 use crate::engine::{IncomingMessage, Offset};
 use crate::filter::Filter;
 use crate::json::Json;
-use crate::protocol::server;
+use crate::protocol::{council, escai, server};
 use crate::ws::frame;
 
 /// The form in which a subscriber receives messages.
@@ -19,6 +25,23 @@ pub enum FrameKind {
     Native,
     /// Drop-in routes: the data exactly as published.
     Raw,
+    /// ESCAI (seed 003): the published event with `agent_id` and `timestamp`.
+    Escai,
+    /// AI Council (seed 004): `{"type","timestamp","message_id","data"}`.
+    Council,
+}
+
+impl FrameKind {
+    const COUNT: usize = 4;
+
+    fn index(self) -> usize {
+        match self {
+            Self::Native => 0,
+            Self::Raw => 1,
+            Self::Escai => 2,
+            Self::Council => 3,
+        }
+    }
 }
 
 /// A message with its encoded WebSocket frames, shared by every shard.
@@ -28,8 +51,7 @@ pub struct Delivery {
     pub offset: Option<Offset>,
     pub published_us: Option<u64>,
     pub data: Json,
-    native: OnceLock<Bytes>,
-    raw: OnceLock<Bytes>,
+    frames: [OnceLock<Bytes>; FrameKind::COUNT],
     parsed: OnceLock<Option<Value>>,
     /// Filter results by filter key: each distinct filter is evaluated once
     /// per message, whichever shard asks first.
@@ -48,8 +70,7 @@ impl Delivery {
             offset,
             published_us,
             data,
-            native: OnceLock::new(),
-            raw: OnceLock::new(),
+            frames: Default::default(),
             parsed: OnceLock::new(),
             verdicts: Mutex::new(Vec::new()),
         }
@@ -72,10 +93,7 @@ impl Delivery {
     /// that is encoding it (`get_or_init` would park it on a futex, a thread
     /// hand-off per message); the first stored is kept, the other dropped.
     pub fn frame(&self, kind: FrameKind) -> &Bytes {
-        let cell = match kind {
-            FrameKind::Native => &self.native,
-            FrameKind::Raw => &self.raw,
-        };
+        let cell = &self.frames[kind.index()];
         if let Some(frame) = cell.get() {
             return frame;
         }
@@ -86,10 +104,31 @@ impl Delivery {
                 &self.data,
             )),
             FrameKind::Raw => frame::text(self.data.as_str()),
+            FrameKind::Escai => frame::text(&escai::event(
+                &self.data,
+                self.value(),
+                agent_of(&self.channel),
+                self.published_us(),
+            )),
+            FrameKind::Council => frame::text(&council::event(
+                &self.data,
+                self.offset,
+                self.published_us(),
+            )),
         };
         // Storing is a move: a race lost here waits nanoseconds, not an
         // encoding, and keeps the other (equal) frame.
         cell.get_or_init(|| encoded)
+    }
+
+    /// The data, parsed on first need (`None` if it is not valid JSON).
+    fn value(&self) -> Option<&Value> {
+        self.parsed.get_or_init(|| self.data.to_value()).as_ref()
+    }
+
+    /// When the message was published (now, for a plain `PUBLISH` without one).
+    fn published_us(&self) -> u64 {
+        self.published_us.unwrap_or_else(crate::time::unix_micros)
     }
 
     /// Whether the message passes `filter`: the data is parsed once, on first
@@ -103,11 +142,7 @@ impl Delivery {
         if let Some(verdict) = cached(&self.lock_verdicts()) {
             return verdict;
         }
-        let verdict = self
-            .parsed
-            .get_or_init(|| self.data.to_value())
-            .as_ref()
-            .is_some_and(|v| f.matches(v));
+        let verdict = self.value().is_some_and(|v| f.matches(v));
         let mut verdicts = self.lock_verdicts();
         if cached(&verdicts).is_none() {
             verdicts.push((f.shared_key(), verdict));
@@ -118,6 +153,15 @@ impl Delivery {
     fn lock_verdicts(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, bool)>> {
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The agent of an ESCAI channel: `agents:{id}` and `agents:{id}:…`.
+fn agent_of(channel: &ChannelName) -> Option<&str> {
+    channel
+        .as_str()
+        .strip_prefix("agents:")
+        .and_then(|rest| rest.split(':').next())
+        .filter(|a| !a.is_empty())
 }
 
 #[cfg(test)]
@@ -149,5 +193,31 @@ mod tests {
             "the same buffer every time"
         );
         assert_eq!(&d.frame(FrameKind::Raw)[2..], br#"{"a":1}"#);
+        let council = d.frame(FrameKind::Council).as_ptr();
+        assert_eq!(d.frame(FrameKind::Council).as_ptr(), council);
+        assert_ne!(council, first, "each form has its own frame");
+    }
+
+    #[test]
+    fn dialect_forms_carry_the_channels_agent_and_offset() {
+        let data = Json::parse(
+            Bytes::from_static(br#"{"type":"epistemic_update","data":{"c":1}}"#),
+            8,
+        )
+        .unwrap();
+        let d = Delivery::new(
+            ChannelName::parse("agents:agent_1", 64).unwrap(),
+            Some(9),
+            Some(1_000_000),
+            data,
+        );
+        let text = |b: &Bytes| -> serde_json::Value { serde_json::from_slice(&b[2..]).unwrap() };
+        let escai = text(d.frame(FrameKind::Escai));
+        assert_eq!(escai["agent_id"], "agent_1");
+        assert_eq!(escai["type"], "epistemic_update");
+        assert_eq!(escai["timestamp"], "1970-01-01T00:00:01.000Z");
+        let council = text(d.frame(FrameKind::Council));
+        assert_eq!(council["message_id"], 9);
+        assert_eq!(council["data"], serde_json::json!({"c": 1}));
     }
 }

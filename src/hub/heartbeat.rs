@@ -10,6 +10,13 @@
 //! next deadline. An idle connection therefore costs one visit per ping
 //! interval and no task wake-up at all; the wheel holds weak references, so a
 //! closed connection is simply dropped when its slot comes.
+//!
+//! Connections of different dialects keep alive differently: each is watched
+//! under a [`Profile`] (index into the hub's `heartbeats`) — its deadlines,
+//! whether it gets WebSocket pings, an application heartbeat text frame (the
+//! ESCAI seed's `{"type":"ping"}`, the AI Council seed's `heartbeat`), and the
+//! notice its clients get when their token expires. The frames come from the
+//! layer above as function pointers: the wheel knows no dialect.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,14 +28,24 @@ use crate::protocol::{CloseCode, ErrorCode, server};
 use crate::ws::conn::{Conn, OutState};
 use crate::ws::frame;
 
-/// Deadlines of the WebSocket side (0 disables the ping or the idle limit).
+/// How one kind of connection is kept alive (0 disables the ping, the pong
+/// timeout or the idle limit).
 #[derive(Debug, Clone)]
 pub struct HeartbeatConfig {
     pub ping_interval: Duration,
+    /// Time to answer a ping (a WebSocket pong, or what the dialect counts as
+    /// one) before the close with 4002; 0: pings expect no answer.
     pub pong_timeout: Duration,
     pub idle_timeout: Duration,
     /// Time between the `token_expired` notice and the close (4001).
     pub token_grace: Duration,
+    /// Send WebSocket ping frames.
+    pub ws_ping: bool,
+    /// An application heartbeat sent with each ping (built once per tick).
+    pub app_ping: Option<fn() -> String>,
+    /// The notice a client gets when its token expires (`None`: the native
+    /// protocol's `token_expired` error).
+    pub expired_notice: Option<fn(Duration) -> String>,
 }
 
 impl Default for HeartbeatConfig {
@@ -38,6 +55,40 @@ impl Default for HeartbeatConfig {
             pong_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             token_grace: Duration::from_secs(10),
+            ws_ping: true,
+            app_ping: None,
+            expired_notice: None,
+        }
+    }
+}
+
+/// Which of the hub's heartbeat configurations a connection is watched under.
+pub type Profile = u8;
+
+/// One profile's configuration with its pre-encoded frames.
+struct Keepalive {
+    config: HeartbeatConfig,
+    expired_notice: Bytes,
+}
+
+impl Keepalive {
+    fn new(config: HeartbeatConfig) -> Self {
+        let grace = config.token_grace;
+        let notice = match config.expired_notice {
+            Some(build) => build(grace),
+            None => server::error(
+                ErrorCode::TokenExpired,
+                &format!(
+                    "your token expired: send {{\"type\":\"refresh_token\",\"token\":…}} within {} s or the connection closes with 4001",
+                    grace.as_secs()
+                ),
+                None,
+                None,
+            ),
+        };
+        Self {
+            config,
+            expired_notice: frame::text(&notice),
         }
     }
 }
@@ -49,45 +100,50 @@ pub(crate) const TICK_MS: u64 = 1000;
 
 /// The wheel; see the module documentation.
 pub(crate) struct Wheel {
-    slots: Vec<Vec<Weak<Conn>>>,
+    slots: Vec<Vec<(Weak<Conn>, Profile)>>,
     cursor: usize,
-    config: HeartbeatConfig,
+    profiles: Vec<Keepalive>,
     ping: Bytes,
-    expired_notice: Bytes,
 }
 
 impl Wheel {
-    pub(crate) fn new(config: HeartbeatConfig) -> Self {
-        let notice = server::error(
-            ErrorCode::TokenExpired,
-            &format!(
-                "your token expired: send {{\"type\":\"refresh_token\",\"token\":…}} within {} s or the connection closes with 4001",
-                config.token_grace.as_secs()
-            ),
-            None,
-            None,
-        );
+    /// A wheel for connections watched under `profiles` (at least one: the
+    /// first is the default).
+    pub(crate) fn new(profiles: Vec<HeartbeatConfig>) -> Self {
+        let mut profiles: Vec<Keepalive> = profiles.into_iter().map(Keepalive::new).collect();
+        if profiles.is_empty() {
+            profiles.push(Keepalive::new(HeartbeatConfig::default()));
+        }
         Self {
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             cursor: 0,
-            config,
+            profiles,
             ping: frame::encode(frame::OpCode::Ping, b""),
-            expired_notice: frame::text(&notice),
         }
+    }
+
+    /// The index of `profile`'s configuration (the default for an unknown one).
+    fn index(&self, profile: Profile) -> usize {
+        let i = usize::from(profile);
+        if i < self.profiles.len() { i } else { 0 }
+    }
+
+    fn keepalive(&self, profile: Profile) -> &Keepalive {
+        &self.profiles[self.index(profile)]
     }
 
     /// Places a connection in the slot of `due` (monotonic milliseconds),
     /// rounded up to the next tick: checks are never early.
-    fn insert(&mut self, conn: Weak<Conn>, due: u64, now: u64) {
+    fn insert(&mut self, conn: Weak<Conn>, profile: Profile, due: u64, now: u64) {
         let ahead = due.saturating_sub(now).div_ceil(TICK_MS);
         let ahead = ahead.clamp(1, SLOTS as u64 - 1) as usize;
-        self.slots[(self.cursor + ahead) % SLOTS].push(conn);
+        self.slots[(self.cursor + ahead) % SLOTS].push((conn, profile));
     }
 
-    /// Starts watching a new connection.
-    pub(crate) fn watch(&mut self, conn: &Arc<Conn>) {
+    /// Starts watching a new connection under `profile`.
+    pub(crate) fn watch(&mut self, conn: &Arc<Conn>, profile: Profile) {
         let now = crate::time::mono_millis();
-        let interval = millis(self.config.ping_interval);
+        let interval = millis(self.keepalive(profile).config.ping_interval);
         if interval > 0 {
             // Clients that connect together (a deploy, a reconnect storm)
             // would otherwise be pinged together, and answer together, every
@@ -96,8 +152,8 @@ impl Wheel {
             let early = (interval as f64 / 2.0 * crate::time::spread(conn.id())) as u64;
             conn.start_ping_clock(now.saturating_sub(early).max(1));
         }
-        let due = self.next_deadline(conn, now, crate::time::unix_secs());
-        self.insert(Arc::downgrade(conn), due, now);
+        let due = self.next_deadline(conn, profile, now, crate::time::unix_secs());
+        self.insert(Arc::downgrade(conn), profile, due, now);
     }
 
     /// Advances one tick and handles every connection due now.
@@ -107,39 +163,62 @@ impl Wheel {
         let now = crate::time::mono_millis();
         let now_unix = crate::time::unix_secs();
         let mut again = Vec::new();
-        for weak in due {
+        // Application heartbeats carry the time: built once per tick and profile.
+        let mut app_pings: Vec<Option<Bytes>> = vec![None; self.profiles.len()];
+        for (weak, profile) in due {
             let Some(conn) = weak.upgrade() else { continue };
-            if let Some(next) = self.visit(&conn, now, now_unix, metrics) {
-                again.push((weak, next));
+            if let Some(next) = self.visit(&conn, profile, &mut app_pings, now, now_unix, metrics) {
+                again.push((weak, profile, next));
             }
         }
-        for (weak, next) in again {
-            self.insert(weak, next, now);
+        for (weak, profile, next) in again {
+            self.insert(weak, profile, next, now);
         }
     }
 
     /// Does what is due for one connection; returns its next deadline, or
     /// `None` when it is finished.
-    fn visit(&self, conn: &Conn, now: u64, now_unix: u64, metrics: &Metrics) -> Option<u64> {
+    fn visit(
+        &self,
+        conn: &Conn,
+        profile: Profile,
+        app_pings: &mut [Option<Bytes>],
+        now: u64,
+        now_unix: u64,
+        metrics: &Metrics,
+    ) -> Option<u64> {
         if conn.state() != OutState::Open {
             return None;
         }
-        let c = &self.config;
+        let keepalive = self.keepalive(profile);
+        let c = &keepalive.config;
         let idle = millis(c.idle_timeout);
         if idle > 0 && now.saturating_sub(conn.last_seen()) >= idle {
             conn.close(CloseCode::IdleTimeout);
             return None;
         }
         let awaiting = conn.awaiting_pong_since();
-        if awaiting > 0 && now.saturating_sub(awaiting) >= millis(c.pong_timeout) {
+        let pong_timeout = millis(c.pong_timeout);
+        if pong_timeout > 0 && awaiting > 0 && now.saturating_sub(awaiting) >= pong_timeout {
             conn.close(CloseCode::HeartbeatTimeout);
             return None;
         }
         let interval = millis(c.ping_interval);
         if interval > 0 && now.saturating_sub(conn.last_ping()) >= interval {
             // Recorded before it is sent: the pong may come back at once.
-            conn.ping_sent(now);
-            conn.send(self.ping.clone());
+            if pong_timeout > 0 {
+                conn.ping_sent(now);
+            } else {
+                conn.start_ping_clock(now);
+            }
+            if c.ws_ping {
+                conn.send(self.ping.clone());
+            }
+            if let Some(build) = c.app_ping {
+                let text =
+                    app_pings[self.index(profile)].get_or_insert_with(|| frame::text(&build()));
+                conn.send(text.clone());
+            }
         }
         let expires = conn.expires_at();
         if expires > 0 && now_unix >= expires {
@@ -150,25 +229,25 @@ impl Wheel {
                     .with_label_values(&[ErrorCode::TokenExpired.as_str()])
                     .inc();
                 conn.expiry_notified(now);
-                conn.send(self.expired_notice.clone());
+                conn.send(keepalive.expired_notice.clone());
             } else if now.saturating_sub(notified) >= millis(c.token_grace) {
                 conn.close(CloseCode::TokenExpired);
                 return None;
             }
         }
-        Some(self.next_deadline(conn, now, now_unix))
+        Some(self.next_deadline(conn, profile, now, now_unix))
     }
 
     /// The earliest moment (monotonic milliseconds) something may be due for `conn`.
-    fn next_deadline(&self, conn: &Conn, now: u64, now_unix: u64) -> u64 {
-        let c = &self.config;
+    fn next_deadline(&self, conn: &Conn, profile: Profile, now: u64, now_unix: u64) -> u64 {
+        let c = &self.keepalive(profile).config;
         let mut next = now + TICK_MS * SLOTS as u64;
         let interval = millis(c.ping_interval);
         if interval > 0 {
             next = next.min(conn.last_ping() + interval);
         }
         let awaiting = conn.awaiting_pong_since();
-        if awaiting > 0 {
+        if awaiting > 0 && !c.pong_timeout.is_zero() {
             next = next.min(awaiting + millis(c.pong_timeout));
         }
         let idle = millis(c.idle_timeout);

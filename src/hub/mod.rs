@@ -55,8 +55,11 @@ pub struct HubConfig {
     pub subscribe_timeout: Duration,
     /// Most history entries read to fill one gap in the live feed.
     pub gap_fill_limit: usize,
-    /// Pings, pong timeout, idle limit, token-expiry grace.
+    /// Pings, pong timeout, idle limit, token-expiry grace: heartbeat profile 0,
+    /// the native protocol's.
     pub heartbeat: HeartbeatConfig,
+    /// Profiles 1, 2, …: how other dialects' connections are kept alive.
+    pub dialect_heartbeats: Vec<HeartbeatConfig>,
 }
 
 impl Default for HubConfig {
@@ -68,6 +71,7 @@ impl Default for HubConfig {
             subscribe_timeout: Duration::from_secs(5),
             gap_fill_limit: 10_000,
             heartbeat: HeartbeatConfig::default(),
+            dialect_heartbeats: Vec::new(),
         }
     }
 }
@@ -143,7 +147,9 @@ impl Hub {
                     rx,
                     metrics.clone(),
                     config.max_held,
-                    config.heartbeat.clone(),
+                    std::iter::once(config.heartbeat.clone())
+                        .chain(config.dialect_heartbeats.iter().cloned())
+                        .collect(),
                 );
                 tokio::spawn(shard.run());
                 tx
@@ -177,9 +183,32 @@ impl Hub {
         self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len()
     }
 
-    /// Starts heartbeats, idle and token-expiry checks for a connection.
-    pub async fn watch(&self, conn: &Arc<Conn>, shard: usize) {
-        let _ = self.shards[shard].send(ShardCmd::Watch(conn.clone())).await;
+    /// Starts heartbeats, idle and token-expiry checks for a connection,
+    /// under heartbeat profile `profile` (0: `heartbeat`; n: `dialect_heartbeats[n-1]`).
+    pub async fn watch(&self, conn: &Arc<Conn>, shard: usize, profile: heartbeat::Profile) {
+        let _ = self.shards[shard]
+            .send(ShardCmd::Watch(conn.clone(), profile))
+            .await;
+    }
+
+    /// Changes how a subscriber of `channel` receives its messages (its
+    /// filter or form), in order with the deliveries of its shard.
+    pub async fn set_mode(&self, conn: ConnId, shard: usize, channel: &ChannelName, mode: Mode) {
+        let _ = self.shards[shard]
+            .send(ShardCmd::Regroup {
+                conn,
+                channel: channel.clone(),
+                mode,
+            })
+            .await;
+    }
+
+    /// The newest offset this replica has seen on `channel` (dispatched, or
+    /// known when it was subscribed), if it has local subscribers.
+    pub fn last_offset(&self, channel: &ChannelName) -> Option<Offset> {
+        self.lock()
+            .get(channel)
+            .and_then(|e| e.last.as_ref().map(|(_, o)| *o))
     }
 
     /// Adds `conn` as a subscriber of `channel` in held mode: live messages are

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::delivery::{Delivery, FrameKind};
-use super::heartbeat::{HeartbeatConfig, Wheel};
+use super::heartbeat::{HeartbeatConfig, Profile, Wheel};
 use crate::channel::ChannelName;
 use crate::engine::Offset;
 use crate::filter::Filter;
@@ -57,7 +57,14 @@ pub(crate) enum ShardCmd {
     /// Remove a subscriber.
     Leave { conn: ConnId, channel: ChannelName },
     /// Start heartbeats, idle and token-expiry checks for a connection.
-    Watch(Arc<Conn>),
+    Watch(Arc<Conn>, Profile),
+    /// Move a subscriber to another group (a new filter or form), in order
+    /// with deliveries: nothing is lost or sent twice by the move.
+    Regroup {
+        conn: ConnId,
+        channel: ChannelName,
+        mode: Mode,
+    },
     /// The channel's continuity was lost: hold its subscribers' messages and
     /// ask each session to restart the subscription.
     Resync(ChannelName),
@@ -97,12 +104,12 @@ impl Shard {
         commands: mpsc::Receiver<ShardCmd>,
         metrics: Arc<Metrics>,
         max_held: usize,
-        heartbeat: HeartbeatConfig,
+        heartbeats: Vec<HeartbeatConfig>,
     ) -> Self {
         Self {
             commands,
             channels: HashMap::new(),
-            wheel: Wheel::new(heartbeat),
+            wheel: Wheel::new(heartbeats),
             metrics,
             max_held,
         }
@@ -138,7 +145,30 @@ impl Shard {
     fn apply(&mut self, cmd: ShardCmd) {
         match cmd {
             ShardCmd::Deliver(_) => {}
-            ShardCmd::Watch(conn) => self.wheel.watch(&conn),
+            ShardCmd::Watch(conn, profile) => self.wheel.watch(&conn, profile),
+            ShardCmd::Regroup {
+                conn,
+                channel,
+                mode,
+            } => {
+                let Some(groups) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                let Some(subscriber) = groups.iter_mut().find_map(|g| {
+                    let i = g.subscribers.iter().position(|s| s.conn.id() == conn)?;
+                    Some(g.subscribers.swap_remove(i))
+                }) else {
+                    return;
+                };
+                match groups.iter_mut().find(|g| g.mode.same_group(&mode)) {
+                    Some(g) => g.subscribers.push(subscriber),
+                    None => groups.push(Group {
+                        mode,
+                        subscribers: vec![subscriber],
+                    }),
+                }
+                groups.retain(|g| !g.subscribers.is_empty());
+            }
             ShardCmd::Resync(channel) => {
                 let Some(groups) = self.channels.get_mut(&channel) else {
                     return;

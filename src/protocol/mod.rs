@@ -1,8 +1,15 @@
-//! The native client protocol on `/ws`: what clients send, what the gateway
-//! answers, and the codes both use. `docs/PROTOCOL.md` is the prose version.
+//! The wire formats, pure (no I/O): the native client protocol on `/ws` —
+//! what clients send (`client`), what the gateway answers (`server`), the
+//! codes both use — and the formats of the seed systems' own clients, which
+//! dialects map onto the same core: the drop-in routes' commands (`dropin`),
+//! ESCAI (`escai`, seed 003) and AI Council (`council`, seed 004).
+//! `docs/PROTOCOL.md` is the prose version.
 
 pub mod client;
 pub mod close;
+pub mod council;
+pub mod dropin;
+pub mod escai;
 pub mod server;
 
 pub use client::{ClientMessage, ParseError, RequestId, Since};

@@ -1,0 +1,97 @@
+//! The ARK dashboards' route `/ws/{channel}` (seed 000): the channel's
+//! snapshot as a bare JSON object at once, then each new message as
+//! published; `ping` and `refresh` as plain text or `{"type": …}`.
+
+use bytes::Bytes;
+
+use super::Dialect;
+use crate::channel::ChannelName;
+use crate::gateway::core::{Core, Plan};
+use crate::gateway::recovery::Start;
+use crate::protocol::{CloseCode, ErrorCode, dropin, server};
+
+/// An ARK dashboard connection: one channel.
+pub(crate) struct Ark {
+    channel: ChannelName,
+}
+
+impl Ark {
+    pub(crate) fn new(channel: ChannelName) -> Self {
+        Self { channel }
+    }
+}
+
+const PLAN: Plan = Plan::Resume {
+    since: None,
+    snapshot: true,
+};
+
+/// The snapshot, then what followed it, as bare JSON.
+fn send_start(core: &Core, channel: &ChannelName, start: &Start) {
+    if let Some(snapshot) = &start.snapshot {
+        core.send_text(snapshot.data.as_str());
+    }
+    core.send_entries(channel, &core.mode_with(None), &start.replay, |_| false);
+}
+
+/// `ping` and `refresh` of the drop-in routes.
+pub(super) async fn on_dropin_text(core: &mut Core, channel: &ChannelName, text: &[u8]) {
+    if !core.admit() {
+        return;
+    }
+    match dropin::parse(text) {
+        Some(dropin::Command::Ping) => core.send_text(&server::pong(None)),
+        Some(dropin::Command::Refresh) => match core.gw.engine.snapshot(channel).await {
+            Ok(Some(snapshot)) => core.send_text(snapshot.data.as_str()),
+            Ok(None) => core.send_error(
+                ErrorCode::NoSnapshot,
+                "this channel has no snapshot yet",
+                Some(channel.as_str()),
+                None,
+            ),
+            Err(e) => core.send_error(
+                ErrorCode::Unavailable,
+                &format!("{e}; retry with backoff"),
+                Some(channel.as_str()),
+                None,
+            ),
+        },
+        None => core.send_error(
+            ErrorCode::UnknownType,
+            "this route understands \"ping\" and \"refresh\" (as text or {\"type\": …})",
+            None,
+            None,
+        ),
+    }
+}
+
+impl Dialect for Ark {
+    async fn open(&mut self, core: &mut Core) {
+        // The start goes out between join and release, so nothing slips
+        // between the snapshot and the first live message.
+        let mode = core.mode_with(None);
+        match core.begin(self.channel.clone(), mode, PLAN).await {
+            Ok(pending) => {
+                send_start(core, &pending.channel, &pending.start);
+                core.go_live(pending).await;
+            }
+            Err(refused) => {
+                tracing::warn!(channel = %self.channel, error = %refused.message, "could not start a drop-in subscription");
+                core.conn.close(CloseCode::TryAgainLater);
+            }
+        }
+    }
+
+    async fn on_text(&mut self, core: &mut Core, text: Bytes) {
+        on_dropin_text(core, &self.channel, &text).await;
+    }
+
+    /// The history was lost: the current snapshot and what followed it.
+    async fn resync(&mut self, core: &mut Core, channel: ChannelName) {
+        let Some(start) = core.restart(&channel, &PLAN).await else {
+            return;
+        };
+        send_start(core, &channel, &start);
+        core.release(&channel, start.live_after()).await;
+    }
+}

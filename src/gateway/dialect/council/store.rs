@@ -1,0 +1,424 @@
+//! What the AI Council dialect keeps across replicas (seed 004): who owns a
+//! request, which of its events each user acknowledged, how often a user
+//! connected to it. In Redis on a gateway (every replica sees the same), in
+//! the process on `standalone`.
+//!
+//! Redis keys, under the prefix, each expiring `retention` after its last write:
+//!
+//! | key | what |
+//! |---|---|
+//! | `council:owner:<channel>` | the owner's user id (`SET NX`) |
+//! | `council:acks:<epoch>:<channel>:<user>` | a bitmap: bit N set = event N acknowledged |
+//! | `council:connects:<channel>:<user>` | connections so far (`INCR`) |
+//!
+//! Acknowledgements are per event, not "everything below N": the seed's
+//! frontend acknowledges only some types. They are keyed by the channel's
+//! epoch, so a history that was lost (offsets restarting at 1) never inherits
+//! old acknowledgements. Writes are coalesced and sent in one pipeline per
+//! interval (per hash slot on a cluster), like the native sessions' acks; an
+//! acknowledgement can only name an event the channel has (the dialect checks
+//! against the channel's newest offset), so a bitmap is at most one bit per
+//! event of the request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::ChannelName;
+use crate::engine::redis::RedisEngine;
+use crate::engine::{EngineError, Epoch, Offset};
+use crate::metrics::RedisOp;
+
+/// Acknowledgements are written at most this often.
+const ACK_FLUSH: Duration = Duration::from_millis(500);
+/// At most this many writes per pipeline.
+const MAX_WRITES_PER_PIPELINE: usize = 1024;
+
+/// Claims the owner of a request: `{1, owner}` newly claimed, `{0, owner}`
+/// already this owner (its expiry refreshed), `{2, other}` another's.
+const CLAIM_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, ARGV[1]}
+end
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {0, current}
+end
+return {2, current}
+"#;
+
+/// The events of one request a user acknowledged: bit N for event N, in
+/// Redis's bit order (bit 0 is the high bit of the first byte).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckSet {
+    bits: Vec<u8>,
+}
+
+impl AckSet {
+    /// A set as Redis's `GET` returns the bitmap.
+    pub fn from_bitmap(bits: Vec<u8>) -> Self {
+        Self { bits }
+    }
+
+    pub fn contains(&self, offset: Offset) -> bool {
+        let Ok(byte) = usize::try_from(offset / 8) else {
+            return false;
+        };
+        self.bits
+            .get(byte)
+            .is_some_and(|b| b & (0x80 >> (offset % 8)) != 0)
+    }
+
+    /// Adds `offset`; false if it was there.
+    pub fn insert(&mut self, offset: Offset) -> bool {
+        let Ok(byte) = usize::try_from(offset / 8) else {
+            return false;
+        };
+        if self.bits.len() <= byte {
+            self.bits.resize(byte + 1, 0);
+        }
+        let mask = 0x80 >> (offset % 8);
+        let new = self.bits[byte] & mask == 0;
+        self.bits[byte] |= mask;
+        new
+    }
+
+    /// Everything in `other` too.
+    pub fn extend(&mut self, other: &AckSet) {
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a |= b;
+        }
+    }
+}
+
+/// What claiming a request's owner found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The request had no owner: it is now this one's.
+    New,
+    /// Already this owner's.
+    Same,
+    /// Another user owns it.
+    Other(String),
+}
+
+/// See the module documentation.
+pub struct CouncilStore {
+    backend: Backend,
+    retention: Duration,
+}
+
+enum Backend {
+    Memory(Mutex<Memory>),
+    Redis {
+        engine: Arc<RedisEngine>,
+        acks: mpsc::UnboundedSender<AckWrite>,
+    },
+}
+
+#[derive(Default)]
+struct Memory {
+    owners: HashMap<String, (String, Instant)>,
+    acks: HashMap<String, (AckSet, Instant)>,
+    connects: HashMap<String, (u64, Instant)>,
+    swept: Option<Instant>,
+}
+
+struct AckWrite {
+    key: String,
+    offset: Offset,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+fn acks_key(epoch: &Epoch, channel: &ChannelName, user: &str) -> String {
+    format!("council:acks:{epoch}:{channel}:{user}")
+}
+
+impl CouncilStore {
+    /// Everything in this process (standalone).
+    pub fn memory(retention: Duration) -> Self {
+        Self {
+            backend: Backend::Memory(Mutex::new(Memory::default())),
+            retention,
+        }
+    }
+
+    /// Everything in Redis, shared by every replica.
+    pub fn redis(
+        engine: Arc<RedisEngine>,
+        retention: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(ack_writer(engine.clone(), rx, retention, shutdown));
+        Self {
+            backend: Backend::Redis { engine, acks: tx },
+            retention,
+        }
+    }
+
+    /// How long a request's records outlive their last write.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    fn memory_lock(memory: &Mutex<Memory>, retention: Duration) -> MutexGuard<'_, Memory> {
+        let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired records go at most once a minute, so a lookup stays cheap.
+        if m.swept
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            m.owners.retain(|_, (_, t)| t.elapsed() < retention);
+            m.acks.retain(|_, (_, t)| t.elapsed() < retention);
+            m.connects.retain(|_, (_, t)| t.elapsed() < retention);
+            m.swept = Some(Instant::now());
+        }
+        m
+    }
+
+    /// Whether `identity` may read `channel`: any channel outside the `council`
+    /// namespace; a request without an owner; its owner's own; everything for
+    /// an administrator.
+    pub async fn may_read(
+        &self,
+        channel: &ChannelName,
+        identity: &crate::auth::Identity,
+    ) -> Result<bool, EngineError> {
+        if channel.namespace() != Some(super::NAMESPACE) || identity.is_admin() {
+            return Ok(true);
+        }
+        Ok(match self.owner(channel).await? {
+            None => true,
+            Some(owner) => identity.user.as_deref() == Some(owner.as_str()),
+        })
+    }
+
+    /// Makes `owner` the owner of the request on `channel`, unless another is.
+    pub async fn claim(&self, channel: &ChannelName, owner: &str) -> Result<Claim, EngineError> {
+        let key = format!("council:owner:{channel}");
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut m = Self::memory_lock(memory, self.retention);
+                match m.owners.get_mut(&key) {
+                    Some((current, _)) if current != owner => Ok(Claim::Other(current.clone())),
+                    Some((_, touched)) => {
+                        *touched = Instant::now();
+                        Ok(Claim::Same)
+                    }
+                    None => {
+                        m.owners.insert(key, (owner.to_owned(), Instant::now()));
+                        Ok(Claim::New)
+                    }
+                }
+            }
+            Backend::Redis { engine, .. } => {
+                let mut conn = engine.connection(RedisOp::Session).await?;
+                let (code, current): (i64, String) = redis::Script::new(CLAIM_SCRIPT)
+                    .key(engine.keys().global(&key))
+                    .arg(owner)
+                    .arg(self.retention.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(match code {
+                    1 => Claim::New,
+                    0 => Claim::Same,
+                    _ => Claim::Other(current),
+                })
+            }
+        }
+    }
+
+    /// The owner of the request on `channel`, if it has one.
+    pub async fn owner(&self, channel: &ChannelName) -> Result<Option<String>, EngineError> {
+        let key = format!("council:owner:{channel}");
+        match &self.backend {
+            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.retention)
+                .owners
+                .get(&key)
+                .map(|(o, _)| o.clone())),
+            Backend::Redis { engine, .. } => {
+                let mut conn = engine.connection(RedisOp::Session).await?;
+                redis::cmd("GET")
+                    .arg(engine.keys().global(&key))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            }
+        }
+    }
+
+    /// Counts a connection of `user` to the request; returns how many so far.
+    pub async fn connected(&self, channel: &ChannelName, user: &str) -> Result<u64, EngineError> {
+        let key = format!("council:connects:{channel}:{user}");
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut m = Self::memory_lock(memory, self.retention);
+                let entry = m.connects.entry(key).or_insert((0, Instant::now()));
+                entry.0 += 1;
+                entry.1 = Instant::now();
+                Ok(entry.0)
+            }
+            Backend::Redis { engine, .. } => {
+                let mut conn = engine.connection(RedisOp::Session).await?;
+                let key = engine.keys().global(&key);
+                let (count, _): (u64, i64) = redis::pipe()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(self.retention.as_millis() as u64)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// The events of `channel`'s epoch `epoch` that `user` acknowledged.
+    pub async fn acked(
+        &self,
+        channel: &ChannelName,
+        epoch: &Epoch,
+        user: &str,
+    ) -> Result<AckSet, EngineError> {
+        let key = acks_key(epoch, channel, user);
+        match &self.backend {
+            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.retention)
+                .acks
+                .get(&key)
+                .map(|(a, _)| a.clone())
+                .unwrap_or_default()),
+            Backend::Redis { engine, .. } => {
+                let mut conn = engine.connection(RedisOp::Session).await?;
+                let bits: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(engine.keys().global(&key))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(AckSet::from_bitmap(bits.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// Records that `user` acknowledged event `offset` (written within
+    /// [`ACK_FLUSH`] on Redis).
+    pub fn ack(&self, channel: &ChannelName, epoch: &Epoch, user: &str, offset: Offset) {
+        let key = acks_key(epoch, channel, user);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut m = Self::memory_lock(memory, self.retention);
+                let entry = m
+                    .acks
+                    .entry(key)
+                    .or_insert_with(|| (AckSet::default(), Instant::now()));
+                entry.0.insert(offset);
+                entry.1 = Instant::now();
+            }
+            Backend::Redis { engine, acks } => {
+                let _ = acks.send(AckWrite {
+                    key: engine.keys().global(&key),
+                    offset,
+                });
+            }
+        }
+    }
+}
+
+async fn ack_writer(
+    engine: Arc<RedisEngine>,
+    mut writes: mpsc::UnboundedReceiver<AckWrite>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let ttl = retention.as_millis() as i64;
+    let mut batch = Vec::new();
+    loop {
+        let received = tokio::select! {
+            n = writes.recv_many(&mut batch, MAX_WRITES_PER_PIPELINE) => n,
+            _ = shutdown.cancelled() => 0,
+        };
+        if received == 0 && batch.is_empty() {
+            return;
+        }
+        if batch.len() < MAX_WRITES_PER_PIPELINE {
+            tokio::time::sleep(ACK_FLUSH).await;
+        }
+        while batch.len() < MAX_WRITES_PER_PIPELINE
+            && let Ok(w) = writes.try_recv()
+        {
+            batch.push(w);
+        }
+        let mut out = engine.batch();
+        let mut keys = std::collections::HashSet::new();
+        for write in batch.drain(..) {
+            out.pipe(&write.key)
+                .cmd("SETBIT")
+                .arg(&write.key)
+                .arg(write.offset)
+                .arg(1)
+                .ignore();
+            keys.insert(write.key);
+        }
+        for key in keys {
+            out.pipe(&key).pexpire(&key, ttl).ignore();
+        }
+        if let Err(e) = engine.run_batch(RedisOp::Session, out).await {
+            tracing::warn!(error = %e, "could not store AI Council acknowledgements; those events will be replayed on the next connect");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_sets_use_redis_bit_order() {
+        let mut a = AckSet::default();
+        assert!(a.insert(1) && a.insert(9) && !a.insert(1));
+        assert_eq!(a, AckSet::from_bitmap(vec![0b0100_0000, 0b0100_0000]));
+        assert!(a.contains(1) && a.contains(9) && !a.contains(2) && !a.contains(900));
+        let mut b = AckSet::from_bitmap(vec![0x80]);
+        b.extend(&a);
+        assert!(b.contains(0) && b.contains(1) && b.contains(9));
+    }
+
+    #[tokio::test]
+    async fn memory_owners_and_acks() {
+        let store = CouncilStore::memory(Duration::from_secs(60));
+        let c = ChannelName::parse("council:r1", 64).unwrap();
+        assert_eq!(store.owner(&c).await, Ok(None));
+        assert_eq!(store.claim(&c, "alice").await, Ok(Claim::New));
+        assert_eq!(store.claim(&c, "alice").await, Ok(Claim::Same));
+        assert_eq!(
+            store.claim(&c, "bob").await,
+            Ok(Claim::Other("alice".into()))
+        );
+        let e = Epoch::new("e1");
+        store.ack(&c, &e, "alice", 3);
+        assert!(store.acked(&c, &e, "alice").await.unwrap().contains(3));
+        assert!(
+            !store
+                .acked(&c, &Epoch::new("e2"), "alice")
+                .await
+                .unwrap()
+                .contains(3)
+        );
+        assert!(!store.acked(&c, &e, "bob").await.unwrap().contains(3));
+        assert_eq!(store.connected(&c, "alice").await, Ok(1));
+        assert_eq!(store.connected(&c, "alice").await, Ok(2));
+    }
+}
