@@ -29,13 +29,16 @@ fi
 . scripts/lib/prometheus.sh
 fetch_prometheus
 
-# Playwright for Python drives the system chromium (it downloads no browser).
+# Playwright for Python drives the system chromium (it downloads no browser);
+# websockets is the library the ESCAI seed's own client uses (tests/seeds/).
 PLAYWRIGHT_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/switchboard/playwright"
 PLAYWRIGHT_VERSION="1.65.2"
-if ! "$PLAYWRIGHT_VENV/bin/python" -c "import playwright" >/dev/null 2>&1; then
-  echo "installing playwright $PLAYWRIGHT_VERSION into $PLAYWRIGHT_VENV" >&2
+WEBSOCKETS_VERSION="15.0.1"
+if ! "$PLAYWRIGHT_VENV/bin/python" -c "import playwright, websockets" >/dev/null 2>&1; then
+  echo "installing playwright $PLAYWRIGHT_VERSION and websockets $WEBSOCKETS_VERSION into $PLAYWRIGHT_VENV" >&2
   python3 -m venv "$PLAYWRIGHT_VENV"
-  "$PLAYWRIGHT_VENV/bin/pip" install --quiet --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
+  "$PLAYWRIGHT_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "playwright==$PLAYWRIGHT_VERSION" "websockets==$WEBSOCKETS_VERSION"
 fi
 export SWITCHBOARD_PLAYWRIGHT_PYTHON="$PLAYWRIGHT_VENV/bin/python"
 

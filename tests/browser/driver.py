@@ -124,6 +124,9 @@ def run(page, command, console):
         return None
     if cmd == "console":
         return list(console)
+    if cmd == "eval":
+        # Evaluates a JavaScript expression in the page and returns its value.
+        return page.evaluate(command["js"])
     raise ValueError(f"unknown command {cmd!r}")
 
 

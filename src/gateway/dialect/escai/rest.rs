@@ -42,10 +42,26 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(state)
         .and(warp::header::headers_cloned())
         .and(query())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::bytes())
+        .and(optional_body(64 * 1024))
         .then(broadcast);
     health.or(connections).unify().or(broadcast).unify().boxed()
+}
+
+/// The request body up to `limit` bytes (413 beyond), or an empty one when
+/// the request has none: the seed's clients POST with query parameters only.
+fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    let with_body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+    let without = warp::header::optional::<String>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(
+            |length: Option<String>, chunked: Option<String>| async move {
+                match (length, chunked) {
+                    (None, None) => Ok(Bytes::new()),
+                    _ => Err(warp::reject::not_found()),
+                }
+            },
+        );
+    with_body.or(without).unify()
 }
 
 /// The seed's health document, for this replica.
