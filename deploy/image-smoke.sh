@@ -19,7 +19,7 @@
 #                                     runc, debootstrap with apt when missing)
 #
 # Takes 10–30 minutes the first time (debootstrap twice, a release build on 2 cores).
-# Not part of CI for that reason; the README says what it proved and when.
+# Not part of CI for that reason; docs/TESTING.md says what it proved and when.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

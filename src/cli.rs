@@ -1261,7 +1261,7 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// Flags deliberately not read from the environment (README, Configuration):
+    /// Flags deliberately not read from the environment (docs/OPERATIONS.md, Configuration):
     /// `bench --channels` is a count, while `SWITCHBOARD_CHANNELS` is the glob
     /// list of `token --channels`; sharing it could mint a token for channel "4".
     const NO_ENV: &[(&str, &str)] = &[
