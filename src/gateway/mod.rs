@@ -87,6 +87,17 @@ impl Gateway {
     /// Serves on `listener` until shutdown, then drains. Returns when every
     /// session has ended or the drain deadline has passed.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let routes = http::routes(self.clone());
+        self.serve_routes(listener, routes).await;
+    }
+
+    /// [`Gateway::serve`] with the client port's routes given (the admin
+    /// module adds `/metrics` to them for the single-port layout).
+    pub async fn serve_routes(
+        self: Arc<Self>,
+        listener: TcpListener,
+        routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    ) {
         let settings = server::HttpSettings {
             header_read_timeout: self.config.timeouts.header_read_timeout,
             max_header_bytes: 16 * 1024,
@@ -94,7 +105,7 @@ impl Gateway {
         let http_tasks = TaskTracker::new();
         server::serve(
             listener,
-            http::routes(self.clone()),
+            routes,
             settings,
             self.shutdown.clone(),
             http_tasks.clone(),
