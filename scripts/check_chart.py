@@ -55,6 +55,15 @@ EXTRA_SETS = [
 ] + [
     ("collector.enabled=false with the PrometheusRule",
      {**REDIS, "collector": {"enabled": False}, "prometheusRule": {"enabled": True}}),
+    ("HPA on CPU only, a shorter scale-down window",
+     {**REDIS, "autoscaling": {"connections": {"enabled": False},
+                               "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}}),
+    ("HPA at 60 % of 8,000 connections, CPU off",
+     {**REDIS, "gateway": {"config": {"maxConnections": 8000}},
+      "autoscaling": {"connections": {"targetUtilizationPercentage": 60},
+                      "targetCPUUtilizationPercentage": None}}),
+    ("replicas left to an outside autoscaler (KEDA)",
+     {**REDIS, "autoscaling": {"enabled": False}, "gateway": {"replicaCount": None}}),
 ]
 
 NOT_YET_IN_BINARY: dict = {}  # refusals that are a missing feature, not a wrong value (none now)
@@ -183,8 +192,10 @@ def check_policies(label, docs, values, env_names):
             if not spec.get("topologySpreadConstraints") and values["gateway"]["topologySpread"]["enabled"]:
                 fail(f"{label}: {name}: no topology spread")
             has_replicas = "replicas" in doc["spec"]
-            if has_replicas == values["autoscaling"]["enabled"]:
-                fail(f"{label}: {name}: replicas must be set exactly when autoscaling is off")
+            fixed = not values["autoscaling"]["enabled"] and values["gateway"].get("replicaCount") is not None
+            if has_replicas != fixed:
+                fail(f"{label}: {name}: replicas must be set exactly when autoscaling is off "
+                     "and gateway.replicaCount is not null")
     for _, doc in docs:
         if doc["kind"] == "ConfigMap":
             for k, v in (doc.get("data") or {}).items():
@@ -263,6 +274,38 @@ def check_admin_port(label, docs, values):
             fail(f"{label}: gateway NetworkPolicy ingress {rules}, want {want} "
                  "(client port from gatewayFrom, admin port from metricsFrom)")
     return len(metric_services)
+
+
+def check_hpa(label, docs, values):
+    """The HPA scales on connections per gateway (70 % of maxConnections by
+    default) and CPU, with the configured behavior; none without autoscaling."""
+    hpas = [d for _, d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    a = values["autoscaling"]
+    if not a["enabled"]:
+        if hpas:
+            fail(f"{label}: an HPA although autoscaling.enabled is false")
+        return
+    if len(hpas) != 1:
+        fail(f"{label}: want one HPA, got {len(hpas)}")
+        return
+    spec = hpas[0]["spec"]
+    pods = [m for m in spec["metrics"] if m["type"] == "Pods"]
+    if a["connections"]["enabled"]:
+        limit = values["gateway"]["config"].get("maxConnections", 10000)
+        want = str(max(1, limit * a["connections"]["targetUtilizationPercentage"] // 100))
+        if len(pods) != 1 or pods[0]["pods"]["metric"]["name"] != a["connections"]["metricName"] \
+                or pods[0]["pods"]["target"] != {"type": "AverageValue", "averageValue": want}:
+            fail(f"{label}: HPA must scale on {a['connections']['metricName']} at {want} per gateway: {pods}")
+        if spec["metrics"][0]["type"] != "Pods":
+            fail(f"{label}: HPA: connections must be the first metric")
+    elif pods:
+        fail(f"{label}: HPA scales on connections although autoscaling.connections.enabled is false")
+    cpu = [m for m in spec["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    if a["targetCPUUtilizationPercentage"] and (
+            len(cpu) != 1 or cpu[0]["resource"]["target"]["averageUtilization"] != a["targetCPUUtilizationPercentage"]):
+        fail(f"{label}: HPA: CPU at {a['targetCPUUtilizationPercentage']} % missing: {cpu}")
+    if spec.get("behavior") != a["behavior"]:
+        fail(f"{label}: HPA behavior {spec.get('behavior')} is not autoscaling.behavior {a['behavior']}")
 
 
 def binary_env_names(binary):
@@ -402,7 +445,7 @@ def check_dockerfile_inputs():
 def leaf_keys(values, prefix=""):
     for k, v in values.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not key.endswith(("resources", "requests", "limits", "labels")):
+        if isinstance(v, dict) and v and not key.endswith(("resources", "requests", "limits", "labels", "behavior")):
             yield from leaf_keys(v, key + ".")
         else:
             yield key
@@ -462,6 +505,7 @@ def main():
             validate_k8s(label, path, doc, a.kube_version)
         check_policies(label, docs, values, env_names)
         check_admin_port(label, docs, values)
+        check_hpa(label, docs, values)
         if "switchboard" not in notes_txt:
             fail(f"{label}: NOTES.txt is empty")
         kinds = sorted({d["kind"] for _, d in docs})
@@ -497,6 +541,9 @@ def main():
                    "gateway.adminPort must differ", "admin port equal to the client port")
     expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
                    "minReplicas must not exceed", "autoscaling bounds reversed")
+    expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"connections": {"enabled": False},
+                                                             "targetCPUUtilizationPercentage": None}}),
+                   "autoscaling needs a metric", "autoscaling without any metric")
     expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": True}}}),
                    "simulate", "collector.sources.simulate as a boolean")
     print("ok  bad values are refused with a clear message")

@@ -499,6 +499,8 @@ async fn health_and_metrics_endpoints() {
         ("switchboard_messages_received_total", 1.0),
         ("switchboard_messages_delivered_total", 1.0),
         ("switchboard_ready", 1.0),
+        // Capacity beside the connections (--max-connections, default 10,000).
+        ("switchboard_max_connections", 10_000.0),
     ]
     .into_iter()
     .collect();
@@ -539,6 +541,7 @@ async fn admin_listen_equal_to_listen_serves_metrics_on_the_client_port() {
     gw.wait_ready(Duration::from_secs(10));
     assert_eq!(gw.admin_port, gw.port);
     assert_eq!(gw.metric("switchboard_ready", ""), 1.0);
+    assert_eq!(gw.metric("switchboard_max_connections", ""), 10_000.0);
     // The client routes are still there.
     let (status, _) = common::http_get(port, "/api/v1/whoami").unwrap();
     assert_eq!(status, 200);
