@@ -8,7 +8,9 @@
 #   2. `buildah bud` builds the real deploy/Dockerfile with those two as
 #      RUST_IMAGE/RUNTIME_IMAGE (cargo fetches crates from crates.io inside the build);
 #   3. `podman run` starts the image read-only, as Kubernetes would, and checks:
-#      `gateway --check-config` accepts a chart-like environment, the user is 10001, standalone serves /health/live, /health/ready, /metrics and
+#      `gateway --check-config` accepts a chart-like environment, the user is 10001,
+#      standalone serves /health/live, /health/ready, /metrics on its admin port (not
+#      on the client port) and
 #      the dashboard page at / with its assets (compiled in from assets/),
 #      a gateway becomes ready against a redis-server on loopback, and SIGTERM drains
 #      and exits 0; a gateway becomes ready on a TLS-only redis-server (rediss://,
@@ -19,7 +21,7 @@
 #                                     runc, debootstrap with apt when missing)
 #
 # Takes 10–30 minutes the first time (debootstrap twice, a release build on 2 cores).
-# Not part of CI for that reason; the README says what it proved and when.
+# Not part of CI for that reason; docs/TESTING.md says what it proved and when.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -112,28 +114,31 @@ echo "$out" | grep -q "configuration valid" || { echo "gateway --check-config: $
 echo "ok  $out"
 
 step "podman run: standalone, read-only root filesystem"
-port=$(free_port)
+port=$(free_port); aport=$(free_port)
 c=sb-smoke-standalone-$$; containers+=("$c")
 "${RUN[@]}" -d --name "$c" --network host --read-only --tmpfs /tmp "$IMAGE" \
-  standalone --listen "127.0.0.1:$port" --collect-interval-min 200ms --collect-interval-max 300ms >/dev/null
+  standalone --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" \
+  --collect-interval-min 200ms --collect-interval-max 300ms >/dev/null
 wait_http "http://127.0.0.1:$port/health/live" 200 20
 wait_http "http://127.0.0.1:$port/health/ready" 200 20
 uid=$(podman exec "$c" id -u)
 [ "$uid" = 10001 ] || { echo "runs as uid $uid, want 10001"; exit 1; }
-curl -s "http://127.0.0.1:$port/metrics" | grep -q '^switchboard_build_info' || { echo "no metrics"; exit 1; }
+curl -s "http://127.0.0.1:$aport/metrics" | grep -q '^switchboard_build_info' || { echo "no metrics on the admin port"; exit 1; }
+wait_http "http://127.0.0.1:$port/metrics" 404 5
 # The dashboard page is compiled in from assets/: the image serves it with no file around.
 curl -s "http://127.0.0.1:$port/" | grep -qi '<!doctype html' || { echo "no dashboard page at /"; exit 1; }
 wait_http "http://127.0.0.1:$port/assets/vendor/echarts/echarts.min.js" 200 5
-echo "ok  /health/live 200, /health/ready 200, /metrics served, dashboard at / and its assets, uid $uid"
+echo "ok  /health/live 200, /health/ready 200, /metrics on the admin port only, dashboard at / and its assets, uid $uid"
 
 step "podman run: gateway against redis-server on loopback, then SIGTERM"
-rport=$(free_port); gport=$(free_port)
+rport=$(free_port); gport=$(free_port); aport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
 REDIS_PID=$!
 c=sb-smoke-gateway-$$; containers+=("$c")
 "${RUN[@]}" -d --name "$c" --network host --read-only --tmpfs /tmp \
   -e SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$rport" -e SWITCHBOARD_NO_AUTH=true \
-  -e SWITCHBOARD_LISTEN="127.0.0.1:$gport" -e SWITCHBOARD_DRAIN_WINDOW=1s -e SWITCHBOARD_DRAIN_DEADLINE=5s \
+  -e SWITCHBOARD_LISTEN="127.0.0.1:$gport" -e SWITCHBOARD_ADMIN_LISTEN="127.0.0.1:$aport" \
+  -e SWITCHBOARD_DRAIN_WINDOW=1s -e SWITCHBOARD_DRAIN_DEADLINE=5s \
   "$IMAGE" >/dev/null
 wait_http "http://127.0.0.1:$gport/health/ready" 200 30
 echo "ok  gateway (the image's default command) ready on Redis"
@@ -153,14 +158,15 @@ tls=$(mktemp -d)
  printf 'subjectAltName=IP:127.0.0.1\n' > server.ext
  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile server.ext 2>/dev/null
  chmod 0644 ./*)
-tport=$(free_port); gport=$(free_port)
+tport=$(free_port); gport=$(free_port); aport=$(free_port)
 redis-server --port 0 --tls-port "$tport" --tls-cert-file "$tls/server.crt" --tls-key-file "$tls/server.key" \
   --tls-ca-cert-file "$tls/ca.crt" --tls-auth-clients no --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
 REDIS_PID="$REDIS_PID $!"
 c=sb-smoke-tls-$$; containers+=("$c")
 "${RUN[@]}" -d --name "$c" --network host --read-only --tmpfs /tmp -v "$tls/ca.crt:/etc/redis-ca.crt:ro" \
   -e SWITCHBOARD_REDIS_URL="rediss://127.0.0.1:$tport" -e SWITCHBOARD_REDIS_CA_FILE=/etc/redis-ca.crt \
-  -e SWITCHBOARD_NO_AUTH=true -e SWITCHBOARD_LISTEN="127.0.0.1:$gport" "$IMAGE" >/dev/null
+  -e SWITCHBOARD_NO_AUTH=true -e SWITCHBOARD_LISTEN="127.0.0.1:$gport" \
+  -e SWITCHBOARD_ADMIN_LISTEN="127.0.0.1:$aport" "$IMAGE" >/dev/null
 wait_http "http://127.0.0.1:$gport/health/ready" 200 30
 podman exec "$c" test -s /etc/ssl/certs/ca-certificates.crt \
   || { echo "no system CA bundle in the image: rediss:// to managed Redis would fail"; exit 1; }

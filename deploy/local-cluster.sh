@@ -25,6 +25,9 @@ usage: deploy/local-cluster.sh [options]
   --gateways N            gateway replicas (default 3)
   --lb-port PORT          nginx, where clients connect (default 8080)
   --gateway-ports LIST    comma-separated gateway ports (default 8081,8082,… one per gateway)
+  --gateway-admin-ports LIST
+                          the gateways' admin ports: /metrics and health (default: each
+                          gateway port + 1000, 9081,9082,…)
   --collector-port PORT   collector health/metrics (default 9090)
   --redis-port PORT       the private redis-server (default 6390)
   --prometheus-port PORT  also run Prometheus there (needs \`prometheus\`, or the copy
@@ -43,6 +46,7 @@ EOF
 GATEWAYS=3
 LB_PORT=8080
 GATEWAY_PORTS=""
+GATEWAY_ADMIN_PORTS=""
 COLLECTOR_PORT=9090
 REDIS_PORT=6390
 PROM_PORT=""
@@ -56,6 +60,7 @@ while [ $# -gt 0 ]; do
     --gateways) GATEWAYS=$2; shift 2 ;;
     --lb-port) LB_PORT=$2; shift 2 ;;
     --gateway-ports) GATEWAY_PORTS=$2; shift 2 ;;
+    --gateway-admin-ports) GATEWAY_ADMIN_PORTS=$2; shift 2 ;;
     --collector-port) COLLECTOR_PORT=$2; shift 2 ;;
     --redis-port) REDIS_PORT=$2; shift 2 ;;
     --prometheus-port) PROM_PORT=$2; shift 2 ;;
@@ -105,9 +110,14 @@ if [ -z "$GATEWAY_PORTS" ]; then
 fi
 IFS=, read -r -a GW_PORTS <<<"$GATEWAY_PORTS"
 [ "${#GW_PORTS[@]}" -eq "$GATEWAYS" ] || die "--gateway-ports lists ${#GW_PORTS[@]} ports for $GATEWAYS gateways"
+if [ -z "$GATEWAY_ADMIN_PORTS" ]; then
+  GATEWAY_ADMIN_PORTS=$(for p in "${GW_PORTS[@]}"; do printf '%s,' $((p + 1000)); done | sed 's/,$//')
+fi
+IFS=, read -r -a GW_ADMIN_PORTS <<<"$GATEWAY_ADMIN_PORTS"
+[ "${#GW_ADMIN_PORTS[@]}" -eq "$GATEWAYS" ] || die "--gateway-admin-ports lists ${#GW_ADMIN_PORTS[@]} ports for $GATEWAYS gateways"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$LB_PORT" "${GW_PORTS[@]}" "$COLLECTOR_PORT" "$REDIS_PORT" ${PROM_PORT:+"$PROM_PORT"}; do
+for p in "$LB_PORT" "${GW_PORTS[@]}" "${GW_ADMIN_PORTS[@]}" "$COLLECTOR_PORT" "$REDIS_PORT" ${PROM_PORT:+"$PROM_PORT"}; do
   port_busy "$p" && die "port $p on 127.0.0.1 is in use: choose others (see --help)"
 done
 
@@ -186,12 +196,12 @@ REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export SWITCHBOARD_LOG_FORMAT=${SWITCHBOARD_LOG_FORMAT:-text}
 for i in "${!GW_PORTS[@]}"; do
   n=$((i + 1)); port=${GW_PORTS[$i]}
-  start "gateway-$n" "$BIN" gateway --listen "127.0.0.1:$port" --redis-url "$REDIS_URL" --no-auth \
-    --replica-id "gateway-$n" --drain-window 2s --drain-deadline 5s ${GATEWAY_ARGS[@]+"${GATEWAY_ARGS[@]}"}
+  start "gateway-$n" "$BIN" gateway --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:${GW_ADMIN_PORTS[$i]}" \
+    --redis-url "$REDIS_URL" --no-auth --replica-id "gateway-$n" --drain-window 2s --drain-deadline 5s ${GATEWAY_ARGS[@]+"${GATEWAY_ARGS[@]}"}
 done
 start collector "$BIN" collector --listen "127.0.0.1:$COLLECTOR_PORT" --redis-url "$REDIS_URL" \
   ${COLLECTOR_ARGS[@]+"${COLLECTOR_ARGS[@]}"}
-for i in "${!GW_PORTS[@]}"; do wait_for "gateway-$((i + 1))" "${GW_PORTS[$i]}" /health/ready 30; done
+for i in "${!GW_PORTS[@]}"; do wait_for "gateway-$((i + 1))" "${GW_ADMIN_PORTS[$i]}" /health/ready 30; done
 wait_for collector "$COLLECTOR_PORT" /health/ready 30
 
 # --- nginx ----------------------------------------------------------------------------
@@ -229,7 +239,7 @@ if [ -n "$PROM_PORT" ]; then
     echo "rule_files: [$DEPLOY/prometheus/alerts.yml]"
     echo "scrape_configs:"
     echo "  - job_name: switchboard-gateway"
-    printf '    static_configs: [{targets: [%s]}]\n' "$(printf '"127.0.0.1:%s",' "${GW_PORTS[@]}" | sed 's/,$//')"
+    printf '    static_configs: [{targets: [%s]}]\n' "$(printf '"127.0.0.1:%s",' "${GW_ADMIN_PORTS[@]}" | sed 's/,$//')"
     echo "  - job_name: switchboard-collector"
     echo "    static_configs: [{targets: [\"127.0.0.1:$COLLECTOR_PORT\"]}]"
   } >"$DIR/prometheus.yml"
@@ -242,6 +252,7 @@ fi
 {
   echo "LB_PORT=$LB_PORT"
   echo "GATEWAY_PORTS=$GATEWAY_PORTS"
+  echo "GATEWAY_ADMIN_PORTS=$GATEWAY_ADMIN_PORTS"
   echo "COLLECTOR_PORT=$COLLECTOR_PORT"
   echo "REDIS_PORT=$REDIS_PORT"
   echo "PROMETHEUS_PORT=$PROM_PORT"
@@ -253,7 +264,8 @@ switchboard local cluster is up (authentication off, loopback only)
   dashboard:        http://127.0.0.1:$LB_PORT/   (open it in a browser; any gateway serves it, no token needed here)
   clients (nginx):  ws://127.0.0.1:$LB_PORT/ws/federation   ws://127.0.0.1:$LB_PORT/ws/memory   ws://127.0.0.1:$LB_PORT/ws
   publish:          curl -X POST http://127.0.0.1:$LB_PORT/api/v1/publish -d '{"channel":"demo","data":{"hello":1}}'
-  gateways:         $(for p in "${GW_PORTS[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
+  gateways:         $(for p in "${GW_PORTS[@]}"; do printf 'http://127.0.0.1:%s/  ' "$p"; done)
+  gateway metrics:  $(for p in "${GW_ADMIN_PORTS[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
   collector:        http://127.0.0.1:$COLLECTOR_PORT/metrics
   redis:            redis-cli -p $REDIS_PORT
 EOF

@@ -10,6 +10,10 @@
 * the production rules of the chart: non-root, read-only root filesystem,
   resources, probes on the health endpoints, grace period covering preStop and the
   drain deadline, a config checksum on pods, no session affinity;
+* metrics stay private: a gateway's /metrics is on its admin port, which the
+  client Service (and so the Ingress) does not carry, the ServiceMonitor scrapes
+  through a Service that does, the probes use, and the NetworkPolicy opens to
+  networkPolicy.metricsFrom only;
 * renderings that must fail do, with a message that says what to do;
 * with --binary: every SWITCHBOARD_* variable the chart sets is one the binary
   reads, and every rendered gateway and collector container's configuration is
@@ -51,6 +55,15 @@ EXTRA_SETS = [
 ] + [
     ("collector.enabled=false with the PrometheusRule",
      {**REDIS, "collector": {"enabled": False}, "prometheusRule": {"enabled": True}}),
+    ("HPA on CPU only, a shorter scale-down window",
+     {**REDIS, "autoscaling": {"connections": {"enabled": False},
+                               "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}}),
+    ("HPA at 60 % of 8,000 connections, CPU off",
+     {**REDIS, "gateway": {"config": {"maxConnections": 8000}},
+      "autoscaling": {"connections": {"targetUtilizationPercentage": 60},
+                      "targetCPUUtilizationPercentage": None}}),
+    ("replicas left to an outside autoscaler (KEDA)",
+     {**REDIS, "autoscaling": {"enabled": False}, "gateway": {"replicaCount": None}}),
 ]
 
 NOT_YET_IN_BINARY: dict = {}  # refusals that are a missing feature, not a wrong value (none now)
@@ -179,8 +192,10 @@ def check_policies(label, docs, values, env_names):
             if not spec.get("topologySpreadConstraints") and values["gateway"]["topologySpread"]["enabled"]:
                 fail(f"{label}: {name}: no topology spread")
             has_replicas = "replicas" in doc["spec"]
-            if has_replicas == values["autoscaling"]["enabled"]:
-                fail(f"{label}: {name}: replicas must be set exactly when autoscaling is off")
+            fixed = not values["autoscaling"]["enabled"] and values["gateway"].get("replicaCount") is not None
+            if has_replicas != fixed:
+                fail(f"{label}: {name}: replicas must be set exactly when autoscaling is off "
+                     "and gateway.replicaCount is not null")
     for _, doc in docs:
         if doc["kind"] == "ConfigMap":
             for k, v in (doc.get("data") or {}).items():
@@ -190,6 +205,107 @@ def check_policies(label, docs, values, env_names):
                     # binary would refuse them.
                     if re.fullmatch(r"[0-9.]+e[+-]?[0-9]+", v):
                         fail(f"{label}: {k}={v} is a float, not the integer the flag takes")
+
+
+def check_admin_port(label, docs, values):
+    """The gateway's admin port (/metrics, health) is not reachable through the
+    client Service or the Ingress; the ServiceMonitor, the probes and the
+    NetworkPolicy use it as documented."""
+    by_kind = {}
+    for _, d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    component = lambda d: d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    gateway = next(d for d in by_kind["Deployment"] if component(d) == "gateway")
+    c = gateway["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    admin = values["gateway"]["adminPort"]
+    if ports.get("admin") != admin or ports.get("http") != values["gateway"]["port"]:
+        fail(f"{label}: gateway container ports {ports}: want http={values['gateway']['port']}, admin={admin}")
+    if c.get("envFrom"):
+        cm_name = c["envFrom"][0]["configMapRef"]["name"]
+        cm = next((d for d in by_kind["ConfigMap"] if d["metadata"]["name"] == cm_name), {})
+        if (cm.get("data") or {}).get("SWITCHBOARD_ADMIN_LISTEN") != f"0.0.0.0:{admin}":
+            fail(f"{label}: {cm_name} does not set SWITCHBOARD_ADMIN_LISTEN=0.0.0.0:{admin}")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if c[probe]["httpGet"]["port"] != "admin":
+            fail(f"{label}: gateway {probe} is not on the admin port")
+    selector = gateway["spec"]["selector"]["matchLabels"]
+    selects_gateway = [s for s in by_kind.get("Service", [])
+                       if s["spec"].get("selector") == selector]
+    metric_services = []
+    for s in selects_gateway:
+        targets = {p.get("targetPort") for p in s["spec"]["ports"]}
+        if s["metadata"]["labels"].get("switchboard.io/metrics") == "true":
+            metric_services.append(s)
+            if targets != {"admin"} or s["spec"].get("clusterIP") != "None":
+                fail(f"{label}: metrics Service {s['metadata']['name']} must be headless with the admin port only")
+        elif targets & {"admin", admin}:
+            fail(f"{label}: client Service {s['metadata']['name']} exposes the admin port (/metrics)")
+    if len(metric_services) != 1:
+        fail(f"{label}: want one gateway metrics Service, found {len(metric_services)}")
+    client_services = {s["metadata"]["name"] for s in selects_gateway} - {
+        s["metadata"]["name"] for s in metric_services}
+    for ing in by_kind.get("Ingress", []):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                svc = path["backend"]["service"]
+                if svc["name"] not in client_services or svc["port"] != {"name": "http"}:
+                    fail(f"{label}: Ingress routes to {svc}, not the client Service's http port")
+    for route in by_kind.get("HTTPRoute", []):
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                if ref["name"] not in client_services or ref["port"] != values["service"]["port"]:
+                    fail(f"{label}: HTTPRoute routes to {ref}, not the client Service's port")
+    for sm in by_kind.get("ServiceMonitor", []):
+        if component(sm) == "gateway":
+            want = {**selector, "switchboard.io/metrics": "true"}
+            if sm["spec"]["selector"]["matchLabels"] != want:
+                fail(f"{label}: gateway ServiceMonitor selects {sm['spec']['selector']}, want {want}")
+            if [e["port"] for e in sm["spec"]["endpoints"]] != ["admin"]:
+                fail(f"{label}: gateway ServiceMonitor does not scrape the admin port")
+    np_values = values["networkPolicy"]
+    for np in by_kind.get("NetworkPolicy", []):
+        if component(np) != "gateway":
+            continue
+        rules = {r["ports"][0]["port"]: r.get("from") for r in np["spec"]["ingress"]}
+        want = {values["gateway"]["port"]: np_values["gatewayFrom"] or None,
+                admin: np_values["metricsFrom"] or None}
+        if rules != want:
+            fail(f"{label}: gateway NetworkPolicy ingress {rules}, want {want} "
+                 "(client port from gatewayFrom, admin port from metricsFrom)")
+    return len(metric_services)
+
+
+def check_hpa(label, docs, values):
+    """The HPA scales on connections per gateway (70 % of maxConnections by
+    default) and CPU, with the configured behavior; none without autoscaling."""
+    hpas = [d for _, d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    a = values["autoscaling"]
+    if not a["enabled"]:
+        if hpas:
+            fail(f"{label}: an HPA although autoscaling.enabled is false")
+        return
+    if len(hpas) != 1:
+        fail(f"{label}: want one HPA, got {len(hpas)}")
+        return
+    spec = hpas[0]["spec"]
+    pods = [m for m in spec["metrics"] if m["type"] == "Pods"]
+    if a["connections"]["enabled"]:
+        limit = values["gateway"]["config"].get("maxConnections", 10000)
+        want = str(max(1, limit * a["connections"]["targetUtilizationPercentage"] // 100))
+        if len(pods) != 1 or pods[0]["pods"]["metric"]["name"] != a["connections"]["metricName"] \
+                or pods[0]["pods"]["target"] != {"type": "AverageValue", "averageValue": want}:
+            fail(f"{label}: HPA must scale on {a['connections']['metricName']} at {want} per gateway: {pods}")
+        if spec["metrics"][0]["type"] != "Pods":
+            fail(f"{label}: HPA: connections must be the first metric")
+    elif pods:
+        fail(f"{label}: HPA scales on connections although autoscaling.connections.enabled is false")
+    cpu = [m for m in spec["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    if a["targetCPUUtilizationPercentage"] and (
+            len(cpu) != 1 or cpu[0]["resource"]["target"]["averageUtilization"] != a["targetCPUUtilizationPercentage"]):
+        fail(f"{label}: HPA: CPU at {a['targetCPUUtilizationPercentage']} % missing: {cpu}")
+    if spec.get("behavior") != a["behavior"]:
+        fail(f"{label}: HPA behavior {spec.get('behavior')} is not autoscaling.behavior {a['behavior']}")
 
 
 def binary_env_names(binary):
@@ -329,7 +445,7 @@ def check_dockerfile_inputs():
 def leaf_keys(values, prefix=""):
     for k, v in values.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not key.endswith(("resources", "requests", "limits", "labels")):
+        if isinstance(v, dict) and v and not key.endswith(("resources", "requests", "limits", "labels", "behavior")):
             yield from leaf_keys(v, key + ".")
         else:
             yield key
@@ -388,6 +504,8 @@ def main():
         for path, doc in docs:
             validate_k8s(label, path, doc, a.kube_version)
         check_policies(label, docs, values, env_names)
+        check_admin_port(label, docs, values)
+        check_hpa(label, docs, values)
         if "switchboard" not in notes_txt:
             fail(f"{label}: NOTES.txt is empty")
         kinds = sorted({d["kind"] for _, d in docs})
@@ -419,8 +537,13 @@ def main():
     expect_failure(chart, deep_merge(REDIS, {"redis": {"tls": {"caSecret": "redis-ca"}}}),
                    "no Redis URL uses TLS", "TLS Secrets with a redis:// URL")
     expect_failure(chart, deep_merge(REDIS, {"gatway": {"replicaCount": 2}}), "gatway", "misspelt value")
+    expect_failure(chart, deep_merge(REDIS, {"gateway": {"adminPort": 8080}}),
+                   "gateway.adminPort must differ", "admin port equal to the client port")
     expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
                    "minReplicas must not exceed", "autoscaling bounds reversed")
+    expect_failure(chart, deep_merge(REDIS, {"autoscaling": {"connections": {"enabled": False},
+                                                             "targetCPUUtilizationPercentage": None}}),
+                   "autoscaling needs a metric", "autoscaling without any metric")
     expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": True}}}),
                    "simulate", "collector.sources.simulate as a boolean")
     print("ok  bad values are refused with a clear message")

@@ -5,14 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use http::StatusCode;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warp::{Filter, Reply};
+use warp::Filter;
 
+use crate::admin::{self, AdminServer, Layout};
 use crate::auth::mint::{TokenSpec, mint};
 use crate::auth::{JwtConfig, Verifier};
 use crate::cli::{
@@ -29,7 +28,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, EngineEvent, HistoryConfig, event_channel};
 use crate::gateway::dialect::council::store::CouncilStore;
-use crate::gateway::http::json_response;
+use crate::gateway::http;
 use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
 use crate::gateway::server::{self, HttpSettings};
@@ -146,6 +145,37 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Binds the admin listener of a gateway or standalone, unless it shares the
+/// client port.
+async fn bind_admin(layout: Layout) -> anyhow::Result<Option<TcpListener>> {
+    let Layout::Own(addr) = layout else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "could not listen on {addr} for /metrics and health (is another process using it? choose another with --admin-listen, or give it the --listen address to serve them on the client port)"
+        )
+    })?;
+    Ok(Some(listener))
+}
+
+/// Serves a gateway until it has drained: the client listener, and the admin
+/// listener (open until the drain is over) or `/metrics` on the client port.
+async fn serve_gateway(gw: Arc<Gateway>, listener: TcpListener, admin: Option<TcpListener>) {
+    let routes = match &admin {
+        Some(_) => http::routes(gw.clone()),
+        None => admin::metrics_route(gw.clone())
+            .or(http::routes(gw.clone()))
+            .unify()
+            .boxed(),
+    };
+    let admin = admin.map(|l| AdminServer::spawn(l, admin::gateway_routes(gw.clone())));
+    gw.serve_routes(listener, routes).await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+}
+
 async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = args
         .server
@@ -205,6 +235,8 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         config.hub.clone(),
         None,
     );
+    let layout = Layout::new(args.listen, args.admin_listen);
+    let admin_listener = bind_admin(layout).await?;
     let listener = bind(config.listen).await?;
     let collector_stop = CancellationToken::new();
     let collector = Collector::new(
@@ -215,7 +247,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     )
     .context("could not set up the collector")?;
     let collector_task = tokio::spawn(collector.run(collector_stop.clone()));
-    announce(&listener, &config);
+    announce(&listener, admin_listener.as_ref(), &config);
     let parts = Parts {
         engine,
         hub,
@@ -228,7 +260,7 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
     };
     let gw = Gateway::new(config, parts, shutdown);
     let reporting = stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
-    gw.serve(listener).await;
+    serve_gateway(gw, listener, admin_listener).await;
     reporting.finish().await;
     collector_stop.cancel();
     let _ = collector_task.await;
@@ -289,8 +321,9 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         config.hub.clone(),
         Some(control_channel(registry.clone())),
     );
+    let admin_listener = bind_admin(Layout::new(args.listen, args.admin_listen)).await?;
     let listener = bind(config.listen).await?;
-    announce(&listener, &config);
+    announce(&listener, admin_listener.as_ref(), &config);
     let parts = Parts {
         engine: dyn_engine,
         hub,
@@ -303,7 +336,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     };
     let gw = Gateway::new(config, parts, shutdown);
     let reporting = stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
-    gw.serve(listener).await;
+    serve_gateway(gw, listener, admin_listener).await;
     reporting.finish().await;
     engine_stop.cancel();
     Ok(())
@@ -398,7 +431,7 @@ async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::
     tracing::info!(listen = %args.listen, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
     let task = tokio::spawn(collector.run(collector_stop.clone()));
-    let routes = probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
+    let routes = admin::probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
     let settings = HttpSettings {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
@@ -530,64 +563,15 @@ fn log_tls(target: &RedisTarget, tls: Option<&crate::engine::tls::RedisTls>) {
     }
 }
 
-fn announce(listener: &TcpListener, config: &GatewayConfig) {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+fn announce(listener: &TcpListener, admin: Option<&TcpListener>, config: &GatewayConfig) {
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = local(listener);
+    let admin = admin.map_or_else(|| format!("{addr} (the client port)"), local);
     tracing::info!(
         listen = %addr,
+        admin_listen = %admin,
         replica = %config.replica_id,
         max_connections = config.limits.max_connections,
         "gateway listening: ws://{addr}/ws (native), /ws/{{channel}} (snapshot), /api/ws/{{channel}} (relay)"
     );
-}
-
-/// `/health/live`, `/health/ready` and `/metrics` of a process without a gateway.
-fn probe_routes(
-    engine: Arc<dyn Engine>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    let live = warp::path!("health" / "live")
-        .map(|| json_response(StatusCode::OK, json!({"status": "ok"})));
-    let ready_engine = engine.clone();
-    let ready = warp::path!("health" / "ready").map(move || {
-        let health = ready_engine.health();
-        if shutdown.is_cancelled() {
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "not_ready", "reason": "shutting down"}),
-            )
-        } else if health.ready {
-            json_response(StatusCode::OK, json!({"status": "ready"}))
-        } else {
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "not_ready", "reason": health.detail}),
-            )
-        }
-    });
-    let metrics_route = warp::path!("metrics").map(move || {
-        metrics.ready.set(i64::from(engine.health().ready));
-        warp::reply::with_header(
-            metrics.render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
-    });
-    live.or(ready)
-        .unify()
-        .or(metrics_route)
-        .unify()
-        .recover(|_| async {
-            Ok::<_, std::convert::Infallible>(crate::gateway::http::error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            ))
-        })
-        .unify()
-        .boxed()
 }

@@ -370,10 +370,20 @@ pub struct PublishArgs {
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
-    /// Address to listen on (HTTP, WebSocket, health, metrics). Loopback only,
-    /// unless --allow-remote.
+    /// Address to listen on (WebSocket, REST API, the dashboard page, health).
+    /// Loopback only, unless --allow-remote.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener: /metrics, /health/live and /health/ready
+    /// (only these). The same address as --listen serves them there instead
+    /// (one port, as before this flag existed).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub admin_listen: SocketAddr,
 
     /// Allow a non-loopback --listen address without authentication: anyone
     /// who can reach the address can read and publish every channel. Not
@@ -406,9 +416,17 @@ pub struct StandaloneArgs {
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// Address to listen on (HTTP, WebSocket, health, metrics).
+    /// Address to listen on for clients (WebSocket, REST API, the dashboard
+    /// page, health; not /metrics).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener: /metrics, /health/live and /health/ready
+    /// (only these), for Prometheus and probes, kept off the client port. The
+    /// same address as --listen serves them there instead (one port, as before
+    /// this flag existed).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub admin_listen: SocketAddr,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -428,7 +446,8 @@ pub struct GatewayArgs {
 
 #[derive(Debug, Args)]
 pub struct CollectorArgs {
-    /// Address of the collector's own /health/live, /health/ready and /metrics.
+    /// Address of the collector's own /health/live, /health/ready and /metrics
+    /// (its only listener: it serves no clients, so it needs no --admin-listen).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
 
@@ -1364,7 +1383,7 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// Flags deliberately not read from the environment (README, Configuration):
+    /// Flags deliberately not read from the environment (docs/OPERATIONS.md, Configuration):
     /// `bench --channels` is a count, while `SWITCHBOARD_CHANNELS` is the glob
     /// list of `token --channels`; sharing it could mint a token for channel "4".
     const NO_ENV: &[(&str, &str)] = &[

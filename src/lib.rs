@@ -5,10 +5,12 @@
 //! history and snapshots; the [`hub`] fans each live message out to local
 //! subscribers through fan-out shards that write shared [`ws`] frames; the
 //! [`gateway`] terminates WebSockets and speaks the [`protocol`]; the
-//! [`collector`] publishes the dashboard snapshots; [`web`] serves the
-//! dashboard page and [`client`] is the `tail` / `publish` command-line client;
-//! [`bench`] is the load generator that measures all of it.
+//! [`collector`] publishes the dashboard snapshots; [`admin`] serves metrics
+//! and health on their own port; [`web`] serves the dashboard page and
+//! [`client`] is the `tail` / `publish` command-line client; [`bench`] is the
+//! load generator that measures all of it.
 
+pub mod admin;
 pub mod allocator;
 pub mod app;
 pub mod auth;

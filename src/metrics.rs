@@ -13,6 +13,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGaugeVec,
+    pub max_connections: IntGauge,
     pub connections_opened: IntCounterVec,
     pub upgrades_rejected: IntCounterVec,
     pub disconnects: IntCounterVec,
@@ -200,6 +201,11 @@ impl Metrics {
                 "switchboard_connections",
                 "Open WebSocket connections, by route (native, snapshot, relay).",
                 &["route"],
+            ),
+            max_connections: gauge(
+                &r,
+                "switchboard_max_connections",
+                "WebSocket connections this replica accepts (--max-connections); more are refused with 503.",
             ),
             connections_opened: counter_vec(
                 &r,

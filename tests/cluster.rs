@@ -1,7 +1,8 @@
 //! The production topology end to end, through `deploy/local-cluster.sh`: a private
 //! redis-server, three gateways, the collector and nginx on loopback, with the nginx
 //! configuration the compose file uses. Clients connect through nginx only; each
-//! replica's `/metrics` is scraped for the series the dashboard and alerts rely on;
+//! replica's `/metrics` is scraped (a gateway's on its admin port, which alone
+//! serves it) for the series the dashboard and alerts rely on;
 //! with Prometheus available (scripts/test.sh provides it) it scrapes the cluster
 //! with deploy/prometheus/alerts.yml loaded. The dashboard page is fetched through
 //! nginx, and its WebSocket is accepted as same-origin despite an Origin allowlist.
@@ -28,7 +29,10 @@ struct Cluster {
     child: Child,
     dir: PathBuf,
     lb: u16,
+    /// The gateways' client ports (`--listen`).
     gateways: Vec<u16>,
+    /// Their admin ports (`--admin-listen`): `/metrics` and health.
+    admin: Vec<u16>,
     collector: u16,
     redis: u16,
     prometheus: Option<u16>,
@@ -82,16 +86,20 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("run directory");
         let (lb, collector, redis) = (free_port(), free_port(), free_port());
         let gateways: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let ports = gateways
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let admin: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let mut cmd = Command::new("bash");
         cmd.arg(Path::new(ROOT).join("deploy/local-cluster.sh"))
             .args(["--bin", env!("CARGO_BIN_EXE_switchboard")])
             .args(["--lb-port", &lb.to_string()])
-            .args(["--gateway-ports", &ports])
+            .args(["--gateway-ports", &list(&gateways)])
+            .args(["--gateway-admin-ports", &list(&admin)])
             .args(["--collector-port", &collector.to_string()])
             .args(["--redis-port", &redis.to_string()])
             .arg("--dir")
@@ -143,6 +151,7 @@ impl Cluster {
             dir,
             lb,
             gateways,
+            admin,
             collector,
             redis,
             prometheus,
@@ -400,7 +409,10 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
     let mut total_connections = 0.0;
     let mut published = 0.0;
     let mut seen = BTreeMap::new();
-    for port in &cluster.gateways {
+    for (client_port, port) in cluster.gateways.iter().zip(&cluster.admin) {
+        // The client port does not serve /metrics: only the admin port does.
+        let (status, _) = http_get(*client_port, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 404, "/metrics on gateway client port {client_port}");
         let m = scrape(*port);
         let v = |name: &str, labels: &str| metric_value(&m, name, labels);
         seen.extend(families(&m));
@@ -442,8 +454,8 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
     assert_eq!(published, 5.0, "each publish reached one replica");
 
     let m: HashMap<&str, f64> = {
-        let body = scrape(cluster.gateways[0]);
-        let all: String = cluster.gateways[1..]
+        let body = scrape(cluster.admin[0]);
+        let all: String = cluster.admin[1..]
             .iter()
             .map(|p| scrape(*p))
             .collect::<Vec<_>>()
@@ -699,7 +711,7 @@ async fn a_draining_gateway_hands_its_clients_to_the_others_through_nginx() {
         assert_eq!(m["offset"].as_u64(), Some(first));
         *last = first;
     }
-    let on_first = metric_value(&scrape(cluster.gateways[0]), "switchboard_connections", "");
+    let on_first = metric_value(&scrape(cluster.admin[0]), "switchboard_connections", "");
     assert!(on_first >= 1.0, "gateway-1 has clients to hand over");
 
     // SIGTERM gateway-1: its clients are closed with 1001 (drain window 2 s).
@@ -745,9 +757,10 @@ async fn a_draining_gateway_hands_its_clients_to_the_others_through_nginx() {
     }
     assert_eq!(moved, on_first as usize, "every client of gateway-1 moved");
 
-    // The gateway exits by its deadline; new connections and publishes go to the others.
+    // The gateway exits by its deadline (its admin port, open while it drains,
+    // closes); new connections and publishes go to the others.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(cluster.gateways[0], "/health/live").is_ok() {
+    while http_get(cluster.admin[0], "/health/live").is_ok() {
         assert!(Instant::now() < deadline, "gateway-1 did not exit");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -766,7 +779,7 @@ async fn a_draining_gateway_hands_its_clients_to_the_others_through_nginx() {
         }
         c.expect_silence(Duration::from_millis(100)).await;
     }
-    let remaining: f64 = cluster.gateways[1..]
+    let remaining: f64 = cluster.admin[1..]
         .iter()
         .map(|p| metric_value(&scrape(*p), "switchboard_connections", ""))
         .sum();

@@ -463,20 +463,35 @@ async fn publish_api_validates_its_input() {
     assert_eq!(status, 404);
 }
 
+/// Health on both listeners; `/metrics` only on the admin listener (`--admin-listen`),
+/// which serves nothing else.
 #[tokio::test]
 async fn health_and_metrics_endpoints() {
     let redis = RedisServer::start();
     let gw = Switchboard::gateway(&redis, &[]);
-    let (status, body) = common::http_get(gw.port, "/health/live").unwrap();
-    assert_eq!((status, body.contains("ok")), (200, true));
-    let (status, _) = common::http_get(gw.port, "/health/ready").unwrap();
-    assert_eq!(status, 200);
+    assert_ne!(gw.admin_port, gw.port);
+    for port in [gw.port, gw.admin_port] {
+        let (status, body) = common::http_get(port, "/health/live").unwrap();
+        assert_eq!((status, body.contains("ok")), (200, true), "port {port}");
+        let (status, body) = common::http_get(port, "/health/ready").unwrap();
+        assert_eq!(status, 200, "port {port}: {body}");
+    }
+    // The client port (what a load balancer or an Ingress routing `/` exposes)
+    // no longer answers /metrics.
+    let (status, body) = common::http_get(gw.port, "/metrics").unwrap();
+    assert_eq!(status, 404, "/metrics on the client port: {body}");
+    assert!(!body.contains("switchboard_"), "{body}");
+    // The admin port serves no client route.
+    for path in ["/ws", "/", "/api/v1/whoami"] {
+        let (status, _) = common::http_get(gw.admin_port, path).unwrap();
+        assert_eq!(status, 404, "{path} on the admin port");
+    }
     let mut c = Client::connect(&gw.ws_url("/ws")).await;
     c.recv_json().await;
     c.subscribe(json!({"type":"subscribe","channel":"m"})).await;
     publish(gw.port, "m", &json!({"x": 1}));
     c.recv_json().await;
-    let (_, metrics) = common::http_get(gw.port, "/metrics").unwrap();
+    let metrics = gw.scrape();
     let series: HashMap<&str, f64> = [
         ("switchboard_connections", 1.0),
         ("switchboard_subscriptions", 1.0),
@@ -484,6 +499,8 @@ async fn health_and_metrics_endpoints() {
         ("switchboard_messages_received_total", 1.0),
         ("switchboard_messages_delivered_total", 1.0),
         ("switchboard_ready", 1.0),
+        // Capacity beside the connections (--max-connections, default 10,000).
+        ("switchboard_max_connections", 10_000.0),
     ]
     .into_iter()
     .collect();
@@ -500,6 +517,70 @@ async fn health_and_metrics_endpoints() {
     assert!(metrics.contains("process_resident_memory_bytes"));
 }
 
+/// `--admin-listen` given the `--listen` address keeps the single-port layout:
+/// `/metrics` on the client port, no other listener.
+#[tokio::test]
+async fn admin_listen_equal_to_listen_serves_metrics_on_the_client_port() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let gw = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--no-auth",
+        ],
+    );
+    gw.wait_ready(Duration::from_secs(10));
+    assert_eq!(gw.admin_port, gw.port);
+    assert_eq!(gw.metric("switchboard_ready", ""), 1.0);
+    assert_eq!(gw.metric("switchboard_max_connections", ""), 10_000.0);
+    // The client routes are still there.
+    let (status, _) = common::http_get(port, "/api/v1/whoami").unwrap();
+    assert_eq!(status, 200);
+}
+
+/// While a gateway drains, its admin listener stays open: readiness answers
+/// 503 `draining` and metrics can still be scraped; the client port is closed.
+#[tokio::test]
+async fn the_admin_listener_reports_the_drain() {
+    let redis = RedisServer::start();
+    let mut gw = Switchboard::gateway(&redis, &["--drain-window", "3s", "--drain-deadline", "4s"]);
+    // Ten clients, closed one by one over the 3 s window: the drain lasts.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = Client::connect(&gw.ws_url("/ws")).await;
+        c.recv_json().await;
+        clients.push(c);
+    }
+    gw.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let body = loop {
+        let (status, body) = common::http_get(gw.admin_port, "/health/ready")
+            .expect("the admin listener is open while the gateway drains");
+        if status == 503 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(gw.metric("switchboard_ready", ""), 0.0);
+    assert!(
+        common::http_get(gw.port, "/health/live").is_err(),
+        "the client port stops accepting at once"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    drop(clients);
+}
+
 /// `switchboard_redis_errors_total{op}` counts failed commands, not only lost
 /// pub/sub connections: with Redis stopped, each refused publish and
 /// connection listing is counted under its op. `NOSCRIPT` (answered by
@@ -509,7 +590,7 @@ async fn failed_redis_commands_are_counted_by_operation() {
     let mut redis = RedisServer::start();
     let gw = Switchboard::gateway(&redis, &[]);
     let errors = |op: &str| gw.metric("switchboard_redis_errors_total", &format!("op=\"{op}\""));
-    let (_, metrics) = common::http_get(gw.port, "/metrics").unwrap();
+    let metrics = gw.scrape();
     for op in [
         "publish", "history", "snapshot", "presence", "session", "lease", "control", "ping",
         "pubsub",

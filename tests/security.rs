@@ -1424,6 +1424,10 @@ async fn standalone_accepts_no_auth_and_authenticates_with_a_jwt_key() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["standalone", "--listen", &listen])
         .env("SWITCHBOARD_NO_AUTH", "true")
+        .env(
+            "SWITCHBOARD_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .env("SWITCHBOARD_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -97,8 +97,10 @@ stats([
 
 row("Connections")
 graphs([
-    ("Connections by replica", [(f"sum by (instance) (switchboard_connections{{{GW}}})", "{{instance}}")], "short",
-     "Open WebSockets per gateway: a balanced load balancer keeps these close."),
+    ("Connections by replica", [(f"sum by (instance) (switchboard_connections{{{GW}}})", "{{instance}}"),
+                                (f"max(switchboard_max_connections{{{GW}}})", "limit (--max-connections)")], "short",
+     "Open WebSockets per gateway against each replica's limit: a balanced load balancer keeps them close; "
+     "the HPA scales at 70 % of the limit and SwitchboardConnectionsNearLimit fires at 80 %."),
     ("Connections by route", [(f"sum by (route) (switchboard_connections{{{GW}}})", "{{route}}")], "short",
      "native (/ws), snapshot (/ws/{channel}), relay (/api/ws/{channel})."),
     ("Opened and refused / s", [

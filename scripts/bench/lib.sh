@@ -71,7 +71,8 @@ start_redis() {
   wait_port "$REDIS_PORT"
 }
 
-# start_gateway NAME [extra flags…]: sets GW_PORT, GW_PID, GW_URL (needs start_redis).
+# start_gateway NAME [extra flags…]: sets GW_PORT, GW_ADMIN_PORT (/metrics), GW_PID, GW_URL
+# (needs start_redis).
 # Verifies tokens signed with $JWT_SECRET_FILE (one user, "bench", may hold
 # 20,000 connections) unless NO_AUTH=1 or the flags name their own key.
 start_gateway() {
@@ -80,9 +81,11 @@ start_gateway() {
   [ "$AUTH" = jwt ] && auth=(--jwt-secret-file "$JWT_SECRET_FILE" --max-connections-per-user 20000)
   case " $* " in *" --jwt-"*|*" --jwks-file "*) auth=() ;; esac
   GW_PORT=$(free_port)
+  GW_ADMIN_PORT=$(free_port)
   # GW_WRAP: a command to run the gateway under (e.g. valgrind).
   SWITCHBOARD_LOG_LEVEL=${GW_LOG_LEVEL:-warn} ${GW_WRAP:-} "${GW_BIN:-$SB}" gateway "${auth[@]}" \
-    --listen "127.0.0.1:$GW_PORT" --redis-url "$REDIS_URL" --replica-id "$name" \
+    --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$GW_ADMIN_PORT" \
+    --redis-url "$REDIS_URL" --replica-id "$name" \
     --max-connections 20000 "$@" > "$OUT/$name.log" 2>&1 &
   GW_PID=$!
   STARTED_PIDS+=("$GW_PID")

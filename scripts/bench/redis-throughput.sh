@@ -63,7 +63,7 @@ print(f"{name:28} published/s {pub:>8.0f}  feed/s {feed:>8.0f}  delivered/s {dlv
 }
 
 gateway() {
-  "$SB" gateway --listen 127.0.0.1:28080 --no-auth --replica-id bench "$@" \
+  "$SB" gateway --listen 127.0.0.1:28080 --admin-listen 127.0.0.1:28081 --no-auth --replica-id bench "$@" \
     --max-connections 1000 >"$DIR/gateway.log" 2>&1 &
   GW=$!
   until curl -sf http://127.0.0.1:28080/health/ready >/dev/null; do sleep 0.1; done

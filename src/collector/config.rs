@@ -1,5 +1,5 @@
 //! The collector's configuration: schedule, sources, simulation policy and
-//! formula parameters (each flag and default is in the README).
+//! formula parameters (each flag and default is in docs/OPERATIONS.md, Configuration).
 
 use std::ops::RangeInclusive;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! The HTTP routes of a gateway (warp): WebSocket upgrades, health, metrics and
-//! the REST API. Every refusal is a JSON body `{"error": code, "message": …}`
+//! The HTTP routes of a gateway's client port (warp): WebSocket upgrades,
+//! health and the REST API (`/metrics` is on the admin listener, `admin.rs`). Every refusal is a JSON body `{"error": code, "message": …}`
 //! with a status a client can act on (and `Retry-After` where waiting helps).
 //!
 //! An upgrade is checked in this order, each step refusing before any
@@ -182,19 +182,6 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(state.clone())
         .map(|gw: Arc<Gateway>| readiness(&gw));
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(state.clone())
-        .map(|gw: Arc<Gateway>| {
-            gw.refresh_ready_gauge();
-            let mut response = http::Response::new(Bytes::from(gw.metrics.render()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response.into_response()
-        });
-
     let publish = warp::path!("api" / "v1" / "publish")
         .and(warp::post())
         .and(state.clone())
@@ -248,8 +235,6 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .or(live)
         .unify()
         .or(ready)
-        .unify()
-        .or(metrics)
         .unify()
         .or(preflight)
         .unify()

@@ -74,6 +74,11 @@ pub struct Parts {
 impl Gateway {
     pub fn new(config: GatewayConfig, parts: Parts, shutdown: CancellationToken) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        // Capacity next to the connections, for utilisation alerts and autoscaling.
+        parts
+            .metrics
+            .max_connections
+            .set(i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX));
         Arc::new(Self {
             config,
             engine: parts.engine,
@@ -94,6 +99,17 @@ impl Gateway {
     /// Serves on `listener` until shutdown, then drains. Returns when every
     /// session has ended or the drain deadline has passed.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let routes = http::routes(self.clone());
+        self.serve_routes(listener, routes).await;
+    }
+
+    /// [`Gateway::serve`] with the client port's routes given (the admin
+    /// module adds `/metrics` to them for the single-port layout).
+    pub async fn serve_routes(
+        self: Arc<Self>,
+        listener: TcpListener,
+        routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    ) {
         let settings = server::HttpSettings {
             header_read_timeout: self.config.timeouts.header_read_timeout,
             max_header_bytes: 16 * 1024,
@@ -101,7 +117,7 @@ impl Gateway {
         let http_tasks = TaskTracker::new();
         server::serve(
             listener,
-            http::routes(self.clone()),
+            routes,
             settings,
             self.shutdown.clone(),
             http_tasks.clone(),

@@ -157,7 +157,12 @@ impl Drop for RedisServer {
 
 /// The `switchboard` binary running as a child process.
 pub struct Switchboard {
+    /// The client port (`--listen`).
     pub port: u16,
+    /// Where `/metrics` is served: the admin listener a gateway or standalone
+    /// is given on a free port (`SWITCHBOARD_ADMIN_LISTEN`, unless the
+    /// arguments name `--admin-listen`), the collector's `--listen`.
+    pub admin_port: u16,
     child: Child,
 }
 
@@ -199,20 +204,35 @@ impl Switchboard {
         Self::spawn_with(port, args, "warn", Stdio::inherit())
     }
 
-    /// Spawns with a log level and where its logs (stderr) go.
+    /// Spawns with a log level and where its logs (stderr) go. A gateway or
+    /// standalone gets its admin listener on a free loopback port (the default,
+    /// 9091, would be shared by every process of the test run).
     pub fn spawn_with(port: u16, args: &[&str], level: &str, stderr: Stdio) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
             .args(args)
             .env("SWITCHBOARD_LOG_LEVEL", level)
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn switchboard");
+            .stderr(stderr);
+        let admin_port = match admin_listen_arg(args) {
+            Some(addr) => addr,
+            None if matches!(args.first(), Some(&("gateway" | "standalone"))) => {
+                let admin = free_port();
+                command.env("SWITCHBOARD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
+                admin
+            }
+            None => port,
+        };
+        let child = command.spawn().expect("spawn switchboard");
         assert!(
             wait_for_port(port, Duration::from_secs(15)),
             "switchboard did not listen on {port}"
         );
-        Self { port, child }
+        Self {
+            port,
+            admin_port,
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -251,8 +271,14 @@ impl Switchboard {
 
     /// The value of a metric (summed over label sets matching `labels`).
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (_, body) = http_get(self.port, "/metrics").expect("scrape /metrics");
-        metric_value(&body, name, labels)
+        metric_value(&self.scrape(), name, labels)
+    }
+
+    /// `/metrics`, from the admin listener.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_get(self.admin_port, "/metrics").expect("scrape /metrics");
+        assert_eq!(status, 200, "/metrics on port {}: {body}", self.admin_port);
+        body
     }
 }
 
@@ -261,6 +287,16 @@ impl Drop for Switchboard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The port of an `--admin-listen ADDR` (or `--admin-listen=ADDR`) argument.
+fn admin_listen_arg(args: &[&str]) -> Option<u16> {
+    let value = args
+        .iter()
+        .position(|a| *a == "--admin-listen")
+        .and_then(|i| args.get(i + 1).copied())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--admin-listen=")))?;
+    value.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Sums the samples of `name` whose label text contains `labels`.

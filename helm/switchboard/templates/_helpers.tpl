@@ -207,6 +207,14 @@ SWITCHBOARD_{{ snakecase $k | upper }}: {{ toString $v | quote }}
 {{- end }}
 {{- end }}
 
+{{/* The gateways' admin port (/metrics and health), checked to differ from the client port. */}}
+{{- define "switchboard.adminPort" -}}
+{{- if eq (int .Values.gateway.adminPort) (int .Values.gateway.port) }}
+{{- fail "gateway.adminPort must differ from gateway.port: /metrics stays off the port clients (and the Ingress) reach" }}
+{{- end }}
+{{- int .Values.gateway.adminPort }}
+{{- end }}
+
 {{/* Name of the JWT Secret (existing or chart-made). */}}
 {{- define "switchboard.jwtSecretName" -}}
 {{- default (include "switchboard.componentName" (dict "root" . "component" "jwt")) .Values.auth.jwt.existingSecret }}
