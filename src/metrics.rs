@@ -199,7 +199,7 @@ impl Metrics {
             connections: gauge_vec(
                 &r,
                 "switchboard_connections",
-                "Open WebSocket connections, by route (native, snapshot, relay).",
+                "Open WebSocket connections, by route (native, snapshot, relay, escai, council).",
                 &["route"],
             ),
             max_connections: gauge(
