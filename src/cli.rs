@@ -1207,6 +1207,52 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub dialects: DialectArgs,
+
+    #[command(flatten)]
+    pub anonymous: AnonymousArgs,
+}
+
+/// Reading without a token (the seeds' dashboards open their sockets without one).
+#[derive(Debug, Clone, Args)]
+pub struct AnonymousArgs {
+    /// Channels a WebSocket client without a token may subscribe to, read-only,
+    /// on every route: glob patterns, comma-separated or repeated (e.g.
+    /// `federation,memory,reasoning:*,agents,round_table,tasks,3d_pipeline,metrics`).
+    /// Everything else still needs a token: other channels, publishing, the
+    /// admin API; the `sys` namespace never. A token that is given is verified
+    /// (a bad one is refused, never treated as no token). Empty: every
+    /// connection needs a token.
+    #[arg(long, env = "SWITCHBOARD_ANONYMOUS_SUBSCRIBE", value_delimiter = ',')]
+    pub anonymous_subscribe: Vec<String>,
+
+    /// Connections without a token per replica; more get 503 and Retry-After
+    /// (default: half of --max-connections).
+    #[arg(long, env = "SWITCHBOARD_MAX_ANONYMOUS_CONNECTIONS")]
+    pub max_anonymous_connections: Option<usize>,
+
+    /// Connections without a token per client address per replica (the address
+    /// from --client-ip-header behind --trusted-proxies); more get 429.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_ANONYMOUS_CONNECTIONS_PER_IP",
+        default_value_t = 20
+    )]
+    pub max_anonymous_connections_per_ip: usize,
+
+    /// Proxies (addresses or CIDR networks, comma-separated) whose
+    /// --client-ip-header names the client's address; from anyone else the
+    /// header is ignored and the TCP peer is the client. Empty: trust none.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// The header a trusted proxy puts the client's address in (the rightmost
+    /// address not itself a trusted proxy is the client).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLIENT_IP_HEADER",
+        default_value = "X-Forwarded-For"
+    )]
+    pub client_ip_header: String,
 }
 
 /// The seed systems' routes: ESCAI (`/ws/monitor/{session_id}`, seed 003) and
@@ -1331,6 +1377,22 @@ impl ServerArgs {
                 max_connections_per_user: self.max_connections_per_user.max(1),
                 messages_per_second: self.max_messages_per_second.max(1),
                 message_burst: self.message_burst.max(1),
+                anonymous: crate::auth::AnonymousReads::new(&self.anonymous.anonymous_subscribe)
+                    .map(std::sync::Arc::new),
+                max_anonymous_connections: self
+                    .anonymous
+                    .max_anonymous_connections
+                    .unwrap_or(self.max_connections / 2)
+                    .min(self.max_connections),
+                max_anonymous_connections_per_ip: self
+                    .anonymous
+                    .max_anonymous_connections_per_ip
+                    .max(1),
+                client_ip: crate::auth::client_ip::ClientIpPolicy::new(
+                    &self.anonymous.client_ip_header,
+                    &self.anonymous.trusted_proxies,
+                )
+                .map_err(|e| e.to_string())?,
             },
             drain: Drain {
                 window: self.drain_window,

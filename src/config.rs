@@ -3,8 +3,11 @@
 //! production default; `cli.rs` maps flags onto these.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::AnonymousReads;
+use crate::auth::client_ip::ClientIpPolicy;
 use crate::auth::origin::OriginPolicy;
 use crate::filter::FilterLimits;
 use crate::hub::HubConfig;
@@ -81,6 +84,15 @@ pub struct Security {
     pub messages_per_second: u32,
     /// Messages a client may send in a burst above the sustained rate.
     pub message_burst: u32,
+    /// Channels a WebSocket client without a token may read, with
+    /// authentication on (`--anonymous-subscribe`); `None`: a token is required.
+    pub anonymous: Option<Arc<AnonymousReads>>,
+    /// Connections without a token per replica (a share of `max_connections`).
+    pub max_anonymous_connections: usize,
+    /// Connections without a token per client address per replica.
+    pub max_anonymous_connections_per_ip: usize,
+    /// Where a client's address comes from (behind trusted proxies: a header).
+    pub client_ip: ClientIpPolicy,
 }
 
 impl Default for Security {
@@ -90,6 +102,10 @@ impl Default for Security {
             max_connections_per_user: 100,
             messages_per_second: 20,
             message_burst: 50,
+            anonymous: None,
+            max_anonymous_connections: 5_000,
+            max_anonymous_connections_per_ip: 20,
+            client_ip: ClientIpPolicy::default(),
         }
     }
 }

@@ -27,7 +27,10 @@ impl Json {
     pub fn parse(bytes: Bytes, max_depth: usize) -> Result<Self, JsonError> {
         check_depth(&bytes, max_depth)?;
         serde_json::from_slice::<&RawValue>(&bytes)?;
-        Ok(Self(trim(bytes)))
+        // Kept as published, surrounding whitespace included: the relay
+        // routes deliver the bytes exactly; envelopes splice the value itself
+        // (`as_raw`, which has no surrounding whitespace).
+        Ok(Self(bytes))
     }
 
     /// Wraps JSON produced by `serde_json` itself (always valid).
@@ -63,7 +66,7 @@ impl Json {
 
     /// Whether the value is a JSON object.
     pub fn is_object(&self) -> bool {
-        self.0.first() == Some(&b'{')
+        self.0.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     }
 }
 
@@ -71,18 +74,6 @@ impl fmt::Debug for Json {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Json({})", self.as_str())
     }
-}
-
-fn trim(bytes: Bytes) -> Bytes {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    bytes.slice(start..end)
 }
 
 /// Rejects nesting deeper than `max` without building a tree: a single scan that
@@ -122,9 +113,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_json_and_trims_whitespace() {
+    fn keeps_the_bytes_and_splices_the_value_alone() {
         let j = Json::parse(Bytes::from_static(b"  {\"a\": [1, 2]} \n"), 8).unwrap();
-        assert_eq!(j.as_str(), "{\"a\": [1, 2]}");
+        assert_eq!(j.as_str(), "  {\"a\": [1, 2]} \n", "exactly as published");
+        assert_eq!(
+            j.as_raw().get(),
+            "{\"a\": [1, 2]}",
+            "no surrounding whitespace"
+        );
         assert!(j.is_object());
     }
 

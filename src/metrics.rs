@@ -178,7 +178,34 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The `auth` label values of the connection series.
+const AUTH_LABELS: [&str; 3] = ["token", "anonymous", "none"];
+
 impl Metrics {
+    /// Open connections of a route, whatever their auth.
+    pub fn route_connections(&self, route: &str) -> i64 {
+        AUTH_LABELS
+            .iter()
+            .map(|a| self.connections.with_label_values(&[route, a]).get())
+            .sum()
+    }
+
+    /// Connections of a route accepted since start, whatever their auth.
+    pub fn route_connections_opened(&self, route: &str) -> u64 {
+        AUTH_LABELS
+            .iter()
+            .map(|a| self.connections_opened.with_label_values(&[route, a]).get())
+            .sum()
+    }
+
+    /// Open connections without a token, whatever their route.
+    pub fn anonymous_connections(&self) -> i64 {
+        ["native", "snapshot", "relay", "escai", "council"]
+            .iter()
+            .map(|r| self.connections.with_label_values(&[r, "anonymous"]).get())
+            .sum()
+    }
+
     /// Creates and registers every metric. The names are static and distinct,
     /// so registration cannot fail.
     pub fn new() -> Self {
@@ -199,8 +226,8 @@ impl Metrics {
             connections: gauge_vec(
                 &r,
                 "switchboard_connections",
-                "Open WebSocket connections, by route (native, snapshot, relay, escai, council).",
-                &["route"],
+                "Open WebSocket connections, by route (native, snapshot, relay, escai, council) and auth (token, anonymous, none).",
+                &["route", "auth"],
             ),
             max_connections: gauge(
                 &r,
@@ -210,8 +237,8 @@ impl Metrics {
             connections_opened: counter_vec(
                 &r,
                 "switchboard_connections_opened_total",
-                "WebSocket connections accepted, by route.",
-                &["route"],
+                "WebSocket connections accepted, by route and auth.",
+                &["route", "auth"],
             ),
             upgrades_rejected: counter_vec(
                 &r,

@@ -18,18 +18,23 @@
 //! role; a role the map does not name grants nothing.
 //!
 //! With authentication disabled (`--no-auth`, `standalone`) every caller is an
-//! anonymous identity with every right.
+//! anonymous identity with every right. With authentication on, a WebSocket
+//! client without a token may still read the channels `--anonymous-subscribe`
+//! names ([`AnonymousReads`]): read-only, never the `sys` namespace, never the
+//! REST API; a token that is given is always verified, never downgraded.
 //!
 //! The `sys` namespace ([`SYSTEM_NAMESPACE`]) belongs to the gateways: its
 //! channels (`sys:stats`, the operations feed) need `websocket:admin` to
 //! subscribe whatever the `channels` claim says, and nobody publishes on them
 //! through the API — only the replicas themselves, through the engine.
 
+pub mod client_ip;
 pub mod mint;
 pub mod origin;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use wildmatch::WildMatch;
 
@@ -111,6 +116,63 @@ pub struct Identity {
 enum Grants {
     Everything,
     Token(TokenGrants),
+    Anonymous(Arc<AnonymousReads>),
+}
+
+/// The channels a client without a token may read (`--anonymous-subscribe`).
+#[derive(Debug, Clone, Default)]
+pub struct AnonymousReads {
+    globs: Vec<WildMatch>,
+    spec: Vec<String>,
+}
+
+impl AnonymousReads {
+    /// From glob patterns (`federation`, `reasoning:*`); `None` when there are none.
+    pub fn new(globs: &[String]) -> Option<Self> {
+        let spec: Vec<String> = globs
+            .iter()
+            .map(|g| g.trim().to_owned())
+            .filter(|g| !g.is_empty())
+            .collect();
+        (!spec.is_empty()).then(|| Self {
+            globs: spec.iter().map(|g| WildMatch::new(g)).collect(),
+            spec,
+        })
+    }
+
+    /// Whether a client without a token may read `channel`.
+    pub fn allows(&self, channel: &ChannelName) -> bool {
+        !is_system_channel(channel) && self.globs.iter().any(|g| g.matches(channel.as_str()))
+    }
+
+    /// The patterns, as configured.
+    pub fn patterns(&self) -> &[String] {
+        &self.spec
+    }
+}
+
+/// How a caller was admitted, for metrics and the connection list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// A verified token.
+    Token,
+    /// No token, on the channels `--anonymous-subscribe` allows.
+    Anonymous,
+    /// Authentication is off (`--no-auth`, `standalone` without a key).
+    Open,
+}
+
+impl AuthKind {
+    pub const ALL: [AuthKind; 3] = [Self::Token, Self::Anonymous, Self::Open];
+
+    /// The `auth` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Anonymous => "anonymous",
+            Self::Open => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -130,6 +192,24 @@ impl Identity {
             user: None,
             expires_at: None,
             grants: Grants::Everything,
+        }
+    }
+
+    /// A client without a token that may read what `reads` allows.
+    pub fn anonymous_reader(reads: Arc<AnonymousReads>) -> Self {
+        Self {
+            user: None,
+            expires_at: None,
+            grants: Grants::Anonymous(reads),
+        }
+    }
+
+    /// How the caller was admitted.
+    pub fn auth_kind(&self) -> AuthKind {
+        match self.grants {
+            Grants::Everything => AuthKind::Open,
+            Grants::Token(_) => AuthKind::Token,
+            Grants::Anonymous(_) => AuthKind::Anonymous,
         }
     }
 
@@ -170,7 +250,7 @@ impl Identity {
     /// May this caller open a WebSocket?
     pub fn can_connect(&self) -> bool {
         match &self.grants {
-            Grants::Everything => true,
+            Grants::Everything | Grants::Anonymous(_) => true,
             Grants::Token(g) => g.connect || g.admin,
         }
     }
@@ -187,6 +267,7 @@ impl Identity {
                 g.admin
                     || (g.subscribe && (g.matches_channel(channel) || g.monitors_agent_of(channel)))
             }
+            Grants::Anonymous(reads) => reads.allows(channel),
         }
     }
 
@@ -198,6 +279,7 @@ impl Identity {
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(g) => g.admin || (g.publish && g.matches_channel(channel)),
+            Grants::Anonymous(_) => false,
         }
     }
 
@@ -207,13 +289,15 @@ impl Identity {
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(g) => g.admin || (g.subscribe && g.agents.contains(agent)),
+            Grants::Anonymous(reads) => ChannelName::parse(&format!("agents:{agent}"), usize::MAX)
+                .is_ok_and(|c| reads.allows(&c)),
         }
     }
 
     /// May this caller subscribe at all (`websocket:subscribe` or admin)?
     pub fn can_subscribe_any(&self) -> bool {
         match &self.grants {
-            Grants::Everything => true,
+            Grants::Everything | Grants::Anonymous(_) => true,
             Grants::Token(g) => g.admin || g.subscribe,
         }
     }
@@ -229,6 +313,7 @@ impl Identity {
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(g) => g.admin,
+            Grants::Anonymous(_) => false,
         }
     }
 }
@@ -304,6 +389,27 @@ mod tests {
         );
         let anon = Identity::anonymous();
         assert!(anon.can_connect() && anon.is_admin());
+    }
+
+    #[test]
+    fn anonymous_readers_read_the_allowed_channels_and_nothing_else() {
+        let reads = AnonymousReads::new(&["federation".into(), "reasoning:*".into(), " ".into()])
+            .map(Arc::new)
+            .unwrap();
+        let anon = Identity::anonymous_reader(reads.clone());
+        assert!(anon.can_connect() && anon.can_subscribe_any());
+        assert!(anon.can_subscribe(&ch("federation")) && anon.can_subscribe(&ch("reasoning:a1")));
+        assert!(!anon.can_subscribe(&ch("memory")) && !anon.can_publish(&ch("federation")));
+        assert!(!anon.is_admin() && !anon.can_monitor_agent("a1"));
+        assert_eq!(anon.auth_kind(), AuthKind::Anonymous);
+        assert_eq!(reads.patterns(), ["federation", "reasoning:*"]);
+        let everything =
+            Identity::anonymous_reader(Arc::new(AnonymousReads::new(&["*".into()]).unwrap()));
+        assert!(
+            !everything.can_subscribe(&ch("sys:stats")),
+            "never the sys namespace"
+        );
+        assert!(AnonymousReads::new(&[]).is_none());
     }
 
     #[test]

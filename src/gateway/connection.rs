@@ -100,14 +100,19 @@ impl Connection {
         let gw = self.core.gw.clone();
         let conn = self.core.conn.clone();
         let metrics = gw.metrics.clone();
-        metrics.connections.with_label_values(&[route]).inc();
-        metrics.connections_opened.with_label_values(&[route]).inc();
+        let auth = self.core.identity.auth_kind().label();
+        metrics.connections.with_label_values(&[route, auth]).inc();
+        metrics
+            .connections_opened
+            .with_label_values(&[route, auth])
+            .inc();
         tracing::debug!(connection = %self.core.connection_id, route, user = ?self.core.identity.user, "connected");
         let new = NewConn {
             user: self.core.identity.user.clone(),
             route,
             remote: self.remote,
             admin: self.core.identity.is_admin(),
+            auth: self.core.identity.auth_kind().label(),
         };
         let change = gw.registry.insert(conn.clone(), new);
         gw.presence.record(change);
@@ -122,7 +127,7 @@ impl Connection {
         gw.presence.record(change);
         conn.mark_closed();
         let _ = socket2::SockRef::from(conn.stream()).shutdown(std::net::Shutdown::Both);
-        metrics.connections.with_label_values(&[route]).dec();
+        metrics.connections.with_label_values(&[route, auth]).dec();
         metrics
             .disconnects
             .with_label_values(&[ending.label()])

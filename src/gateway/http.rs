@@ -27,7 +27,7 @@ use super::dialect::council::store::Claim;
 use super::dialect::{Route, council, escai};
 use super::presence::Disconnect;
 use super::server::PeerAddr;
-use crate::auth::{AuthError, Identity};
+use crate::auth::{AuthError, AuthKind, Identity};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PublishOptions};
 use crate::json::Json;
@@ -159,6 +159,12 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
     let council = warp::path!("api" / "v1" / "ws" / String)
         .and(warp::get())
         .map(move |request_id: String| council_route(request_id, max_len));
+    // Seed 000's reasoning traces: channel `reasoning:{agent_name}`, relayed.
+    let reasoning = warp::path!("ws" / "reasoning" / String)
+        .and(warp::get())
+        .map(move |agent: String| {
+            channel_route(&format!("reasoning:{agent}"), max_len, Route::Relay)
+        });
     let websocket = native
         .or(snapshot)
         .unify()
@@ -168,6 +174,8 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(council)
         .unify()
+        .or(reasoning)
+        .unify()
         .and(state.clone())
         .and(warp::header::headers_cloned())
         .and(query)
@@ -175,13 +183,22 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(warp::ext::optional::<PeerAddr>())
         .then(upgrade);
 
+    // `/live`, `/ready` and `/health` are seed 002's probe paths.
     let live = warp::path!("health" / "live")
+        .or(warp::path!("live"))
+        .unify()
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, json!({"status": "ok"})));
     let ready = warp::path!("health" / "ready")
+        .or(warp::path!("ready"))
+        .unify()
         .and(warp::get())
         .and(state.clone())
         .map(|gw: Arc<Gateway>| readiness(&gw));
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(state.clone())
+        .map(|gw: Arc<Gateway>| health(&gw));
     let publish = warp::path!("api" / "v1" / "publish")
         .and(warp::post())
         .and(state.clone())
@@ -235,6 +252,8 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .or(live)
         .unify()
         .or(ready)
+        .unify()
+        .or(health)
         .unify()
         .or(preflight)
         .unify()
@@ -299,6 +318,20 @@ fn readiness(gw: &Gateway) -> Response {
     }
 }
 
+/// `GET /health`, as seed 002's clients read it: `"healthy"` when ready.
+fn health(gw: &Gateway) -> Response {
+    match gw.readiness() {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            json!({"status": "healthy", "replica": gw.config.replica_id}),
+        ),
+        Err(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "unhealthy", "reason": reason, "replica": gw.config.replica_id}),
+        ),
+    }
+}
+
 /// Adds CORS headers to a REST response for an allowed browser origin.
 fn with_cors(gw: &Gateway, origin: Option<&str>, mut response: Response) -> Response {
     if let Some(origin) = origin
@@ -308,9 +341,28 @@ fn with_cors(gw: &Gateway, origin: Option<&str>, mut response: Response) -> Resp
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        );
+        // Credentials only for an origin the operator listed: with no list
+        // (any origin), a credentialed request from any site is not allowed.
+        if !gw.config.security.origins.is_any() {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     response
 }
+
+/// What seed 002 lets pages send (`main_enterprise.py`'s CORS), and the API key.
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-api-key, x-request-id, accept, accept-language, content-language";
+/// Methods seed 002 lists (the API itself answers GET, POST and OPTIONS).
+const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, PATCH, OPTIONS, HEAD";
+/// Response headers seed 002 lets pages read.
+const CORS_EXPOSE_HEADERS: &str = "x-response-time, x-ratelimit-limit, x-ratelimit-remaining";
 
 fn preflight(gw: &Gateway, origin: Option<&str>) -> Response {
     if !gw.config.security.origins.allows(origin) {
@@ -321,11 +373,11 @@ fn preflight(gw: &Gateway, origin: Option<&str>) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
+        HeaderValue::from_static(CORS_ALLOW_METHODS),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type, x-api-key"),
+        HeaderValue::from_static(CORS_ALLOW_HEADERS),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -394,19 +446,34 @@ async fn accept(
     }
     let identity = match &gw.auth {
         None => Identity::anonymous(),
-        Some(verifier) => {
-            let token = token_of(headers, query, request.subprotocol_token())
-                .ok_or_else(|| ApiError::unauthorized(&AuthError::Missing))?;
-            verifier
+        Some(verifier) => match token_of(headers, query, request.subprotocol_token()) {
+            // A token that is given is verified: a bad one is refused, never
+            // taken as no token.
+            Some(token) => verifier
                 .verify(&token)
-                .map_err(|e| ApiError::unauthorized(&e))?
-        }
+                .map_err(|e| ApiError::unauthorized(&e))?,
+            None => match &gw.config.security.anonymous {
+                Some(reads) => Identity::anonymous_reader(reads.clone()),
+                None => return Err(ApiError::unauthorized(&AuthError::Missing)),
+            },
+        },
     };
+    let anonymous = identity.auth_kind() == AuthKind::Anonymous;
     // The AI Council seed's tokens carry no permissions: a valid token (and,
     // for an owned request, its owner) is what that route asks.
     if !matches!(route, Route::Council { .. }) && !identity.can_connect() {
         return Err(ApiError::forbidden(
             "your token lacks the websocket:connect permission",
+        ));
+    }
+    if let Some(channel) = route.channel()
+        && anonymous
+        && !identity.can_subscribe(channel)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            AuthError::Missing.code(),
+            "this channel needs a token (it is not among the gateway's --anonymous-subscribe channels)",
         ));
     }
     if let Route::Ark(channel) | Route::Relay(channel) = &route
@@ -445,9 +512,15 @@ async fn accept(
                     .retry_after(30)
                 })?,
         ),
-        // Only without authentication (`--no-auth`, `standalone`): a verified
-        // token always names its user (`sub` is required).
+        // Only without authentication (`--no-auth`, `standalone`) or without a
+        // token (`--anonymous-subscribe`): a verified token always names its
+        // user (`sub` is required).
         None => None,
+    };
+    let anonymous_slots = if anonymous {
+        Some(reserve_anonymous(gw, headers, peer)?)
+    } else {
+        None
     };
     let permit = gw
         .connection_slots
@@ -485,10 +558,57 @@ async fn accept(
             Err(e) => tracing::debug!(peer = ?start.remote, error = %e, "upgrade not completed"),
         }
         drop(user_slot);
+        drop(anonymous_slots);
         drop(permit);
     };
     gw.tasks.spawn(task);
     Ok(request.accept_response().into_response())
+}
+
+/// The places a connection without a token takes: one of the replica's
+/// anonymous share, one of its address's.
+fn reserve_anonymous(
+    gw: &Arc<Gateway>,
+    headers: &HeaderMap,
+    peer: Option<PeerAddr>,
+) -> Result<
+    (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<super::registry::AddressSlot>,
+    ),
+    ApiError,
+> {
+    let security = &gw.config.security;
+    let permit = gw.anonymous_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "max_anonymous_connections",
+            "this replica holds as many connections without a token as it accepts: retry later, another replica, or with a token",
+        )
+        .retry_after(5)
+    })?;
+    let address = security
+        .client_ip
+        .client_ip(peer.map(|p| p.0.ip()), headers);
+    let slot = match address {
+        Some(address) => Some(
+            gw.registry
+                .reserve_address(address, security.max_anonymous_connections_per_ip)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "max_anonymous_connections_per_ip",
+                        format!(
+                            "this address already holds {} connections without a token on this replica",
+                            security.max_anonymous_connections_per_ip
+                        ),
+                    )
+                    .retry_after(30)
+                })?,
+        ),
+        None => None,
+    };
+    Ok((permit, slot))
 }
 
 #[derive(Deserialize)]

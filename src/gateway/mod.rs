@@ -54,6 +54,8 @@ pub struct Gateway {
     /// AI Council requests: owners, acknowledgements, reconnections.
     pub council: CouncilStore,
     connection_slots: Arc<Semaphore>,
+    /// Places for connections without a token (`--max-anonymous-connections`).
+    anonymous_slots: Arc<Semaphore>,
     /// The tasks of the open WebSocket connections.
     tasks: TaskTracker,
     next_conn: AtomicU64,
@@ -74,6 +76,7 @@ pub struct Parts {
 impl Gateway {
     pub fn new(config: GatewayConfig, parts: Parts, shutdown: CancellationToken) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        let anonymous_slots = Arc::new(Semaphore::new(config.security.max_anonymous_connections));
         // Capacity next to the connections, for utilisation alerts and autoscaling.
         parts
             .metrics
@@ -91,6 +94,7 @@ impl Gateway {
             sessions: parts.sessions,
             council: parts.council,
             connection_slots: slots,
+            anonymous_slots,
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
         })

@@ -23,6 +23,10 @@ pub struct ConnInfo {
     pub replica: String,
     pub user: Option<String>,
     pub route: String,
+    /// How the connection was admitted: `token`, `anonymous` (no token, on
+    /// `--anonymous-subscribe` channels) or `none` (authentication off).
+    #[serde(default)]
+    pub auth: String,
     pub remote: Option<SocketAddr>,
     /// RFC 3339.
     pub connected_at: String,
@@ -44,6 +48,8 @@ pub struct NewConn {
     pub remote: Option<SocketAddr>,
     /// The token has `websocket:admin` (kept when a request's owner is claimed).
     pub admin: bool,
+    /// `token`, `anonymous` or `none` (authentication off).
+    pub auth: &'static str,
 }
 
 /// A connection as the registry holds it: an idle gateway holds one per client,
@@ -59,6 +65,7 @@ struct Entry {
     /// a vector, not a tree.
     channels: Vec<ChannelName>,
     admin: bool,
+    auth: &'static str,
     /// Only for dialects that have one (boxed: most connections have none).
     detail: Option<Box<serde_json::Value>>,
 }
@@ -67,6 +74,8 @@ struct Entry {
 struct Inner {
     conns: HashMap<ConnId, Entry>,
     per_user: HashMap<String, usize>,
+    /// Connections without a token, per client address.
+    per_address: HashMap<std::net::IpAddr, usize>,
 }
 
 /// See the module documentation.
@@ -88,6 +97,25 @@ impl Drop for UserSlot {
             *n -= 1;
             if *n == 0 {
                 inner.per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A client address's reserved place for a connection without a token;
+/// released when dropped.
+pub struct AddressSlot {
+    registry: Arc<Registry>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(n) = inner.per_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_address.remove(&self.address);
             }
         }
     }
@@ -126,6 +154,25 @@ impl Registry {
         })
     }
 
+    /// Reserves a place for one more connection without a token from
+    /// `address`, if under `max`.
+    pub fn reserve_address(
+        self: &Arc<Self>,
+        address: std::net::IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut inner = self.lock();
+        let n = inner.per_address.entry(address).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            registry: self.clone(),
+            address,
+        })
+    }
+
     pub fn insert(&self, conn: Arc<Conn>, new: NewConn) -> Change {
         let id = conn.id();
         let entry = Entry {
@@ -136,6 +183,7 @@ impl Registry {
             connected_at: SystemTime::now(),
             channels: Vec::new(),
             admin: new.admin,
+            auth: new.auth,
             detail: None,
         };
         self.lock().conns.insert(id, entry);
@@ -199,6 +247,7 @@ impl Registry {
             replica: self.replica.clone(),
             user: entry.user.as_deref().map(str::to_owned),
             route: entry.route.to_owned(),
+            auth: entry.auth.to_owned(),
             remote: entry.remote,
             connected_at: humantime::format_rfc3339_millis(entry.connected_at).to_string(),
             channels: entry

@@ -90,6 +90,8 @@ pub struct Connections {
     pub escai: i64,
     /// The AI Council route (seed 004).
     pub council: i64,
+    /// Of all these, the connections without a token (`--anonymous-subscribe`).
+    pub anonymous: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
@@ -153,7 +155,7 @@ impl Reporter {
         let readiness = gw.readiness();
         gw.metrics.ready.set(i64::from(readiness.is_ok()));
         let health = gw.engine.health();
-        let route = |r: &str| gw.metrics.connections.with_label_values(&[r]).get();
+        let route = |r: &str| gw.metrics.route_connections(r);
         let (native, snapshot, relay) = (route("native"), route("snapshot"), route("relay"));
         let (escai, council) = (route("escai"), route("council"));
         let report = Report {
@@ -178,6 +180,7 @@ impl Reporter {
                 relay,
                 escai,
                 council,
+                anonymous: gw.metrics.anonymous_connections(),
             },
             subscriptions: gw.metrics.subscriptions.get(),
             channels: gw.metrics.channels.get(),

@@ -187,18 +187,38 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
 /// Who the caller is: `{"auth", "user", "admin", "expires_at", "replica"}`,
 /// or the 401 a refused token gets (so the page can say why).
 fn whoami(gw: &Gateway, headers: &HeaderMap, query: &str) -> Response {
-    match gw.authorize_api(headers, query) {
-        Ok(identity) => {
-            let mut response = json_response(
-                StatusCode::OK,
-                json!({
-                    "auth": gw.auth.is_some(),
-                    "user": identity.user,
-                    "admin": identity.is_admin(),
-                    "expires_at": identity.expires_at,
-                    "replica": gw.config.replica_id,
-                }),
-            );
+    let answer = match gw.authorize_api(headers, query) {
+        Ok(identity) => Ok(json!({
+            "auth": gw.auth.is_some(),
+            "user": identity.user,
+            "admin": identity.is_admin(),
+            "expires_at": identity.expires_at,
+            "replica": gw.config.replica_id,
+        })),
+        // No token, and the gateway lets clients without one read some
+        // channels: the page may show those without asking for a token.
+        Err(e) if e.code == "missing_token" && gw.config.security.anonymous.is_some() => {
+            let patterns = gw
+                .config
+                .security
+                .anonymous
+                .as_ref()
+                .map(|a| a.patterns().to_vec())
+                .unwrap_or_default();
+            Ok(json!({
+                "auth": true,
+                "user": null,
+                "admin": false,
+                "anonymous": true,
+                "channels": patterns,
+                "replica": gw.config.replica_id,
+            }))
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(body) => {
+            let mut response = json_response(StatusCode::OK, body);
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -9,7 +9,9 @@ mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 
+mod ark;
 mod council;
+mod devskyy;
 mod escai;
 
 use std::path::PathBuf;

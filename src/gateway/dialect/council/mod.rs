@@ -22,6 +22,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::Dialect;
+use crate::auth::AuthKind;
 use crate::channel::ChannelName;
 use crate::engine::Epoch;
 use crate::gateway::core::{Core, Plan};
@@ -112,7 +113,12 @@ impl Council {
             self.epoch = Some(epoch.clone());
         }
         let user = core.identity.user_key().to_owned();
-        let mut acked = match core.gw.council.acked(&self.channel, &epoch, &user).await {
+        let stored = if core.identity.auth_kind() == AuthKind::Anonymous {
+            Ok(AckSet::default())
+        } else {
+            core.gw.council.acked(&self.channel, &epoch, &user).await
+        };
+        let mut acked = match stored {
             Ok(a) => a,
             Err(e) => {
                 Self::send(core, Code::Unavailable, &format!("{e}; reconnect to retry"));
@@ -183,10 +189,14 @@ impl Council {
             core.admit();
             return;
         }
-        let user = core.identity.user_key().to_owned();
-        core.gw
-            .council
-            .ack(&self.channel, &epoch, &user, message_id);
+        // Without a token there is no user to keep acknowledgements for: they
+        // hold for this connection only (its `reconnect`), not across connects.
+        if core.identity.auth_kind() != AuthKind::Anonymous {
+            let user = core.identity.user_key().to_owned();
+            core.gw
+                .council
+                .ack(&self.channel, &epoch, &user, message_id);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::Dialect;
+use crate::auth::AuthKind;
 use crate::channel::ChannelName;
 use crate::filter::Filter;
 use crate::gateway::core::{Core, Plan};
@@ -150,6 +151,16 @@ impl Escai {
         }
         let Some(agent) = agent_id else {
             // System alerts: every connection has them unless it left them.
+            let allowed = core.identity.auth_kind() != AuthKind::Anonymous
+                || ChannelName::parse(ALERTS_CHANNEL, usize::MAX)
+                    .is_ok_and(|c| core.identity.can_subscribe(&c));
+            if !allowed {
+                return Self::send(
+                    core,
+                    Code::PermissionDenied,
+                    "system alerts need a token (\"alerts\" is not among the gateway's --anonymous-subscribe channels)",
+                );
+            }
             if self.alerts {
                 return Self::send(
                     core,
@@ -260,11 +271,10 @@ impl Escai {
 
     fn stats(&self, core: &Core) -> Value {
         let m = &core.gw.metrics;
-        let route = |r: &str| m.connections.with_label_values(&[r]).get();
         json!({
             "replica": core.gw.config.replica_id,
-            "active_connections": route("escai"),
-            "total_connections_ever": m.connections_opened.with_label_values(&["escai"]).get(),
+            "active_connections": m.route_connections("escai"),
+            "total_connections_ever": m.route_connections_opened("escai"),
             "gateway_connections": core.gw.open_connections(),
             "max_connections": core.gw.config.limits.max_connections,
             "total_subscriptions": m.subscriptions.get(),
@@ -287,7 +297,12 @@ impl Dialect for Escai {
             user_id: &user,
             heartbeat_interval: core.gw.config.dialects.escai.ping_interval.as_secs(),
         }));
-        if !self.follow_alerts(core).await {
+        // Alerts reach every connection admitted with a token; one without a
+        // token only if `alerts` is among its --anonymous-subscribe channels.
+        let alerts_allowed = core.identity.auth_kind() != AuthKind::Anonymous
+            || ChannelName::parse(ALERTS_CHANNEL, usize::MAX)
+                .is_ok_and(|c| core.identity.can_subscribe(&c));
+        if alerts_allowed && !self.follow_alerts(core).await {
             tracing::warn!(connection = %core.connection_id, "could not subscribe system alerts; closing so the client retries");
             core.conn.close(CloseCode::TryAgainLater);
             return;

@@ -67,7 +67,7 @@ fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Re
 /// The seed's health document, for this replica.
 fn health(gw: &Gateway) -> Response {
     let m = &gw.metrics;
-    let active = m.connections.with_label_values(&["escai"]).get();
+    let active = m.route_connections("escai");
     let max = gw.config.limits.max_connections;
     let ready = gw.readiness();
     let status = match &ready {
@@ -86,7 +86,7 @@ fn health(gw: &Gateway) -> Response {
         "heartbeat_timeout": escai.pong_timeout.as_secs(),
         "heartbeat_running": !escai.ping_interval.is_zero(),
         "active_connections": active,
-        "total_connections_ever": m.connections_opened.with_label_values(&["escai"]).get(),
+        "total_connections_ever": m.route_connections_opened("escai"),
         "gateway_connections": gw.open_connections(),
         "total_subscriptions": m.subscriptions.get(),
         "messages_sent": m.messages_out.get(),
