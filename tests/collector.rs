@@ -257,8 +257,9 @@ async fn write_federation(redis: &RedisServer) -> Value {
             {"id": "ark-verified-1", "hostname": "ark-verified-1.local", "trust_tier": "verified",
              "status": "degraded", "latency": 80, "last_seen": now},
         ],
-        // The 10 newest of 12 valid events (the malformed item is skipped), oldest first.
-        "sync_traffic": (2..12u64).map(|i| json!({
+        // The 10 newest of 12 valid events (the malformed item is skipped),
+        // newest first, as `LRANGE sync_events 0 9` returns them.
+        "sync_traffic": (2..12u64).rev().map(|i| json!({
             "timestamp": t0 + i * 1000, "source": format!("ark-core-{}", i % 2 + 1),
             "target": "ark-trusted-1", "event_type": "memory_sync", "bytes": 1000 + i,
             "success": i % 5 != 0,

@@ -124,11 +124,10 @@ impl Simulator {
                 bytes: self.rng.random_range(256..16_384),
                 success: self.rng.random_bool(0.97),
             };
-            self.sync.push_back(event);
+            // Newest first, as the live section shows them.
+            self.sync.push_front(event);
         }
-        while self.sync.len() > 10 {
-            self.sync.pop_front();
-        }
+        self.sync.truncate(10);
         FederationValues {
             peers,
             sync_traffic: self.sync.iter().cloned().collect(),
@@ -213,6 +212,12 @@ mod tests {
             assert!((99.5..=99.9).contains(&f.data_integrity));
             assert!((40.0..=50.0).contains(&f.avg_latency));
             assert!(!f.sync_traffic.is_empty() && f.sync_traffic.len() <= 10);
+            assert!(
+                f.sync_traffic
+                    .windows(2)
+                    .all(|w| w[0].timestamp >= w[1].timestamp),
+                "sync events newest first"
+            );
             let m = sim.memory(now);
             assert!((7.0..=9.0).contains(&m.ingestion_rate));
             assert!((6.0..=8.0).contains(&m.consolidation_rate));

@@ -71,6 +71,7 @@ pub enum Provenance {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Federation {
     pub peers: Vec<Peer>,
+    /// The 10 newest, newest first (as `LRANGE sync_events 0 9` returns them).
     pub sync_traffic: Vec<SyncEvent>,
     /// Percent of peers online.
     pub network_health: f64,
