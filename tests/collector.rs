@@ -591,6 +591,37 @@ async fn sources_taken_away_turn_stale_with_last_good_values_and_come_back_live(
     drop(restarted);
 }
 
+#[tokio::test]
+async fn trust_distribution_always_carries_the_four_tiers() {
+    let redis = RedisServer::start();
+    let dir = temp_dir("tiers");
+    let ark = dir.join("ark.db");
+    let conn = rusqlite::Connection::open(&ark).unwrap();
+    conn.execute_batch(ARK_DDL).unwrap();
+    // No trusted or sandbox row; a tier the seed does not name; a tier in
+    // another case (counted with its lower-case form).
+    for tier in ["core", "Core", "external", "verified"] {
+        conn.execute(
+            "INSERT INTO code_index (file_path, trust_tier) VALUES ('f.py', ?1)",
+            [tier],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let a = ark.display().to_string();
+    let _collector = collector(&redis, &["--ark-db", &a]);
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "ark live", |s| {
+        source_of(s, "ark") == "live"
+    })
+    .await;
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 2, "trusted": 0, "sandbox": 0, "external": 1, "verified": 1})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A switchboard process whose JSON logs go to a file.
 struct Logged {
     child: Child,
@@ -691,7 +722,11 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     // Nothing invented.
     assert_eq!(m["ingestion_rate"], 0.0);
     assert_eq!(m["dedup_rate"], 0.0);
-    assert_eq!(m["trust_distribution"], json!({}));
+    // The four tiers are always there, at 0 before anything was read.
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 0, "trusted": 0, "sandbox": 0, "external": 0})
+    );
     assert_eq!(m["confidence_deltas"], json!([]));
     assert_eq!(m["logs"], json!([]));
     // A missing file is never created by the reader.

@@ -18,14 +18,37 @@ pub struct ArkParams {
     pub quarantine_window: Duration,
 }
 
+/// The tiers `trust_distribution` always carries (seed 001: "count by tier
+/// (core/trusted/sandbox/external)"), 0 when no row has them; the seed's
+/// clients read them without checking that they exist.
+pub const TRUST_TIERS: [&str; 4] = ["core", "trusted", "sandbox", "external"];
+
+/// A trust distribution with every tier of [`TRUST_TIERS`] at 0.
+pub fn empty_trust_distribution() -> BTreeMap<String, u64> {
+    TRUST_TIERS.iter().map(|t| (t.to_string(), 0)).collect()
+}
+
 /// What the ark section shows.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ArkValues {
     pub dedup_rate: f64,
     pub quarantine_count: u64,
+    /// Every tier of [`TRUST_TIERS`], and any other tier found.
     pub trust_distribution: BTreeMap<String, u64>,
     /// Newest last.
     pub logs: Vec<LogEvent>,
+}
+
+impl Default for ArkValues {
+    /// Nothing read yet: zeros, with the four tiers present.
+    fn default() -> Self {
+        Self {
+            dedup_rate: 0.0,
+            quarantine_count: 0,
+            trust_distribution: empty_trust_distribution(),
+            logs: Vec::new(),
+        }
+    }
 }
 
 /// Longest error text quoted in a log message.
@@ -39,14 +62,16 @@ pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut stmt = conn.prepare(
-        "SELECT COALESCE(NULLIF(trim(trust_tier), ''), 'unknown') AS tier, COUNT(*)
+        "SELECT COALESCE(NULLIF(lower(trim(trust_tier)), ''), 'unknown') AS tier, COUNT(*)
          FROM code_index GROUP BY tier",
     )?;
-    let trust_distribution = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let mut trust_distribution = empty_trust_distribution();
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })? {
+        let (tier, count) = row?;
+        trust_distribution.insert(tier, count);
+    }
     let quarantine_count: i64 = conn.query_row(
         "SELECT COUNT(*) FROM sandbox_executions
          WHERE lower(status) <> 'success' AND created_at > datetime('now', ?1)",
@@ -110,7 +135,7 @@ mod tests {
     fn ark_numbers_by_hand() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(ARK_DDL).unwrap();
-        for tier in ["core", "core", "core", "sandbox", "external", ""] {
+        for tier in ["core", "core", " Core ", "sandbox", "external", ""] {
             conn.execute(
                 "INSERT INTO code_index (file_path, trust_tier) VALUES ('f', ?1)",
                 [tier],
@@ -150,14 +175,20 @@ mod tests {
         assert_eq!(v.quarantine_count, 2);
         assert_eq!(
             v.trust_distribution,
+            // No trusted row: still there, at 0.
             BTreeMap::from([
                 ("core".to_string(), 3),
                 ("external".to_string(), 1),
                 ("sandbox".to_string(), 1),
+                ("trusted".to_string(), 0),
                 ("unknown".to_string(), 1),
             ])
         );
         assert_eq!(v.logs.len(), 3);
+        assert_eq!(
+            ArkValues::default().trust_distribution,
+            empty_trust_distribution()
+        );
         assert_eq!(
             v.logs[2].message,
             "Quarantined sandbox execution 1 (failed): boom"

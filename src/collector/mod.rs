@@ -549,7 +549,10 @@ mod tests {
         assert_eq!(m["version"], 3);
         assert_eq!(m["sources"]["ark"]["source"], "stale");
         assert!(m["sources"]["ark"]["age_seconds"].as_f64().is_some());
-        assert_eq!(m["trust_distribution"], serde_json::json!({"core": 1}));
+        assert_eq!(
+            m["trust_distribution"],
+            serde_json::json!({"core": 1, "trusted": 0, "sandbox": 0, "external": 0})
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

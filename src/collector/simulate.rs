@@ -6,7 +6,9 @@
 //! 94 % (±2), data integrity 99.5–99.9 %, average latency 40–50 ms; sync events
 //! of types memory_sync, config_update, heartbeat. Ingestion 7–9/s,
 //! consolidation 6–8/s, dedup 91–94 %, quarantine 0–2, trust distribution core
-//! 8–12, sandbox 2–5, external 0–2, confidence deltas in ±0.05, a 10-event log.
+//! 8–12, sandbox 2–5, external 0–2 (and trusted 3–6: seed 000's sample has no
+//! trusted tier, but seed 001 counts it and the live section always carries
+//! it), confidence deltas in ±0.05, a 10-event log.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -181,6 +183,7 @@ impl Simulator {
         }
         let trust_distribution = BTreeMap::from([
             ("core".to_string(), self.rng.random_range(8..=12)),
+            ("trusted".to_string(), self.rng.random_range(3..=6)),
             ("sandbox".to_string(), self.rng.random_range(2..=5)),
             ("external".to_string(), self.rng.random_range(0..=2)),
         ]);
@@ -226,6 +229,9 @@ mod tests {
             assert_eq!(m.confidence_deltas.len(), 50);
             assert!(m.confidence_deltas.iter().all(|d| d.abs() <= 0.05));
             assert!((8..=12).contains(&m.trust_distribution["core"]));
+            for tier in crate::collector::ark::TRUST_TIERS {
+                assert!(m.trust_distribution.contains_key(tier), "{tier}");
+            }
             assert!(m.logs.len() <= 10);
         }
     }
