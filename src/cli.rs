@@ -820,9 +820,13 @@ pub struct CollectorSources {
     #[arg(long, env = "SWITCHBOARD_FEDERATION_DISCOVER_MAX_BYTES", default_value_t = 1024 * 1024)]
     pub federation_discover_max_bytes: usize,
 
-    /// A peer whose last_seen is older than this counts as offline, whatever its status says.
-    #[arg(long, env = "SWITCHBOARD_PEER_STALENESS", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub peer_staleness: Duration,
+    /// Opt-in: a peer whose last_seen is older than this (or missing) counts as
+    /// offline, whatever the status in its hash says. Unset (the default): the
+    /// hash's status is shown as written, as seed 001 does (its federation
+    /// service keeps status up to date); 30s gives the behaviour of releases
+    /// before this flag became opt-in.
+    #[arg(long, env = "SWITCHBOARD_PEER_STALENESS", value_parser = humantime::parse_duration)]
+    pub peer_staleness: Option<Duration>,
 
     /// Weights of trust tiers in data integrity, TIER=WEIGHT pairs; `*` is every other tier.
     #[arg(long, env = "SWITCHBOARD_TRUST_WEIGHTS", default_value = crate::collector::formulas::DEFAULT_TRUST_WEIGHTS)]
@@ -878,6 +882,12 @@ impl CollectorSources {
         }
         if self.rate_window.is_zero() {
             return Err("--rate-window must be more than 0".into());
+        }
+        if self.peer_staleness.is_some_and(|s| s.is_zero()) {
+            return Err(
+                "--peer-staleness must be more than 0 (leave it unset to keep each peer's status)"
+                    .into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.consolidation_threshold) {
             return Err("--consolidation-threshold must be between 0 and 1".into());

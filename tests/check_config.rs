@@ -199,6 +199,10 @@ fn wrong_values_are_refused_with_what_to_fix() {
         "--lease-renew-interval",
     );
     assert_refused(
+        &collector(&[("SWITCHBOARD_PEER_STALENESS", "0s")]),
+        "--peer-staleness must be more than 0",
+    );
+    assert_refused(
         &run(&["collector", "--check-config"], &[]),
         "no Redis configured",
     );

@@ -622,6 +622,77 @@ async fn trust_distribution_always_carries_the_four_tiers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn peers_keep_the_status_of_their_hash_unless_peer_staleness_is_set() {
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    // A peer without any last_seen.
+    let mut fed = federation_redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg("peer:ark-edge-1")
+        .arg(&[
+            "trust_tier",
+            "external",
+            "status",
+            "online",
+            "latency",
+            "15",
+        ])
+        .query_async(&mut fed)
+        .await
+        .unwrap();
+    let fed_url = federation_redis.url();
+    let peer = |f: &Value, id: &str| {
+        f["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("no peer {id} in {f}"))
+            .clone()
+    };
+
+    // Default: each peer shows the status its hash says.
+    let redis = RedisServer::start();
+    let _keep = collector(&redis, &["--federation-redis-url", &fed_url]);
+    let mut conn = redis.connection().await;
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    assert_eq!(
+        peer(&f, "ark-trusted-2")["status"],
+        "online",
+        "hour-old last_seen"
+    );
+    assert_eq!(peer(&f, "ark-edge-1")["status"], "online", "no last_seen");
+    assert_eq!(peer(&f, "ark-edge-1")["last_seen"], 0);
+    assert_eq!(peer(&f, "ark-verified-1")["status"], "degraded");
+    // 5 of 6 online; (1 + 1 + 0.75 + 0.75 + 0.25) / (3.75 + 0.5) = 88.2 %;
+    // latency (10 + 20 + 33 + 500 + 15) / 5 = 115.6.
+    assert_eq!(f["network_health"], 83.3);
+    assert_eq!(f["data_integrity"], 88.2);
+    assert_eq!(f["avg_latency"], 115.6);
+
+    // --peer-staleness 30s (opt-in): old or missing heartbeats are offline.
+    let redis = RedisServer::start();
+    let _stale = collector(
+        &redis,
+        &[
+            "--federation-redis-url",
+            &fed_url,
+            "--peer-staleness",
+            "30s",
+        ],
+    );
+    let mut conn = redis.connection().await;
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    assert_eq!(peer(&f, "ark-trusted-2")["status"], "offline");
+    assert_eq!(peer(&f, "ark-edge-1")["status"], "offline");
+    assert_eq!(peer(&f, "ark-core-1")["status"], "online");
+    // 3 of 6 online; (1 + 1 + 0.75) / 4.25 = 64.7 %; (10 + 20 + 33) / 3.
+    assert_eq!(f["network_health"], 50.0);
+    assert_eq!(f["data_integrity"], 64.7);
+    assert_eq!(f["avg_latency"], 21.0);
+}
+
 /// A switchboard process whose JSON logs go to a file.
 struct Logged {
     child: Child,
@@ -975,21 +1046,12 @@ async fn demo_data_gives_live_dashboards() {
         dir.join("reasoning_logs.db").display().to_string(),
         dir.join("ark.db").display().to_string(),
     );
-    let _collector = collector(
-        &redis,
-        &[
-            "--reasoning-db",
-            &r,
-            "--ark-db",
-            &a,
-            "--peer-staleness",
-            "5m",
-        ],
-    );
+    // No --peer-staleness: the demo peer whose heartbeat stopped says offline itself.
+    let _collector = collector(&redis, &["--reasoning-db", &r, "--ark-db", &a]);
     let mut conn = redis.connection().await;
     let f = wait_stored(&mut conn, "federation", "demo federation live", all_live).await;
     assert_eq!(f["peers"].as_array().unwrap().len(), 5);
-    // Demo peers: 3 online, 1 degraded, 1 with a stale heartbeat (offline).
+    // Demo peers: 3 online, 1 degraded, 1 offline (its heartbeat stopped).
     assert_eq!(f["network_health"], 60.0);
     assert_eq!(f["data_integrity"], 68.8);
     assert_eq!(f["sync_traffic"].as_array().unwrap().len(), 10);

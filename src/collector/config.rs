@@ -25,8 +25,9 @@ pub enum SimulateMode {
 /// Parameters of the formulas.
 #[derive(Debug, Clone)]
 pub struct FormulaConfig {
-    /// A peer whose `last_seen` is older is offline, whatever its status says.
-    pub peer_staleness: Duration,
+    /// With a value, a peer whose `last_seen` is older (or missing) is offline,
+    /// whatever its status says; without (the default), its status is kept.
+    pub peer_staleness: Option<Duration>,
     /// Weights of trust tiers in data integrity.
     pub trust_weights: TrustWeights,
     /// Ingestion and consolidation rates count rows this recent.
@@ -40,7 +41,7 @@ pub struct FormulaConfig {
 impl Default for FormulaConfig {
     fn default() -> Self {
         Self {
-            peer_staleness: Duration::from_secs(30),
+            peer_staleness: None,
             trust_weights: TrustWeights::default(),
             rate_window: Duration::from_secs(60),
             consolidation_threshold: 0.7,
