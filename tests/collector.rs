@@ -693,6 +693,120 @@ async fn peers_keep_the_status_of_their_hash_unless_peer_staleness_is_set() {
     assert_eq!(f["avg_latency"], 21.0);
 }
 
+#[tokio::test]
+async fn databases_without_log_columns_stay_live_and_say_which_are_missing() {
+    let redis = RedisServer::start();
+    let dir = temp_dir("log-columns");
+    let base = SystemTime::now();
+    let ago = |s: u64| sql_time(base - Duration::from_secs(s));
+    let at = |s: u64| rfc3339(base - Duration::from_secs(s));
+
+    // Only the columns the numbers are computed from: no session_id,
+    // agent_name, overall_confidence or stage_name.
+    let reasoning = dir.join("reasoning_logs.db");
+    let conn = rusqlite::Connection::open(&reasoning).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE reasoning_sessions (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);
+         CREATE TABLE reasoning_stages (id INTEGER PRIMARY KEY, confidence REAL, created_at TEXT NOT NULL);",
+    )
+    .unwrap();
+    for age in [12, 10, 8, 6, 4, 2] {
+        conn.execute(
+            "INSERT INTO reasoning_sessions (created_at) VALUES (?1)",
+            [ago(age)],
+        )
+        .unwrap();
+    }
+    for (age, confidence) in [(9, 0.9), (7, 0.8), (5, 0.5)] {
+        conn.execute(
+            "INSERT INTO reasoning_stages (confidence, created_at) VALUES (?1, ?2)",
+            rusqlite::params![confidence, ago(age)],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    // ark.db without sandbox_executions.error.
+    let ark = dir.join("ark.db");
+    let conn = rusqlite::Connection::open(&ark).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE code_index (trust_tier TEXT);
+         CREATE TABLE code_patterns (code_snippet TEXT, usage_count INTEGER);
+         CREATE TABLE sandbox_executions (status TEXT, created_at TEXT);
+         INSERT INTO code_index VALUES ('core');
+         INSERT INTO code_patterns VALUES ('a', 4);",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO sandbox_executions VALUES ('failed', ?1)",
+        [ago(30)],
+    )
+    .unwrap();
+    drop(conn);
+
+    let (r, a) = (reasoning.display().to_string(), ark.display().to_string());
+    let _collector = collector(
+        &redis,
+        &["--reasoning-db", &r, "--ark-db", &a, "--rate-window", "2m"],
+    );
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "memory live", all_live).await;
+    assert_eq!(
+        m["sources"],
+        json!({
+            "reasoning": {"source": "live", "missing_columns": [
+                "reasoning_sessions.session_id", "reasoning_sessions.agent_name",
+                "reasoning_sessions.overall_confidence",
+                "reasoning_stages.session_id", "reasoning_stages.stage_name"]},
+            "ark": {"source": "live", "missing_columns": ["sandbox_executions.error"]},
+        })
+    );
+    // The numbers are whole: 6 sessions and 2 stages ≥ 0.7 in 120 s;
+    // confidences 0.9, 0.8, 0.5; 1 unique snippet used 4 times.
+    assert_eq!(m["ingestion_rate"], 0.05);
+    assert_eq!(m["consolidation_rate"], 0.02);
+    assert_eq!(m["confidence_deltas"], json!([-0.1, -0.3]));
+    assert_eq!(m["dedup_rate"], 75.0);
+    assert_eq!(m["quarantine_count"], 1);
+    // The log lines leave out what is missing.
+    let ingested = |s: u64| {
+        json!({"timestamp": at(s), "type": "ingestion",
+               "message": "Ingested a reasoning session", "severity": "info"})
+    };
+    let consolidated = |s: u64, c: &str| {
+        json!({"timestamp": at(s), "type": "consolidation",
+               "message": format!("Consolidated a stage (confidence {c})"), "severity": "info"})
+    };
+    assert_eq!(
+        m["logs"],
+        json!([
+            {"timestamp": at(30), "type": "quarantine",
+             "message": "Quarantined sandbox execution 1 (failed)", "severity": "warning"},
+            ingested(12), ingested(10), consolidated(9, "0.90"), ingested(8),
+            consolidated(7, "0.80"), ingested(6), ingested(4), ingested(2)
+        ])
+    );
+
+    // A column added later is read from the next cycle on.
+    let writer = rusqlite::Connection::open(&reasoning).unwrap();
+    writer
+        .execute_batch(
+            "ALTER TABLE reasoning_sessions ADD COLUMN agent_name TEXT;
+             UPDATE reasoning_sessions SET agent_name = 'kyle';",
+        )
+        .unwrap();
+    drop(writer);
+    let m = wait_stored(&mut conn, "memory", "agent_name read", |s| {
+        s["sources"]["reasoning"]["missing_columns"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4)
+    })
+    .await;
+    assert_eq!(source_of(&m, "reasoning"), "live");
+    let last = m["logs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["message"], "Ingested a reasoning session from kyle");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A switchboard process whose JSON logs go to a file.
 struct Logged {
     child: Child,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::formulas::dedup_rate;
-use super::reasoning::{LOG_EVENTS, RFC3339, ago};
+use super::reasoning::{LOG_EVENTS, RFC3339, ago, text_of};
+use super::schema::{ARK_LOG_COLUMNS, column_or_null, missing_columns};
 use super::snapshot::LogEvent;
 
 /// Parameters of the ark queries.
@@ -37,6 +38,8 @@ pub struct ArkValues {
     pub trust_distribution: BTreeMap<String, u64>,
     /// Newest last.
     pub logs: Vec<LogEvent>,
+    /// Log-text columns the database lacks (`table.column`).
+    pub missing_columns: Vec<String>,
 }
 
 impl Default for ArkValues {
@@ -47,6 +50,7 @@ impl Default for ArkValues {
             quarantine_count: 0,
             trust_distribution: empty_trust_distribution(),
             logs: Vec::new(),
+            missing_columns: Vec::new(),
         }
     }
 }
@@ -56,6 +60,7 @@ const MAX_ERROR_CHARS: usize = 160;
 
 /// Runs the ark queries (inside the caller's read transaction).
 pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
+    let missing = missing_columns(conn, ARK_LOG_COLUMNS)?;
     let (unique, total): (i64, f64) = conn.query_row(
         "SELECT COUNT(DISTINCT code_snippet), COALESCE(SUM(usage_count), 0) FROM code_patterns",
         [],
@@ -82,19 +87,15 @@ pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
         "SELECT rowid, status, {RFC3339}, {error}
          FROM sandbox_executions WHERE lower(status) <> 'success'
          ORDER BY created_at DESC, rowid DESC LIMIT ?1",
-        error = if has_column(conn, "sandbox_executions", "error")? {
-            "error"
-        } else {
-            "NULL"
-        }
+        error = column_or_null(&missing, "sandbox_executions", "error"),
     ))?;
     let logs = stmt
         .query_map([LOG_EVENTS as i64], |r| {
             let id: i64 = r.get(0)?;
             let status: String = r.get(1)?;
             let at: String = r.get(2)?;
-            let error: Option<String> = r.get(3)?;
-            let message = match error.filter(|e| !e.trim().is_empty()) {
+            let error = text_of(r, 3)?;
+            let message = match error {
                 Some(e) => format!(
                     "Quarantined sandbox execution {id} ({status}): {}",
                     e.trim().chars().take(MAX_ERROR_CHARS).collect::<String>()
@@ -114,16 +115,8 @@ pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
         quarantine_count: quarantine_count.max(0) as u64,
         trust_distribution,
         logs: super::reasoning::newest(logs, LOG_EVENTS),
+        missing_columns: missing,
     })
-}
-
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
 }
 
 #[cfg(test)]

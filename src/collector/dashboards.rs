@@ -49,6 +49,10 @@ pub struct Dashboards {
     discover: Tracked<Vec<PeerRecord>>,
     reasoning: Tracked<ReasoningValues>,
     ark: Tracked<ArkValues>,
+    /// Log-text columns found missing at the last live read, per section
+    /// (logged when the set changes).
+    reasoning_missing: Vec<String>,
+    ark_missing: Vec<String>,
 }
 
 impl Dashboards {
@@ -62,6 +66,8 @@ impl Dashboards {
             discover: Tracked::new(Section::Discover),
             reasoning: Tracked::new(Section::Reasoning),
             ark: Tracked::new(Section::Ark),
+            reasoning_missing: Vec::new(),
+            ark_missing: Vec::new(),
         }
     }
 
@@ -71,7 +77,7 @@ impl Dashboards {
         let good_at = |generated_at: &str, provenance: Option<&Provenance>| {
             let generated = humantime::parse_rfc3339_weak(generated_at).ok()?;
             match provenance? {
-                Provenance::Live => Some(generated),
+                Provenance::Live { .. } => Some(generated),
                 Provenance::Stale {
                     age_seconds: Some(age),
                     ..
@@ -112,6 +118,7 @@ impl Dashboards {
                         consolidation_rate: m.consolidation_rate,
                         confidence_deltas: m.confidence_deltas,
                         logs: reasoning_logs,
+                        missing_columns: Vec::new(),
                     },
                     at,
                 );
@@ -123,6 +130,7 @@ impl Dashboards {
                         quarantine_count: m.quarantine_count,
                         trust_distribution: m.trust_distribution,
                         logs: ark_logs,
+                        missing_columns: Vec::new(),
                     },
                     at,
                 );
@@ -266,7 +274,16 @@ impl Dashboards {
 
         let (reasoning, provenance) = match (self.config.plan(Section::Reasoning), reads.reasoning)
         {
-            (Plan::Read, Some(result)) => self.reasoning.record(result, now, &self.metrics),
+            (Plan::Read, Some(result)) => {
+                let (values, provenance) = self.reasoning.record(result, now, &self.metrics);
+                let provenance = with_missing_columns(
+                    Section::Reasoning,
+                    provenance,
+                    &values.missing_columns,
+                    &mut self.reasoning_missing,
+                );
+                (values, provenance)
+            }
             (Plan::Simulate, _) => (
                 simulated
                     .as_ref()
@@ -275,6 +292,7 @@ impl Dashboards {
                         consolidation_rate: m.consolidation_rate,
                         confidence_deltas: m.confidence_deltas.clone(),
                         logs: m.logs.clone(),
+                        missing_columns: Vec::new(),
                     })
                     .unwrap_or_default(),
                 Provenance::Simulated,
@@ -285,7 +303,16 @@ impl Dashboards {
         sources.insert(Section::Reasoning.name().to_string(), provenance);
 
         let (ark, provenance) = match (self.config.plan(Section::Ark), reads.ark) {
-            (Plan::Read, Some(result)) => self.ark.record(result, now, &self.metrics),
+            (Plan::Read, Some(result)) => {
+                let (values, provenance) = self.ark.record(result, now, &self.metrics);
+                let provenance = with_missing_columns(
+                    Section::Ark,
+                    provenance,
+                    &values.missing_columns,
+                    &mut self.ark_missing,
+                );
+                (values, provenance)
+            }
             (Plan::Simulate, _) => (
                 simulated
                     .as_ref()
@@ -295,6 +322,7 @@ impl Dashboards {
                         trust_distribution: m.trust_distribution.clone(),
                         // The simulator's log is shown with the reasoning section.
                         logs: Vec::new(),
+                        missing_columns: Vec::new(),
                     })
                     .unwrap_or_default(),
                 Provenance::Simulated,
@@ -317,6 +345,34 @@ impl Dashboards {
             version,
             sources,
         }
+    }
+}
+
+/// A live read's provenance names the log-text columns its source lacks
+/// (`missing_columns`); a change of that set is logged once.
+fn with_missing_columns(
+    section: Section,
+    provenance: Provenance,
+    missing: &[String],
+    previous: &mut Vec<String>,
+) -> Provenance {
+    let Provenance::Live { .. } = provenance else {
+        return provenance;
+    };
+    if previous.as_slice() != missing {
+        if missing.is_empty() {
+            tracing::info!(%section, "collector source has every log column again");
+        } else {
+            tracing::warn!(
+                %section,
+                missing_columns = ?missing,
+                "collector source lacks columns that only feed log text: the section stays live, its log lines leave them out"
+            );
+        }
+        *previous = missing.to_vec();
+    }
+    Provenance::Live {
+        missing_columns: missing.to_vec(),
     }
 }
 

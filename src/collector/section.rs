@@ -92,7 +92,7 @@ impl<T: Clone + Default> Tracked<T> {
                             .map_or(0, |d| d.as_secs()) as i64,
                     );
                 self.last_good = Some((value.clone(), now));
-                (value, Provenance::Live)
+                (value, Provenance::live())
             }
             Err(error) => {
                 if self.failing.as_deref() != Some(error.as_str()) {
@@ -162,7 +162,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut t: Tracked<u32> = Tracked::new(Section::Ark);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::Live));
+        assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::live()));
         let (v, p) = t.record(
             Err("locked".into()),
             t0 + Duration::from_millis(2_500),
@@ -185,7 +185,7 @@ mod tests {
         );
         assert_eq!(
             t.record(Ok(9), t0 + Duration::from_secs(5), &metrics).1,
-            Provenance::Live
+            Provenance::live()
         );
         assert_eq!(
             metrics

@@ -54,7 +54,13 @@ pub struct LogEvent {
 #[serde(rename_all = "snake_case", tag = "source")]
 pub enum Provenance {
     /// Read from the configured source in this cycle.
-    Live,
+    Live {
+        /// Columns (`table.column`) the source lacks that only feed log text:
+        /// the log lines leave them out, the numbers are complete. Absent when
+        /// none is missing.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing_columns: Vec<String>,
+    },
     /// Invented: no source is configured for this section (or `--simulate always`).
     Simulated,
     /// The configured source failed; these are its last good values.
@@ -65,6 +71,15 @@ pub enum Provenance {
         /// Why the source failed.
         error: String,
     },
+}
+
+impl Provenance {
+    /// Live, nothing missing.
+    pub fn live() -> Self {
+        Self::Live {
+            missing_columns: Vec::new(),
+        }
+    }
 }
 
 /// The federation dashboard (`/ws/federation`).
