@@ -49,6 +49,9 @@ EXTRA_SETS = [
     (f"collector.sources.simulate={mode}", {**REDIS, "collector": {"sources": {"simulate": mode}}})
     for mode in ("always", "never")
 ] + [
+    ("collector.sources.onSourceFailure=simulate",
+     {**REDIS, "collector": {"sources": {"onSourceFailure": "simulate"}}}),
+] + [
     ("collector.enabled=false with the PrometheusRule",
      {**REDIS, "collector": {"enabled": False}, "prometheusRule": {"enabled": True}}),
 ]
@@ -423,6 +426,11 @@ def main():
                    "minReplicas must not exceed", "autoscaling bounds reversed")
     expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": True}}}),
                    "simulate", "collector.sources.simulate as a boolean")
+    expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"onSourceFailure": "mock"}}}),
+                   "onSourceFailure", "an unknown collector.sources.onSourceFailure")
+    expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": "never",
+                                                                       "onSourceFailure": "simulate"}}}),
+                   "contradicts", "onSourceFailure simulate with simulate never")
     print("ok  bad values are refused with a clear message")
 
     if a.binary:

@@ -20,7 +20,7 @@ use crate::collector::discover::DiscoverConfig;
 use crate::collector::federation::FederationRedisConfig;
 use crate::collector::formulas::TrustWeights;
 use crate::collector::sqlite::SqliteConfig;
-use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
+use crate::collector::{CollectorConfig, FormulaConfig, OnSourceFailure, SimulateMode};
 use crate::config::{Drain, GatewayConfig, Limits, Security, Timeouts};
 use crate::engine::connection::RedisTarget;
 use crate::engine::tls::{RedisTls, TlsError, TlsFiles};
@@ -779,6 +779,18 @@ pub struct CollectorSources {
     #[arg(long, env = "SWITCHBOARD_SIMULATE", value_enum, default_value = "auto")]
     pub simulate: SimulateMode,
 
+    /// What a section shows when its configured source fails: `stale` its last
+    /// good values, marked stale with their age and the error (never invented
+    /// numbers); `simulate` simulated values, marked simulated with the error
+    /// (seed 001's fallback, for clients that never read `sources`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ON_SOURCE_FAILURE",
+        value_enum,
+        default_value = "stale"
+    )]
+    pub on_source_failure: OnSourceFailure,
+
     /// Redis holding the federation's peer hashes and sync events
     /// (collector default: --redis-url; standalone: none, simulated); one
     /// Redis, redis://… or rediss://… (TLS, with the --redis-ca-file trust).
@@ -883,6 +895,13 @@ impl CollectorSources {
         if self.rate_window.is_zero() {
             return Err("--rate-window must be more than 0".into());
         }
+        if self.simulate == SimulateMode::Never
+            && self.on_source_failure == OnSourceFailure::Simulate
+        {
+            return Err(
+                "--on-source-failure simulate contradicts --simulate never (which simulates nothing): choose one".into(),
+            );
+        }
         if self.peer_staleness.is_some_and(|s| s.is_zero()) {
             return Err(
                 "--peer-staleness must be more than 0 (leave it unset to keep each peer's status)"
@@ -936,6 +955,7 @@ impl CollectorSources {
         Ok(CollectorConfig {
             interval: low..=schedule.collect_interval_max.max(low),
             simulate: self.simulate,
+            on_source_failure: self.on_source_failure,
             federation,
             discover,
             reasoning_db: sqlite(&self.reasoning_db),

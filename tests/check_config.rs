@@ -115,12 +115,18 @@ fn a_valid_gateway_configuration_passes_without_opening_anything() {
 
 #[test]
 fn a_valid_collector_and_standalone_configuration_pass() {
-    for mode in ["auto", "always", "never"] {
+    for (mode, on_failure) in [
+        ("auto", "stale"),
+        ("auto", "simulate"),
+        ("always", "simulate"),
+        ("never", "stale"),
+    ] {
         let out = run(
             &["collector", "--check-config"],
             &[
                 ("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:1/0"),
                 ("SWITCHBOARD_SIMULATE", mode),
+                ("SWITCHBOARD_ON_SOURCE_FAILURE", on_failure),
                 ("SWITCHBOARD_REASONING_DB", "/nonexistent/reasoning_logs.db"),
                 (
                     "SWITCHBOARD_FEDERATION_REDIS_URL",
@@ -130,7 +136,7 @@ fn a_valid_collector_and_standalone_configuration_pass() {
         );
         assert!(
             out.status.success(),
-            "--simulate {mode}: {}",
+            "--simulate {mode} --on-source-failure {on_failure}: {}",
             text(&out.stderr)
         );
         assert!(text(&out.stdout).contains("switchboard collector: configuration valid"));
@@ -197,6 +203,17 @@ fn wrong_values_are_refused_with_what_to_fix() {
     assert_refused(
         &collector(&[("SWITCHBOARD_LEASE_TTL", "1s")]),
         "--lease-renew-interval",
+    );
+    assert_refused(
+        &collector(&[
+            ("SWITCHBOARD_SIMULATE", "never"),
+            ("SWITCHBOARD_ON_SOURCE_FAILURE", "simulate"),
+        ]),
+        "--on-source-failure simulate contradicts --simulate never",
+    );
+    assert_refused(
+        &collector(&[("SWITCHBOARD_ON_SOURCE_FAILURE", "mock")]),
+        "[possible values: stale, simulate]",
     );
     assert_refused(
         &collector(&[("SWITCHBOARD_PEER_STALENESS", "0s")]),

@@ -807,6 +807,101 @@ async fn databases_without_log_columns_stay_live_and_say_which_are_missing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn on_source_failure_simulate_falls_back_to_simulated_values_marked_with_the_failure() {
+    let redis = RedisServer::start();
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    let db = create_databases();
+    // reasoning_logs.db is not there yet.
+    let aside = db.dir.join("aside.db");
+    std::fs::rename(&db.reasoning, &aside).unwrap();
+    let (r, a, fed_url) = (
+        db.reasoning.display().to_string(),
+        db.ark.display().to_string(),
+        federation_redis.url(),
+    );
+    let collector_proc = collector(
+        &redis,
+        &[
+            "--on-source-failure",
+            "simulate",
+            "--federation-redis-url",
+            &fed_url,
+            "--reasoning-db",
+            &r,
+            "--ark-db",
+            &a,
+        ],
+    );
+    let mut conn = redis.connection().await;
+
+    // The failed source: simulated values in the seed's ranges, marked
+    // simulated with the failure; the working one live.
+    let m = wait_stored(&mut conn, "memory", "reasoning simulated", |s| {
+        source_of(s, "reasoning") == "simulated" && source_of(s, "ark") == "live"
+    })
+    .await;
+    let error = m["sources"]["reasoning"]["error"].as_str().unwrap();
+    assert!(error.contains("no such file"), "{error}");
+    assert!((7.0..=9.0).contains(&m["ingestion_rate"].as_f64().unwrap()));
+    assert!((6.0..=8.0).contains(&m["consolidation_rate"].as_f64().unwrap()));
+    assert_eq!(m["confidence_deltas"].as_array().unwrap().len(), 50);
+    assert_eq!(m["dedup_rate"], 75.0, "ark is read");
+    let body = http_get(collector_proc.port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric_value(
+            &body,
+            "switchboard_collector_source_up",
+            "source=\"reasoning\""
+        ),
+        0.0,
+        "the failure still shows in the metrics"
+    );
+    // The file appears: live.
+    std::fs::rename(&aside, &db.reasoning).unwrap();
+    let m = wait_stored(&mut conn, "memory", "reasoning live", all_live).await;
+    assert_eq!(m["sources"]["reasoning"], json!({"source": "live"}));
+
+    // The federation Redis goes down: both sections simulated, not frozen.
+    wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let port = federation_redis.port;
+    let mut federation_redis = federation_redis;
+    federation_redis.kill();
+    let f = wait_stored(&mut conn, "federation", "federation simulated", |s| {
+        source_of(s, "peers") == "simulated" && source_of(s, "sync_events") == "simulated"
+    })
+    .await;
+    for section in ["peers", "sync_events"] {
+        assert!(
+            f["sources"][section]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("federation Redis")),
+            "{}",
+            f["sources"][section]
+        );
+    }
+    assert!((92.0..=96.0).contains(&f["network_health"].as_f64().unwrap()));
+    assert!(
+        f["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"].as_str().unwrap().starts_with("ark-")),
+        "{}",
+        f["peers"]
+    );
+    let version = f["version"].as_u64().unwrap();
+    let next = wait_stored(&mut conn, "federation", "another simulated cycle", |s| {
+        s["version"].as_u64() > Some(version) && source_of(s, "peers") == "simulated"
+    })
+    .await;
+    assert!(!next["sync_traffic"].as_array().unwrap().is_empty());
+    let restarted = RedisServer::start_on(port);
+    write_federation(&restarted).await;
+    wait_stored(&mut conn, "federation", "federation live again", all_live).await;
+}
+
 /// A switchboard process whose JSON logs go to a file.
 struct Logged {
     child: Child,

@@ -22,6 +22,18 @@ pub enum SimulateMode {
     Never,
 }
 
+/// What a section shows when its configured source fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnSourceFailure {
+    /// Its last good values, marked stale with their age and the error; never
+    /// invented numbers.
+    #[default]
+    Stale,
+    /// Simulated values (seed 001's fallback), marked simulated with the error,
+    /// for clients that never read `sources` and must not show frozen numbers.
+    Simulate,
+}
+
 /// Parameters of the formulas.
 #[derive(Debug, Clone)]
 pub struct FormulaConfig {
@@ -56,6 +68,7 @@ pub struct CollectorConfig {
     /// Time between cycles, drawn uniformly from this range.
     pub interval: RangeInclusive<Duration>,
     pub simulate: SimulateMode,
+    pub on_source_failure: OnSourceFailure,
     /// Peers and sync events in Redis.
     pub federation: Option<FederationRedisConfig>,
     /// The federation service's `/discover` (used with `federation`).
@@ -72,6 +85,7 @@ impl Default for CollectorConfig {
         Self {
             interval: Duration::from_secs(2)..=Duration::from_secs(3),
             simulate: SimulateMode::Auto,
+            on_source_failure: OnSourceFailure::Stale,
             federation: None,
             discover: None,
             reasoning_db: None,
@@ -95,6 +109,11 @@ pub enum Plan {
 }
 
 impl CollectorConfig {
+    /// Whether a failed read of a configured source shows simulated values.
+    pub fn simulates_failures(&self) -> bool {
+        self.on_source_failure == OnSourceFailure::Simulate
+    }
+
     /// The plan for `section` under this configuration.
     pub fn plan(&self, section: Section) -> Plan {
         let (configured, flag) = match section {

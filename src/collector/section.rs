@@ -52,6 +52,9 @@ pub struct Tracked<T> {
     last_good: Option<(T, SystemTime)>,
     failing: Option<String>,
     ever_read: bool,
+    /// A failure is shown with simulated values (`--on-source-failure
+    /// simulate`): only what the log says.
+    simulates_failures: bool,
 }
 
 impl<T: Clone + Default> Tracked<T> {
@@ -61,7 +64,14 @@ impl<T: Clone + Default> Tracked<T> {
             last_good: None,
             failing: None,
             ever_read: false,
+            simulates_failures: false,
         }
+    }
+
+    /// Says in the log that a failure is shown with simulated values.
+    pub fn simulating_failures(mut self, yes: bool) -> Self {
+        self.simulates_failures = yes;
+        self
     }
 
     /// Records this cycle's read and returns the values to show with their provenance.
@@ -99,7 +109,7 @@ impl<T: Clone + Default> Tracked<T> {
                     tracing::warn!(
                         section,
                         %error,
-                        kept = if self.last_good.is_some() { "last good values, marked stale" } else { "no values yet, marked stale" },
+                        kept = if self.simulates_failures { "simulated values, marked simulated (--on-source-failure simulate)" } else if self.last_good.is_some() { "last good values, marked stale" } else { "no values yet, marked stale" },
                         "collector source unavailable"
                     );
                     self.failing = Some(error.clone());

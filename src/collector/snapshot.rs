@@ -61,8 +61,14 @@ pub enum Provenance {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         missing_columns: Vec<String>,
     },
-    /// Invented: no source is configured for this section (or `--simulate always`).
-    Simulated,
+    /// Invented: no source is configured for this section (or `--simulate
+    /// always`), or — with `error` — its configured source failed and
+    /// `--on-source-failure simulate` falls back to simulated values.
+    Simulated {
+        /// Why the configured source failed (absent when none is configured).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The configured source failed; these are its last good values.
     Stale {
         /// Seconds since the values were read (absent if there never were any).
@@ -79,6 +85,11 @@ impl Provenance {
         Self::Live {
             missing_columns: Vec::new(),
         }
+    }
+
+    /// Simulated because no source is configured (or `--simulate always`).
+    pub fn simulated() -> Self {
+        Self::Simulated { error: None }
     }
 }
 
