@@ -15,6 +15,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::mint::{TokenSpec, mint};
 use crate::auth::{JwtConfig, Verifier};
+use crate::cli::seed_env::{self, SeedEnv};
 use crate::cli::{
     CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
 };
@@ -144,7 +145,8 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    seed_env::log_applied(&SeedEnv::from_env().apply_to_standalone(&mut args));
     let config = args
         .server
         .gateway_config(args.listen)
@@ -164,6 +166,10 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .config(&args.collector, None)
         .map_err(anyhow::Error::msg)?;
     if args.check.check_config {
+        // What `Collector::new` checks later: the federation URL parses.
+        if let Some(federation) = collector_config.federation.clone() {
+            FederationRedis::new(federation).context("--federation-redis-url")?;
+        }
         return configuration_valid("standalone", "in-memory engine");
     }
     if jwt.is_some() {
@@ -305,8 +311,15 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let target = args.redis.target().map_err(anyhow::Error::msg)?;
+async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    seed_env::log_applied(&SeedEnv::from_env().apply_to_collector(&mut args));
+    let target = args.redis.target().map_err(|e| {
+        if args.redis.redis_url.is_none() && args.redis.redis_cluster_urls.is_empty() {
+            anyhow::anyhow!("{e}; or set REDIS_URL (seed 001's variable)")
+        } else {
+            anyhow::Error::msg(e)
+        }
+    })?;
     // The federation's peers are read with SCAN from one Redis: by default the
     // engine's, which a cluster is not (give --federation-redis-url then).
     let default_federation = match &target {

@@ -6,6 +6,10 @@
 //! `bench --channels`, are listed (with their reasons) in the test that walks
 //! the command tree to keep this true. Flags map onto the
 //! runtime configuration in `config.rs`, where each default is explained.
+//! `collector` and `standalone` also read seed 001's `REDIS_URL` and
+//! `ARK_BASE_PATH` for what the flags leave unset ([`seed_env`]).
+
+pub mod seed_env;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,10 +73,12 @@ pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
     /// Without a JWT key flag it runs without authentication, so it binds
     /// loopback only (unless --allow-remote); with one it authenticates like a gateway.
+    #[command(after_help = seed_env::STANDALONE_HELP)]
     Standalone(StandaloneArgs),
     /// One gateway replica on a shared Redis.
     Gateway(GatewayArgs),
     /// The collector: computes the federation and memory snapshots and publishes them to Redis.
+    #[command(after_help = seed_env::COLLECTOR_HELP)]
     Collector(CollectorArgs),
     /// Prints a signed JWT for development and tests.
     Token(TokenArgs),
@@ -604,7 +610,8 @@ pub struct RedisArgs {
     /// One Redis: redis://[user:password@]host:port[/db], or rediss://… over
     /// TLS. A Redis Cluster: redis+cluster://[user:password@]host:port[,host:port…]
     /// (rediss+cluster://… over TLS), or use --redis-cluster-urls. Exactly one
-    /// of the two is required.
+    /// of the two is required; the collector, given neither (nor their
+    /// variables), takes seed 001's REDIS_URL.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -792,8 +799,9 @@ pub struct CollectorSources {
     pub on_source_failure: OnSourceFailure,
 
     /// Redis holding the federation's peer hashes and sync events
-    /// (collector default: --redis-url; standalone: none, simulated); one
-    /// Redis, redis://… or rediss://… (TLS, with the --redis-ca-file trust).
+    /// (collector default: --redis-url; standalone: seed 001's REDIS_URL if
+    /// set, else none, simulated); one Redis, redis://… or rediss://… (TLS,
+    /// with the --redis-ca-file trust).
     #[arg(long, env = "SWITCHBOARD_FEDERATION_REDIS_URL")]
     pub federation_redis_url: Option<String>,
 
@@ -844,11 +852,15 @@ pub struct CollectorSources {
     #[arg(long, env = "SWITCHBOARD_TRUST_WEIGHTS", default_value = crate::collector::formulas::DEFAULT_TRUST_WEIGHTS)]
     pub trust_weights: TrustWeights,
 
-    /// SQLite reasoning_logs.db (reasoning_sessions, reasoning_stages), opened read-only.
+    /// SQLite reasoning_logs.db (reasoning_sessions, reasoning_stages), opened
+    /// read-only. Default: $ARK_BASE_PATH/data/reasoning_logs.db when seed 001's
+    /// ARK_BASE_PATH is set; else none (the section is simulated).
     #[arg(long, env = "SWITCHBOARD_REASONING_DB")]
     pub reasoning_db: Option<PathBuf>,
 
-    /// SQLite ark.db (code_index, code_patterns, sandbox_executions), opened read-only.
+    /// SQLite ark.db (code_index, code_patterns, sandbox_executions), opened
+    /// read-only. Default: $ARK_BASE_PATH/data/ark.db when seed 001's
+    /// ARK_BASE_PATH is set; else none (the section is simulated).
     #[arg(long, env = "SWITCHBOARD_ARK_DB")]
     pub ark_db: Option<PathBuf>,
 

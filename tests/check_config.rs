@@ -226,6 +226,89 @@ fn wrong_values_are_refused_with_what_to_fix() {
 }
 
 #[test]
+fn seed_001_variables_fill_what_the_flags_leave_unset() {
+    // REDIS_URL alone is the collector's Redis.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            ("ARK_BASE_PATH", "/nonexistent/ark"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("redis://seed.example:6379/0"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/ark/data/reasoning_logs.db")
+            && stderr.contains("/nonexistent/ark/data/ark.db"),
+        "the paths taken from ARK_BASE_PATH are logged: {stderr}"
+    );
+    // SWITCHBOARD_REDIS_URL wins over REDIS_URL; so does the flag.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            (
+                "SWITCHBOARD_REDIS_URL",
+                "redis://switchboard.example:6379/0",
+            ),
+        ],
+    );
+    assert!(text(&out.stdout).contains("redis://switchboard.example:6379/0"));
+    let out = run(
+        &[
+            "collector",
+            "--check-config",
+            "--redis-url",
+            "redis://flag.example:6379/0",
+        ],
+        &[("REDIS_URL", "redis://seed.example:6379/0")],
+    );
+    assert!(text(&out.stdout).contains("redis://flag.example:6379/0"));
+    // A cluster given: REDIS_URL is not taken as a second Redis.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            (
+                "SWITCHBOARD_REDIS_CLUSTER_URLS",
+                "redis://node.example:7000",
+            ),
+            (
+                "SWITCHBOARD_FEDERATION_REDIS_URL",
+                "redis://federation.example:6379",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Redis Cluster"));
+    // A bad REDIS_URL is refused like a bad --redis-url.
+    assert_refused(
+        &run(
+            &["collector", "--check-config"],
+            &[("REDIS_URL", "http://redis:6379")],
+        ),
+        "bad Redis URL",
+    );
+    // Without any Redis, the refusal names the seed's variable too.
+    assert_refused(&run(&["collector", "--check-config"], &[]), "REDIS_URL");
+    // standalone: REDIS_URL is its federation source, checked like the flag.
+    assert_refused(
+        &run(
+            &["standalone", "--check-config"],
+            &[("REDIS_URL", "federation:6379")],
+        ),
+        "--federation-redis-url",
+    );
+    let out = run(
+        &["standalone", "--check-config"],
+        &[("REDIS_URL", "redis://seed.example:6379/0")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
 fn check_config_is_not_read_from_the_environment() {
     // A stray variable must not make a pod exit at once: the binary goes on to
     // start, and here stops at the first real check (standalone beyond loopback).

@@ -914,6 +914,8 @@ impl Logged {
             .args(args)
             .env("SWITCHBOARD_LOG_FORMAT", "json")
             .env("SWITCHBOARD_LOG_LEVEL", "info")
+            .env_remove("REDIS_URL")
+            .env_remove("ARK_BASE_PATH")
             .stdout(Stdio::null())
             .stderr(File::create(log).unwrap())
             .spawn()
@@ -927,6 +929,39 @@ impl Logged {
             child,
             log: log.to_path_buf(),
         }
+    }
+
+    /// Runs the binary with exactly `env` as its environment (text logs) and
+    /// waits until it listens on `port`.
+    fn spawn_env(port: u16, args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "`switchboard {}` exited ({status}) before listening on {port}: {}",
+                    args.join(" "),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Log lines with this message and section.
@@ -1036,6 +1071,189 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     );
     drop(collector);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Moves the fixture databases to `<dir>/data/`, where seed 001's
+/// `ARK_BASE_PATH=<dir>` puts them.
+fn seed_layout(db: &mut Databases) {
+    let data = db.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for path in [&mut db.reasoning, &mut db.ark] {
+        let to = data.join(path.file_name().unwrap());
+        std::fs::rename(&*path, &to).unwrap();
+        *path = to;
+    }
+}
+
+/// The collector's `--listen` when no flag gives it.
+const DEFAULT_COLLECTOR_PORT: u16 = 9090;
+
+#[tokio::test]
+async fn the_seeds_environment_alone_runs_a_live_collector() {
+    let redis = RedisServer::start();
+    write_federation(&redis).await;
+    // Sync events as seed 001's producers LPUSH them (all valid here).
+    let mut conn = redis.connection().await;
+    let mut pipe = redis::pipe();
+    pipe.del("sync_events");
+    for i in 0..15u64 {
+        let event = json!({
+            "timestamp": 1_699_800_000_000u64 + i * 1000, "source": "ark-node-alpha",
+            "target": "ark-node-beta", "event_type": "memory_sync", "bytes": 2048 + i,
+            "success": i % 4 != 0,
+        });
+        pipe.lpush("sync_events", event.to_string());
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let mut db = create_databases();
+    seed_layout(&mut db);
+
+    // `switchboard collector`, no flag, and only seed 001's two variables in
+    // its environment (no SWITCHBOARD_* at all).
+    assert!(
+        std::net::TcpListener::bind(("0.0.0.0", DEFAULT_COLLECTOR_PORT)).is_ok(),
+        "port {DEFAULT_COLLECTOR_PORT}, the collector's default --listen, is in use: this test starts a collector without flags"
+    );
+    let base = db.dir.display().to_string();
+    let url = redis.url();
+    let collector = Logged::spawn_env(
+        DEFAULT_COLLECTOR_PORT,
+        &["collector"],
+        &[("REDIS_URL", &url), ("ARK_BASE_PATH", &base)],
+        &db.dir.join("collector.log"),
+    );
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let m = wait_stored(&mut conn, "memory", "memory live", all_live).await;
+    assert_eq!(
+        f["sources"],
+        json!({"peers": {"source": "live"}, "sync_events": {"source": "live"}})
+    );
+    assert_eq!(
+        m["sources"],
+        json!({"reasoning": {"source": "live"}, "ark": {"source": "live"}})
+    );
+    // The sync events exactly as `LRANGE sync_events 0 9` returns them.
+    let newest: Vec<String> = redis::cmd("LRANGE")
+        .arg("sync_events")
+        .arg(0)
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let newest: Vec<Value> = newest
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(f["sync_traffic"], Value::Array(newest));
+    // Each peer with the status of its hash (no --peer-staleness): the one
+    // whose last_seen is an hour old still says online. 4 of 5 online;
+    // (1 + 1 + 0.75 + 0.75) / 4 = 87.5 %; (10 + 20 + 33 + 500) / 4 = 140.75.
+    assert_eq!(f["network_health"], 80.0);
+    assert_eq!(f["data_integrity"], 87.5);
+    assert_eq!(f["avg_latency"], 140.8);
+    // The databases found under $ARK_BASE_PATH/data (seed 001's formulas).
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 3, "trusted": 2, "sandbox": 1, "external": 1})
+    );
+    assert_eq!(m["dedup_rate"], 75.0);
+    assert_eq!(m["quarantine_count"], 2);
+    assert_eq!(
+        m["confidence_deltas"],
+        expected_memory(&db)["confidence_deltas"]
+    );
+    // It runs as a collector: leading, healthy, and says where its settings came from.
+    let (status, _) = http_get(DEFAULT_COLLECTOR_PORT, "/health/ready").unwrap();
+    assert_eq!(status, 200);
+    let body = http_get(DEFAULT_COLLECTOR_PORT, "/metrics").unwrap().1;
+    assert_eq!(metric_value(&body, "switchboard_collector_leader", ""), 1.0);
+    let log = collector.text();
+    for line in [
+        "REDIS_URL stands for --redis-url",
+        "ARK_BASE_PATH stands for --reasoning-db",
+        "ARK_BASE_PATH stands for --ark-db",
+    ] {
+        assert!(log.contains(line), "{line:?} not logged: {log}");
+    }
+}
+
+#[tokio::test]
+async fn flags_and_switchboard_variables_win_over_the_seeds_environment() {
+    let redis = RedisServer::start();
+    write_federation(&redis).await;
+    let db = create_databases();
+    // ARK_BASE_PATH names a directory without data/; REDIS_URL a port where
+    // nothing listens. SWITCHBOARD_REDIS_URL and --ark-db must win.
+    let base = temp_dir("no-ark");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (url, base_text, ark) = (
+        redis.url(),
+        base.display().to_string(),
+        db.ark.display().to_string(),
+    );
+    let mut args = vec!["collector", "--listen", &listen, "--ark-db", &ark];
+    args.extend_from_slice(&FAST);
+    let _collector = Logged::spawn_env(
+        port,
+        &args,
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("SWITCHBOARD_REDIS_URL", &url),
+            ("ARK_BASE_PATH", &base_text),
+        ],
+        &db.dir.join("collector.log"),
+    );
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "ark live, reasoning stale", |s| {
+        source_of(s, "ark") == "live" && source_of(s, "reasoning") == "stale"
+    })
+    .await;
+    // The flag gave ark.db; ARK_BASE_PATH only the database no flag named.
+    assert_eq!(m["dedup_rate"], 75.0);
+    let error = m["sources"]["reasoning"]["error"].as_str().unwrap();
+    let expected = base.join("data").join("reasoning_logs.db");
+    assert!(
+        error.contains(&format!("{}: no such file", expected.display())),
+        "{error}"
+    );
+    // Published to, and federation read from, SWITCHBOARD_REDIS_URL's Redis.
+    wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test]
+async fn standalone_in_the_seeds_environment_reads_its_redis_and_databases() {
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    let mut db = create_databases();
+    seed_layout(&mut db);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["standalone", "--listen", &listen];
+    args.extend_from_slice(&FAST);
+    let (url, base) = (federation_redis.url(), db.dir.display().to_string());
+    let _standalone = Logged::spawn_env(
+        port,
+        &args,
+        &[("REDIS_URL", &url), ("ARK_BASE_PATH", &base)],
+        &db.dir.join("standalone.log"),
+    );
+    let ws = |path: &str| format!("ws://127.0.0.1:{port}{path}");
+    let mut client = Client::connect(&ws("/ws/federation")).await;
+    let f = client.recv_until(WAIT, all_live).await;
+    assert_eq!(
+        f["sources"],
+        json!({"peers": {"source": "live"}, "sync_events": {"source": "live"}})
+    );
+    assert_eq!(f["peers"].as_array().unwrap().len(), 5);
+    let mut client = Client::connect(&ws("/ws/memory")).await;
+    let m = client.recv_until(WAIT, all_live).await;
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 3, "trusted": 2, "sandbox": 1, "external": 1})
+    );
+    assert_eq!(m["dedup_rate"], 75.0);
 }
 
 fn leader_flag(collector: &Switchboard) -> Option<f64> {

@@ -204,6 +204,10 @@ impl Switchboard {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
             .env("SWITCHBOARD_LOG_LEVEL", level)
+            // Seed 001's variables, which collector and standalone read, come
+            // only from the test that sets them, never from the caller's shell.
+            .env_remove("REDIS_URL")
+            .env_remove("ARK_BASE_PATH")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
