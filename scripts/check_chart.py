@@ -53,6 +53,9 @@ EXTRA_SETS = [
     (f"collector.sources.simulate={mode}", {**REDIS, "collector": {"sources": {"simulate": mode}}})
     for mode in ("always", "never")
 ] + [
+    ("collector.sources.onSourceFailure=simulate",
+     {**REDIS, "collector": {"sources": {"onSourceFailure": "simulate"}}}),
+] + [
     ("collector.enabled=false with the PrometheusRule",
      {**REDIS, "collector": {"enabled": False}, "prometheusRule": {"enabled": True}}),
     ("HPA on CPU only, a shorter scale-down window",
@@ -546,6 +549,11 @@ def main():
                    "autoscaling needs a metric", "autoscaling without any metric")
     expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": True}}}),
                    "simulate", "collector.sources.simulate as a boolean")
+    expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"onSourceFailure": "mock"}}}),
+                   "onSourceFailure", "an unknown collector.sources.onSourceFailure")
+    expect_failure(chart, deep_merge(REDIS, {"collector": {"sources": {"simulate": "never",
+                                                                       "onSourceFailure": "simulate"}}}),
+                   "contradicts", "onSourceFailure simulate with simulate never")
     print("ok  bad values are refused with a clear message")
 
     if a.binary:

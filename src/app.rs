@@ -14,6 +14,7 @@ use warp::Filter;
 use crate::admin::{self, AdminServer, Layout};
 use crate::auth::mint::{TokenSpec, mint};
 use crate::auth::{JwtConfig, Verifier};
+use crate::cli::seed_env::{self, SeedEnv};
 use crate::cli::{
     CollectorArgs, Command, DemoDataArgs, GatewayArgs, RedisArgs, StandaloneArgs, TokenArgs,
 };
@@ -176,7 +177,8 @@ async fn serve_gateway(gw: Arc<Gateway>, listener: TcpListener, admin: Option<Tc
     }
 }
 
-async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    seed_env::log_applied(&SeedEnv::from_env().apply_to_standalone(&mut args));
     let config = args
         .server
         .gateway_config(args.listen)
@@ -196,6 +198,10 @@ async fn standalone(args: StandaloneArgs, shutdown: CancellationToken) -> anyhow
         .config(&args.collector, None)
         .map_err(anyhow::Error::msg)?;
     if args.check.check_config {
+        // What `Collector::new` checks later: the federation URL parses.
+        if let Some(federation) = collector_config.federation.clone() {
+            FederationRedis::new(federation).context("--federation-redis-url")?;
+        }
         return configuration_valid("standalone", "in-memory engine");
     }
     if jwt.is_some() {
@@ -342,8 +348,15 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-async fn collector(args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let target = args.redis.target().map_err(anyhow::Error::msg)?;
+async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    seed_env::log_applied(&SeedEnv::from_env().apply_to_collector(&mut args));
+    let target = args.redis.target().map_err(|e| {
+        if args.redis.redis_url.is_none() && args.redis.redis_cluster_urls.is_empty() {
+            anyhow::anyhow!("{e}; or set REDIS_URL (seed 001's variable)")
+        } else {
+            anyhow::Error::msg(e)
+        }
+    })?;
     // The federation's peers are read with SCAN from one Redis: by default the
     // engine's, which a cluster is not (give --federation-redis-url then).
     let default_federation = match &target {

@@ -6,6 +6,10 @@
 //! `bench --channels`, are listed (with their reasons) in the test that walks
 //! the command tree to keep this true. Flags map onto the
 //! runtime configuration in `config.rs`, where each default is explained.
+//! `collector` and `standalone` also read seed 001's `REDIS_URL` and
+//! `ARK_BASE_PATH` for what the flags leave unset ([`seed_env`]).
+
+pub mod seed_env;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use crate::collector::discover::DiscoverConfig;
 use crate::collector::federation::FederationRedisConfig;
 use crate::collector::formulas::TrustWeights;
 use crate::collector::sqlite::SqliteConfig;
-use crate::collector::{CollectorConfig, FormulaConfig, SimulateMode};
+use crate::collector::{CollectorConfig, FormulaConfig, OnSourceFailure, SimulateMode};
 use crate::config::{
     CouncilConfig, Dialects, Drain, EscaiConfig, GatewayConfig, Limits, Security, Timeouts,
 };
@@ -71,10 +75,12 @@ pub enum Command {
     /// Gateway and collector in one process on an in-memory engine (no Redis).
     /// Without a JWT key flag it runs without authentication, so it binds
     /// loopback only (unless --allow-remote); with one it authenticates like a gateway.
+    #[command(after_help = seed_env::STANDALONE_HELP)]
     Standalone(StandaloneArgs),
     /// One gateway replica on a shared Redis.
     Gateway(GatewayArgs),
     /// The collector: computes the federation and memory snapshots and publishes them to Redis.
+    #[command(after_help = seed_env::COLLECTOR_HELP)]
     Collector(CollectorArgs),
     /// Prints a signed JWT for development and tests.
     Token(TokenArgs),
@@ -641,7 +647,8 @@ pub struct RedisArgs {
     /// One Redis: redis://[user:password@]host:port[/db], or rediss://… over
     /// TLS. A Redis Cluster: redis+cluster://[user:password@]host:port[,host:port…]
     /// (rediss+cluster://… over TLS), or use --redis-cluster-urls. Exactly one
-    /// of the two is required.
+    /// of the two is required; the collector, given neither (nor their
+    /// variables), takes seed 001's REDIS_URL.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -816,9 +823,22 @@ pub struct CollectorSources {
     #[arg(long, env = "SWITCHBOARD_SIMULATE", value_enum, default_value = "auto")]
     pub simulate: SimulateMode,
 
+    /// What a section shows when its configured source fails: `stale` its last
+    /// good values, marked stale with their age and the error (never invented
+    /// numbers); `simulate` simulated values, marked simulated with the error
+    /// (seed 001's fallback, for clients that never read `sources`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ON_SOURCE_FAILURE",
+        value_enum,
+        default_value = "stale"
+    )]
+    pub on_source_failure: OnSourceFailure,
+
     /// Redis holding the federation's peer hashes and sync events
-    /// (collector default: --redis-url; standalone: none, simulated); one
-    /// Redis, redis://… or rediss://… (TLS, with the --redis-ca-file trust).
+    /// (collector default: --redis-url; standalone: seed 001's REDIS_URL if
+    /// set, else none, simulated); one Redis, redis://… or rediss://… (TLS,
+    /// with the --redis-ca-file trust).
     #[arg(long, env = "SWITCHBOARD_FEDERATION_REDIS_URL")]
     pub federation_redis_url: Option<String>,
 
@@ -857,19 +877,27 @@ pub struct CollectorSources {
     #[arg(long, env = "SWITCHBOARD_FEDERATION_DISCOVER_MAX_BYTES", default_value_t = 1024 * 1024)]
     pub federation_discover_max_bytes: usize,
 
-    /// A peer whose last_seen is older than this counts as offline, whatever its status says.
-    #[arg(long, env = "SWITCHBOARD_PEER_STALENESS", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub peer_staleness: Duration,
+    /// Opt-in: a peer whose last_seen is older than this (or missing) counts as
+    /// offline, whatever the status in its hash says. Unset (the default): the
+    /// hash's status is shown as written, as seed 001 does (its federation
+    /// service keeps status up to date); 30s gives the behaviour of releases
+    /// before this flag became opt-in.
+    #[arg(long, env = "SWITCHBOARD_PEER_STALENESS", value_parser = humantime::parse_duration)]
+    pub peer_staleness: Option<Duration>,
 
     /// Weights of trust tiers in data integrity, TIER=WEIGHT pairs; `*` is every other tier.
     #[arg(long, env = "SWITCHBOARD_TRUST_WEIGHTS", default_value = crate::collector::formulas::DEFAULT_TRUST_WEIGHTS)]
     pub trust_weights: TrustWeights,
 
-    /// SQLite reasoning_logs.db (reasoning_sessions, reasoning_stages), opened read-only.
+    /// SQLite reasoning_logs.db (reasoning_sessions, reasoning_stages), opened
+    /// read-only. Default: $ARK_BASE_PATH/data/reasoning_logs.db when seed 001's
+    /// ARK_BASE_PATH is set; else none (the section is simulated).
     #[arg(long, env = "SWITCHBOARD_REASONING_DB")]
     pub reasoning_db: Option<PathBuf>,
 
-    /// SQLite ark.db (code_index, code_patterns, sandbox_executions), opened read-only.
+    /// SQLite ark.db (code_index, code_patterns, sandbox_executions), opened
+    /// read-only. Default: $ARK_BASE_PATH/data/ark.db when seed 001's
+    /// ARK_BASE_PATH is set; else none (the section is simulated).
     #[arg(long, env = "SWITCHBOARD_ARK_DB")]
     pub ark_db: Option<PathBuf>,
 
@@ -915,6 +943,19 @@ impl CollectorSources {
         }
         if self.rate_window.is_zero() {
             return Err("--rate-window must be more than 0".into());
+        }
+        if self.simulate == SimulateMode::Never
+            && self.on_source_failure == OnSourceFailure::Simulate
+        {
+            return Err(
+                "--on-source-failure simulate contradicts --simulate never (which simulates nothing): choose one".into(),
+            );
+        }
+        if self.peer_staleness.is_some_and(|s| s.is_zero()) {
+            return Err(
+                "--peer-staleness must be more than 0 (leave it unset to keep each peer's status)"
+                    .into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.consolidation_threshold) {
             return Err("--consolidation-threshold must be between 0 and 1".into());
@@ -963,6 +1004,7 @@ impl CollectorSources {
         Ok(CollectorConfig {
             interval: low..=schedule.collect_interval_max.max(low),
             simulate: self.simulate,
+            on_source_failure: self.on_source_failure,
             federation,
             discover,
             reasoning_db: sqlite(&self.reasoning_db),

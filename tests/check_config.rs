@@ -115,12 +115,18 @@ fn a_valid_gateway_configuration_passes_without_opening_anything() {
 
 #[test]
 fn a_valid_collector_and_standalone_configuration_pass() {
-    for mode in ["auto", "always", "never"] {
+    for (mode, on_failure) in [
+        ("auto", "stale"),
+        ("auto", "simulate"),
+        ("always", "simulate"),
+        ("never", "stale"),
+    ] {
         let out = run(
             &["collector", "--check-config"],
             &[
                 ("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:1/0"),
                 ("SWITCHBOARD_SIMULATE", mode),
+                ("SWITCHBOARD_ON_SOURCE_FAILURE", on_failure),
                 ("SWITCHBOARD_REASONING_DB", "/nonexistent/reasoning_logs.db"),
                 (
                     "SWITCHBOARD_FEDERATION_REDIS_URL",
@@ -130,7 +136,7 @@ fn a_valid_collector_and_standalone_configuration_pass() {
         );
         assert!(
             out.status.success(),
-            "--simulate {mode}: {}",
+            "--simulate {mode} --on-source-failure {on_failure}: {}",
             text(&out.stderr)
         );
         assert!(text(&out.stdout).contains("switchboard collector: configuration valid"));
@@ -199,9 +205,107 @@ fn wrong_values_are_refused_with_what_to_fix() {
         "--lease-renew-interval",
     );
     assert_refused(
+        &collector(&[
+            ("SWITCHBOARD_SIMULATE", "never"),
+            ("SWITCHBOARD_ON_SOURCE_FAILURE", "simulate"),
+        ]),
+        "--on-source-failure simulate contradicts --simulate never",
+    );
+    assert_refused(
+        &collector(&[("SWITCHBOARD_ON_SOURCE_FAILURE", "mock")]),
+        "[possible values: stale, simulate]",
+    );
+    assert_refused(
+        &collector(&[("SWITCHBOARD_PEER_STALENESS", "0s")]),
+        "--peer-staleness must be more than 0",
+    );
+    assert_refused(
         &run(&["collector", "--check-config"], &[]),
         "no Redis configured",
     );
+}
+
+#[test]
+fn seed_001_variables_fill_what_the_flags_leave_unset() {
+    // REDIS_URL alone is the collector's Redis.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            ("ARK_BASE_PATH", "/nonexistent/ark"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("redis://seed.example:6379/0"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/ark/data/reasoning_logs.db")
+            && stderr.contains("/nonexistent/ark/data/ark.db"),
+        "the paths taken from ARK_BASE_PATH are logged: {stderr}"
+    );
+    // SWITCHBOARD_REDIS_URL wins over REDIS_URL; so does the flag.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            (
+                "SWITCHBOARD_REDIS_URL",
+                "redis://switchboard.example:6379/0",
+            ),
+        ],
+    );
+    assert!(text(&out.stdout).contains("redis://switchboard.example:6379/0"));
+    let out = run(
+        &[
+            "collector",
+            "--check-config",
+            "--redis-url",
+            "redis://flag.example:6379/0",
+        ],
+        &[("REDIS_URL", "redis://seed.example:6379/0")],
+    );
+    assert!(text(&out.stdout).contains("redis://flag.example:6379/0"));
+    // A cluster given: REDIS_URL is not taken as a second Redis.
+    let out = run(
+        &["collector", "--check-config"],
+        &[
+            ("REDIS_URL", "redis://seed.example:6379/0"),
+            (
+                "SWITCHBOARD_REDIS_CLUSTER_URLS",
+                "redis://node.example:7000",
+            ),
+            (
+                "SWITCHBOARD_FEDERATION_REDIS_URL",
+                "redis://federation.example:6379",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Redis Cluster"));
+    // A bad REDIS_URL is refused like a bad --redis-url.
+    assert_refused(
+        &run(
+            &["collector", "--check-config"],
+            &[("REDIS_URL", "http://redis:6379")],
+        ),
+        "bad Redis URL",
+    );
+    // Without any Redis, the refusal names the seed's variable too.
+    assert_refused(&run(&["collector", "--check-config"], &[]), "REDIS_URL");
+    // standalone: REDIS_URL is its federation source, checked like the flag.
+    assert_refused(
+        &run(
+            &["standalone", "--check-config"],
+            &[("REDIS_URL", "federation:6379")],
+        ),
+        "--federation-redis-url",
+    );
+    let out = run(
+        &["standalone", "--check-config"],
+        &[("REDIS_URL", "redis://seed.example:6379/0")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -257,8 +257,9 @@ async fn write_federation(redis: &RedisServer) -> Value {
             {"id": "ark-verified-1", "hostname": "ark-verified-1.local", "trust_tier": "verified",
              "status": "degraded", "latency": 80, "last_seen": now},
         ],
-        // The 10 newest of 12 valid events (the malformed item is skipped), oldest first.
-        "sync_traffic": (2..12u64).map(|i| json!({
+        // The 10 newest of 12 valid events (the malformed item is skipped),
+        // newest first, as `LRANGE sync_events 0 9` returns them.
+        "sync_traffic": (2..12u64).rev().map(|i| json!({
             "timestamp": t0 + i * 1000, "source": format!("ark-core-{}", i % 2 + 1),
             "target": "ark-trusted-1", "event_type": "memory_sync", "bytes": 1000 + i,
             "success": i % 5 != 0,
@@ -590,6 +591,317 @@ async fn sources_taken_away_turn_stale_with_last_good_values_and_come_back_live(
     drop(restarted);
 }
 
+#[tokio::test]
+async fn trust_distribution_always_carries_the_four_tiers() {
+    let redis = RedisServer::start();
+    let dir = temp_dir("tiers");
+    let ark = dir.join("ark.db");
+    let conn = rusqlite::Connection::open(&ark).unwrap();
+    conn.execute_batch(ARK_DDL).unwrap();
+    // No trusted or sandbox row; a tier the seed does not name; a tier in
+    // another case (counted with its lower-case form).
+    for tier in ["core", "Core", "external", "verified"] {
+        conn.execute(
+            "INSERT INTO code_index (file_path, trust_tier) VALUES ('f.py', ?1)",
+            [tier],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let a = ark.display().to_string();
+    let _collector = collector(&redis, &["--ark-db", &a]);
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "ark live", |s| {
+        source_of(s, "ark") == "live"
+    })
+    .await;
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 2, "trusted": 0, "sandbox": 0, "external": 1, "verified": 1})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn peers_keep_the_status_of_their_hash_unless_peer_staleness_is_set() {
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    // A peer without any last_seen.
+    let mut fed = federation_redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg("peer:ark-edge-1")
+        .arg(&[
+            "trust_tier",
+            "external",
+            "status",
+            "online",
+            "latency",
+            "15",
+        ])
+        .query_async(&mut fed)
+        .await
+        .unwrap();
+    let fed_url = federation_redis.url();
+    let peer = |f: &Value, id: &str| {
+        f["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("no peer {id} in {f}"))
+            .clone()
+    };
+
+    // Default: each peer shows the status its hash says.
+    let redis = RedisServer::start();
+    let _keep = collector(&redis, &["--federation-redis-url", &fed_url]);
+    let mut conn = redis.connection().await;
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    assert_eq!(
+        peer(&f, "ark-trusted-2")["status"],
+        "online",
+        "hour-old last_seen"
+    );
+    assert_eq!(peer(&f, "ark-edge-1")["status"], "online", "no last_seen");
+    assert_eq!(peer(&f, "ark-edge-1")["last_seen"], 0);
+    assert_eq!(peer(&f, "ark-verified-1")["status"], "degraded");
+    // 5 of 6 online; (1 + 1 + 0.75 + 0.75 + 0.25) / (3.75 + 0.5) = 88.2 %;
+    // latency (10 + 20 + 33 + 500 + 15) / 5 = 115.6.
+    assert_eq!(f["network_health"], 83.3);
+    assert_eq!(f["data_integrity"], 88.2);
+    assert_eq!(f["avg_latency"], 115.6);
+
+    // --peer-staleness 30s (opt-in): old or missing heartbeats are offline.
+    let redis = RedisServer::start();
+    let _stale = collector(
+        &redis,
+        &[
+            "--federation-redis-url",
+            &fed_url,
+            "--peer-staleness",
+            "30s",
+        ],
+    );
+    let mut conn = redis.connection().await;
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    assert_eq!(peer(&f, "ark-trusted-2")["status"], "offline");
+    assert_eq!(peer(&f, "ark-edge-1")["status"], "offline");
+    assert_eq!(peer(&f, "ark-core-1")["status"], "online");
+    // 3 of 6 online; (1 + 1 + 0.75) / 4.25 = 64.7 %; (10 + 20 + 33) / 3.
+    assert_eq!(f["network_health"], 50.0);
+    assert_eq!(f["data_integrity"], 64.7);
+    assert_eq!(f["avg_latency"], 21.0);
+}
+
+#[tokio::test]
+async fn databases_without_log_columns_stay_live_and_say_which_are_missing() {
+    let redis = RedisServer::start();
+    let dir = temp_dir("log-columns");
+    let base = SystemTime::now();
+    let ago = |s: u64| sql_time(base - Duration::from_secs(s));
+    let at = |s: u64| rfc3339(base - Duration::from_secs(s));
+
+    // Only the columns the numbers are computed from: no session_id,
+    // agent_name, overall_confidence or stage_name.
+    let reasoning = dir.join("reasoning_logs.db");
+    let conn = rusqlite::Connection::open(&reasoning).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE reasoning_sessions (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);
+         CREATE TABLE reasoning_stages (id INTEGER PRIMARY KEY, confidence REAL, created_at TEXT NOT NULL);",
+    )
+    .unwrap();
+    for age in [12, 10, 8, 6, 4, 2] {
+        conn.execute(
+            "INSERT INTO reasoning_sessions (created_at) VALUES (?1)",
+            [ago(age)],
+        )
+        .unwrap();
+    }
+    for (age, confidence) in [(9, 0.9), (7, 0.8), (5, 0.5)] {
+        conn.execute(
+            "INSERT INTO reasoning_stages (confidence, created_at) VALUES (?1, ?2)",
+            rusqlite::params![confidence, ago(age)],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    // ark.db without sandbox_executions.error.
+    let ark = dir.join("ark.db");
+    let conn = rusqlite::Connection::open(&ark).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE code_index (trust_tier TEXT);
+         CREATE TABLE code_patterns (code_snippet TEXT, usage_count INTEGER);
+         CREATE TABLE sandbox_executions (status TEXT, created_at TEXT);
+         INSERT INTO code_index VALUES ('core');
+         INSERT INTO code_patterns VALUES ('a', 4);",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO sandbox_executions VALUES ('failed', ?1)",
+        [ago(30)],
+    )
+    .unwrap();
+    drop(conn);
+
+    let (r, a) = (reasoning.display().to_string(), ark.display().to_string());
+    let _collector = collector(
+        &redis,
+        &["--reasoning-db", &r, "--ark-db", &a, "--rate-window", "2m"],
+    );
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "memory live", all_live).await;
+    assert_eq!(
+        m["sources"],
+        json!({
+            "reasoning": {"source": "live", "missing_columns": [
+                "reasoning_sessions.session_id", "reasoning_sessions.agent_name",
+                "reasoning_sessions.overall_confidence",
+                "reasoning_stages.session_id", "reasoning_stages.stage_name"]},
+            "ark": {"source": "live", "missing_columns": ["sandbox_executions.error"]},
+        })
+    );
+    // The numbers are whole: 6 sessions and 2 stages ≥ 0.7 in 120 s;
+    // confidences 0.9, 0.8, 0.5; 1 unique snippet used 4 times.
+    assert_eq!(m["ingestion_rate"], 0.05);
+    assert_eq!(m["consolidation_rate"], 0.02);
+    assert_eq!(m["confidence_deltas"], json!([-0.1, -0.3]));
+    assert_eq!(m["dedup_rate"], 75.0);
+    assert_eq!(m["quarantine_count"], 1);
+    // The log lines leave out what is missing.
+    let ingested = |s: u64| {
+        json!({"timestamp": at(s), "type": "ingestion",
+               "message": "Ingested a reasoning session", "severity": "info"})
+    };
+    let consolidated = |s: u64, c: &str| {
+        json!({"timestamp": at(s), "type": "consolidation",
+               "message": format!("Consolidated a stage (confidence {c})"), "severity": "info"})
+    };
+    assert_eq!(
+        m["logs"],
+        json!([
+            {"timestamp": at(30), "type": "quarantine",
+             "message": "Quarantined sandbox execution 1 (failed)", "severity": "warning"},
+            ingested(12), ingested(10), consolidated(9, "0.90"), ingested(8),
+            consolidated(7, "0.80"), ingested(6), ingested(4), ingested(2)
+        ])
+    );
+
+    // A column added later is read from the next cycle on.
+    let writer = rusqlite::Connection::open(&reasoning).unwrap();
+    writer
+        .execute_batch(
+            "ALTER TABLE reasoning_sessions ADD COLUMN agent_name TEXT;
+             UPDATE reasoning_sessions SET agent_name = 'kyle';",
+        )
+        .unwrap();
+    drop(writer);
+    let m = wait_stored(&mut conn, "memory", "agent_name read", |s| {
+        s["sources"]["reasoning"]["missing_columns"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4)
+    })
+    .await;
+    assert_eq!(source_of(&m, "reasoning"), "live");
+    let last = m["logs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["message"], "Ingested a reasoning session from kyle");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn on_source_failure_simulate_falls_back_to_simulated_values_marked_with_the_failure() {
+    let redis = RedisServer::start();
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    let db = create_databases();
+    // reasoning_logs.db is not there yet.
+    let aside = db.dir.join("aside.db");
+    std::fs::rename(&db.reasoning, &aside).unwrap();
+    let (r, a, fed_url) = (
+        db.reasoning.display().to_string(),
+        db.ark.display().to_string(),
+        federation_redis.url(),
+    );
+    let collector_proc = collector(
+        &redis,
+        &[
+            "--on-source-failure",
+            "simulate",
+            "--federation-redis-url",
+            &fed_url,
+            "--reasoning-db",
+            &r,
+            "--ark-db",
+            &a,
+        ],
+    );
+    let mut conn = redis.connection().await;
+
+    // The failed source: simulated values in the seed's ranges, marked
+    // simulated with the failure; the working one live.
+    let m = wait_stored(&mut conn, "memory", "reasoning simulated", |s| {
+        source_of(s, "reasoning") == "simulated" && source_of(s, "ark") == "live"
+    })
+    .await;
+    let error = m["sources"]["reasoning"]["error"].as_str().unwrap();
+    assert!(error.contains("no such file"), "{error}");
+    assert!((7.0..=9.0).contains(&m["ingestion_rate"].as_f64().unwrap()));
+    assert!((6.0..=8.0).contains(&m["consolidation_rate"].as_f64().unwrap()));
+    assert_eq!(m["confidence_deltas"].as_array().unwrap().len(), 50);
+    assert_eq!(m["dedup_rate"], 75.0, "ark is read");
+    let body = http_get(collector_proc.port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric_value(
+            &body,
+            "switchboard_collector_source_up",
+            "source=\"reasoning\""
+        ),
+        0.0,
+        "the failure still shows in the metrics"
+    );
+    // The file appears: live.
+    std::fs::rename(&aside, &db.reasoning).unwrap();
+    let m = wait_stored(&mut conn, "memory", "reasoning live", all_live).await;
+    assert_eq!(m["sources"]["reasoning"], json!({"source": "live"}));
+
+    // The federation Redis goes down: both sections simulated, not frozen.
+    wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let port = federation_redis.port;
+    let mut federation_redis = federation_redis;
+    federation_redis.kill();
+    let f = wait_stored(&mut conn, "federation", "federation simulated", |s| {
+        source_of(s, "peers") == "simulated" && source_of(s, "sync_events") == "simulated"
+    })
+    .await;
+    for section in ["peers", "sync_events"] {
+        assert!(
+            f["sources"][section]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("federation Redis")),
+            "{}",
+            f["sources"][section]
+        );
+    }
+    assert!((92.0..=96.0).contains(&f["network_health"].as_f64().unwrap()));
+    assert!(
+        f["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"].as_str().unwrap().starts_with("ark-")),
+        "{}",
+        f["peers"]
+    );
+    let version = f["version"].as_u64().unwrap();
+    let next = wait_stored(&mut conn, "federation", "another simulated cycle", |s| {
+        s["version"].as_u64() > Some(version) && source_of(s, "peers") == "simulated"
+    })
+    .await;
+    assert!(!next["sync_traffic"].as_array().unwrap().is_empty());
+    let restarted = RedisServer::start_on(port);
+    write_federation(&restarted).await;
+    wait_stored(&mut conn, "federation", "federation live again", all_live).await;
+}
+
 /// A switchboard process whose JSON logs go to a file.
 struct Logged {
     child: Child,
@@ -602,6 +914,8 @@ impl Logged {
             .args(args)
             .env("SWITCHBOARD_LOG_FORMAT", "json")
             .env("SWITCHBOARD_LOG_LEVEL", "info")
+            .env_remove("REDIS_URL")
+            .env_remove("ARK_BASE_PATH")
             .stdout(Stdio::null())
             .stderr(File::create(log).unwrap())
             .spawn()
@@ -615,6 +929,39 @@ impl Logged {
             child,
             log: log.to_path_buf(),
         }
+    }
+
+    /// Runs the binary with exactly `env` as its environment (text logs) and
+    /// waits until it listens on `port`.
+    fn spawn_env(port: u16, args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "`switchboard {}` exited ({status}) before listening on {port}: {}",
+                    args.join(" "),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Log lines with this message and section.
@@ -690,7 +1037,11 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     // Nothing invented.
     assert_eq!(m["ingestion_rate"], 0.0);
     assert_eq!(m["dedup_rate"], 0.0);
-    assert_eq!(m["trust_distribution"], json!({}));
+    // The four tiers are always there, at 0 before anything was read.
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 0, "trusted": 0, "sandbox": 0, "external": 0})
+    );
     assert_eq!(m["confidence_deltas"], json!([]));
     assert_eq!(m["logs"], json!([]));
     // A missing file is never created by the reader.
@@ -720,6 +1071,189 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     );
     drop(collector);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Moves the fixture databases to `<dir>/data/`, where seed 001's
+/// `ARK_BASE_PATH=<dir>` puts them.
+fn seed_layout(db: &mut Databases) {
+    let data = db.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for path in [&mut db.reasoning, &mut db.ark] {
+        let to = data.join(path.file_name().unwrap());
+        std::fs::rename(&*path, &to).unwrap();
+        *path = to;
+    }
+}
+
+/// The collector's `--listen` when no flag gives it.
+const DEFAULT_COLLECTOR_PORT: u16 = 9090;
+
+#[tokio::test]
+async fn the_seeds_environment_alone_runs_a_live_collector() {
+    let redis = RedisServer::start();
+    write_federation(&redis).await;
+    // Sync events as seed 001's producers LPUSH them (all valid here).
+    let mut conn = redis.connection().await;
+    let mut pipe = redis::pipe();
+    pipe.del("sync_events");
+    for i in 0..15u64 {
+        let event = json!({
+            "timestamp": 1_699_800_000_000u64 + i * 1000, "source": "ark-node-alpha",
+            "target": "ark-node-beta", "event_type": "memory_sync", "bytes": 2048 + i,
+            "success": i % 4 != 0,
+        });
+        pipe.lpush("sync_events", event.to_string());
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let mut db = create_databases();
+    seed_layout(&mut db);
+
+    // `switchboard collector`, no flag, and only seed 001's two variables in
+    // its environment (no SWITCHBOARD_* at all).
+    assert!(
+        std::net::TcpListener::bind(("0.0.0.0", DEFAULT_COLLECTOR_PORT)).is_ok(),
+        "port {DEFAULT_COLLECTOR_PORT}, the collector's default --listen, is in use: this test starts a collector without flags"
+    );
+    let base = db.dir.display().to_string();
+    let url = redis.url();
+    let collector = Logged::spawn_env(
+        DEFAULT_COLLECTOR_PORT,
+        &["collector"],
+        &[("REDIS_URL", &url), ("ARK_BASE_PATH", &base)],
+        &db.dir.join("collector.log"),
+    );
+    let f = wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let m = wait_stored(&mut conn, "memory", "memory live", all_live).await;
+    assert_eq!(
+        f["sources"],
+        json!({"peers": {"source": "live"}, "sync_events": {"source": "live"}})
+    );
+    assert_eq!(
+        m["sources"],
+        json!({"reasoning": {"source": "live"}, "ark": {"source": "live"}})
+    );
+    // The sync events exactly as `LRANGE sync_events 0 9` returns them.
+    let newest: Vec<String> = redis::cmd("LRANGE")
+        .arg("sync_events")
+        .arg(0)
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let newest: Vec<Value> = newest
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(f["sync_traffic"], Value::Array(newest));
+    // Each peer with the status of its hash (no --peer-staleness): the one
+    // whose last_seen is an hour old still says online. 4 of 5 online;
+    // (1 + 1 + 0.75 + 0.75) / 4 = 87.5 %; (10 + 20 + 33 + 500) / 4 = 140.75.
+    assert_eq!(f["network_health"], 80.0);
+    assert_eq!(f["data_integrity"], 87.5);
+    assert_eq!(f["avg_latency"], 140.8);
+    // The databases found under $ARK_BASE_PATH/data (seed 001's formulas).
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 3, "trusted": 2, "sandbox": 1, "external": 1})
+    );
+    assert_eq!(m["dedup_rate"], 75.0);
+    assert_eq!(m["quarantine_count"], 2);
+    assert_eq!(
+        m["confidence_deltas"],
+        expected_memory(&db)["confidence_deltas"]
+    );
+    // It runs as a collector: leading, healthy, and says where its settings came from.
+    let (status, _) = http_get(DEFAULT_COLLECTOR_PORT, "/health/ready").unwrap();
+    assert_eq!(status, 200);
+    let body = http_get(DEFAULT_COLLECTOR_PORT, "/metrics").unwrap().1;
+    assert_eq!(metric_value(&body, "switchboard_collector_leader", ""), 1.0);
+    let log = collector.text();
+    for line in [
+        "REDIS_URL stands for --redis-url",
+        "ARK_BASE_PATH stands for --reasoning-db",
+        "ARK_BASE_PATH stands for --ark-db",
+    ] {
+        assert!(log.contains(line), "{line:?} not logged: {log}");
+    }
+}
+
+#[tokio::test]
+async fn flags_and_switchboard_variables_win_over_the_seeds_environment() {
+    let redis = RedisServer::start();
+    write_federation(&redis).await;
+    let db = create_databases();
+    // ARK_BASE_PATH names a directory without data/; REDIS_URL a port where
+    // nothing listens. SWITCHBOARD_REDIS_URL and --ark-db must win.
+    let base = temp_dir("no-ark");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (url, base_text, ark) = (
+        redis.url(),
+        base.display().to_string(),
+        db.ark.display().to_string(),
+    );
+    let mut args = vec!["collector", "--listen", &listen, "--ark-db", &ark];
+    args.extend_from_slice(&FAST);
+    let _collector = Logged::spawn_env(
+        port,
+        &args,
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("SWITCHBOARD_REDIS_URL", &url),
+            ("ARK_BASE_PATH", &base_text),
+        ],
+        &db.dir.join("collector.log"),
+    );
+    let mut conn = redis.connection().await;
+    let m = wait_stored(&mut conn, "memory", "ark live, reasoning stale", |s| {
+        source_of(s, "ark") == "live" && source_of(s, "reasoning") == "stale"
+    })
+    .await;
+    // The flag gave ark.db; ARK_BASE_PATH only the database no flag named.
+    assert_eq!(m["dedup_rate"], 75.0);
+    let error = m["sources"]["reasoning"]["error"].as_str().unwrap();
+    let expected = base.join("data").join("reasoning_logs.db");
+    assert!(
+        error.contains(&format!("{}: no such file", expected.display())),
+        "{error}"
+    );
+    // Published to, and federation read from, SWITCHBOARD_REDIS_URL's Redis.
+    wait_stored(&mut conn, "federation", "federation live", all_live).await;
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test]
+async fn standalone_in_the_seeds_environment_reads_its_redis_and_databases() {
+    let federation_redis = RedisServer::start();
+    write_federation(&federation_redis).await;
+    let mut db = create_databases();
+    seed_layout(&mut db);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["standalone", "--listen", &listen];
+    args.extend_from_slice(&FAST);
+    let (url, base) = (federation_redis.url(), db.dir.display().to_string());
+    let _standalone = Logged::spawn_env(
+        port,
+        &args,
+        &[("REDIS_URL", &url), ("ARK_BASE_PATH", &base)],
+        &db.dir.join("standalone.log"),
+    );
+    let ws = |path: &str| format!("ws://127.0.0.1:{port}{path}");
+    let mut client = Client::connect(&ws("/ws/federation")).await;
+    let f = client.recv_until(WAIT, all_live).await;
+    assert_eq!(
+        f["sources"],
+        json!({"peers": {"source": "live"}, "sync_events": {"source": "live"}})
+    );
+    assert_eq!(f["peers"].as_array().unwrap().len(), 5);
+    let mut client = Client::connect(&ws("/ws/memory")).await;
+    let m = client.recv_until(WAIT, all_live).await;
+    assert_eq!(
+        m["trust_distribution"],
+        json!({"core": 3, "trusted": 2, "sandbox": 1, "external": 1})
+    );
+    assert_eq!(m["dedup_rate"], 75.0);
 }
 
 fn leader_flag(collector: &Switchboard) -> Option<f64> {
@@ -939,21 +1473,12 @@ async fn demo_data_gives_live_dashboards() {
         dir.join("reasoning_logs.db").display().to_string(),
         dir.join("ark.db").display().to_string(),
     );
-    let _collector = collector(
-        &redis,
-        &[
-            "--reasoning-db",
-            &r,
-            "--ark-db",
-            &a,
-            "--peer-staleness",
-            "5m",
-        ],
-    );
+    // No --peer-staleness: the demo peer whose heartbeat stopped says offline itself.
+    let _collector = collector(&redis, &["--reasoning-db", &r, "--ark-db", &a]);
     let mut conn = redis.connection().await;
     let f = wait_stored(&mut conn, "federation", "demo federation live", all_live).await;
     assert_eq!(f["peers"].as_array().unwrap().len(), 5);
-    // Demo peers: 3 online, 1 degraded, 1 with a stale heartbeat (offline).
+    // Demo peers: 3 online, 1 degraded, 1 offline (its heartbeat stopped).
     assert_eq!(f["network_health"], 60.0);
     assert_eq!(f["data_integrity"], 68.8);
     assert_eq!(f["sync_traffic"].as_array().unwrap().len(), 10);

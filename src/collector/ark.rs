@@ -8,7 +8,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::formulas::dedup_rate;
-use super::reasoning::{LOG_EVENTS, RFC3339, ago};
+use super::reasoning::{LOG_EVENTS, RFC3339, ago, text_of};
+use super::schema::{ARK_LOG_COLUMNS, column_or_null, missing_columns};
 use super::snapshot::LogEvent;
 
 /// Parameters of the ark queries.
@@ -18,14 +19,40 @@ pub struct ArkParams {
     pub quarantine_window: Duration,
 }
 
+/// The tiers `trust_distribution` always carries (seed 001: "count by tier
+/// (core/trusted/sandbox/external)"), 0 when no row has them; the seed's
+/// clients read them without checking that they exist.
+pub const TRUST_TIERS: [&str; 4] = ["core", "trusted", "sandbox", "external"];
+
+/// A trust distribution with every tier of [`TRUST_TIERS`] at 0.
+pub fn empty_trust_distribution() -> BTreeMap<String, u64> {
+    TRUST_TIERS.iter().map(|t| (t.to_string(), 0)).collect()
+}
+
 /// What the ark section shows.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ArkValues {
     pub dedup_rate: f64,
     pub quarantine_count: u64,
+    /// Every tier of [`TRUST_TIERS`], and any other tier found.
     pub trust_distribution: BTreeMap<String, u64>,
     /// Newest last.
     pub logs: Vec<LogEvent>,
+    /// Log-text columns the database lacks (`table.column`).
+    pub missing_columns: Vec<String>,
+}
+
+impl Default for ArkValues {
+    /// Nothing read yet: zeros, with the four tiers present.
+    fn default() -> Self {
+        Self {
+            dedup_rate: 0.0,
+            quarantine_count: 0,
+            trust_distribution: empty_trust_distribution(),
+            logs: Vec::new(),
+            missing_columns: Vec::new(),
+        }
+    }
 }
 
 /// Longest error text quoted in a log message.
@@ -33,20 +60,23 @@ const MAX_ERROR_CHARS: usize = 160;
 
 /// Runs the ark queries (inside the caller's read transaction).
 pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
+    let missing = missing_columns(conn, ARK_LOG_COLUMNS)?;
     let (unique, total): (i64, f64) = conn.query_row(
         "SELECT COUNT(DISTINCT code_snippet), COALESCE(SUM(usage_count), 0) FROM code_patterns",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut stmt = conn.prepare(
-        "SELECT COALESCE(NULLIF(trim(trust_tier), ''), 'unknown') AS tier, COUNT(*)
+        "SELECT COALESCE(NULLIF(lower(trim(trust_tier)), ''), 'unknown') AS tier, COUNT(*)
          FROM code_index GROUP BY tier",
     )?;
-    let trust_distribution = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let mut trust_distribution = empty_trust_distribution();
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })? {
+        let (tier, count) = row?;
+        trust_distribution.insert(tier, count);
+    }
     let quarantine_count: i64 = conn.query_row(
         "SELECT COUNT(*) FROM sandbox_executions
          WHERE lower(status) <> 'success' AND created_at > datetime('now', ?1)",
@@ -57,19 +87,15 @@ pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
         "SELECT rowid, status, {RFC3339}, {error}
          FROM sandbox_executions WHERE lower(status) <> 'success'
          ORDER BY created_at DESC, rowid DESC LIMIT ?1",
-        error = if has_column(conn, "sandbox_executions", "error")? {
-            "error"
-        } else {
-            "NULL"
-        }
+        error = column_or_null(&missing, "sandbox_executions", "error"),
     ))?;
     let logs = stmt
         .query_map([LOG_EVENTS as i64], |r| {
             let id: i64 = r.get(0)?;
             let status: String = r.get(1)?;
             let at: String = r.get(2)?;
-            let error: Option<String> = r.get(3)?;
-            let message = match error.filter(|e| !e.trim().is_empty()) {
+            let error = text_of(r, 3)?;
+            let message = match error {
                 Some(e) => format!(
                     "Quarantined sandbox execution {id} ({status}): {}",
                     e.trim().chars().take(MAX_ERROR_CHARS).collect::<String>()
@@ -89,16 +115,8 @@ pub fn query(conn: &Connection, p: &ArkParams) -> rusqlite::Result<ArkValues> {
         quarantine_count: quarantine_count.max(0) as u64,
         trust_distribution,
         logs: super::reasoning::newest(logs, LOG_EVENTS),
+        missing_columns: missing,
     })
-}
-
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
 }
 
 #[cfg(test)]
@@ -110,7 +128,7 @@ mod tests {
     fn ark_numbers_by_hand() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(ARK_DDL).unwrap();
-        for tier in ["core", "core", "core", "sandbox", "external", ""] {
+        for tier in ["core", "core", " Core ", "sandbox", "external", ""] {
             conn.execute(
                 "INSERT INTO code_index (file_path, trust_tier) VALUES ('f', ?1)",
                 [tier],
@@ -150,14 +168,20 @@ mod tests {
         assert_eq!(v.quarantine_count, 2);
         assert_eq!(
             v.trust_distribution,
+            // No trusted row: still there, at 0.
             BTreeMap::from([
                 ("core".to_string(), 3),
                 ("external".to_string(), 1),
                 ("sandbox".to_string(), 1),
+                ("trusted".to_string(), 0),
                 ("unknown".to_string(), 1),
             ])
         );
         assert_eq!(v.logs.len(), 3);
+        assert_eq!(
+            ArkValues::default().trust_distribution,
+            empty_trust_distribution()
+        );
         assert_eq!(
             v.logs[2].message,
             "Quarantined sandbox execution 1 (failed): boom"

@@ -22,11 +22,24 @@ pub enum SimulateMode {
     Never,
 }
 
+/// What a section shows when its configured source fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnSourceFailure {
+    /// Its last good values, marked stale with their age and the error; never
+    /// invented numbers.
+    #[default]
+    Stale,
+    /// Simulated values (seed 001's fallback), marked simulated with the error,
+    /// for clients that never read `sources` and must not show frozen numbers.
+    Simulate,
+}
+
 /// Parameters of the formulas.
 #[derive(Debug, Clone)]
 pub struct FormulaConfig {
-    /// A peer whose `last_seen` is older is offline, whatever its status says.
-    pub peer_staleness: Duration,
+    /// With a value, a peer whose `last_seen` is older (or missing) is offline,
+    /// whatever its status says; without (the default), its status is kept.
+    pub peer_staleness: Option<Duration>,
     /// Weights of trust tiers in data integrity.
     pub trust_weights: TrustWeights,
     /// Ingestion and consolidation rates count rows this recent.
@@ -40,7 +53,7 @@ pub struct FormulaConfig {
 impl Default for FormulaConfig {
     fn default() -> Self {
         Self {
-            peer_staleness: Duration::from_secs(30),
+            peer_staleness: None,
             trust_weights: TrustWeights::default(),
             rate_window: Duration::from_secs(60),
             consolidation_threshold: 0.7,
@@ -55,6 +68,7 @@ pub struct CollectorConfig {
     /// Time between cycles, drawn uniformly from this range.
     pub interval: RangeInclusive<Duration>,
     pub simulate: SimulateMode,
+    pub on_source_failure: OnSourceFailure,
     /// Peers and sync events in Redis.
     pub federation: Option<FederationRedisConfig>,
     /// The federation service's `/discover` (used with `federation`).
@@ -71,6 +85,7 @@ impl Default for CollectorConfig {
         Self {
             interval: Duration::from_secs(2)..=Duration::from_secs(3),
             simulate: SimulateMode::Auto,
+            on_source_failure: OnSourceFailure::Stale,
             federation: None,
             discover: None,
             reasoning_db: None,
@@ -94,6 +109,11 @@ pub enum Plan {
 }
 
 impl CollectorConfig {
+    /// Whether a failed read of a configured source shows simulated values.
+    pub fn simulates_failures(&self) -> bool {
+        self.on_source_failure == OnSourceFailure::Simulate
+    }
+
     /// The plan for `section` under this configuration.
     pub fn plan(&self, section: Section) -> Plan {
         let (configured, flag) = match section {

@@ -17,7 +17,7 @@ use super::federation::PeerRecord;
 use super::formulas::{NetworkMetrics, PeerView, effective_status, network_metrics};
 use super::reasoning::{self, LOG_EVENTS, ReasoningValues};
 use super::section::{Section, Tracked};
-use super::simulate::Simulator;
+use super::simulate::{FederationValues, MemoryValues, Simulator};
 use super::snapshot::{Federation, Memory, Peer, Provenance, SyncEvent};
 use crate::channel::ChannelName;
 use crate::metrics::Metrics;
@@ -49,19 +49,27 @@ pub struct Dashboards {
     discover: Tracked<Vec<PeerRecord>>,
     reasoning: Tracked<ReasoningValues>,
     ark: Tracked<ArkValues>,
+    /// Log-text columns found missing at the last live read, per section
+    /// (logged when the set changes).
+    reasoning_missing: Vec<String>,
+    ark_missing: Vec<String>,
 }
 
 impl Dashboards {
     pub fn new(config: CollectorConfig, metrics: Arc<Metrics>) -> Self {
+        let fallback = config.simulates_failures();
         Self {
             config,
             metrics,
             simulator: Simulator::new(StdRng::from_os_rng()),
-            peers: Tracked::new(Section::Peers),
-            sync: Tracked::new(Section::SyncEvents),
+            peers: Tracked::new(Section::Peers).simulating_failures(fallback),
+            sync: Tracked::new(Section::SyncEvents).simulating_failures(fallback),
+            // /discover only completes the peers: it has no simulated values.
             discover: Tracked::new(Section::Discover),
-            reasoning: Tracked::new(Section::Reasoning),
-            ark: Tracked::new(Section::Ark),
+            reasoning: Tracked::new(Section::Reasoning).simulating_failures(fallback),
+            ark: Tracked::new(Section::Ark).simulating_failures(fallback),
+            reasoning_missing: Vec::new(),
+            ark_missing: Vec::new(),
         }
     }
 
@@ -71,7 +79,7 @@ impl Dashboards {
         let good_at = |generated_at: &str, provenance: Option<&Provenance>| {
             let generated = humantime::parse_rfc3339_weak(generated_at).ok()?;
             match provenance? {
-                Provenance::Live => Some(generated),
+                Provenance::Live { .. } => Some(generated),
                 Provenance::Stale {
                     age_seconds: Some(age),
                     ..
@@ -112,6 +120,7 @@ impl Dashboards {
                         consolidation_rate: m.consolidation_rate,
                         confidence_deltas: m.confidence_deltas,
                         logs: reasoning_logs,
+                        missing_columns: Vec::new(),
                     },
                     at,
                 );
@@ -123,6 +132,7 @@ impl Dashboards {
                         quarantine_count: m.quarantine_count,
                         trust_distribution: m.trust_distribution,
                         logs: ark_logs,
+                        missing_columns: Vec::new(),
                     },
                     at,
                 );
@@ -141,10 +151,14 @@ impl Dashboards {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let simulated = [Section::Peers, Section::SyncEvents]
+        let fallback = self.config.simulates_failures()
+            && (matches!(reads.peers, Some(Err(_))) || matches!(reads.sync, Some(Err(_))));
+        let simulated = ([Section::Peers, Section::SyncEvents]
             .iter()
             .any(|s| self.config.plan(*s) == Plan::Simulate)
+            || fallback)
             .then(|| self.simulator.federation(now_ms));
+        let fallback_values = simulated.as_ref().filter(|_| fallback);
         let mut sources = BTreeMap::new();
 
         let discovered: Vec<PeerRecord> = match &reads.discover {
@@ -162,21 +176,17 @@ impl Dashboards {
                 let value = self.peer_values(records, &discovered, now_ms);
                 self.peers.record(Ok(value), now, &self.metrics)
             }
-            (Plan::Read, Some(Err(e))) => self.peers.record(Err(e.clone()), now, &self.metrics),
-            (Plan::Simulate, _) => match &simulated {
-                Some(f) => (
-                    PeersValue {
-                        peers: f.peers.clone(),
-                        metrics: NetworkMetrics {
-                            network_health: f.network_health,
-                            data_integrity: f.data_integrity,
-                            avg_latency: f.avg_latency,
-                        },
-                    },
-                    Provenance::Simulated,
-                ),
-                None => (PeersValue::default(), Provenance::Simulated),
-            },
+            (Plan::Read, Some(Err(e))) => failed(
+                &mut self.peers,
+                e.clone(),
+                now,
+                &self.metrics,
+                fallback_values.map(simulated_peers),
+            ),
+            (Plan::Simulate, _) => (
+                simulated.as_ref().map(simulated_peers).unwrap_or_default(),
+                Provenance::simulated(),
+            ),
             (Plan::Missing(why), _) => self.peers.stale(why.to_string(), now),
             _ => self.peers.stale("not read".to_string(), now),
         };
@@ -184,13 +194,22 @@ impl Dashboards {
 
         let (sync_traffic, provenance) = match (self.config.plan(Section::SyncEvents), &reads.sync)
         {
-            (Plan::Read, Some(result)) => self.sync.record(result.clone(), now, &self.metrics),
+            (Plan::Read, Some(Ok(events))) => {
+                self.sync.record(Ok(events.clone()), now, &self.metrics)
+            }
+            (Plan::Read, Some(Err(e))) => failed(
+                &mut self.sync,
+                e.clone(),
+                now,
+                &self.metrics,
+                fallback_values.map(|f| f.sync_traffic.clone()),
+            ),
             (Plan::Simulate, _) => (
                 simulated
                     .as_ref()
                     .map(|f| f.sync_traffic.clone())
                     .unwrap_or_default(),
-                Provenance::Simulated,
+                Provenance::simulated(),
             ),
             (Plan::Missing(why), _) => self.sync.stale(why.to_string(), now),
             _ => self.sync.stale("not read".to_string(), now),
@@ -258,26 +277,43 @@ impl Dashboards {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let simulated = [Section::Reasoning, Section::Ark]
+        let fallback = self.config.simulates_failures()
+            && (matches!(reads.reasoning, Some(Err(_))) || matches!(reads.ark, Some(Err(_))));
+        let simulated = ([Section::Reasoning, Section::Ark]
             .iter()
             .any(|s| self.config.plan(*s) == Plan::Simulate)
+            || fallback)
             .then(|| self.simulator.memory(now_ms));
         let mut sources = BTreeMap::new();
 
         let (reasoning, provenance) = match (self.config.plan(Section::Reasoning), reads.reasoning)
         {
-            (Plan::Read, Some(result)) => self.reasoning.record(result, now, &self.metrics),
+            (Plan::Read, Some(Err(e))) => failed(
+                &mut self.reasoning,
+                e,
+                now,
+                &self.metrics,
+                simulated
+                    .as_ref()
+                    .filter(|_| fallback)
+                    .map(simulated_reasoning),
+            ),
+            (Plan::Read, Some(Ok(values))) => {
+                let (values, provenance) = self.reasoning.record(Ok(values), now, &self.metrics);
+                let provenance = with_missing_columns(
+                    Section::Reasoning,
+                    provenance,
+                    &values.missing_columns,
+                    &mut self.reasoning_missing,
+                );
+                (values, provenance)
+            }
             (Plan::Simulate, _) => (
                 simulated
                     .as_ref()
-                    .map(|m| ReasoningValues {
-                        ingestion_rate: m.ingestion_rate,
-                        consolidation_rate: m.consolidation_rate,
-                        confidence_deltas: m.confidence_deltas.clone(),
-                        logs: m.logs.clone(),
-                    })
+                    .map(simulated_reasoning)
                     .unwrap_or_default(),
-                Provenance::Simulated,
+                Provenance::simulated(),
             ),
             (Plan::Missing(why), _) => self.reasoning.stale(why.to_string(), now),
             _ => self.reasoning.stale("not read".to_string(), now),
@@ -285,19 +321,26 @@ impl Dashboards {
         sources.insert(Section::Reasoning.name().to_string(), provenance);
 
         let (ark, provenance) = match (self.config.plan(Section::Ark), reads.ark) {
-            (Plan::Read, Some(result)) => self.ark.record(result, now, &self.metrics),
+            (Plan::Read, Some(Err(e))) => failed(
+                &mut self.ark,
+                e,
+                now,
+                &self.metrics,
+                simulated.as_ref().filter(|_| fallback).map(simulated_ark),
+            ),
+            (Plan::Read, Some(Ok(values))) => {
+                let (values, provenance) = self.ark.record(Ok(values), now, &self.metrics);
+                let provenance = with_missing_columns(
+                    Section::Ark,
+                    provenance,
+                    &values.missing_columns,
+                    &mut self.ark_missing,
+                );
+                (values, provenance)
+            }
             (Plan::Simulate, _) => (
-                simulated
-                    .as_ref()
-                    .map(|m| ArkValues {
-                        dedup_rate: m.dedup_rate,
-                        quarantine_count: m.quarantine_count,
-                        trust_distribution: m.trust_distribution.clone(),
-                        // The simulator's log is shown with the reasoning section.
-                        logs: Vec::new(),
-                    })
-                    .unwrap_or_default(),
-                Provenance::Simulated,
+                simulated.as_ref().map(simulated_ark).unwrap_or_default(),
+                Provenance::simulated(),
             ),
             (Plan::Missing(why), _) => self.ark.stale(why.to_string(), now),
             _ => self.ark.stale("not read".to_string(), now),
@@ -317,6 +360,83 @@ impl Dashboards {
             version,
             sources,
         }
+    }
+}
+
+/// A failed read: recorded (logged once, `source_up` 0), then shown as the
+/// last good values, stale — or, with `fallback` (`--on-source-failure
+/// simulate`), as these simulated values, marked simulated with the error.
+fn failed<T: Clone + Default>(
+    tracked: &mut Tracked<T>,
+    error: String,
+    now: SystemTime,
+    metrics: &Metrics,
+    fallback: Option<T>,
+) -> (T, Provenance) {
+    let stale = tracked.record(Err(error.clone()), now, metrics);
+    match fallback {
+        Some(values) => (values, Provenance::Simulated { error: Some(error) }),
+        None => stale,
+    }
+}
+
+fn simulated_peers(f: &FederationValues) -> PeersValue {
+    PeersValue {
+        peers: f.peers.clone(),
+        metrics: NetworkMetrics {
+            network_health: f.network_health,
+            data_integrity: f.data_integrity,
+            avg_latency: f.avg_latency,
+        },
+    }
+}
+
+fn simulated_reasoning(m: &MemoryValues) -> ReasoningValues {
+    ReasoningValues {
+        ingestion_rate: m.ingestion_rate,
+        consolidation_rate: m.consolidation_rate,
+        confidence_deltas: m.confidence_deltas.clone(),
+        logs: m.logs.clone(),
+        missing_columns: Vec::new(),
+    }
+}
+
+fn simulated_ark(m: &MemoryValues) -> ArkValues {
+    ArkValues {
+        dedup_rate: m.dedup_rate,
+        quarantine_count: m.quarantine_count,
+        trust_distribution: m.trust_distribution.clone(),
+        // The simulator's log is shown with the reasoning section.
+        logs: Vec::new(),
+        missing_columns: Vec::new(),
+    }
+}
+
+/// A live read's provenance names the log-text columns its source lacks
+/// (`missing_columns`); a change of that set is logged once.
+fn with_missing_columns(
+    section: Section,
+    provenance: Provenance,
+    missing: &[String],
+    previous: &mut Vec<String>,
+) -> Provenance {
+    let Provenance::Live { .. } = provenance else {
+        return provenance;
+    };
+    if previous.as_slice() != missing {
+        if missing.is_empty() {
+            tracing::info!(%section, "collector source has every log column again");
+        } else {
+            tracing::warn!(
+                %section,
+                missing_columns = ?missing,
+                "collector source lacks columns that only feed log text: the section stays live, its log lines leave them out"
+            );
+        }
+        *previous = missing.to_vec();
+    }
+    Provenance::Live {
+        missing_columns: missing.to_vec(),
     }
 }
 

@@ -67,14 +67,15 @@ pub struct DemoSummary {
 
 const AGENTS: [&str; 4] = ["kyle", "aria", "sage", "nova"];
 const STAGES: [&str; 3] = ["analysis", "synthesis", "validation"];
-/// id, trust tier, status, latency, heartbeat age in seconds (the last one is
-/// stale, so it shows offline whatever its status says).
+/// id, trust tier, status, latency, heartbeat age in seconds (the last one
+/// stopped 10 minutes ago and its status says so, as a federation service
+/// would write it: offline with or without --peer-staleness).
 const PEERS: [(&str, &str, &str, u64, u64); 5] = [
     ("ark-core-1", "core", "online", 12, 1),
     ("ark-core-2", "core", "online", 18, 2),
     ("ark-trusted-1", "trusted", "online", 35, 1),
     ("ark-trusted-2", "trusted", "degraded", 140, 3),
-    ("ark-verified-1", "verified", "online", 60, 600),
+    ("ark-verified-1", "verified", "offline", 60, 600),
 ];
 const EVENT_TYPES: [&str; 3] = ["memory_sync", "config_update", "heartbeat"];
 /// Sync events kept in the list by `follow`.

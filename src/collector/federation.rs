@@ -5,7 +5,8 @@
 //! is its `id` field, else the key without the pattern's literal prefix. Fields
 //! read: `hostname`, `trust_tier`, `status`, `latency` (ms), `last_seen` (Unix
 //! seconds or milliseconds, or RFC 3339). Sync events are JSON objects in a list
-//! that producers `LPUSH`, newest first. A pattern that matches no hash, or a
+//! that producers `LPUSH`, newest first, and are shown in that order (as
+//! `LRANGE sync_events 0 9` returns them). A pattern that matches no hash, or a
 //! list key that does not exist, is an unavailable source, not an empty one.
 
 use std::time::Duration;
@@ -252,8 +253,9 @@ impl FederationRedis {
         Ok(peers)
     }
 
-    /// The newest sync events, oldest first, and how many items were not
-    /// sync events (skipped).
+    /// The newest sync events, newest first (the list's own order, as
+    /// `LRANGE key 0 9` returns them), and how many items were not sync events
+    /// (skipped; the next items take their places).
     pub async fn sync_events(&self) -> Result<(Vec<SyncEvent>, usize), FederationError> {
         let result = self.read_sync_events().await;
         if matches!(result, Err(FederationError::Redis(_))) {
@@ -305,7 +307,6 @@ impl FederationRedis {
                 None => invalid += 1,
             }
         }
-        events.reverse();
         Ok((events, invalid))
     }
 }

@@ -85,21 +85,24 @@ pub struct PeerView {
     pub latency: Option<f64>,
 }
 
-/// A peer's status as shown: `offline` when its heartbeat (`last_seen`) is
-/// older than `staleness` (or missing), whatever it says; otherwise its own
-/// status in lower case.
+/// A peer's status as shown: its own status in lower case — unless a
+/// `staleness` is given and its heartbeat (`last_seen`) is older than that, or
+/// missing (0): then `offline`, whatever it says. Without a staleness the
+/// hash's `status` is authoritative (seed 001 reads it as the federation
+/// service wrote it).
 pub fn effective_status(
     status: &str,
     last_seen_ms: u64,
     now_ms: u64,
-    staleness: Duration,
+    staleness: Option<Duration>,
 ) -> String {
-    let age = now_ms.saturating_sub(last_seen_ms);
-    if last_seen_ms == 0 || age > staleness.as_millis() as u64 {
-        "offline".to_string()
-    } else {
-        status.trim().to_ascii_lowercase()
+    if let Some(staleness) = staleness {
+        let age = now_ms.saturating_sub(last_seen_ms);
+        if last_seen_ms == 0 || age > staleness.as_millis() as u64 {
+            return "offline".to_string();
+        }
     }
+    status.trim().to_ascii_lowercase()
 }
 
 /// Network health, data integrity and average latency of a peer list.
@@ -246,8 +249,19 @@ mod tests {
     }
 
     #[test]
+    fn without_staleness_the_status_is_kept() {
+        let now = 1_700_000_100_000;
+        assert_eq!(
+            effective_status(" Online", now - 3_600_000, now, None),
+            "online"
+        );
+        assert_eq!(effective_status("online", 0, now, None), "online");
+        assert_eq!(effective_status("offline", now, now, None), "offline");
+    }
+
+    #[test]
     fn staleness_overrides_status() {
-        let s = Duration::from_secs(30);
+        let s = Some(Duration::from_secs(30));
         let now = 1_700_000_100_000;
         assert_eq!(effective_status("Online", now - 29_000, now, s), "online");
         assert_eq!(effective_status("online", now - 31_000, now, s), "offline");

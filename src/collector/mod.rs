@@ -4,8 +4,9 @@
 //! Each dashboard is made of sections, each from one source and each with its
 //! own provenance in `sources` ([`section`]): `live`, `stale` (a configured
 //! source failed: its last good values, with their age and the error) or
-//! `simulated` (no source configured, [`simulate`]). A configured source is never
-//! silently replaced by invented numbers.
+//! `simulated` (no source configured, [`simulate`]). A configured source that
+//! fails is replaced by simulated numbers only with `--on-source-failure
+//! simulate` (seed 001's fallback), and then says so: `simulated` with the error.
 //!
 //! | channel | section | source | fields |
 //! |---|---|---|---|
@@ -47,7 +48,7 @@ use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, PublishOptions};
 use crate::json::Json;
 use crate::metrics::Metrics;
-pub use config::{CollectorConfig, FormulaConfig, Plan, SimulateMode};
+pub use config::{CollectorConfig, FormulaConfig, OnSourceFailure, Plan, SimulateMode};
 use dashboards::{Dashboards, Reads};
 use discover::Discover;
 use federation::{FederationError, FederationRedis};
@@ -193,6 +194,7 @@ impl Collector {
         };
         tracing::info!(
             simulate = ?self.config.simulate,
+            on_source_failure = ?self.config.on_source_failure,
             peers = describe(Section::Peers),
             sync_events = describe(Section::SyncEvents),
             discover = describe(Section::Discover),
@@ -479,6 +481,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_source_is_stale_or_with_simulate_simulated_with_the_error() {
+        let missing = std::env::temp_dir().join(format!("sb-none-{}.db", rand::random::<u32>()));
+        let ark_db = Some(sqlite::SqliteConfig {
+            path: missing,
+            busy_timeout: Duration::from_millis(100),
+            query_timeout: Duration::from_secs(5),
+        });
+        for (policy, source) in [
+            (OnSourceFailure::Stale, "stale"),
+            (OnSourceFailure::Simulate, "simulated"),
+        ] {
+            let (mut c, engine) = collector(CollectorConfig {
+                ark_db: ark_db.clone(),
+                on_source_failure: policy,
+                ..CollectorConfig::default()
+            });
+            let (_tx, leader) = watch::channel(LeaderState::always());
+            c.cycle(&leader).await;
+            let m = stored(&engine, MEMORY_CHANNEL).await;
+            assert_eq!(m["sources"]["ark"]["source"], source, "{policy:?}");
+            assert!(
+                m["sources"]["ark"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no such file")
+            );
+            // Not configured: simulated without an error either way.
+            assert_eq!(
+                m["sources"]["reasoning"],
+                serde_json::json!({"source": "simulated"})
+            );
+            let core = m["trust_distribution"]["core"].as_u64().unwrap();
+            match policy {
+                OnSourceFailure::Stale => assert_eq!(core, 0),
+                OnSourceFailure::Simulate => assert!((8..=12).contains(&core)),
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_follower_does_not_publish_and_a_refused_version_is_adopted() {
         let (mut c, engine) = collector(CollectorConfig::default());
         let (_tx, follower) = watch::channel(LeaderState::follower());
@@ -549,7 +591,10 @@ mod tests {
         assert_eq!(m["version"], 3);
         assert_eq!(m["sources"]["ark"]["source"], "stale");
         assert!(m["sources"]["ark"]["age_seconds"].as_f64().is_some());
-        assert_eq!(m["trust_distribution"], serde_json::json!({"core": 1}));
+        assert_eq!(
+            m["trust_distribution"],
+            serde_json::json!({"core": 1, "trusted": 0, "sandbox": 0, "external": 0})
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

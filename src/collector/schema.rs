@@ -72,38 +72,81 @@ CREATE INDEX IF NOT EXISTS idx_sandbox_executions_created ON sandbox_executions(
 /// A table and the columns of it that the collector reads.
 pub type Required = (&'static str, &'static [&'static str]);
 
-/// What the reasoning section reads from `reasoning_logs.db`.
+/// What the reasoning section needs from `reasoning_logs.db`: the columns its
+/// numbers (rates, confidence deltas) are computed from. Without one of them
+/// the section is stale.
 pub const REASONING_REQUIRED: &[Required] = &[
-    (
-        "reasoning_sessions",
-        &[
-            "session_id",
-            "agent_name",
-            "overall_confidence",
-            "created_at",
-        ],
-    ),
-    (
-        "reasoning_stages",
-        &["session_id", "stage_name", "confidence", "created_at"],
-    ),
+    ("reasoning_sessions", &["created_at"]),
+    ("reasoning_stages", &["confidence", "created_at"]),
 ];
 
-/// What the ark section reads from `ark.db`.
+/// Columns of `reasoning_logs.db` that only feed the log's text. Without one,
+/// the section stays live, its log lines leave that part out, and its
+/// `sources` entry lists it in `missing_columns`.
+pub const REASONING_LOG_COLUMNS: &[Required] = &[
+    (
+        "reasoning_sessions",
+        &["session_id", "agent_name", "overall_confidence"],
+    ),
+    ("reasoning_stages", &["session_id", "stage_name"]),
+];
+
+/// What the ark section needs from `ark.db` (as [`REASONING_REQUIRED`]).
 pub const ARK_REQUIRED: &[Required] = &[
     ("code_index", &["trust_tier"]),
     ("code_patterns", &["code_snippet", "usage_count"]),
     ("sandbox_executions", &["status", "created_at"]),
 ];
 
+/// Columns of `ark.db` that only feed the log's text (as [`REASONING_LOG_COLUMNS`]).
+pub const ARK_LOG_COLUMNS: &[Required] = &[("sandbox_executions", &["error"])];
+
+/// The columns of `columns` that the database lacks, as `table.column`, in
+/// the order given.
+pub fn missing_columns(
+    conn: &rusqlite::Connection,
+    columns: &[Required],
+) -> rusqlite::Result<Vec<String>> {
+    let mut missing = Vec::new();
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    for (table, wanted) in columns {
+        let have = stmt
+            .query_map([table], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        for column in *wanted {
+            if !have.iter().any(|h| h == column) {
+                missing.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// `column` when the read found it, else `NULL` (for a `SELECT` list).
+pub fn column_or_null(missing: &[String], table: &str, column: &'static str) -> &'static str {
+    if missing
+        .iter()
+        .any(|m| m.split_once('.') == Some((table, column)))
+    {
+        "NULL"
+    } else {
+        column
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The DDL creates every table and column the collector requires.
+    /// The DDL creates every table and column the collector reads.
     #[test]
     fn ddl_satisfies_the_required_columns() {
-        for (ddl, required) in [(REASONING_DDL, REASONING_REQUIRED), (ARK_DDL, ARK_REQUIRED)] {
+        for (ddl, required) in [
+            (REASONING_DDL, REASONING_REQUIRED),
+            (REASONING_DDL, REASONING_LOG_COLUMNS),
+            (ARK_DDL, ARK_REQUIRED),
+            (ARK_DDL, ARK_LOG_COLUMNS),
+        ] {
             let conn = rusqlite::Connection::open_in_memory().unwrap();
             conn.execute_batch(ddl).unwrap();
             for (table, columns) in required {
@@ -120,5 +163,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn missing_log_columns_are_named() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reasoning_sessions (created_at TEXT, agent_name TEXT);
+             CREATE TABLE reasoning_stages (confidence REAL, created_at TEXT, stage_name TEXT);",
+        )
+        .unwrap();
+        let missing = missing_columns(&conn, REASONING_LOG_COLUMNS).unwrap();
+        assert_eq!(
+            missing,
+            [
+                "reasoning_sessions.session_id",
+                "reasoning_sessions.overall_confidence",
+                "reasoning_stages.session_id"
+            ]
+        );
+        assert_eq!(
+            column_or_null(&missing, "reasoning_stages", "session_id"),
+            "NULL"
+        );
+        assert_eq!(
+            column_or_null(&missing, "reasoning_sessions", "agent_name"),
+            "agent_name"
+        );
     }
 }

@@ -52,6 +52,9 @@ pub struct Tracked<T> {
     last_good: Option<(T, SystemTime)>,
     failing: Option<String>,
     ever_read: bool,
+    /// A failure is shown with simulated values (`--on-source-failure
+    /// simulate`): only what the log says.
+    simulates_failures: bool,
 }
 
 impl<T: Clone + Default> Tracked<T> {
@@ -61,7 +64,14 @@ impl<T: Clone + Default> Tracked<T> {
             last_good: None,
             failing: None,
             ever_read: false,
+            simulates_failures: false,
         }
+    }
+
+    /// Says in the log that a failure is shown with simulated values.
+    pub fn simulating_failures(mut self, yes: bool) -> Self {
+        self.simulates_failures = yes;
+        self
     }
 
     /// Records this cycle's read and returns the values to show with their provenance.
@@ -92,14 +102,14 @@ impl<T: Clone + Default> Tracked<T> {
                             .map_or(0, |d| d.as_secs()) as i64,
                     );
                 self.last_good = Some((value.clone(), now));
-                (value, Provenance::Live)
+                (value, Provenance::live())
             }
             Err(error) => {
                 if self.failing.as_deref() != Some(error.as_str()) {
                     tracing::warn!(
                         section,
                         %error,
-                        kept = if self.last_good.is_some() { "last good values, marked stale" } else { "no values yet, marked stale" },
+                        kept = if self.simulates_failures { "simulated values, marked simulated (--on-source-failure simulate)" } else if self.last_good.is_some() { "last good values, marked stale" } else { "no values yet, marked stale" },
                         "collector source unavailable"
                     );
                     self.failing = Some(error.clone());
@@ -162,7 +172,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut t: Tracked<u32> = Tracked::new(Section::Ark);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::Live));
+        assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::live()));
         let (v, p) = t.record(
             Err("locked".into()),
             t0 + Duration::from_millis(2_500),
@@ -185,7 +195,7 @@ mod tests {
         );
         assert_eq!(
             t.record(Ok(9), t0 + Duration::from_secs(5), &metrics).1,
-            Provenance::Live
+            Provenance::live()
         );
         assert_eq!(
             metrics

@@ -6,7 +6,9 @@
 //! 94 % (±2), data integrity 99.5–99.9 %, average latency 40–50 ms; sync events
 //! of types memory_sync, config_update, heartbeat. Ingestion 7–9/s,
 //! consolidation 6–8/s, dedup 91–94 %, quarantine 0–2, trust distribution core
-//! 8–12, sandbox 2–5, external 0–2, confidence deltas in ±0.05, a 10-event log.
+//! 8–12, sandbox 2–5, external 0–2 (and trusted 3–6: seed 000's sample has no
+//! trusted tier, but seed 001 counts it and the live section always carries
+//! it), confidence deltas in ±0.05, a 10-event log.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -124,11 +126,10 @@ impl Simulator {
                 bytes: self.rng.random_range(256..16_384),
                 success: self.rng.random_bool(0.97),
             };
-            self.sync.push_back(event);
+            // Newest first, as the live section shows them.
+            self.sync.push_front(event);
         }
-        while self.sync.len() > 10 {
-            self.sync.pop_front();
-        }
+        self.sync.truncate(10);
         FederationValues {
             peers,
             sync_traffic: self.sync.iter().cloned().collect(),
@@ -182,6 +183,7 @@ impl Simulator {
         }
         let trust_distribution = BTreeMap::from([
             ("core".to_string(), self.rng.random_range(8..=12)),
+            ("trusted".to_string(), self.rng.random_range(3..=6)),
             ("sandbox".to_string(), self.rng.random_range(2..=5)),
             ("external".to_string(), self.rng.random_range(0..=2)),
         ]);
@@ -213,6 +215,12 @@ mod tests {
             assert!((99.5..=99.9).contains(&f.data_integrity));
             assert!((40.0..=50.0).contains(&f.avg_latency));
             assert!(!f.sync_traffic.is_empty() && f.sync_traffic.len() <= 10);
+            assert!(
+                f.sync_traffic
+                    .windows(2)
+                    .all(|w| w[0].timestamp >= w[1].timestamp),
+                "sync events newest first"
+            );
             let m = sim.memory(now);
             assert!((7.0..=9.0).contains(&m.ingestion_rate));
             assert!((6.0..=8.0).contains(&m.consolidation_rate));
@@ -221,6 +229,9 @@ mod tests {
             assert_eq!(m.confidence_deltas.len(), 50);
             assert!(m.confidence_deltas.iter().all(|d| d.abs() <= 0.05));
             assert!((8..=12).contains(&m.trust_distribution["core"]));
+            for tier in crate::collector::ark::TRUST_TIERS {
+                assert!(m.trust_distribution.contains_key(tier), "{tier}");
+            }
             assert!(m.logs.len() <= 10);
         }
     }

@@ -54,9 +54,21 @@ pub struct LogEvent {
 #[serde(rename_all = "snake_case", tag = "source")]
 pub enum Provenance {
     /// Read from the configured source in this cycle.
-    Live,
-    /// Invented: no source is configured for this section (or `--simulate always`).
-    Simulated,
+    Live {
+        /// Columns (`table.column`) the source lacks that only feed log text:
+        /// the log lines leave them out, the numbers are complete. Absent when
+        /// none is missing.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing_columns: Vec<String>,
+    },
+    /// Invented: no source is configured for this section (or `--simulate
+    /// always`), or — with `error` — its configured source failed and
+    /// `--on-source-failure simulate` falls back to simulated values.
+    Simulated {
+        /// Why the configured source failed (absent when none is configured).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The configured source failed; these are its last good values.
     Stale {
         /// Seconds since the values were read (absent if there never were any).
@@ -67,10 +79,25 @@ pub enum Provenance {
     },
 }
 
+impl Provenance {
+    /// Live, nothing missing.
+    pub fn live() -> Self {
+        Self::Live {
+            missing_columns: Vec::new(),
+        }
+    }
+
+    /// Simulated because no source is configured (or `--simulate always`).
+    pub fn simulated() -> Self {
+        Self::Simulated { error: None }
+    }
+}
+
 /// The federation dashboard (`/ws/federation`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Federation {
     pub peers: Vec<Peer>,
+    /// The 10 newest, newest first (as `LRANGE sync_events 0 9` returns them).
     pub sync_traffic: Vec<SyncEvent>,
     /// Percent of peers online.
     pub network_health: f64,

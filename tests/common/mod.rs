@@ -212,6 +212,10 @@ impl Switchboard {
         command
             .args(args)
             .env("SWITCHBOARD_LOG_LEVEL", level)
+            // Seed 001's variables, which collector and standalone read, come
+            // only from the test that sets them, never from the caller's shell.
+            .env_remove("REDIS_URL")
+            .env_remove("ARK_BASE_PATH")
             .stdout(Stdio::null())
             .stderr(stderr);
         let admin_port = match admin_listen_arg(args) {
