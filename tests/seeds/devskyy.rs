@@ -151,7 +151,21 @@ async fn the_seeds_hook_and_test_script_work_without_a_token_and_the_rest_still_
     assert_eq!(got, r#"{"paid":1}"#);
 
     // Per address: 8 without a token; behind the trusted proxy each forwarded
-    // address counts on its own.
+    // address counts on its own. (The clients above close first.)
+    drop(clients);
+    drop(native);
+    let deadline = std::time::Instant::now() + WAIT;
+    while fleet
+        .a
+        .metric("switchboard_connections", "auth=\"anonymous\"")
+        > 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "anonymous clients did not close"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(Client::connect(&fleet.a.ws_url("/api/ws/tasks")).await);
@@ -198,7 +212,7 @@ async fn the_seeds_hook_and_test_script_work_without_a_token_and_the_rest_still_
             "{header}"
         );
     }
-    let (_, headers) = raw_get(fleet.a.port, "/api/v1/whoami", &[("Origin", ORIGIN)]);
+    let (_, headers) = raw_get(fleet.a.port, "/api/v1/connections", &[("Origin", ORIGIN)]);
     assert!(
         headers
             .get("access-control-expose-headers")
