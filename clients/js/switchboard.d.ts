@@ -292,7 +292,7 @@ export declare class Subscription<T = Json> extends Emitter<SubscriptionEvents<T
   unsubscribe(): Promise<void>;
   /** Asks for the snapshot again (a `snapshot` event with start false). */
   refresh(): Promise<void>;
-  /** Up to `count` messages from before the subscription's start, as `history` events. */
+  /** Up to `count` messages from before the oldest delivered (or the start snapshot), as `history` events. */
   backfill(count: number): Promise<void>;
   /** Messages and snapshots, in order, until unsubscribed. */
   [Symbol.asyncIterator](): AsyncIterator<MessageEvent<T> | SnapshotEvent<T>>;

@@ -205,6 +205,8 @@ export class Subscription extends Emitter {
     this.requestId = null;
     this.sentSince = false;
     this.startSnapshot = false;
+    /** The oldest offset delivered since the subscription (re)started: a backfill reads what lies before it. */
+    this.floor = null;
     this.backfilling = false;
     this.backfillCount = 0;
     this.unsubscribing = false;
@@ -234,8 +236,8 @@ export class Subscription extends Emitter {
   }
 
   /**
-   * Reads up to `count` messages from before the subscription's start out of
-   * the channel's history; they come as `history` events (oldest first), the
+   * Reads up to `count` messages from before the oldest one delivered (or the
+   * start snapshot) out of the channel's history; they come as `history` events (oldest first), the
    * live stream continues without a gap or a duplicate.
    */
   backfill(count) {
@@ -773,6 +775,7 @@ export class Client extends Emitter {
       sub.epoch = frame.epoch;
       sub.offset = frame.offset;
       sub.startSnapshot = true;
+      sub.floor = null;
       sub.backfilling = false;
     } else if (sub.epoch !== frame.epoch) {
       sub.epoch = frame.epoch; // recovered: only the first subscription's epoch may be unknown
@@ -794,7 +797,10 @@ export class Client extends Emitter {
     if (!sub.live) return;
     const start = sub.startSnapshot;
     sub.startSnapshot = false;
-    if (start && typeof frame.offset === "number") sub.offset = frame.offset;
+    if (start && typeof frame.offset === "number") {
+      sub.offset = frame.offset;
+      if (sub.floor === null) sub.floor = frame.offset;
+    }
     sub.emit("snapshot", { channel: sub.channel, offset: frame.offset, epoch: sub.epoch, data: frame.data, size, start });
   }
 
@@ -806,10 +812,13 @@ export class Client extends Emitter {
       if (offset <= sub.offset) {
         // Already delivered (a resume replays from the acknowledged offset),
         // or asked for by a backfill.
-        if (sub.backfilling) sub.emit("history", { channel: sub.channel, offset, epoch: sub.epoch, data: frame.data, size });
+        if (sub.backfilling && offset < (sub.floor ?? sub.startOffset + 1)) {
+          sub.emit("history", { channel: sub.channel, offset, epoch: sub.epoch, data: frame.data, size });
+        }
         return;
       }
       sub.offset = offset;
+      if (sub.floor === null) sub.floor = offset;
       sub.backfilling = false;
     }
     sub.emit("message", { channel: sub.channel, offset, epoch: sub.epoch, data: frame.data, size, replayed: typeof offset === "number" && offset <= sub.startOffset });
@@ -826,7 +835,7 @@ export class Client extends Emitter {
       sub.unsubscribing = false;
       sub.live = false;
       sub.backfilling = true;
-      const request = { type: "subscribe", channel: sub.channel, since: { offset: Math.max(0, sub.startOffset - count), epoch: sub.epoch } };
+      const request = { type: "subscribe", channel: sub.channel, since: { offset: Math.max(0, (sub.floor ?? sub.startOffset + 1) - 1 - count), epoch: sub.epoch } };
       if (sub.filters) request.filters = sub.filters;
       this.#subscribeRequest(sub, request);
       return;

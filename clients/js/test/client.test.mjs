@@ -362,3 +362,28 @@ test("an AbortSignal shuts the client down; pending promises reject with ClosedE
   assert.throws(() => client.subscribe("orders:y"), ClosedError);
   await env.stop();
 });
+
+test("backfill: history from before the start, then the live stream without a gap or a duplicate", async () => {
+  const { env, gws, subscriberToken, publisherToken } = await setup();
+  const [gw] = gws;
+  const client = new Client({ url: gw.wsUrl, token: subscriberToken, WebSocket });
+  try {
+    for (let i = 1; i <= 8; i++) await publish(gw.url, "orders:backfill", { i }, { token: publisherToken, snapshot: i === 6 });
+    const sub = client.subscribe("orders:backfill");
+    const seen = record(sub);
+    await client.connect();
+    await seen.until("the snapshot and what followed it", (s) => s.snapshots.length === 1 && s.messages.length === 2);
+    assert.equal(seen.snapshots[0].offset, 6);
+    assert.deepEqual(seen.offsets(), [7, 8]);
+    const backfill = sub.backfill(3);
+    await publish(gw.url, "orders:backfill", { i: 9 }, { token: publisherToken });
+    await backfill;
+    await seen.until("the live message", (s) => s.messages.length === 3);
+    assert.deepEqual(seen.history.map((h) => h.offset), [3, 4, 5], "what lies before the snapshot, once");
+    assert.deepEqual(seen.offsets(), [7, 8, 9]);
+    assert.deepEqual(seen.resyncs, []);
+  } finally {
+    client.close();
+    await env.stop();
+  }
+});
