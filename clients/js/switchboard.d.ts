@@ -220,7 +220,7 @@ export interface TokenRequest {
 }
 
 export interface ClientOptions {
-  /** Gateway URL(s): `ws(s)://host/ws` or `http(s)://host` (then `/ws`); several are tried in turn. */
+  /** Gateway URL(s): `ws(s)://host/ws`, or `http(s)://host` / `ws(s)://host` (then `/ws`); several are tried in turn. */
   url: string | string[];
   /** JWT (sent as the `bearer.<token>` subprotocol); none with a `--no-auth` gateway. */
   token?: string | null;

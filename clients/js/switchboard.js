@@ -119,12 +119,17 @@ function httpBase(wsUrl) {
   return url.toString();
 }
 
-/** A gateway URL as a WebSocket URL of `/ws`: `http://h:8080` → `ws://h:8080/ws`. */
+/**
+ * A gateway URL as a WebSocket URL of `/ws`: `http://h:8080` and `ws://h:8080`
+ * → `ws://h:8080/ws`; a `ws(s)://` URL with a path stays as it is.
+ */
 function socketUrl(url) {
   const u = new URL(url);
   if (u.protocol === "http:" || u.protocol === "https:") {
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     u.pathname = u.pathname.replace(/\/?$/, "/ws");
+  } else if (u.pathname === "/" || u.pathname === "") {
+    u.pathname = "/ws";
   }
   if (u.protocol !== "ws:" && u.protocol !== "wss:") throw new SwitchboardError(`not a gateway URL: ${url}`, { code: "bad_url" });
   return u.toString();

@@ -141,13 +141,16 @@ def token_expiry(token: str) -> float | None:
 
 
 def socket_url(url: str) -> str:
-    """``http://gw:8080`` → ``ws://gw:8080/ws``; a ``ws(s)://`` URL stays as it is."""
+    """``http://gw:8080`` and ``ws://gw:8080`` → ``ws://gw:8080/ws``; a ``ws(s)://``
+    URL with a path stays as it is."""
     parts = urlsplit(url)
     scheme = parts.scheme
     path = parts.path
     if scheme in ("http", "https"):
         scheme = "wss" if scheme == "https" else "ws"
         path = path.rstrip("/") + "/ws"
+    elif path in ("", "/"):
+        path = "/ws"
     if scheme not in ("ws", "wss"):
         raise SwitchboardError(f"not a gateway URL: {url}", code="bad_url")
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
