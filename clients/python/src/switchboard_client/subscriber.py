@@ -632,6 +632,9 @@ class Client:
             raise SwitchboardError("connection lost", code="disconnected")
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError as e:
+            what = message.get("type")
+            raise SwitchboardError(f"no answer to {what} in {timeout} s", code="timeout") from e
         finally:
             self._pending.pop(request_id, None)
 
