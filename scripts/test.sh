@@ -4,8 +4,11 @@
 # apt; Prometheus unpacked from Debian's package into the cache, for
 # tests/cluster.rs; chromium from apt and Playwright for Python from PyPI in a
 # virtual environment in the cache, for the browser tests in tests/dashboard.rs),
-# then runs every test. Safe to run again. With CI set (.ci/run exports CI=1) a test
-# that would skip for a missing tool (nginx, Prometheus) fails instead.
+# then runs every test: the Rust suite, then (when no arguments restrict it to some
+# Rust tests) the client libraries' tests, scripts/test-clients.sh (which installs
+# Node and a Python venv of its own). Safe to run again. With CI set (.ci/run
+# exports CI=1) a test that would skip for a missing tool (nginx, Prometheus) fails
+# instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +46,6 @@ fi
 export SWITCHBOARD_PLAYWRIGHT_PYTHON="$PLAYWRIGHT_VENV/bin/python"
 
 cargo test --all-targets "$@"
+if [ $# -eq 0 ]; then
+  ./scripts/test-clients.sh
+fi

@@ -202,16 +202,14 @@ function onStatus(status) {
   if (status.replica) conn.dataset.replica = status.replica;
 }
 
-async function onFailedBeforeOpen() {
-  // A browser cannot read why an upgrade was refused: ask the REST API.
-  const answer = await whoami(state.token);
-  if (!answer.ok && answer.status === 401) {
-    state.connection.stop("the token was refused");
+function onRefused(error) {
+  // The client asked GET api/v1/whoami why the connection was refused.
+  const why = error.message.charAt(0).toUpperCase() + error.message.slice(1);
+  if (error.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
-    showSignIn(`The gateway refused the token: ${answer.message} (${answer.code}).`);
-  } else if (!answer.ok && answer.status === 403) {
-    state.connection.stop("the token may not connect");
-    showSignIn(`The token may not open a connection: ${answer.message}.`);
+    showSignIn(`${why}.`);
+  } else {
+    showSignIn(`The token may not open a connection: ${error.message}.`);
   }
 }
 
@@ -270,7 +268,7 @@ async function start() {
       reset: onReset,
       channelError: onChannelError,
       greeted: () => {},
-      failedBeforeOpen: onFailedBeforeOpen,
+      refused: onRefused,
       tokenExpired: onTokenExpired,
     },
   });

@@ -2,7 +2,8 @@
 //! `/assets/…` by `gateway` and `standalone`, and `GET /api/v1/whoami`, which
 //! tells the page whether it needs a token and what that token may do.
 //!
-//! The page (`assets/web/`) speaks the native protocol on `/ws`; its charts
+//! The page (`assets/web/`) speaks the native protocol on `/ws` through the
+//! client library of `clients/js/` (served as `assets/switchboard.js`); its charts
 //! come from Apache ECharts, vendored from the npm registry with its licences
 //! (`assets/vendor/`). No build step, no CDN. Every page response carries a
 //! Content-Security-Policy that allows scripts, styles and connections only
@@ -46,6 +47,15 @@ static ASSETS: &[Asset] = &[
     asset!("app.css", "web/app.css", "text/css; charset=utf-8"),
     asset!("app.js", "web/app.js", JS),
     asset!("connection.js", "web/connection.js", JS),
+    // The client library of clients/js, which connection.js builds on.
+    Asset {
+        path: "switchboard.js",
+        content_type: JS,
+        body: include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/clients/js/switchboard.js"
+        )),
+    },
     asset!("panels.js", "web/panels.js", JS),
     asset!("series.js", "web/series.js", JS),
     asset!("favicon.svg", "web/favicon.svg", "image/svg+xml"),
