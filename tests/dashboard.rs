@@ -667,3 +667,97 @@ async fn a_gateway_without_auth_opens_the_page_directly() {
     });
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_readers_see_the_allowed_dashboards_without_signing_in() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let dir = temp_dir("anonymous");
+    let secret = dir.join("jwt.secret");
+    std::fs::write(&secret, "anonymous-dashboard-secret-0123456789abcdef\n").unwrap();
+    let secret_path = secret.display().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &redis_url,
+            "--jwt-secret-file",
+            &secret_path,
+            "--anonymous-subscribe",
+            "federation,memory",
+            "--replica-id",
+            "anon-gw",
+            "--stats-interval",
+            "1s",
+        ],
+    );
+    gateway.wait_ready(Duration::from_secs(10));
+    let collector_port = free_port();
+    let collector_listen = format!("127.0.0.1:{collector_port}");
+    let _collector = Switchboard::spawn(
+        collector_port,
+        &[
+            "collector",
+            "--redis-url",
+            &redis_url,
+            "--listen",
+            &collector_listen,
+            "--simulate",
+            "always",
+            "--collect-interval-min",
+            "400ms",
+            "--collect-interval-max",
+            "500ms",
+        ],
+    );
+    let long = Duration::from_secs(20);
+    let mut b = tokio::task::block_in_place(Browser::start);
+    tokio::task::block_in_place(|| {
+        b.open(&gateway.http_url("/"));
+        b.wait_attr("#conn", "data-state", "connected", long);
+        assert!(
+            b.visible("#dashboard") && !b.visible("#signin"),
+            "no sign-in prompt for the channels allowed without a token"
+        );
+        assert_eq!(b.text("#who-user").as_deref(), Some("no token (read-only)"));
+        assert_eq!(b.attr("#conn", "data-auth").as_deref(), Some("anonymous"));
+        assert_eq!(b.text("#signout").as_deref(), Some("Sign in"));
+        b.wait_attr("#federation", "data-state", "live", long);
+        b.wait_attr("#memory", "data-state", "live", long);
+        // The operations view still needs an admin token.
+        b.wait_for("the operations view refused", long, |b| {
+            b.visible("#operations-denied").then_some(())
+        });
+        let errors = page_errors(&b.console(), Expect::default());
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+        // Signing in with an admin token adds the operations view.
+        let admin = mint(&secret, "root", &["websocket:admin"], &[]);
+        b.cmd(json!({"cmd": "click", "selector": "#signout"}));
+        b.wait_for("the sign-in form", long, |b| {
+            b.visible("#signin").then_some(())
+        });
+        b.cmd(json!({"cmd": "fill", "selector": "#signin-token", "value": admin}));
+        b.cmd(json!({"cmd": "click", "selector": "#signin-form button"}));
+        b.wait_attr("#conn", "data-state", "connected", long);
+        assert_eq!(b.attr("#conn", "data-auth").as_deref(), Some("token"));
+        b.wait_attr("#operations", "data-state", "live", long);
+    });
+    // The operations view counts connections without a token.
+    let _reader = common::Client::connect(&gateway.ws_url("/ws/federation")).await;
+    tokio::task::block_in_place(|| {
+        b.wait_for("the anonymous reader counted", long, |b| {
+            b.text("#kpi-subscriptions")
+                .filter(|t| t.contains("1 without a token"))
+                .map(|_| ())
+        });
+    });
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -236,13 +236,24 @@ async function start() {
   state.who = answer.who;
   $("signin").hidden = true;
   $("dashboard").hidden = false;
-  $("who-user").textContent = answer.who.auth ? `${answer.who.user || "?"}${answer.who.admin ? " (admin)" : ""}` : "no authentication";
+  // Without a token, a gateway with --anonymous-subscribe lets the page read
+  // the channels it names; signing in (with a token) adds the rest.
+  const anonymous = Boolean(answer.who.anonymous);
+  $("who-user").textContent = anonymous
+    ? "no token (read-only)"
+    : answer.who.auth
+      ? `${answer.who.user || "?"}${answer.who.admin ? " (admin)" : ""}`
+      : "no authentication";
   $("signout").hidden = !answer.who.auth;
+  $("signout").textContent = anonymous ? "Sign in" : "Sign out";
+  $("conn").dataset.auth = anonymous ? "anonymous" : answer.who.auth ? "token" : "none";
   state.operationsAllowed = Boolean(answer.who.admin);
   if (!state.operationsAllowed) denyOperations();
   else {
     $("operations-denied").hidden = true;
     $("operations-body").hidden = false;
+    // A view denied to an earlier token (or to no token) starts over.
+    if ($("operations").dataset.state === "denied") $("operations").dataset.state = "waiting";
   }
   if (!state.views) {
     state.views = { federation: new FederationView(), memory: new MemoryView(), operations: new OperationsView() };

@@ -543,7 +543,8 @@ export class OperationsView {
     const draining = states.filter((s) => s.state === "draining").length;
     text("kpi-replicas-sub", [`${ready} ready`, silent ? `${silent} silent` : "", draining ? `${draining} left` : ""].filter(Boolean).join(" · "));
     setValue("kpi-connections", String(sum((r) => r.connections && r.connections.total)), sum((r) => r.connections && r.connections.total));
-    text("kpi-subscriptions", `${sum((r) => r.subscriptions)} subscriptions`);
+    const anonymous = sum((r) => (r.connections && r.connections.anonymous) || 0);
+    text("kpi-subscriptions", [`${sum((r) => r.subscriptions)} subscriptions`, anonymous ? `${anonymous} without a token` : ""].filter(Boolean).join(" · "));
     const measured = current.filter((s) => typeof s.report.messages_in_per_second === "number");
     const inRate = measured.length ? sum((r) => r.messages_in_per_second) : NaN;
     const outRate = sum((r) => r.messages_out_per_second);
@@ -596,7 +597,10 @@ export class OperationsView {
         return [
           { text: name, title: `${r.role} ${r.version}` },
           { text: statusText, className: statusClass },
-          { text: String(c.total ?? "–"), title: `native ${c.native}, snapshot ${c.snapshot}, relay ${c.relay}` },
+          {
+            text: c.anonymous ? `${c.total ?? "–"} (${c.anonymous} anon.)` : String(c.total ?? "–"),
+            title: `native ${c.native}, snapshot ${c.snapshot}, relay ${c.relay}, escai ${c.escai ?? 0}, council ${c.council ?? 0}; without a token ${c.anonymous ?? 0}`,
+          },
           String(r.subscriptions ?? "–"),
           typeof r.messages_in_per_second === "number" ? fmt(r.messages_in_per_second) : "–",
           fmt(r.messages_out_per_second),
