@@ -394,3 +394,58 @@ async fn wait_for_presence(fleet: &Fleet, request: &str) {
     }
     panic!("{request} never listed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acking_every_event_of_a_burst_is_never_a_flood_and_silence_ends_with_4003() {
+    let fleet = Fleet::start(&[
+        "--council-heartbeat-interval",
+        "1s",
+        "--council-idle-timeout",
+        "3s",
+        "--max-messages-per-second",
+        "5",
+        "--message-burst",
+        "10",
+    ]);
+    let alice = council_token("alice");
+    // 300 events before the client connects: its replay comes at once, and it
+    // acknowledges each as it arrives — 60 times the message rate it is allowed.
+    for i in 1..=300 {
+        broadcast_progress(
+            &fleet,
+            "execution_progress",
+            json!({"n": i}),
+            (i == 1).then_some("alice"),
+        );
+    }
+    let mut client =
+        Client::connect(&fleet.a.ws_url(&format!("/api/v1/ws/req-123?token={alice}"))).await;
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    let mut seen = 0;
+    while seen < 300 {
+        let v = client.recv_json().await;
+        match v["type"].as_str() {
+            Some("execution_progress") => {
+                seen += 1;
+                let id = v["message_id"].as_u64().expect("message_id");
+                assert_eq!(id, seen, "in order");
+                client
+                    .send_text(&format!(r#"{{"type":"ack","message_id":{id}}}"#))
+                    .await;
+            }
+            Some("heartbeat") => {}
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    // Still open, and nothing was refused: the heartbeat comes and is answered.
+    let beat = client
+        .recv_until(WAIT, |v| v["type"] != "execution_progress")
+        .await;
+    assert_eq!(beat["type"], "heartbeat", "{beat}");
+    client.send_text(r#"{"type":"heartbeat_response"}"#).await;
+    // Then silence: closed with 4003 after the idle timeout, heartbeats or not.
+    assert_eq!(
+        client.closed_code(Duration::from_secs(15)).await,
+        Some(4003)
+    );
+}

@@ -109,7 +109,8 @@ export class Env {
   async startGateway(name, extraArgs = [], port = null) {
     for (let tries = 0; ; tries++) {
       const listen = port ?? (await freePort());
-      const args = ["gateway", "--listen", `127.0.0.1:${listen}`, "--redis-url", this.redisUrl, "--jwt-secret-file", this.secretFile, "--replica-id", name, "--stats-interval", "0", "--drain-window", "200ms", ...extraArgs];
+      // The admin listener shares the client port: no second port to collide on.
+      const args = ["gateway", "--listen", `127.0.0.1:${listen}`, "--admin-listen", `127.0.0.1:${listen}`, "--redis-url", this.redisUrl, "--jwt-secret-file", this.secretFile, "--replica-id", name, "--stats-interval", "0", "--drain-window", "200ms", ...extraArgs];
       const child = spawn(BINARY, args, { stdio: ["ignore", "ignore", "inherit"], env: childEnv() });
       const proc = new Proc(child, listen);
       proc.name = name;

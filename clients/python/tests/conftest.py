@@ -152,6 +152,9 @@ class Env:
                     "gateway",
                     "--listen",
                     f"127.0.0.1:{listen}",
+                    # /metrics on the client port: no second port to collide on.
+                    "--admin-listen",
+                    f"127.0.0.1:{listen}",
                     "--redis-url",
                     self.redis_url,
                     "--jwt-secret-file",
