@@ -31,7 +31,10 @@
 * the chart README lists every value; the PrometheusRule equals
   deploy/prometheus/alerts.yml; the dashboard ConfigMap equals deploy/grafana/;
 * deploy/Dockerfile copies everything the binary is compiled from (src/ and every
-  top-level directory src/ includes files from, such as assets/).
+  top-level directory src/ includes files from, such as assets/), builds the
+  stripped `image` profile, labels the image (OCI, with the crate's version) and
+  checks its health with the binary (no shell); whether its bases are pinned by
+  digest is reported.
 
 Usage: check_chart.py [--binary target/debug/switchboard] [--kube-version 1.30.0]
 """
@@ -599,6 +602,32 @@ def check_dockerfile_inputs():
     print(f"ok  deploy/Dockerfile copies what the binary is built from ({', '.join(sorted(needed))})")
 
 
+def check_dockerfile_image():
+    """The image: the stripped `image` profile, OCI labels with the crate's
+    version, a HEALTHCHECK that runs the binary (exec form: no shell in it)."""
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    if "[profile.image]" not in cargo or "--profile image" not in dockerfile:
+        fail("deploy/Dockerfile must build Cargo.toml's stripped `image` profile")
+    m = re.search(r"^ARG VERSION=(\S+)$", dockerfile, re.M)
+    if not m or m.group(1) != version:
+        fail(f"deploy/Dockerfile: ARG VERSION default must be the crate's version {version}")
+    for label in ("title", "description", "licenses", "version", "revision", "created", "base.name"):
+        if f"org.opencontainers.image.{label}=" not in dockerfile:
+            fail(f"deploy/Dockerfile: no org.opencontainers.image.{label} label")
+    hc = re.search(r"^HEALTHCHECK [^\[]*?CMD (\[[^\n]*\])$", dockerfile, re.M)
+    if not hc or json.loads(hc.group(1))[:2] != ["/usr/local/bin/switchboard", "health"]:
+        fail("deploy/Dockerfile: HEALTHCHECK must run the binary in exec form: CMD [\"/usr/local/bin/switchboard\", \"health\"]")
+    bases = re.findall(r"^ARG (RUST_IMAGE|RUNTIME_IMAGE)=(\S+)$", dockerfile, re.M)
+    unpinned = [f"{n}={r}" for n, r in bases if "@sha256:" not in r]
+    if unpinned:
+        notes.append(f"deploy/Dockerfile bases are not pinned by digest ({', '.join(unpinned)}): "
+                     "run deploy/pin-base-images.sh where a registry is reachable")
+    print(f"ok  deploy/Dockerfile builds the stripped image profile, OCI labels (version {version}), "
+          "HEALTHCHECK by the binary")
+
+
 def leaf_keys(values, prefix=""):
     for k, v in values.items():
         key = f"{prefix}{k}"
@@ -745,6 +774,7 @@ def main():
         notes.append("no --binary: variable names and values not checked against the binary")
 
     check_dockerfile_inputs()
+    check_dockerfile_image()
 
     check_readme(defaults)
     for n in notes:

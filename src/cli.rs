@@ -93,6 +93,9 @@ pub enum Command {
     /// Publishes a JSON message on a channel through the HTTP API (`-`: one
     /// message per line of standard input).
     Publish(PublishArgs),
+    /// Asks a running switchboard's /health/ready: exit 0 when it answers 200,
+    /// 1 otherwise (the container image's HEALTHCHECK; needs no shell).
+    Health(HealthArgs),
 }
 
 /// `switchboard bench`. Like every command it also reads `SWITCHBOARD_<FLAG>`
@@ -364,6 +367,32 @@ pub struct PublishArgs {
     /// Longest line read from standard input, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     pub max_line_bytes: usize,
+}
+
+/// `switchboard health`. Without a URL it asks the process configured by the
+/// same variables: the admin listener, else the listener, else 127.0.0.1:9091.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// What to ask, e.g. http://127.0.0.1:9091/health/ready (a bare
+    /// http://host:port asks /health/ready). Default: from --admin-listen,
+    /// else --listen (an unspecified address is asked on loopback), else
+    /// http://127.0.0.1:9091/health/ready.
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The admin listener of the gateway or standalone to ask (what it was
+    /// given as --admin-listen).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// The listener to ask when no admin listener is named: the collector's,
+    /// or a gateway's client port (which answers health too).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Limit on the whole check, connect to answer.
+    #[arg(long, env = "SWITCHBOARD_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
 //! `switchboard tail` and `switchboard publish` against real gateways: tail
 //! follows a channel through the loss of its replica with no gap and no
 //! duplicate, `--since`, `--filter`, snapshots, JSON lines on stdin, and one
-//! clear line (exit ≠ 0) for each kind of bad input.
+//! clear line (exit ≠ 0) for each kind of bad input; `switchboard health`.
 
 mod common;
 
@@ -413,4 +413,56 @@ fn client_failures_are_one_clear_line() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"offset\":1"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `switchboard health` (the image's HEALTHCHECK): 0 and the answer when the
+/// process is ready, asked by URL or from the variables the process reads;
+/// one line and exit 1 when it is not ready or not there.
+#[test]
+fn health_asks_readiness_and_fails_with_one_line() {
+    let sb = Switchboard::standalone(&[]);
+    sb.wait_ready(Duration::from_secs(10));
+    let url = format!("http://127.0.0.1:{}/health/ready", sb.admin_port);
+    let (code, stdout, stderr) = run(&["health", &url], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("HTTP 200") && stdout.contains("ready"),
+        "{stdout}"
+    );
+    // No URL: the admin listener the process was given, asked on loopback.
+    let admin = format!("0.0.0.0:{}", sb.admin_port);
+    let (code, stdout, stderr) = run(&["health"], None, &[("SWITCHBOARD_ADMIN_LISTEN", &admin)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{}", sb.admin_port)),
+        "{stdout}"
+    );
+    // A bare base URL asks /health/ready; the client port answers health too.
+    let (code, _, stderr) = run(&["health", &sb.http_url("")], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Nothing listening: one line, exit 1.
+    let closed = format!("http://127.0.0.1:{}/health/ready", free_port());
+    assert_one_line_failure(run(&["health", &closed], None, &[]), "cannot connect");
+    // A gateway whose Redis is not there: 503 with the reason.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let gw = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &nowhere,
+            "--no-auth",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}/health/ready", gw.admin_port);
+    assert_one_line_failure(run(&["health", &url], None, &[]), "HTTP 503");
+    assert_one_line_failure(
+        run(&["health", "https://gw/health"], None, &[]),
+        "only http://",
+    );
 }
