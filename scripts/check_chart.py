@@ -602,6 +602,34 @@ def check_dockerfile_inputs():
     print(f"ok  deploy/Dockerfile copies what the binary is built from ({', '.join(sorted(needed))})")
 
 
+def check_alert_rules():
+    """Every alert has a runbook_url naming its section of docs/RUNBOOK.md, which
+    exists, and a promtool test in which it fires."""
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    tests = yaml.safe_load((ROOT / "deploy/prometheus/alerts.test.yml").read_text())
+    runbook = (ROOT / "docs/RUNBOOK.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", runbook, re.M)}
+    fired = {case["alertname"] for test in tests["tests"] for case in test.get("alert_rule_test", [])
+             if case.get("exp_alerts")}
+    names = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert")
+            if not name:
+                continue
+            names.append(name)
+            url = (rule.get("annotations") or {}).get("runbook_url", "")
+            want = f"docs/RUNBOOK.md#{name.lower()}"
+            if url != want:
+                fail(f"alerts.yml: {name}: runbook_url {url!r}, want {want!r}")
+            if name.lower() not in anchors:
+                fail(f"docs/RUNBOOK.md has no section {name} (the runbook_url of that alert)")
+            if name not in fired:
+                fail(f"alerts.test.yml: no test in which {name} fires")
+    print(f"ok  {len(names)} alerts: each has a runbook section and a promtool test in which it fires")
+
+
 def check_dockerfile_image():
     """The image: the stripped `image` profile, OCI labels with the crate's
     version, a HEALTHCHECK that runs the binary (exec form: no shell in it)."""
@@ -707,9 +735,14 @@ def main():
                 want = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
                 if not values["collector"]["enabled"]:
                     want = [g for g in want if g["name"] != "switchboard-collector"]
+                base = values["prometheusRule"].get("runbookBaseUrl") or ""
+                for g in want:
+                    for r in g["rules"]:
+                        r["annotations"]["runbook_url"] = base + r["annotations"]["runbook_url"]
                 if doc["spec"]["groups"] != want:
                     fail(f"{label}: PrometheusRule differs from deploy/prometheus/alerts.yml "
-                         "(less the collector group when collector.enabled is false)")
+                         "(less the collector group when collector.enabled is false, runbook URLs "
+                         "prefixed with prometheusRule.runbookBaseUrl)")
             if doc["kind"] == "ConfigMap" and "switchboard.json" in (doc.get("data") or {}):
                 want = json.loads((ROOT / "deploy/grafana/switchboard.json").read_text())
                 if json.loads(doc["data"]["switchboard.json"]) != want:
@@ -775,6 +808,7 @@ def main():
 
     check_dockerfile_inputs()
     check_dockerfile_image()
+    check_alert_rules()
 
     check_readme(defaults)
     for n in notes:

@@ -515,6 +515,19 @@ async fn health_and_metrics_endpoints() {
     );
     assert!(metrics.contains("switchboard_delivery_lag_seconds_bucket"));
     assert!(metrics.contains("process_resident_memory_bytes"));
+    // Labelled counters exist at 0 before their first event (rate() and the
+    // alerts see a fresh replica).
+    for series in [
+        "switchboard_gap_fills_total{result=\"lost\"} 0",
+        "switchboard_publishes_total{result=\"error\"} 0",
+        "switchboard_resumes_total{result=\"not_recovered\"} 0",
+        "switchboard_upgrades_rejected_total{reason=\"max_connections\"} 0",
+        "switchboard_disconnects_total{code=\"4000\"} 0",
+        "switchboard_client_errors_total{code=\"rate_limited\"} 0",
+        "switchboard_connections_opened_total{route=\"relay\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing");
+    }
 }
 
 /// `--admin-listen` given the `--listen` address keeps the single-port layout:
