@@ -53,13 +53,26 @@ pub struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or per-module
     /// directives such as `switchboard=debug,warn`. The Redis client library
     /// logs only errors unless a directive names it (`info,redis=warn`).
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHBOARD_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Without it (flag or variable), RUST_LOG if set, else `info` (`warn` for
+    /// tail, publish and health).
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl Cli {
+    /// The log filter to use: `--log-level` (or `SWITCHBOARD_LOG_LEVEL`), else
+    /// `RUST_LOG`, else `quiet_default` for the command-line client and `info`
+    /// for everything else. An empty value counts as unset.
+    pub fn log_filter(&self, rust_log: Option<String>) -> String {
+        let given = |v: &Option<String>| v.clone().filter(|l| !l.trim().is_empty());
+        let client = matches!(
+            self.command,
+            Command::Tail(_) | Command::Publish(_) | Command::Health(_)
+        );
+        given(&self.log_level)
+            .or_else(|| given(&rust_log))
+            .unwrap_or_else(|| if client { "warn" } else { "info" }.to_string())
+    }
 }
 
 // Parsed once at startup: the size difference between variants costs nothing.
@@ -1355,6 +1368,27 @@ mod tests {
             "walked only {seen} flags: is the tree complete?"
         );
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn log_level_then_rust_log_then_the_default() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap();
+        let gw = parse(&["switchboard", "gateway", "--no-auth"]);
+        // Nothing set (the test environment may set neither: pass None).
+        assert_eq!(gw.log_filter(None), "info");
+        assert_eq!(gw.log_filter(Some("debug".into())), "debug");
+        assert_eq!(gw.log_filter(Some(" ".into())), "info");
+        let tail = parse(&["switchboard", "tail", "x"]);
+        assert_eq!(tail.log_filter(None), "warn");
+        assert_eq!(tail.log_filter(Some("info".into())), "info");
+        let given = parse(&[
+            "switchboard",
+            "--log-level",
+            "trace",
+            "gateway",
+            "--no-auth",
+        ]);
+        assert_eq!(given.log_filter(Some("debug".into())), "trace");
     }
 
     #[test]

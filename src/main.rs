@@ -16,12 +16,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Tail(_) | Command::Publish(_) | Command::Health(_)
     );
-    let level = if client && cli.log_level == "info" {
-        "warn"
-    } else {
-        &cli.log_level
-    };
-    if let Err(e) = logging::init(cli.log_format, level) {
+    let level = cli.log_filter(std::env::var("RUST_LOG").ok());
+    if let Err(e) = logging::init(cli.log_format, &level) {
         eprintln!("switchboard: {e}");
         return ExitCode::from(2);
     }

@@ -466,3 +466,51 @@ fn health_asks_readiness_and_fails_with_one_line() {
         "only http://",
     );
 }
+
+/// Logs redirected to a file carry no ANSI colour codes; RUST_LOG sets the
+/// filter when SWITCHBOARD_LOG_LEVEL does not, and loses to it when it does.
+#[test]
+fn logs_are_plain_text_when_redirected_and_follow_rust_log() {
+    let run_standalone = |rust_log: &str, log_level: Option<&str>| -> String {
+        let (port, admin) = (free_port(), free_port());
+        let log = std::env::temp_dir().join(format!("sb-log-{port}.txt"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env_remove("SWITCHBOARD_LOG_LEVEL")
+            .env_remove("NO_COLOR")
+            .env("SWITCHBOARD_LOG_FORMAT", "text")
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        if let Some(level) = log_level {
+            command.env("SWITCHBOARD_LOG_LEVEL", level);
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(common::http_get(admin, "/health/ready"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "standalone did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        text
+    };
+    // RUST_LOG=info: the first info line, in plain text.
+    let text = run_standalone("info", None);
+    assert!(text.contains("standalone: in-memory engine"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in a redirected log: {text:?}"
+    );
+    // RUST_LOG=warn: no info line.
+    let text = run_standalone("warn", None);
+    assert!(!text.contains("standalone: in-memory engine"), "{text}");
+    // SWITCHBOARD_LOG_LEVEL wins over RUST_LOG.
+    let text = run_standalone("warn", Some("info"));
+    assert!(text.contains("standalone: in-memory engine"), "{text}");
+}
