@@ -7,13 +7,15 @@
 #      rust:1-bookworm (bookworm + gcc + this machine's Rust toolchain);
 #   2. `buildah bud` builds the real deploy/Dockerfile with those two as
 #      RUST_IMAGE/RUNTIME_IMAGE (cargo fetches crates from crates.io inside the build);
-#   3. `podman run` starts the image read-only, as Kubernetes would, and checks:
+#   3. the image's HEALTHCHECK and OCI labels are there, and its size (base, binary)
+#      is printed;
+#   4. `podman run` starts the image read-only, as Kubernetes would, and checks:
 #      `gateway --check-config` accepts a chart-like environment, the user is 10001,
 #      standalone serves /health/live, /health/ready, /metrics on its admin port (not
 #      on the client port) and
 #      the dashboard page at / with its assets (compiled in from assets/),
-#      a gateway becomes ready against a redis-server on loopback, and SIGTERM drains
-#      and exits 0; a gateway becomes ready on a TLS-only redis-server (rediss://,
+#      a gateway becomes ready against a redis-server on loopback (and the image's
+#      HEALTHCHECK, `switchboard health`, passes), and SIGTERM drains and exits 0; a gateway becomes ready on a TLS-only redis-server (rediss://,
 #      a CA made with openssl mounted as --redis-ca-file), and the image carries the
 #      system CA bundle.
 #
@@ -84,11 +86,21 @@ fi
 
 step "buildah bud -f deploy/Dockerfile (the production Dockerfile, bases overridden)"
 started=$(date +%s)
-buildah bud --isolation chroot --layers \
+# --format docker: the OCI format has no HEALTHCHECK (buildah would drop it).
+buildah bud --isolation chroot --layers --format docker \
   --build-arg RUST_IMAGE="$BUILD_BASE" --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" \
+  --build-arg REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   -f deploy/Dockerfile -t "$IMAGE" "$ROOT"
 echo "built $IMAGE in $(( $(date +%s) - started )) s"
-podman image inspect "$IMAGE" --format 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}} size={{.Size}}'
+podman image inspect "$IMAGE" --format 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}} healthcheck={{.Config.Healthcheck.Test}}'
+podman image inspect "$IMAGE" --format '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{"\n"}}{{end}}' | grep '^org.opencontainers'
+podman image inspect "$IMAGE" --format '{{json .Config.Healthcheck.Test}}' | grep -q '"/usr/local/bin/switchboard","health"' \
+  || { echo "the image has no HEALTHCHECK running the binary"; exit 1; }
+image_mb=$(( $(podman image inspect "$IMAGE" --format '{{.Size}}') / 1000000 ))
+base_mb=$(( $(podman image inspect "$RUNTIME_BASE" --format '{{.Size}}') / 1000000 ))
+binary_mb=$(( $("${RUN[@]}" --rm --entrypoint /bin/sh "$IMAGE" -c 'wc -c < /usr/local/bin/switchboard') / 1000000 ))
+echo "ok  image $image_mb MB: the runtime base $base_mb MB (debootstrap minbase stand-in), the binary $binary_mb MB, + CA bundle and user"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url expected-status seconds
@@ -128,6 +140,11 @@ wait_http "http://127.0.0.1:$port/metrics" 404 5
 # The dashboard page is compiled in from assets/: the image serves it with no file around.
 curl -s "http://127.0.0.1:$port/" | grep -qi '<!doctype html' || { echo "no dashboard page at /"; exit 1; }
 wait_http "http://127.0.0.1:$port/assets/vendor/echarts/echarts.min.js" 200 5
+# The image's HEALTHCHECK (`switchboard health`), run once by podman: standalone's
+# admin port is given on the command line, not in the environment, so it asks the
+# URL; the gateway below is asked from its SWITCHBOARD_ADMIN_LISTEN.
+podman exec "$c" /usr/local/bin/switchboard health "http://127.0.0.1:$aport/health/ready" \
+  || { echo "switchboard health failed in the container"; exit 1; }
 echo "ok  /health/live 200, /health/ready 200, /metrics on the admin port only, dashboard at / and its assets, uid $uid"
 
 step "podman run: gateway against redis-server on loopback, then SIGTERM"
@@ -141,7 +158,8 @@ c=sb-smoke-gateway-$$; containers+=("$c")
   -e SWITCHBOARD_DRAIN_WINDOW=1s -e SWITCHBOARD_DRAIN_DEADLINE=5s \
   "$IMAGE" >/dev/null
 wait_http "http://127.0.0.1:$gport/health/ready" 200 30
-echo "ok  gateway (the image's default command) ready on Redis"
+podman healthcheck run "$c" || { echo "the image's HEALTHCHECK fails on a ready gateway"; exit 1; }
+echo "ok  gateway (the image's default command) ready on Redis; the image's HEALTHCHECK passes"
 started=$(date +%s)
 podman stop -t 30 "$c" >/dev/null
 code=$(podman inspect "$c" --format '{{.State.ExitCode}}')

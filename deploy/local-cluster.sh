@@ -13,7 +13,7 @@
 # (Debian/Ubuntu: apt-get install redis-server nginx); runs as the current user,
 # with every file in one run directory. Builds target/release/switchboard when it is
 # missing or older than the sources, src/ and assets/ (the dashboard page compiled
-# into it), or Cargo.toml/Cargo.lock (or use --bin). tests/cluster.rs drives it.
+# into it), build.rs, or Cargo.toml/Cargo.lock (or use --bin). tests/cluster.rs drives it.
 set -euo pipefail
 DEPLOY=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$DEPLOY")
@@ -90,7 +90,7 @@ REDIS_SERVER=${REDIS_SERVER:-$(find_tool redis-server /usr/bin/redis-server || t
 if [ -z "$BIN" ]; then
   BIN=$ROOT/target/release/switchboard
   # Everything the binary is compiled from (deploy/Dockerfile copies the same).
-  newest_source=$(find "$ROOT/src" "$ROOT/assets" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null || true)
+  newest_source=$(find "$ROOT/src" "$ROOT/assets" "$ROOT/build.rs" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null || true)
   if [ ! -x "$BIN" ] || [ -n "$newest_source" ]; then
     echo "local-cluster: building the release binary (cargo build --release)…" >&2
     (cd "$ROOT" && cargo build --release --bin switchboard) || die "the build failed"

@@ -15,6 +15,12 @@
   through a Service that does, the probes use, and the NetworkPolicy opens to
   networkPolicy.metricsFrom only;
 * renderings that must fail do, with a message that says what to do;
+* GitOps: two renders of every value set are identical (no random material: the
+  chart's generated JWT secret is refused on a render without the cluster, with
+  how to supply one, unless auth.jwt.generateWithoutCluster asks for it, and it is
+  kept on uninstall); the chart works as a dependency of an umbrella chart (with
+  `global` values and a dependency condition); the HTTPRoute routes to the
+  client Service only;
 * with --binary: every SWITCHBOARD_* variable the chart sets is one the binary
   reads, and every rendered gateway and collector container's configuration is
   accepted by the binary itself: its arguments and environment (ConfigMap, env,
@@ -25,7 +31,10 @@
 * the chart README lists every value; the PrometheusRule equals
   deploy/prometheus/alerts.yml; the dashboard ConfigMap equals deploy/grafana/;
 * deploy/Dockerfile copies everything the binary is compiled from (src/ and every
-  top-level directory src/ includes files from, such as assets/).
+  top-level directory src/ includes files from, such as assets/), builds the
+  stripped `image` profile, labels the image (OCI, with the crate's version) and
+  checks its health with the binary (no shell); whether its bases are pinned by
+  digest is reported.
 
 Usage: check_chart.py [--binary target/debug/switchboard] [--kube-version 1.30.0]
 """
@@ -35,6 +44,7 @@ import pathlib
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +77,10 @@ EXTRA_SETS = [
                       "targetCPUUtilizationPercentage": None}}),
     ("replicas left to an outside autoscaler (KEDA)",
      {**REDIS, "autoscaling": {"enabled": False}, "gateway": {"replicaCount": None}}),
+    ("an HTTPRoute beside the Ingress",
+     {**REDIS, "ingress": {"enabled": True, "className": "nginx"},
+      "httpRoute": {"enabled": True, "hostnames": ["switchboard.example.com"],
+                    "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}]}}),
 ]
 
 NOT_YET_IN_BINARY: dict = {}  # refusals that are a missing feature, not a wrong value (none now)
@@ -87,7 +101,24 @@ def deep_merge(a, b):
     return out
 
 
-def render(chart, values, name="sb", namespace="switchboard"):
+# What makes the chart generate the JWT secret on an offline render (it refuses
+# otherwise: `lookup` answers nothing here, as under helm template or Argo CD).
+GENERATE_OFFLINE = {"auth": {"jwt": {"generateWithoutCluster": True}}}
+REFUSED_OFFLINE = "cannot generate the JWT secret here"
+
+
+def generates_secret(merged):
+    """Whether these (merged) values make the chart create the JWT Secret."""
+    auth = merged.get("auth", {})
+    return bool(auth.get("enabled")) and not auth.get("jwt", {}).get("existingSecret")
+
+
+def render(chart, values, name="sb", namespace="switchboard", generate=True):
+    """Renders offline. A value set whose JWT secret the chart would generate is
+    rendered with auth.jwt.generateWithoutCluster (generate=False: as given, which
+    the chart refuses), so that its objects are checked like the others'."""
+    if generate and generates_secret(chart.merge_values(values)):
+        values = deep_merge(values, GENERATE_OFFLINE)
     chart.validate_schema(chart.merge_values(values))
     out = chart.render(values, name=name, namespace=namespace)
     docs, notes_txt = [], ""
@@ -116,6 +147,9 @@ def validate_k8s(label, path, doc, kube_version):
     if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
         check_monitoring_crd(where, doc)
         return
+    if doc.get("apiVersion", "").startswith("gateway.networking.k8s.io/"):
+        check_gateway_api(where, doc)
+        return
     try:
         kubernetes_validate.validate(doc, kube_version, strict=True)
     except kubernetes_validate.ValidationError as e:
@@ -141,6 +175,132 @@ def check_monitoring_crd(where, doc):
                     fail(f"{where}: rule without expr or name: {r}")
     else:
         fail(f"{where}: unexpected monitoring kind")
+
+
+def check_gateway_api(where, doc):
+    """Structural checks of an HTTPRoute (a CRD: no schema in kubernetes-validate)."""
+    if doc["apiVersion"] != "gateway.networking.k8s.io/v1" or doc["kind"] != "HTTPRoute":
+        fail(f"{where}: unexpected Gateway API object")
+        return
+    spec = doc.get("spec") or {}
+    if not spec.get("parentRefs") or not all(r.get("name") for r in spec["parentRefs"]):
+        fail(f"{where}: parentRefs must name a Gateway")
+    known = {"parentRefs", "hostnames", "rules"}
+    if set(spec) - known:
+        fail(f"{where}: unknown spec fields {set(spec) - known}")
+    for rule in spec.get("rules") or [None]:
+        if not rule or not rule.get("backendRefs"):
+            fail(f"{where}: rule without backendRefs: {rule}")
+            continue
+        if set(rule) - {"matches", "backendRefs", "timeouts"}:
+            fail(f"{where}: unknown rule fields {set(rule) - {'matches', 'backendRefs', 'timeouts'}}")
+        for m in rule.get("matches", []):
+            path = m.get("path", {})
+            if path.get("type") not in ("PathPrefix", "Exact") or not str(path.get("value", "")).startswith("/"):
+                fail(f"{where}: bad path match {m}")
+        for ref in rule["backendRefs"]:
+            if not ref.get("name") or not isinstance(ref.get("port"), int):
+                fail(f"{where}: backendRef needs a name and a port: {ref}")
+
+
+def check_stable(label, chart, overrides):
+    """GitOps: two offline renders of the same values give the same objects, so
+    Argo CD (which renders with helm template on every sync) sees no change. The
+    only exception is the secret auth.jwt.generateWithoutCluster asks for, which
+    must then differ (it is random), and which without it is refused."""
+    first, _ = render(chart, overrides)
+    second, _ = render(chart, overrides)
+    generated = generates_secret(chart.merge_values(overrides))
+
+    def jwt_data(docs):
+        return [d.get("data") for _, d in docs
+                if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-jwt")]
+    if generated:
+        a, b = jwt_data(first), jwt_data(second)
+        if len(a) != 1 or a == b:
+            fail(f"{label}: with generateWithoutCluster each offline render must make a new secret: {a} {b}")
+        for docs in (first, second):
+            for _, d in docs:
+                if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-jwt"):
+                    d["data"] = "(generated)"
+    if first != second:
+        diff = [f"{p}: {d['kind']}/{d['metadata']['name']}" for (p, d), (_, e) in zip(first, second) if d != e]
+        fail(f"{label}: two renders differ: {diff or 'in the objects rendered'}")
+    if generated:
+        try:
+            render(chart, overrides, generate=False)
+            fail(f"{label}: rendered a generated JWT secret without the cluster; it must refuse")
+        except helm.HelmError as e:
+            if REFUSED_OFFLINE not in str(e) or "auth.jwt.existingSecret" not in str(e):
+                fail(f"{label}: refused, but without saying how to supply the key: {e}")
+    for _, d in first:
+        if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-jwt"):
+            if (d["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") != "keep":
+                fail(f"{label}: the generated JWT Secret is not kept on uninstall (helm.sh/resource-policy: keep)")
+    return generated
+
+
+def check_umbrella(kube_version):
+    """The chart as a dependency of a parent chart: `global` values and the
+    parent's dependency condition pass the schema, every object renders, is valid
+    and named after the parent's release; the condition switches it off."""
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = pathlib.Path(tmp) / "platform"
+        # The dependency as `helm dependency build` leaves it: a copy in charts/,
+        # symbolic links (files/) resolved as `helm package` does.
+        shutil.copytree(CHART, parent / "charts" / "switchboard", symlinks=False)
+        (parent / "Chart.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "v2", "name": "platform", "version": "1.0.0", "type": "application",
+            "dependencies": [{"name": "switchboard", "version": version,
+                              "repository": "file://charts/switchboard",
+                              "condition": "switchboard.enabled"}],
+        }))
+        # The parent's own object, as an umbrella chart has.
+        (parent / "templates").mkdir()
+        (parent / "templates" / "configmap.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\n"
+            "data:\n  region: {{ .Values.global.region | quote }}\n")
+        (parent / "values.yaml").write_text(yaml.safe_dump({
+            "global": {"region": "eu-west", "imageRegistry": "registry.example.com"},
+            "switchboard": {
+                "enabled": True,
+                "redis": {"url": "redis://redis.platform:6379/0"},
+                "auth": {"jwt": {"existingSecret": "platform-jwt"}},
+                "serviceMonitor": {"enabled": True},
+                "httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]},
+            },
+        }))
+        label = "umbrella chart with switchboard as a dependency"
+        report = helm.lint(str(parent), {}, strict=True, namespace="platform")
+        for e in (report.get("errors") or []) + [m.get("error") for m in report.get("messages") or []
+                                                 if m.get("severity", 0) >= 2]:
+            fail(f"{label}: helm lint: {e}")
+        umbrella = helm.Chart.load(str(parent))
+        try:
+            docs, _ = render(umbrella, {}, name="platform", namespace="platform")
+            again, _ = render(umbrella, {}, name="platform", namespace="platform")
+        except helm.HelmError as e:
+            fail(f"{label}: does not render: {e}")
+            return
+        if docs != again:
+            fail(f"{label}: two renders differ")
+        ours = [(p, d) for p, d in docs if p.startswith("platform/charts/switchboard/")]
+        for path, doc in docs:
+            validate_k8s(label, path, doc, kube_version)
+        for path, doc in ours:
+            if not doc["metadata"]["name"].startswith("platform-switchboard"):
+                fail(f"{label}: {doc['kind']}/{doc['metadata']['name']} not named after the parent's release")
+        kinds = {d["kind"] for _, d in ours}
+        for want in ("Deployment", "Service", "HorizontalPodAutoscaler", "ServiceMonitor", "HTTPRoute"):
+            if want not in kinds:
+                fail(f"{label}: no {want} rendered")
+        off, _ = render(umbrella, {"switchboard": {"enabled": False}}, name="platform", namespace="platform")
+        left = [p for p, _ in off if p.startswith("platform/charts/switchboard/")]
+        if left or len(off) != 1:
+            fail(f"{label}: switchboard.enabled=false still renders {left or off}")
+        print(f"ok  {label}: {len(ours)} objects of switchboard valid and stable, `global` accepted, "
+              f"the condition switches it off")
 
 
 def pod_specs(docs):
@@ -445,6 +605,60 @@ def check_dockerfile_inputs():
     print(f"ok  deploy/Dockerfile copies what the binary is built from ({', '.join(sorted(needed))})")
 
 
+def check_alert_rules():
+    """Every alert has a runbook_url naming its section of docs/RUNBOOK.md, which
+    exists, and a promtool test in which it fires."""
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    tests = yaml.safe_load((ROOT / "deploy/prometheus/alerts.test.yml").read_text())
+    runbook = (ROOT / "docs/RUNBOOK.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", runbook, re.M)}
+    fired = {case["alertname"] for test in tests["tests"] for case in test.get("alert_rule_test", [])
+             if case.get("exp_alerts")}
+    names = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert")
+            if not name:
+                continue
+            names.append(name)
+            url = (rule.get("annotations") or {}).get("runbook_url", "")
+            want = f"docs/RUNBOOK.md#{name.lower()}"
+            if url != want:
+                fail(f"alerts.yml: {name}: runbook_url {url!r}, want {want!r}")
+            if name.lower() not in anchors:
+                fail(f"docs/RUNBOOK.md has no section {name} (the runbook_url of that alert)")
+            if name not in fired:
+                fail(f"alerts.test.yml: no test in which {name} fires")
+    print(f"ok  {len(names)} alerts: each has a runbook section and a promtool test in which it fires")
+
+
+def check_dockerfile_image():
+    """The image: the stripped `image` profile, OCI labels with the crate's
+    version, a HEALTHCHECK that runs the binary (exec form: no shell in it)."""
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    if "[profile.image]" not in cargo or "--profile image" not in dockerfile:
+        fail("deploy/Dockerfile must build Cargo.toml's stripped `image` profile")
+    m = re.search(r"^ARG VERSION=(\S+)$", dockerfile, re.M)
+    if not m or m.group(1) != version:
+        fail(f"deploy/Dockerfile: ARG VERSION default must be the crate's version {version}")
+    for label in ("title", "description", "licenses", "version", "revision", "created", "base.name"):
+        if f"org.opencontainers.image.{label}=" not in dockerfile:
+            fail(f"deploy/Dockerfile: no org.opencontainers.image.{label} label")
+    hc = re.search(r"^HEALTHCHECK [^\[]*?CMD (\[[^\n]*\])$", dockerfile, re.M)
+    if not hc or json.loads(hc.group(1))[:2] != ["/usr/local/bin/switchboard", "health"]:
+        fail("deploy/Dockerfile: HEALTHCHECK must run the binary in exec form: CMD [\"/usr/local/bin/switchboard\", \"health\"]")
+    bases = re.findall(r"^ARG (RUST_IMAGE|RUNTIME_IMAGE)=(\S+)$", dockerfile, re.M)
+    unpinned = [f"{n}={r}" for n, r in bases if "@sha256:" not in r]
+    if unpinned:
+        notes.append(f"deploy/Dockerfile bases are not pinned by digest ({', '.join(unpinned)}): "
+                     "run deploy/pin-base-images.sh where a registry is reachable")
+    print(f"ok  deploy/Dockerfile builds the stripped image profile, OCI labels (version {version}), "
+          "HEALTHCHECK by the binary")
+
+
 def leaf_keys(values, prefix=""):
     for k, v in values.items():
         key = f"{prefix}{k}"
@@ -464,9 +678,9 @@ def check_readme(values):
         fail(f"helm/switchboard/README.md lists {k}, which is not in values.yaml")
 
 
-def expect_failure(chart, values, needle, label):
+def expect_failure(chart, values, needle, label, generate=True):
     try:
-        render(chart, values)
+        render(chart, values, generate=generate)
     except helm.HelmError as e:
         if needle not in str(e):
             fail(f"{label}: failed, but without saying {needle!r}: {e}")
@@ -496,10 +710,14 @@ def main():
 
     env_names = set()
     rendered = []
+    generated_offline = []
     for label, overrides in sets:
-        lint(overrides, label)
+        lint(deep_merge(overrides, GENERATE_OFFLINE) if generates_secret(chart.merge_values(overrides))
+             else overrides, label)
         try:
             docs, notes_txt = render(chart, overrides)
+            if check_stable(label, chart, overrides):
+                generated_offline.append(label)
         except helm.HelmError as e:
             fail(f"{label}: does not render: {e}")
             continue
@@ -520,16 +738,30 @@ def main():
                 want = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
                 if not values["collector"]["enabled"]:
                     want = [g for g in want if g["name"] != "switchboard-collector"]
+                base = values["prometheusRule"].get("runbookBaseUrl") or ""
+                for g in want:
+                    for r in g["rules"]:
+                        r["annotations"]["runbook_url"] = base + r["annotations"]["runbook_url"]
                 if doc["spec"]["groups"] != want:
                     fail(f"{label}: PrometheusRule differs from deploy/prometheus/alerts.yml "
-                         "(less the collector group when collector.enabled is false)")
+                         "(less the collector group when collector.enabled is false, runbook URLs "
+                         "prefixed with prometheusRule.runbookBaseUrl)")
             if doc["kind"] == "ConfigMap" and "switchboard.json" in (doc.get("data") or {}):
                 want = json.loads((ROOT / "deploy/grafana/switchboard.json").read_text())
                 if json.loads(doc["data"]["switchboard.json"]) != want:
                     fail(f"{label}: dashboard ConfigMap differs from deploy/grafana/switchboard.json")
 
+    print(f"ok  every value set renders the same objects twice; the {len(generated_offline)} whose JWT "
+          "secret the chart generates are refused without the cluster (checked above with "
+          "auth.jwt.generateWithoutCluster), and the Secret is kept on uninstall")
+    check_umbrella(a.kube_version)
+
     # Renderings that must be refused, each with a message saying what to do.
     expect_failure(chart, {}, "redis.url is required", "no redis.url")
+    expect_failure(chart, REDIS, REFUSED_OFFLINE, "a generated JWT secret on a render without the cluster",
+                   generate=False)
+    expect_failure(chart, deep_merge(REDIS, {"httpRoute": {"enabled": True}}),
+                   "httpRoute.parentRefs must name", "an HTTPRoute without parentRefs")
     expect_failure(chart, deep_merge(REDIS, {"gateway": {"terminationGracePeriodSeconds": 10}}),
                    "must be at least", "grace period shorter than the drain")
     expect_failure(chart, deep_merge(REDIS, {"gateway": {"drain": {"windowSeconds": 30}}}),
@@ -583,6 +815,8 @@ def main():
         notes.append("no --binary: variable names and values not checked against the binary")
 
     check_dockerfile_inputs()
+    check_dockerfile_image()
+    check_alert_rules()
 
     check_readme(defaults)
     for n in notes:

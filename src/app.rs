@@ -56,6 +56,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::BenchWorker(_) => Ok(crate::bench::worker::serve().await?),
         Command::Tail(args) => Ok(client::tail::run(args, shutdown).await?),
         Command::Publish(args) => Ok(client::publish::run(args, shutdown).await?),
+        Command::Health(args) => Ok(client::health::run(args).await?),
     }
 }
 

@@ -59,13 +59,26 @@ pub struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or per-module
     /// directives such as `switchboard=debug,warn`. The Redis client library
     /// logs only errors unless a directive names it (`info,redis=warn`).
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHBOARD_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Without it (flag or variable), RUST_LOG if set, else `info` (`warn` for
+    /// tail, publish and health).
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl Cli {
+    /// The log filter to use: `--log-level` (or `SWITCHBOARD_LOG_LEVEL`), else
+    /// `RUST_LOG`, else `quiet_default` for the command-line client and `info`
+    /// for everything else. An empty value counts as unset.
+    pub fn log_filter(&self, rust_log: Option<String>) -> String {
+        let given = |v: &Option<String>| v.clone().filter(|l| !l.trim().is_empty());
+        let client = matches!(
+            self.command,
+            Command::Tail(_) | Command::Publish(_) | Command::Health(_)
+        );
+        given(&self.log_level)
+            .or_else(|| given(&rust_log))
+            .unwrap_or_else(|| if client { "warn" } else { "info" }.to_string())
+    }
 }
 
 // Parsed once at startup: the size difference between variants costs nothing.
@@ -101,6 +114,9 @@ pub enum Command {
     /// Publishes a JSON message on a channel through the HTTP API (`-`: one
     /// message per line of standard input).
     Publish(PublishArgs),
+    /// Asks a running switchboard's /health/ready: exit 0 when it answers 200,
+    /// 1 otherwise (the container image's HEALTHCHECK; needs no shell).
+    Health(HealthArgs),
 }
 
 /// `switchboard bench`. Like every command it also reads `SWITCHBOARD_<FLAG>`
@@ -372,6 +388,32 @@ pub struct PublishArgs {
     /// Longest line read from standard input, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     pub max_line_bytes: usize,
+}
+
+/// `switchboard health`. Without a URL it asks the process configured by the
+/// same variables: the admin listener, else the listener, else 127.0.0.1:9091.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// What to ask, e.g. http://127.0.0.1:9091/health/ready (a bare
+    /// http://host:port asks /health/ready). Default: from --admin-listen,
+    /// else --listen (an unspecified address is asked on loopback), else
+    /// http://127.0.0.1:9091/health/ready.
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The admin listener of the gateway or standalone to ask (what it was
+    /// given as --admin-listen).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// The listener to ask when no admin listener is named: the collector's,
+    /// or a gateway's client port (which answers health too).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Limit on the whole check, connect to answer.
+    #[arg(long, env = "SWITCHBOARD_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -1533,6 +1575,27 @@ mod tests {
             "walked only {seen} flags: is the tree complete?"
         );
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn log_level_then_rust_log_then_the_default() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap();
+        let gw = parse(&["switchboard", "gateway", "--no-auth"]);
+        // Nothing set (the test environment may set neither: pass None).
+        assert_eq!(gw.log_filter(None), "info");
+        assert_eq!(gw.log_filter(Some("debug".into())), "debug");
+        assert_eq!(gw.log_filter(Some(" ".into())), "info");
+        let tail = parse(&["switchboard", "tail", "x"]);
+        assert_eq!(tail.log_filter(None), "warn");
+        assert_eq!(tail.log_filter(Some("info".into())), "info");
+        let given = parse(&[
+            "switchboard",
+            "--log-level",
+            "trace",
+            "gateway",
+            "--no-auth",
+        ]);
+        assert_eq!(given.log_filter(Some("debug".into())), "trace");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Structured logging with `tracing`: human-readable text by default, one JSON
-//! object per line with `--log-format json`.
+//! object per line with `--log-format json`. Text is coloured only on a
+//! terminal: redirected to a file or a pipe (or with `NO_COLOR` set) it has no
+//! ANSI escape codes.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +30,10 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -36,6 +44,12 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
             .try_init(),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Colours only on a terminal, and not when `NO_COLOR` is set to anything
+/// non-empty (no-color.org).
+fn colours(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Whether a filter has a directive for the `redis` crate's target.
@@ -53,5 +67,13 @@ mod tests {
         assert!(!names_redis("switchboard::engine::redis=debug,warn"));
         assert!(names_redis("info,redis=warn"));
         assert!(names_redis(" redis::cluster_handling=debug"));
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(!colours(false, None));
+        assert!(!colours(true, Some("1".into())));
+        assert!(colours(true, Some("".into())));
     }
 }

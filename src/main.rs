@@ -12,13 +12,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The command-line client reports a failure as one line, not a log record,
     // and logs only warnings unless asked for more.
-    let client = matches!(cli.command, Command::Tail(_) | Command::Publish(_));
-    let level = if client && cli.log_level == "info" {
-        "warn"
-    } else {
-        &cli.log_level
-    };
-    if let Err(e) = logging::init(cli.log_format, level) {
+    let client = matches!(
+        cli.command,
+        Command::Tail(_) | Command::Publish(_) | Command::Health(_)
+    );
+    let level = cli.log_filter(std::env::var("RUST_LOG").ok());
+    if let Err(e) = logging::init(cli.log_format, &level) {
         eprintln!("switchboard: {e}");
         return ExitCode::from(2);
     }
@@ -28,7 +27,7 @@ fn main() -> ExitCode {
         Command::Collector(_) | Command::Token(_) | Command::DemoData(_) => 2,
         Command::Bench(a) => a.workers(),
         Command::BenchWorker(a) => a.workers(),
-        Command::Tail(_) | Command::Publish(_) => 1,
+        Command::Tail(_) | Command::Publish(_) | Command::Health(_) => 1,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -3,6 +3,12 @@
 //! Names follow Prometheus conventions: `switchboard_` prefix, `_total` for
 //! counters, `_seconds` for durations. Labels are bounded sets (route, close
 //! code, result); channel names are never labels.
+//!
+//! A labelled series exists only once it has a value, so a gateway creates
+//! every known label value of its counters at 0 when it starts
+//! ([`Metrics::gateway_started`]): dashboards and `rate()`/`increase()` alerts
+//! then see a fresh replica's first event as an increase from 0, instead of a
+//! series that appears already at 1 (which `increase` cannot tell from nothing).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -174,6 +180,73 @@ impl RedisErrors {
     }
 }
 
+/// The gateway's WebSocket routes (`route` label).
+pub const ROUTES: [&str; 5] = ["native", "snapshot", "relay", "escai", "council"];
+
+/// Why an upgrade is refused before the handshake (`reason` label of
+/// `switchboard_upgrades_rejected_total`): the codes of `gateway/http.rs`'s
+/// checks, and the token refusals of `AuthError::code`.
+pub const UPGRADE_REJECTIONS: [&str; 19] = [
+    "bad_channel",
+    "bad_handshake",
+    "draining",
+    "origin_not_allowed",
+    "missing_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "wrong_audience",
+    "wrong_issuer",
+    "missing_claim",
+    "invalid_token",
+    "forbidden",
+    "max_connections_per_user",
+    "max_connections",
+    "no_upgrade",
+    "bad_session_id",
+    "unavailable",
+    "max_anonymous_connections",
+    "max_anonymous_connections_per_ip",
+];
+
+/// How a connection ends besides a close code the gateway sends (`code` label
+/// of `switchboard_disconnects_total`).
+pub const CLIENT_ENDINGS: [&str; 2] = ["client", "lost"];
+
+/// Results of publishes through the API, resumes and gap fills.
+pub const PUBLISH_RESULTS: [&str; 3] = ["ok", "stale", "error"];
+pub const RESUME_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
+pub const GAP_FILL_RESULTS: [&str; 2] = ["filled", "lost"];
+
+/// Every `error` frame code (`code` label of `switchboard_client_errors_total`).
+/// The match has no wildcard: a new code fails to compile until it is listed.
+fn client_error_codes() -> Vec<&'static str> {
+    use crate::protocol::ErrorCode::{self, *};
+    let all = [
+        InvalidJson,
+        InvalidMessage,
+        UnknownType,
+        BadChannel,
+        BadFilter,
+        AlreadySubscribed,
+        NotSubscribed,
+        TooManyChannels,
+        Forbidden,
+        Unauthorized,
+        TokenExpired,
+        Unavailable,
+        BinaryNotSupported,
+        RateLimited,
+        NoSnapshot,
+        Internal,
+    ];
+    let listed = |code: ErrorCode| match code {
+        InvalidJson | InvalidMessage | UnknownType | BadChannel | BadFilter | AlreadySubscribed
+        | NotSubscribed | TooManyChannels | Forbidden | Unauthorized | TokenExpired
+        | Unavailable | BinaryNotSupported | RateLimited | NoSnapshot | Internal => code.as_str(),
+    };
+    all.into_iter().map(listed).collect()
+}
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -200,7 +273,7 @@ impl Metrics {
 
     /// Open connections without a token, whatever their route.
     pub fn anonymous_connections(&self) -> i64 {
-        ["native", "snapshot", "relay", "escai", "council"]
+        ROUTES
             .iter()
             .map(|r| self.connections.with_label_values(&[r, "anonymous"]).get())
             .sum()
@@ -409,6 +482,38 @@ impl Metrics {
         }
     }
 
+    /// A gateway (or standalone) starts: its capacity, and every known label
+    /// value of its labelled counters (and of the connections gauge) at 0.
+    pub fn gateway_started(&self, max_connections: usize) {
+        self.max_connections
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        for route in ROUTES {
+            for auth in AUTH_LABELS {
+                self.connections.with_label_values(&[route, auth]);
+                self.connections_opened.with_label_values(&[route, auth]);
+            }
+        }
+        for reason in UPGRADE_REJECTIONS {
+            self.upgrades_rejected.with_label_values(&[reason]);
+        }
+        let closes = crate::protocol::close::CloseCode::ALL.map(|c| c.label());
+        for code in closes.iter().chain(&CLIENT_ENDINGS) {
+            self.disconnects.with_label_values(&[code]);
+        }
+        for code in client_error_codes() {
+            self.client_errors.with_label_values(&[code]);
+        }
+        for (counter, results) in [
+            (&self.publishes, &PUBLISH_RESULTS[..]),
+            (&self.resumes, &RESUME_RESULTS[..]),
+            (&self.gap_fills, &GAP_FILL_RESULTS[..]),
+        ] {
+            for result in results {
+                counter.with_label_values(&[result]);
+            }
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -423,5 +528,86 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every known label value is exported at 0 from the start.
+    #[test]
+    fn a_started_gateway_exports_every_known_series_at_zero() {
+        let metrics = Metrics::new();
+        metrics.gateway_started(250);
+        let text = metrics.render();
+        let has = |series: &str| {
+            assert!(
+                text.lines().any(|l| l == format!("{series} 0")),
+                "missing {series} 0"
+            )
+        };
+        assert!(text.contains("switchboard_max_connections 250"));
+        for route in ROUTES {
+            for auth in AUTH_LABELS {
+                has(&format!(
+                    "switchboard_connections{{auth=\"{auth}\",route=\"{route}\"}}"
+                ));
+                has(&format!(
+                    "switchboard_connections_opened_total{{auth=\"{auth}\",route=\"{route}\"}}"
+                ));
+            }
+        }
+        for reason in UPGRADE_REJECTIONS {
+            has(&format!(
+                "switchboard_upgrades_rejected_total{{reason=\"{reason}\"}}"
+            ));
+        }
+        for code in [
+            "1000", "1001", "1002", "1008", "1009", "4000", "4004", "client", "lost",
+        ] {
+            has(&format!("switchboard_disconnects_total{{code=\"{code}\"}}"));
+        }
+        for code in ["invalid_json", "forbidden", "rate_limited", "internal"] {
+            has(&format!(
+                "switchboard_client_errors_total{{code=\"{code}\"}}"
+            ));
+        }
+        assert_eq!(client_error_codes().len(), 16);
+        for r in PUBLISH_RESULTS {
+            has(&format!("switchboard_publishes_total{{result=\"{r}\"}}"));
+        }
+        for r in RESUME_RESULTS {
+            has(&format!("switchboard_resumes_total{{result=\"{r}\"}}"));
+        }
+        for r in GAP_FILL_RESULTS {
+            has(&format!("switchboard_gap_fills_total{{result=\"{r}\"}}"));
+        }
+    }
+
+    /// The collector does not start a gateway: no gateway series of its own.
+    #[test]
+    fn without_a_gateway_labelled_series_stay_absent() {
+        let text = Metrics::new().render();
+        assert!(!text.contains("switchboard_gap_fills_total{"));
+    }
+
+    /// The token refusals a handshake can get are all listed.
+    #[test]
+    fn upgrade_rejections_cover_the_token_refusals() {
+        use crate::auth::AuthError;
+        for e in [
+            AuthError::Missing,
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::WrongAudience,
+            AuthError::WrongIssuer,
+            AuthError::MissingClaim("sub".into()),
+            AuthError::BadSignature,
+            AuthError::Malformed,
+            AuthError::TooLong(1),
+        ] {
+            assert!(UPGRADE_REJECTIONS.contains(&e.code()), "{}", e.code());
+        }
     }
 }

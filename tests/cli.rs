@@ -1,7 +1,7 @@
 //! `switchboard tail` and `switchboard publish` against real gateways: tail
 //! follows a channel through the loss of its replica with no gap and no
 //! duplicate, `--since`, `--filter`, snapshots, JSON lines on stdin, and one
-//! clear line (exit ≠ 0) for each kind of bad input.
+//! clear line (exit ≠ 0) for each kind of bad input; `switchboard health`.
 
 mod common;
 
@@ -414,4 +414,104 @@ fn client_failures_are_one_clear_line() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"offset\":1"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `switchboard health` (the image's HEALTHCHECK): 0 and the answer when the
+/// process is ready, asked by URL or from the variables the process reads;
+/// one line and exit 1 when it is not ready or not there.
+#[test]
+fn health_asks_readiness_and_fails_with_one_line() {
+    let sb = Switchboard::standalone(&[]);
+    sb.wait_ready(Duration::from_secs(10));
+    let url = format!("http://127.0.0.1:{}/health/ready", sb.admin_port);
+    let (code, stdout, stderr) = run(&["health", &url], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("HTTP 200") && stdout.contains("ready"),
+        "{stdout}"
+    );
+    // No URL: the admin listener the process was given, asked on loopback.
+    let admin = format!("0.0.0.0:{}", sb.admin_port);
+    let (code, stdout, stderr) = run(&["health"], None, &[("SWITCHBOARD_ADMIN_LISTEN", &admin)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{}", sb.admin_port)),
+        "{stdout}"
+    );
+    // A bare base URL asks /health/ready; the client port answers health too.
+    let (code, _, stderr) = run(&["health", &sb.http_url("")], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Nothing listening: one line, exit 1.
+    let closed = format!("http://127.0.0.1:{}/health/ready", free_port());
+    assert_one_line_failure(run(&["health", &closed], None, &[]), "cannot connect");
+    // A gateway whose Redis is not there: 503 with the reason.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let gw = Switchboard::spawn(
+        port,
+        &[
+            "gateway",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &nowhere,
+            "--no-auth",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}/health/ready", gw.admin_port);
+    assert_one_line_failure(run(&["health", &url], None, &[]), "HTTP 503");
+    assert_one_line_failure(
+        run(&["health", "https://gw/health"], None, &[]),
+        "only http://",
+    );
+}
+
+/// Logs redirected to a file carry no ANSI colour codes; RUST_LOG sets the
+/// filter when SWITCHBOARD_LOG_LEVEL does not, and loses to it when it does.
+#[test]
+fn logs_are_plain_text_when_redirected_and_follow_rust_log() {
+    let run_standalone = |rust_log: &str, log_level: Option<&str>| -> String {
+        let (port, admin) = (free_port(), free_port());
+        let log = std::env::temp_dir().join(format!("sb-log-{port}.txt"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env_remove("SWITCHBOARD_LOG_LEVEL")
+            .env_remove("NO_COLOR")
+            .env("SWITCHBOARD_LOG_FORMAT", "text")
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        if let Some(level) = log_level {
+            command.env("SWITCHBOARD_LOG_LEVEL", level);
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(common::http_get(admin, "/health/ready"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "standalone did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        text
+    };
+    // RUST_LOG=info: the first info line, in plain text.
+    let text = run_standalone("info", None);
+    assert!(text.contains("standalone: in-memory engine"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in a redirected log: {text:?}"
+    );
+    // RUST_LOG=warn: no info line.
+    let text = run_standalone("warn", None);
+    assert!(!text.contains("standalone: in-memory engine"), "{text}");
+    // SWITCHBOARD_LOG_LEVEL wins over RUST_LOG.
+    let text = run_standalone("warn", Some("info"));
+    assert!(text.contains("standalone: in-memory engine"), "{text}");
 }

@@ -515,6 +515,19 @@ async fn health_and_metrics_endpoints() {
     );
     assert!(metrics.contains("switchboard_delivery_lag_seconds_bucket"));
     assert!(metrics.contains("process_resident_memory_bytes"));
+    // Labelled counters exist at 0 before their first event (rate() and the
+    // alerts see a fresh replica).
+    for series in [
+        "switchboard_gap_fills_total{result=\"lost\"} 0",
+        "switchboard_publishes_total{result=\"error\"} 0",
+        "switchboard_resumes_total{result=\"not_recovered\"} 0",
+        "switchboard_upgrades_rejected_total{reason=\"max_connections\"} 0",
+        "switchboard_disconnects_total{code=\"4000\"} 0",
+        "switchboard_client_errors_total{code=\"rate_limited\"} 0",
+        "switchboard_connections_opened_total{auth=\"none\",route=\"relay\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing");
+    }
 }
 
 /// `--admin-listen` given the `--listen` address keeps the single-port layout:
@@ -789,4 +802,130 @@ async fn a_burst_through_full_shard_queues_arrives_whole_and_in_order() {
         }
         c.expect_silence(Duration::from_millis(300)).await;
     }
+}
+
+/// A raw WebSocket over TCP, for what a client library would not send.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends an upgrade request with `version`; the status line and headers.
+    pub fn upgrade(port: u16, version: &str) -> (TcpStream, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: {version}\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "response head cut short");
+            head.push(byte[0]);
+        }
+        (s, String::from_utf8_lossy(&head).to_lowercase())
+    }
+
+    /// A masked client frame.
+    pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 11, 13, 17];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// The close code of the server's close frame, skipping any frame before it.
+    pub fn close_code(s: &mut TcpStream) -> Option<u16> {
+        loop {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    s.read_exact(&mut l).ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    s.read_exact(&mut l).ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).ok()?;
+            if head[0] & 0x0f == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+}
+
+/// RFC 6455 §4.4: a refused `Sec-WebSocket-Version` is answered with the
+/// version the server speaks.
+#[tokio::test]
+async fn an_unsupported_websocket_version_is_answered_with_version_13() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let (_, head) = raw::upgrade(gw.port, "8");
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+    assert_eq!(
+        gw.metric(
+            "switchboard_upgrades_rejected_total",
+            "reason=\"bad_handshake\""
+        ),
+        1.0
+    );
+    // Version 13 is accepted, and its 101 carries no such header.
+    let (_, head) = raw::upgrade(gw.port, "13");
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-version"), "{head}");
+}
+
+/// RFC 6455 §7.4: a close frame whose code may not be sent on the wire (1004,
+/// 1005, 1006, 1015, unassigned, out of range) is a protocol error, answered
+/// with 1002; a valid code is answered with a normal close (1000).
+#[tokio::test]
+async fn a_close_code_that_may_not_be_sent_is_answered_with_1002() {
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let cases = [
+        (999u16, 1002u16),
+        (1004, 1002),
+        (1005, 1002),
+        (1006, 1002),
+        (1015, 1002),
+        (1016, 1002),
+        (2999, 1002),
+        (5000, 1002),
+        (1000, 1000),
+        (1001, 1000),
+        (1013, 1000),
+        (3000, 1000),
+        (4999, 1000),
+    ];
+    for (sent, answered) in cases {
+        let (mut s, head) = raw::upgrade(gw.port, "13");
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        let mut payload = sent.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        s.write_all(&raw::frame(8, &payload)).unwrap();
+        assert_eq!(raw::close_code(&mut s), Some(answered), "close {sent}");
+    }
+    // Each session counts its ending once it is over (just after its close frame).
+    let deadline = std::time::Instant::now() + WAIT;
+    while gw.metric("switchboard_disconnects_total", "code=\"1002\"") < 8.0 {
+        assert!(std::time::Instant::now() < deadline, "8 closes with 1002");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gw.metric("switchboard_disconnects_total", "code=\"1002\""),
+        8.0
+    );
 }

@@ -336,6 +336,75 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+fn body_of(port: u16, path: &str) -> Vec<u8> {
+    let (status, _, body) = get(port, path, "");
+    assert_eq!(status, 200, "{path}");
+    body
+}
+
+/// The page's files are embedded precompressed: each request gets the coding
+/// its Accept-Encoding prefers, decoding to the same bytes, with `Vary` and an
+/// ETag of its own, still under the Content-Security-Policy.
+fn check_compressed_assets(port: u16, plain: &[u8]) {
+    use std::io::Read;
+    let path = "/assets/vendor/echarts/echarts.min.js";
+    let (_, identity, _) = get(port, path, "");
+    assert_eq!(header(&identity, "content-encoding"), None);
+    assert_eq!(header(&identity, "vary"), Some("Accept-Encoding"));
+    let mut tags = vec![header(&identity, "etag").unwrap().to_string()];
+    for (accept, coding) in [
+        ("gzip, deflate, br, zstd", "br"),
+        ("gzip, deflate", "gzip"),
+        ("br;q=0, gzip", "gzip"),
+    ] {
+        let (status, headers, body) = get(port, path, &format!("Accept-Encoding: {accept}\r\n"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "content-encoding"),
+            Some(coding),
+            "{accept}"
+        );
+        assert_eq!(header(&headers, "vary"), Some("Accept-Encoding"));
+        assert!(header(&headers, "content-security-policy").is_some());
+        assert!(
+            body.len() * 2 < plain.len(),
+            "{coding}: {} bytes",
+            body.len()
+        );
+        let mut decoded = Vec::new();
+        if coding == "br" {
+            brotli::Decompressor::new(&body[..], 4096)
+                .read_to_end(&mut decoded)
+                .unwrap();
+        } else {
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut decoded)
+                .unwrap();
+        }
+        assert!(decoded == plain, "{coding} decodes to the file");
+        let tag = header(&headers, "etag").unwrap().to_string();
+        // Revalidation is per encoding.
+        let (status, _, _) = get(
+            port,
+            path,
+            &format!("Accept-Encoding: {accept}\r\nIf-None-Match: {tag}\r\n"),
+        );
+        assert_eq!(status, 304, "{accept}");
+        let (status, _, _) = get(port, path, &format!("If-None-Match: {tag}\r\n"));
+        assert_eq!(
+            status, 200,
+            "the {coding} tag does not match the plain file"
+        );
+        tags.push(tag);
+    }
+    tags.dedup();
+    assert_eq!(tags.len(), 3, "one ETag per encoding: {tags:?}");
+    // The page itself too.
+    let (_, headers, _) = get(port, "/", "Accept-Encoding: br\r\n");
+    assert_eq!(header(&headers, "content-encoding"), Some("br"));
+    assert!(header(&headers, "content-security-policy").is_some());
+}
+
 #[test]
 fn the_page_comes_from_the_binary_with_a_strict_policy() {
     let sb = Switchboard::standalone(&["--stats-interval", "0"]);
@@ -381,6 +450,10 @@ fn the_page_comes_from_the_binary_with_a_strict_policy() {
         &format!("If-None-Match: {etag}\r\n"),
     );
     assert_eq!((status, body.len()), (304, 0));
+    check_compressed_assets(
+        sb.port,
+        &body_of(sb.port, "/assets/vendor/echarts/echarts.min.js"),
+    );
     let (status, headers, body) = get(sb.port, "/assets/vendor/echarts/LICENSE", "");
     assert_eq!(status, 200);
     assert_eq!(

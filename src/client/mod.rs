@@ -2,7 +2,9 @@
 //! over the native protocol ([`tail`]), `switchboard publish` publishes
 //! through the HTTP API ([`publish`]). Both take gateway base URLs
 //! ([`Target`]) and a token, and fail with one line that says what to do.
+//! `switchboard health` ([`health`]) asks a process's readiness.
 
+pub mod health;
 pub mod publish;
 pub mod tail;
 

@@ -402,7 +402,9 @@ async fn upgrade(
                 .upgrades_rejected
                 .with_label_values(&[e.code])
                 .inc();
-            e.into_response()
+            let mut response = e.into_response();
+            crate::ws::handshake::add_supported_version(&headers, response.headers_mut());
+            response
         }
     }
 }

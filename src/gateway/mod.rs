@@ -77,11 +77,9 @@ impl Gateway {
     pub fn new(config: GatewayConfig, parts: Parts, shutdown: CancellationToken) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         let anonymous_slots = Arc::new(Semaphore::new(config.security.max_anonymous_connections));
-        // Capacity next to the connections, for utilisation alerts and autoscaling.
-        parts
-            .metrics
-            .max_connections
-            .set(i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX));
+        // Capacity beside the connections (utilisation alerts, autoscaling), and
+        // every known label value of the counters at 0.
+        parts.metrics.gateway_started(config.limits.max_connections);
         Arc::new(Self {
             config,
             engine: parts.engine,

@@ -303,12 +303,27 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
         0 => Ok(None),
         1 => Err(FrameError::Protocol("close frame with a one-byte payload")),
         _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !sendable_close_code(code) {
+                return Err(FrameError::Protocol(
+                    "close code that may not be sent in a close frame",
+                ));
+            }
             if std::str::from_utf8(&payload[2..]).is_err() {
                 return Err(FrameError::InvalidUtf8);
             }
-            Ok(Some(u16::from_be_bytes([payload[0], payload[1]])))
+            Ok(Some(code))
         }
     }
+}
+
+/// Whether a peer may put `code` in a close frame (RFC 6455 §7.4 and the IANA
+/// registry): 1000–1003 and 1007–1014 are defined, 3000–4999 are for
+/// libraries and applications. 1004 is reserved, 1005, 1006 and 1015 must
+/// never be sent, the rest of 0–2999 is unassigned and 5000+ out of range: a
+/// close frame with one of those is a protocol error (answered with 1002).
+pub fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -420,6 +435,31 @@ mod tests {
             Decoder::new(LIMITS).decode(&mut buf).unwrap(),
             Some(Incoming::Close(Some(1000)))
         );
+    }
+
+    #[test]
+    fn a_close_code_that_may_not_be_sent_is_a_protocol_error() {
+        let decode = |code: u16| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(b"bye");
+            let mut buf = BytesMut::from(&client_frame(true, 8, &payload)[..]);
+            Decoder::new(LIMITS).decode(&mut buf)
+        };
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4000, 4999,
+        ] {
+            assert_eq!(
+                decode(code),
+                Ok(Some(Incoming::Close(Some(code)))),
+                "{code}"
+            );
+        }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let err = decode(code).unwrap_err();
+            assert_eq!(err.close_code(), 1002, "{code}");
+        }
     }
 
     #[test]

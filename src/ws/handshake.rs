@@ -114,6 +114,23 @@ impl UpgradeRequest {
     }
 }
 
+/// Marks a refused upgrade with the version this server speaks, as RFC 6455
+/// §4.4 asks of a server that does not support the client's
+/// `Sec-WebSocket-Version`: `Sec-WebSocket-Version: 13` on any refusal of a
+/// request whose version is not 13.
+pub fn add_supported_version(request: &HeaderMap, refusal: &mut HeaderMap) {
+    if request
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        refusal.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+}
+
 /// `Sec-WebSocket-Accept` for a client key.
 pub fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();

@@ -215,6 +215,21 @@ SWITCHBOARD_{{ snakecase $k | upper }}: {{ toString $v | quote }}
 {{- int .Values.gateway.adminPort }}
 {{- end }}
 
+{{/*
+"true" when the render sees the cluster (helm install/upgrade, --dry-run=server),
+empty when `lookup` answers nothing (helm template, Argo CD, client dry runs).
+The release namespace's kube-root-ca.crt ConfigMap exists in every namespace of
+Kubernetes >= 1.21 and anyone who may install here may read ConfigMaps here; when
+the namespace is new (helm install --create-namespace renders before creating
+it), the kube-system Namespace answers for the cluster (creating namespaces needs
+cluster-wide rights, which include reading them).
+*/}}
+{{- define "switchboard.clusterReachable" -}}
+{{- if lookup "v1" "ConfigMap" .Release.Namespace "kube-root-ca.crt" }}true
+{{- else if lookup "v1" "Namespace" "" "kube-system" }}true
+{{- end }}
+{{- end }}
+
 {{/* Name of the JWT Secret (existing or chart-made). */}}
 {{- define "switchboard.jwtSecretName" -}}
 {{- default (include "switchboard.componentName" (dict "root" . "component" "jwt")) .Values.auth.jwt.existingSecret }}
