@@ -30,7 +30,7 @@ use warp::{Filter, Reply};
 
 use crate::engine::Engine;
 use crate::gateway::Gateway;
-use crate::gateway::http::{error_response, json_response};
+use crate::gateway::reply::{error_response, json_response};
 use crate::gateway::server::{self, HttpSettings};
 use crate::metrics::Metrics;
 

@@ -1492,7 +1492,7 @@ impl ServerArgs {
                     token_grace: self.token_expiry_grace,
                     ..HeartbeatConfig::default()
                 },
-                dialect_heartbeats: crate::gateway::dialect::heartbeats(
+                dialect_heartbeats: crate::gateway::route::heartbeats(
                     &dialects,
                     self.token_expiry_grace,
                 ),

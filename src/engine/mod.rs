@@ -12,9 +12,11 @@
 pub mod cluster;
 pub mod connection;
 pub mod counted;
+pub mod feed;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod redis_config;
 pub mod sink;
 pub mod tls;
 

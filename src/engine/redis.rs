@@ -17,7 +17,7 @@
 //! longer delivering; it is then rebuilt.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,50 +31,19 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::ClusterSubscriber;
 use super::connection::{Batch, Commands, ConnectionSettings, RedisTarget};
 use super::counted::{Counted, count};
+pub use super::feed::parse_payload;
+use super::feed::{Feed, Health, SubCommand, unavailable};
 use super::keys::Keys;
+pub use super::redis_config::RedisConfig;
 use super::tls::{self, RedisTls, TlsFiles};
 use super::{
-    Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
-    HistoryPage, IncomingMessage, Offset, Position, PublishOptions, Published, Snapshot,
+    Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryPage, Offset,
+    Position, PublishOptions, Published, Snapshot,
 };
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
 use crate::json::Json;
 use crate::metrics::{Metrics, RedisOp};
-
-/// Connection settings of the Redis engine.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// One Redis or a Redis Cluster.
-    pub target: RedisTarget,
-    /// Prefix of every key and channel name.
-    pub prefix: String,
-    /// Limit on one command's round trip.
-    pub response_timeout: Duration,
-    /// Limit on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Command connections (each is multiplexed); on a cluster, per master.
-    pub pool_size: usize,
-    /// Interval between pub/sub liveness probes; a probe unanswered for three
-    /// intervals rebuilds the pub/sub connection.
-    pub probe_interval: Duration,
-    /// Longest channel name accepted from the feed.
-    pub max_channel_len: usize,
-    /// JSON nesting accepted from plain `PUBLISH`es.
-    pub max_json_depth: usize,
-    /// History per namespace.
-    pub history: HistoryConfig,
-    /// Names this replica in its probe channel.
-    pub replica_id: String,
-    /// Replicas that must have a message before its publish is acknowledged
-    /// (`WAIT`); 0: acknowledge at once (Redis replicates asynchronously).
-    pub wait_replicas: usize,
-    /// Longest `WAIT` for those replicas.
-    pub wait_timeout: Duration,
-    /// Trust and client certificate for a `rediss://` target (`None`: the
-    /// system's roots, no client certificate); unused without TLS.
-    pub tls: Option<RedisTls>,
-}
 
 /// The Redis engine.
 pub struct RedisEngine {
@@ -90,78 +59,6 @@ pub struct RedisEngine {
     metrics: Arc<Metrics>,
     /// When the last "not replicated in time" warning was logged (Unix ms).
     last_wait_warning: std::sync::atomic::AtomicU64,
-}
-
-/// Readiness of the engine, written by its tasks.
-#[derive(Default)]
-pub(crate) struct Health {
-    pub(crate) feed_up: AtomicBool,
-    commands_ok: AtomicBool,
-    detail: Mutex<String>,
-    /// Why the last health check's commands failed.
-    command_error: Mutex<String>,
-}
-
-impl Health {
-    pub(crate) fn set_detail(&self, detail: impl Into<String>) {
-        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = detail.into();
-    }
-}
-
-/// A request to the task owning the live feed.
-pub(crate) enum SubCommand {
-    Subscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
-    Unsubscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
-}
-
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(e.to_string())
-}
-
-/// Where the live feed's messages go, and how they are decoded.
-pub(crate) struct Feed {
-    events: EventSink,
-    keys: Keys,
-    max_channel_len: usize,
-    max_json_depth: usize,
-    metrics: Arc<Metrics>,
-}
-
-impl Feed {
-    pub(crate) fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    /// Queues an event for the hub; false once the hub has stopped.
-    pub(crate) async fn send(&self, event: EngineEvent) -> bool {
-        self.events.send(event).await.is_ok()
-    }
-
-    /// The event for a message on pub/sub channel `name`, if it is one of ours
-    /// and valid.
-    pub(crate) fn decode(&self, name: &str, payload: &Bytes) -> Option<EngineEvent> {
-        let channel = self.keys.channel_of(name, self.max_channel_len)?;
-        let (seq, data) = parse_payload(payload);
-        let start = payload.len() - data.len();
-        let data = match Json::parse(payload.slice(start..), self.max_json_depth) {
-            Ok(d) => d,
-            Err(e) => {
-                self.metrics.invalid_messages.inc();
-                tracing::debug!(%channel, error = %e, "dropped a published message that is not valid JSON");
-                return None;
-            }
-        };
-        let (seq, published_us) = match seq {
-            Some((offset, epoch, ts)) => (Some((offset, epoch)), Some(ts)),
-            None => (None, None),
-        };
-        Some(EngineEvent::Message(IncomingMessage {
-            channel,
-            seq,
-            published_us,
-            data,
-        }))
-    }
 }
 
 impl RedisEngine {
@@ -640,29 +537,6 @@ fn parse_entry(v: Value, max_depth: usize) -> Result<Entry, EngineError> {
         data,
         published_us,
     })
-}
-
-/// Splits a pub/sub payload: `sb1:<offset>:<epoch>:<µs>:<json>` from the publish
-/// script, or anything else as a plain JSON message.
-pub fn parse_payload(payload: &[u8]) -> (Option<(Offset, Epoch, u64)>, &[u8]) {
-    let Some(rest) = payload.strip_prefix(b"sb1:") else {
-        return (None, payload);
-    };
-    let mut parts = rest.splitn(4, |b| *b == b':');
-    let (Some(offset), Some(epoch), Some(ts), Some(data)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (None, payload);
-    };
-    let num = |b: &[u8]| {
-        std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    match (num(offset), std::str::from_utf8(epoch), num(ts)) {
-        (Some(o), Ok(e), Some(t)) => (Some((o, Epoch::new(e), t)), data),
-        _ => (None, payload),
-    }
 }
 
 /// Owns the pub/sub connection to one Redis; see the module documentation.

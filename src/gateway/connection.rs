@@ -18,8 +18,9 @@ use bytes::BytesMut;
 
 use super::Gateway;
 use super::core::Core;
-use super::dialect::{AnyDialect, Route};
+use super::dialect::AnyDialect;
 use super::registry::NewConn;
+use super::route::Route;
 use crate::auth::Identity;
 use crate::protocol::{CloseCode, ErrorCode};
 use crate::ws::conn::{Conn, Flush, OutState};
@@ -123,6 +124,7 @@ impl Connection {
         let ending = self.serve().await;
 
         self.core.end_all().await;
+        gw.hub.forget_connection(conn.id());
         let change = gw.registry.remove(conn.id());
         gw.presence.record(change);
         conn.mark_closed();
@@ -146,7 +148,7 @@ impl Connection {
         // from this side, and the task's size is what an idle client costs.
         let mut close_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            for channel in self.core.conn.take_resyncs() {
+            for channel in self.core.gw.hub.take_resyncs(&self.core.conn) {
                 Box::pin(self.dialect.resync(&mut self.core, channel)).await;
             }
             if self.core.conn.flush() == Flush::Broken {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Gateway;
-use super::dialect::Kind;
 use super::recovery::{self, Start};
+use super::route::Kind;
 use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{Entry, Offset, Position};

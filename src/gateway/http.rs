@@ -24,84 +24,16 @@ use warp::{Filter, Reply};
 use super::Gateway;
 use super::connection::{Connection, ConnectionStart};
 use super::dialect::council::store::Claim;
-use super::dialect::{Route, council, escai};
+use super::dialect::{council, escai};
 use super::presence::Disconnect;
+pub use super::reply::{ApiError, error_response, json_response};
+use super::route::Route;
 use super::server::PeerAddr;
 use crate::auth::{AuthError, AuthKind, Identity};
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PublishOptions};
 use crate::json::Json;
 use crate::ws::handshake::{UpgradeRequest, take_stream};
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = http::Response::new(Bytes::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response.into_response()
-}
-
-/// A refusal: `{"error": code, "message": message}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    json_response(status, json!({ "error": code, "message": message }))
-}
-
-/// A refused request, rendered by [`ApiError::into_response`].
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    /// A 401 for a refused token.
-    pub fn unauthorized(e: &AuthError) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
-    }
-
-    fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    pub fn into_response(self) -> Response {
-        let mut response = error_response(self.status, self.code, &self.message);
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if self.status == StatusCode::UNAUTHORIZED
-            && let Ok(value) = HeaderValue::from_str(&format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                self.code
-            ))
-        {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
-        response
-    }
-}
 
 /// The token of a request: `Authorization: Bearer`, then the `bearer.<token>`
 /// subprotocol, then `?token=`.
@@ -199,6 +131,12 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(state.clone())
         .map(|gw: Arc<Gateway>| health(&gw));
+    let whoami_route = warp::path!("api" / "v1" / "whoami")
+        .and(warp::get())
+        .and(state.clone())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .map(|gw: Arc<Gateway>, headers: HeaderMap, query: String| whoami(&gw, &headers, &query));
     let publish = warp::path!("api" / "v1" / "publish")
         .and(warp::post())
         .and(state.clone())
@@ -259,7 +197,9 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(rest)
         .unify()
-        .or(crate::web::routes(gw.clone()))
+        .or(whoami_route)
+        .unify()
+        .or(crate::web::routes())
         .unify()
         .recover(rejection)
         .unify()
@@ -329,6 +269,51 @@ fn health(gw: &Gateway) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "unhealthy", "reason": reason, "replica": gw.config.replica_id}),
         ),
+    }
+}
+
+/// `GET /api/v1/whoami`: who the request's token is (the dashboard page asks
+/// it first), or — without a token, on a gateway with `--anonymous-subscribe` —
+/// which channels it may read without one.
+fn whoami(gw: &Gateway, headers: &HeaderMap, query: &str) -> Response {
+    let answer = match gw.authorize_api(headers, query) {
+        Ok(identity) => Ok(json!({
+            "auth": gw.auth.is_some(),
+            "user": identity.user,
+            "admin": identity.is_admin(),
+            "expires_at": identity.expires_at,
+            "replica": gw.config.replica_id,
+        })),
+        // No token, and the gateway lets clients without one read some
+        // channels: the page may show those without asking for a token.
+        Err(e) if e.code == "missing_token" && gw.config.security.anonymous.is_some() => {
+            let patterns = gw
+                .config
+                .security
+                .anonymous
+                .as_ref()
+                .map(|a| a.patterns().to_vec())
+                .unwrap_or_default();
+            Ok(json!({
+                "auth": true,
+                "user": null,
+                "admin": false,
+                "anonymous": true,
+                "channels": patterns,
+                "replica": gw.config.replica_id,
+            }))
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(body) => {
+            let mut response = json_response(StatusCode::OK, body);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => e.into_response(),
     }
 }
 

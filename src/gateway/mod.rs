@@ -12,6 +12,8 @@ pub mod http;
 pub mod presence;
 pub mod recovery;
 pub mod registry;
+pub mod reply;
+pub mod route;
 pub mod server;
 pub mod sessions;
 pub mod stats;
@@ -79,7 +81,15 @@ impl Gateway {
         let anonymous_slots = Arc::new(Semaphore::new(config.security.max_anonymous_connections));
         // Capacity beside the connections (utilisation alerts, autoscaling), and
         // every known label value of the counters at 0.
-        parts.metrics.gateway_started(config.limits.max_connections);
+        let closes = crate::ws::close::CloseCode::ALL.map(|c| c.label());
+        let errors = crate::protocol::ErrorCode::ALL.map(|c| c.as_str());
+        parts.metrics.gateway_started(
+            config.limits.max_connections,
+            &crate::metrics::GatewayLabels {
+                close_codes: &closes,
+                client_errors: &errors,
+            },
+        );
         Arc::new(Self {
             config,
             engine: parts.engine,

@@ -105,6 +105,33 @@ enum SubOp {
     Unsubscribe(ChannelName),
 }
 
+/// Subscriptions whose continuity was lost, per connection: the shards ask,
+/// the connection's task takes them (its connection is woken for it).
+#[derive(Default)]
+pub(crate) struct Resyncs {
+    pending: Mutex<HashMap<ConnId, Vec<ChannelName>>>,
+}
+
+impl Resyncs {
+    fn request(&self, conn: &Conn, channel: &ChannelName) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let list = pending.entry(conn.id()).or_default();
+        if !list.contains(channel) {
+            list.push(channel.clone());
+        }
+        drop(pending);
+        conn.flag_work();
+    }
+
+    fn take(&self, conn: ConnId) -> Vec<ChannelName> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn)
+            .unwrap_or_default()
+    }
+}
+
 /// See the module documentation.
 pub struct Hub {
     engine: Arc<dyn Engine>,
@@ -116,6 +143,7 @@ pub struct Hub {
     config: HubConfig,
     control: Option<mpsc::UnboundedSender<serde_json::Value>>,
     catching_up: AtomicBool,
+    resyncs: Arc<Resyncs>,
 }
 
 /// What the dispatcher does with one live message.
@@ -140,6 +168,7 @@ impl Hub {
         control: Option<mpsc::UnboundedSender<serde_json::Value>>,
     ) -> Arc<Self> {
         let shard_count = config.shards.max(1);
+        let resyncs = Arc::new(Resyncs::default());
         let shards = (0..shard_count)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(config.shard_queue);
@@ -150,6 +179,7 @@ impl Hub {
                     std::iter::once(config.heartbeat.clone())
                         .chain(config.dialect_heartbeats.iter().cloned())
                         .collect(),
+                    resyncs.clone(),
                 );
                 tokio::spawn(shard.run());
                 tx
@@ -166,6 +196,7 @@ impl Hub {
             config,
             control,
             catching_up: AtomicBool::new(false),
+            resyncs,
         });
         tokio::spawn(hub.clone().manage(ops_rx));
         let inline: Arc<dyn InlineReceiver> = hub.clone();
@@ -201,6 +232,21 @@ impl Hub {
                 mode,
             })
             .await;
+    }
+
+    /// The subscriptions of `conn` to restart, if its connection was flagged
+    /// ([`Conn::take_work`]); each is held by its shard until released.
+    pub fn take_resyncs(&self, conn: &Conn) -> Vec<ChannelName> {
+        if conn.take_work() {
+            self.resyncs.take(conn.id())
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Forgets what was pending for a connection that ended.
+    pub fn forget_connection(&self, conn: ConnId) {
+        self.resyncs.take(conn);
     }
 
     /// The newest offset this replica has seen on `channel` (dispatched, or

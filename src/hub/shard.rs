@@ -94,6 +94,7 @@ pub(crate) struct Shard {
     wheel: Wheel,
     metrics: Arc<Metrics>,
     max_held: usize,
+    resyncs: Arc<super::Resyncs>,
 }
 
 /// Commands taken from the queue per round.
@@ -105,8 +106,10 @@ impl Shard {
         metrics: Arc<Metrics>,
         max_held: usize,
         heartbeats: Vec<HeartbeatConfig>,
+        resyncs: Arc<super::Resyncs>,
     ) -> Self {
         Self {
+            resyncs,
             commands,
             channels: HashMap::new(),
             wheel: Wheel::new(heartbeats),
@@ -177,7 +180,7 @@ impl Shard {
                     if sub.held.is_none() {
                         sub.held = Some(Vec::new());
                     }
-                    sub.conn.request_resync(channel.clone());
+                    self.resyncs.request(&sub.conn, &channel);
                 }
             }
             ShardCmd::Join {

@@ -6,14 +6,14 @@
 //! `docs/PROTOCOL.md` is the prose version.
 
 pub mod client;
-pub mod close;
 pub mod council;
 pub mod dropin;
 pub mod escai;
 pub mod server;
 
+/// The close codes are the WebSocket layer's (`ws::close`), listed in PROTOCOL.md.
+pub use crate::ws::close::{self, CloseCode};
 pub use client::{ClientMessage, ParseError, RequestId, Since};
-pub use close::CloseCode;
 
 /// Machine-readable code of an `error` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (`switchboard_client_errors_total` exports each from the start).
+    pub const ALL: [ErrorCode; 16] = [
+        Self::InvalidJson,
+        Self::InvalidMessage,
+        Self::UnknownType,
+        Self::BadChannel,
+        Self::BadFilter,
+        Self::AlreadySubscribed,
+        Self::NotSubscribed,
+        Self::TooManyChannels,
+        Self::Forbidden,
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::Unavailable,
+        Self::BinaryNotSupported,
+        Self::RateLimited,
+        Self::NoSnapshot,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidJson => "invalid_json",
@@ -72,5 +92,37 @@ impl ErrorCode {
             Self::NoSnapshot => "no_snapshot",
             Self::Internal => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_error_code_is_listed_once() {
+        // A new variant fails this match until it is added to ALL.
+        let listed = |c: ErrorCode| match c {
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidMessage
+            | ErrorCode::UnknownType
+            | ErrorCode::BadChannel
+            | ErrorCode::BadFilter
+            | ErrorCode::AlreadySubscribed
+            | ErrorCode::NotSubscribed
+            | ErrorCode::TooManyChannels
+            | ErrorCode::Forbidden
+            | ErrorCode::Unauthorized
+            | ErrorCode::TokenExpired
+            | ErrorCode::Unavailable
+            | ErrorCode::BinaryNotSupported
+            | ErrorCode::RateLimited
+            | ErrorCode::NoSnapshot
+            | ErrorCode::Internal => c.as_str(),
+        };
+        let mut names: Vec<&str> = ErrorCode::ALL.into_iter().map(listed).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
     }
 }

@@ -1,6 +1,6 @@
 //! The dashboard page: static files embedded in the binary, served at `/` and
-//! `/assets/…` by `gateway` and `standalone`, and `GET /api/v1/whoami`, which
-//! tells the page whether it needs a token and what that token may do.
+//! `/assets/…` by `gateway` and `standalone` (`GET /api/v1/whoami`, which tells
+//! the page whether it needs a token, is the gateway's: `gateway/http.rs`).
 //!
 //! The page (`assets/web/`) speaks the native protocol on `/ws` through the
 //! client library of `clients/js/` (served as `assets/switchboard.js`); its charts
@@ -13,18 +13,14 @@
 //! styles and connections only from the gateway itself, and no inline script or
 //! style.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::json;
+use http::{HeaderValue, StatusCode, header};
 use sha1::{Digest, Sha1};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
-
-use crate::gateway::Gateway;
-use crate::gateway::http::json_response;
 
 /// One embedded file, and its compressed forms (empty when compressing did
 /// not make it smaller).
@@ -151,8 +147,14 @@ static ASSETS: &[Asset] = &[
             env!("CARGO_MANIFEST_DIR"),
             "/clients/js/switchboard.js"
         )),
-        gzip: include_bytes!(concat!(env!("OUT_DIR"), "/assets/clients/switchboard.js.gz")),
-        brotli: include_bytes!(concat!(env!("OUT_DIR"), "/assets/clients/switchboard.js.br")),
+        gzip: include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/assets/clients/switchboard.js.gz"
+        )),
+        brotli: include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/assets/clients/switchboard.js.br"
+        )),
     },
     asset!("panels.js", "web/panels.js", JS),
     asset!("series.js", "web/series.js", JS),
@@ -283,7 +285,8 @@ fn serve(asset: &'static Asset, request: Request) -> Response {
 }
 
 /// `/`, `/assets/…` and `/api/v1/whoami`.
-pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
+/// `/` and `/assets/…`: the page and its files.
+pub fn routes() -> BoxedFilter<(Response,)> {
     let request = warp::header::optional::<String>("host")
         .and(warp::header::optional::<String>("if-none-match"))
         .and(warp::header::optional::<String>("accept-encoding"))
@@ -307,57 +310,7 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
                 None => Err(warp::reject::not_found()),
             }
         });
-    let whoami = warp::path!("api" / "v1" / "whoami")
-        .and(warp::get())
-        .and(warp::any().map(move || gw.clone()))
-        .and(warp::header::headers_cloned())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .map(|gw: Arc<Gateway>, headers: HeaderMap, query: String| whoami(&gw, &headers, &query));
-    index.or(assets).unify().or(whoami).unify().boxed()
-}
-
-/// Who the caller is: `{"auth", "user", "admin", "expires_at", "replica"}`,
-/// or the 401 a refused token gets (so the page can say why).
-fn whoami(gw: &Gateway, headers: &HeaderMap, query: &str) -> Response {
-    let answer = match gw.authorize_api(headers, query) {
-        Ok(identity) => Ok(json!({
-            "auth": gw.auth.is_some(),
-            "user": identity.user,
-            "admin": identity.is_admin(),
-            "expires_at": identity.expires_at,
-            "replica": gw.config.replica_id,
-        })),
-        // No token, and the gateway lets clients without one read some
-        // channels: the page may show those without asking for a token.
-        Err(e) if e.code == "missing_token" && gw.config.security.anonymous.is_some() => {
-            let patterns = gw
-                .config
-                .security
-                .anonymous
-                .as_ref()
-                .map(|a| a.patterns().to_vec())
-                .unwrap_or_default();
-            Ok(json!({
-                "auth": true,
-                "user": null,
-                "admin": false,
-                "anonymous": true,
-                "channels": patterns,
-                "replica": gw.config.replica_id,
-            }))
-        }
-        Err(e) => Err(e),
-    };
-    match answer {
-        Ok(body) => {
-            let mut response = json_response(StatusCode::OK, body);
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+    index.or(assets).unify().boxed()
 }
 
 #[cfg(test)]

@@ -19,10 +19,9 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 
+use super::close::CloseCode;
 use super::frame;
-use crate::channel::ChannelName;
 use crate::metrics::Metrics;
-use crate::protocol::close::CloseCode;
 
 /// A connection's identifier, unique within one gateway process.
 pub type ConnId = u64;
@@ -40,6 +39,8 @@ pub struct Conn {
     max_queued_bytes: usize,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
+    /// Set by [`Conn::flag_work`].
+    work: AtomicBool,
 }
 
 /// Wakes the session task. A flag and the one waker of its one task: no
@@ -87,8 +88,6 @@ struct Outbound {
     /// The queue's head is the unsent rest of a frame whose start was written.
     head_partial: bool,
     state: OutState,
-    /// Channels whose continuity was lost: the session must restart them.
-    resync: Vec<ChannelName>,
 }
 
 /// Where the connection is in its life, seen from the sending side.
@@ -140,7 +139,6 @@ impl Conn {
                 queued_bytes: 0,
                 head_partial: false,
                 state: OutState::Open,
-                resync: Vec::new(),
             }),
             wake: Wake::default(),
             max_queued_bytes,
@@ -150,6 +148,7 @@ impl Conn {
                 last_ping: AtomicU64::new(now),
                 ..Heartbeat::default()
             },
+            work: AtomicBool::new(false),
         }
     }
 
@@ -254,19 +253,16 @@ impl Conn {
         out.state = OutState::Closing(code);
     }
 
-    /// Asks the session to restart `channel` (its history was lost) and wakes it.
-    pub fn request_resync(&self, channel: ChannelName) {
-        let mut out = self.lock();
-        if !out.resync.contains(&channel) {
-            out.resync.push(channel);
-        }
-        drop(out);
+    /// Tells the connection's task that work waits for it elsewhere (what, the
+    /// layer above knows: e.g. subscriptions to restart) and wakes it.
+    pub fn flag_work(&self) {
+        self.work.store(true, Ordering::Release);
         self.wake.notify();
     }
 
-    /// Channels the session must restart.
-    pub fn take_resyncs(&self) -> Vec<ChannelName> {
-        std::mem::take(&mut self.lock().resync)
+    /// Whether work was flagged since the last call (and clears the flag).
+    pub fn take_work(&self) -> bool {
+        self.work.swap(false, Ordering::AcqRel)
     }
 
     /// Marks the socket finished: nothing more will be written.

@@ -1,6 +1,8 @@
 //! WebSocket transport: the opening handshake over hyper's upgrade, RFC 6455
-//! framing, and each socket's outbound queue. No protocol knowledge lives here.
+//! framing, the close codes the gateway sends, and each socket's outbound
+//! queue. No protocol knowledge lives here: bytes and frames, never channels.
 
+pub mod close;
 pub mod conn;
 pub mod frame;
 pub mod handshake;

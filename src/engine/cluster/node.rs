@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::resp::{Decoder, Frame};
 use super::topology::NodeAddr;
 use crate::engine::EngineEvent;
-use crate::engine::redis::Feed;
+use crate::engine::feed::Feed;
 use crate::engine::tls;
 
 /// Credentials sent with `AUTH` after connecting.

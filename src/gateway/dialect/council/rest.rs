@@ -13,7 +13,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::gateway::Gateway;
-use crate::gateway::http::{ApiError, json_response};
+use crate::gateway::reply::{ApiError, json_response};
 
 /// The route.
 pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {

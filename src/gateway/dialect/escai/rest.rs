@@ -20,7 +20,7 @@ use super::{ALERTS_CHANNEL, agent_channel};
 use crate::channel::ChannelName;
 use crate::engine::PublishOptions;
 use crate::gateway::Gateway;
-use crate::gateway::http::{ApiError, json_response};
+use crate::gateway::reply::{ApiError, json_response};
 use crate::json::Json;
 
 /// The three routes.

@@ -1,0 +1,41 @@
+//! The Redis engine's settings (one Redis or a Redis Cluster).
+
+use std::time::Duration;
+
+use super::HistoryConfig;
+use super::connection::RedisTarget;
+use super::tls::RedisTls;
+
+/// Connection settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// One Redis or a Redis Cluster.
+    pub target: RedisTarget,
+    /// Prefix of every key and channel name.
+    pub prefix: String,
+    /// Limit on one command's round trip.
+    pub response_timeout: Duration,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Command connections (each is multiplexed); on a cluster, per master.
+    pub pool_size: usize,
+    /// Interval between pub/sub liveness probes; a probe unanswered for three
+    /// intervals rebuilds the pub/sub connection.
+    pub probe_interval: Duration,
+    /// Longest channel name accepted from the feed.
+    pub max_channel_len: usize,
+    /// JSON nesting accepted from plain `PUBLISH`es.
+    pub max_json_depth: usize,
+    /// History per namespace.
+    pub history: HistoryConfig,
+    /// Names this replica in its probe channel.
+    pub replica_id: String,
+    /// Replicas that must have a message before its publish is acknowledged
+    /// (`WAIT`); 0: acknowledge at once (Redis replicates asynchronously).
+    pub wait_replicas: usize,
+    /// Longest `WAIT` for those replicas.
+    pub wait_timeout: Duration,
+    /// Trust and client certificate for a `rediss://` target (`None`: the
+    /// system's roots, no client certificate); unused without TLS.
+    pub tls: Option<RedisTls>,
+}
