@@ -32,7 +32,7 @@ use crate::engine::Engine;
 use crate::gateway::Gateway;
 use crate::gateway::reply::{error_response, json_response};
 use crate::gateway::server::{self, HttpSettings};
-use crate::metrics::Metrics;
+use crate::metrics::MetricsRegistry;
 
 /// Where a gateway serves `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn metrics_route(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(move || {
             gw.refresh_ready_gauge();
-            text_metrics(gw.metrics.render())
+            text_metrics(gw.metrics_registry.render())
         })
         .boxed()
 }
@@ -112,7 +112,7 @@ pub fn gateway_routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
 /// gateway (the collector): ready when its engine is, and not shutting down.
 pub fn probe_routes(
     engine: Arc<dyn Engine>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<MetricsRegistry>,
     shutdown: CancellationToken,
 ) -> BoxedFilter<(Response,)> {
     let live = warp::path!("health" / "live")

@@ -22,6 +22,7 @@ use crate::client;
 use crate::collector::demo::{self, DemoConfig};
 use crate::collector::federation::FederationRedis;
 use crate::collector::lease::{Lease, LeaseConfig};
+use crate::collector::metrics::CollectorMetrics;
 use crate::collector::{Collector, Leadership};
 use crate::config::GatewayConfig;
 use crate::engine::connection::RedisTarget;
@@ -37,7 +38,7 @@ use crate::gateway::sessions::SessionStore;
 use crate::gateway::stats;
 use crate::gateway::{Gateway, Parts};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineMetrics, GatewayMetrics, MetricsRegistry};
 
 /// Live messages buffered between the engine feed and the hub's dispatcher.
 const EVENT_QUEUE: usize = 16 * 1024;
@@ -230,7 +231,10 @@ async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> an
     if let Some(federation) = collector_config.federation.as_mut() {
         federation.tls = tls;
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics_registry = Arc::new(MetricsRegistry::new());
+    let engine_metrics = Arc::new(EngineMetrics::register(&metrics_registry));
+    let metrics = Arc::new(GatewayMetrics::register(&metrics_registry));
+    let collector_metrics = Arc::new(CollectorMetrics::register(&metrics_registry));
     let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
     let history = with_dialect_history(stats::with_system_history(args.history.config()), &config)?;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(history, events_tx));
@@ -249,7 +253,7 @@ async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> an
     let collector = Collector::new(
         engine.clone(),
         collector_config,
-        metrics.clone(),
+        collector_metrics,
         Leadership::Always,
     )
     .context("could not set up the collector")?;
@@ -259,6 +263,8 @@ async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> an
         engine,
         hub,
         metrics,
+        engine_metrics,
+        metrics_registry,
         auth,
         registry,
         presence: Presence::Local,
@@ -301,11 +307,18 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         );
     }
     tracing::info!(redis = %redis.target.describe(), "gateway: engine on Redis");
-    let metrics = Arc::new(Metrics::new());
+    let metrics_registry = Arc::new(MetricsRegistry::new());
+    let engine_metrics = Arc::new(EngineMetrics::register(&metrics_registry));
+    let metrics = Arc::new(GatewayMetrics::register(&metrics_registry));
     let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
-    let engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
-        .context("could not set up the Redis engine")?;
+    let engine = RedisEngine::start(
+        redis,
+        events_tx,
+        engine_metrics.clone(),
+        engine_stop.clone(),
+    )
+    .context("could not set up the Redis engine")?;
     let registry = Arc::new(Registry::new(&config.replica_id));
     let presence = Presence::redis(
         engine.clone(),
@@ -335,6 +348,8 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         engine: dyn_engine,
         hub,
         metrics,
+        engine_metrics,
+        metrics_registry,
         auth,
         registry,
         presence,
@@ -401,7 +416,9 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
         .replica_id
         .clone()
         .unwrap_or_else(crate::cli::default_replica_id);
-    let metrics = Arc::new(Metrics::new());
+    let metrics_registry = Arc::new(MetricsRegistry::new());
+    let engine_metrics = Arc::new(EngineMetrics::register(&metrics_registry));
+    let metrics = Arc::new(CollectorMetrics::register(&metrics_registry));
     // The collector subscribes to nothing; its feed is drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel::<EngineEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
@@ -422,7 +439,7 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
         tls,
     };
     let engine_stop = CancellationToken::new();
-    let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
+    let redis_engine = RedisEngine::start(redis, events_tx, engine_metrics, engine_stop.clone())
         .context("could not set up the Redis engine")?;
     let lease = Lease::new(
         redis_engine.clone(),
@@ -437,7 +454,7 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     let collector = Collector::new(
         engine.clone(),
         config,
-        metrics.clone(),
+        metrics,
         Leadership::Lease(Box::new(lease)),
     )
     .context("could not set up the collector")?;
@@ -445,7 +462,7 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     tracing::info!(listen = %args.listen, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
     let task = tokio::spawn(collector.run(collector_stop.clone()));
-    let routes = admin::probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
+    let routes = admin::probe_routes(engine.clone(), metrics_registry, shutdown.clone());
     let settings = HttpSettings {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_header_bytes: 16 * 1024,

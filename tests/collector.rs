@@ -1230,7 +1230,9 @@ async fn standalone_in_the_seeds_environment_reads_its_redis_and_databases() {
     seed_layout(&mut db);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["standalone", "--listen", &listen];
+    // /metrics on the client port: the admin listener's default port would
+    // collide with other tests.
+    let mut args = vec!["standalone", "--listen", &listen, "--admin-listen", &listen];
     args.extend_from_slice(&FAST);
     let (url, base) = (federation_redis.url(), db.dir.display().to_string());
     let _standalone = Logged::spawn_env(

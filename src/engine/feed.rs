@@ -14,7 +14,7 @@ use super::keys::Keys;
 use super::{EngineError, EngineEvent, Epoch, EventSink, IncomingMessage, Offset};
 use crate::channel::ChannelName;
 use crate::json::Json;
-use crate::metrics::Metrics;
+use crate::metrics::EngineMetrics;
 
 /// Readiness of the engine, written by its tasks.
 #[derive(Default)]
@@ -48,7 +48,7 @@ pub(crate) struct Feed {
     pub(crate) keys: Keys,
     pub(crate) max_channel_len: usize,
     pub(crate) max_json_depth: usize,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<EngineMetrics>,
 }
 
 impl Feed {

@@ -43,7 +43,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
 use crate::json::Json;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::{EngineMetrics, RedisOp};
 
 /// The Redis engine.
 pub struct RedisEngine {
@@ -56,7 +56,7 @@ pub struct RedisEngine {
     history_script: Script,
     subscriber: mpsc::Sender<SubCommand>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     /// When the last "not replicated in time" warning was logged (Unix ms).
     last_wait_warning: std::sync::atomic::AtomicU64,
 }
@@ -67,7 +67,7 @@ impl RedisEngine {
     pub fn start(
         config: RedisConfig,
         events: impl Into<EventSink>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<EngineMetrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let events = events.into();
@@ -548,7 +548,7 @@ struct Subscriber {
     feed: Arc<Feed>,
     requests: mpsc::Receiver<SubCommand>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     /// Channels this replica needs, kept across reconnects.
     wanted: HashSet<ChannelName>,
 }

@@ -31,7 +31,7 @@ use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::engine::Engine;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineMetrics, GatewayMetrics, MetricsRegistry};
 use crate::ws::conn::Conn;
 use dialect::council::store::CouncilStore;
 use presence::Presence;
@@ -42,7 +42,11 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<GatewayMetrics>,
+    /// The engine's metrics (the operations report reads Redis failures).
+    pub engine_metrics: Arc<EngineMetrics>,
+    /// What `/metrics` renders.
+    pub metrics_registry: Arc<MetricsRegistry>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, drain the clients.
     pub shutdown: CancellationToken,
     /// Token verification; `None` when authentication is off.
@@ -67,7 +71,9 @@ pub struct Gateway {
 pub struct Parts {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub engine_metrics: Arc<EngineMetrics>,
+    pub metrics_registry: Arc<MetricsRegistry>,
     pub auth: Option<Arc<Verifier>>,
     pub registry: Arc<Registry>,
     pub presence: Presence,
@@ -95,6 +101,8 @@ impl Gateway {
             engine: parts.engine,
             hub: parts.hub,
             metrics: parts.metrics,
+            engine_metrics: parts.engine_metrics,
+            metrics_registry: parts.metrics_registry,
             shutdown,
             auth: parts.auth,
             registry: parts.registry,
@@ -182,7 +190,9 @@ impl Gateway {
     }
 
     pub(crate) fn refresh_ready_gauge(&self) {
-        self.metrics.ready.set(i64::from(self.readiness().is_ok()));
+        self.metrics_registry
+            .ready
+            .set(i64::from(self.readiness().is_ok()));
     }
 
     fn new_conn(&self, stream: TcpStream) -> Arc<Conn> {

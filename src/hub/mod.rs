@@ -39,7 +39,7 @@ use crate::channel::ChannelName;
 use crate::engine::{
     Engine, EngineEvent, Epoch, EventFeed, IncomingMessage, InlineReceiver, Offset,
 };
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 use crate::ws::conn::{Conn, ConnId};
 
 /// Hub settings.
@@ -138,7 +138,7 @@ pub struct Hub {
     shards: Vec<mpsc::Sender<ShardCmd>>,
     table: Mutex<HashMap<ChannelName, ChannelEntry>>,
     ops: mpsc::UnboundedSender<SubOp>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     next_shard: AtomicUsize,
     config: HubConfig,
     control: Option<mpsc::UnboundedSender<serde_json::Value>>,
@@ -163,7 +163,7 @@ impl Hub {
     pub fn start(
         engine: Arc<dyn Engine>,
         events: EventFeed,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GatewayMetrics>,
         config: HubConfig,
         control: Option<mpsc::UnboundedSender<serde_json::Value>>,
     ) -> Arc<Self> {

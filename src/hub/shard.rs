@@ -19,7 +19,7 @@ use super::heartbeat::{HeartbeatConfig, Profile, Wheel};
 use crate::channel::ChannelName;
 use crate::engine::Offset;
 use crate::filter::Filter;
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 use crate::protocol::CloseCode;
 use crate::ws::conn::{Conn, ConnId, Sent};
 
@@ -92,7 +92,7 @@ pub(crate) struct Shard {
     commands: mpsc::Receiver<ShardCmd>,
     channels: HashMap<ChannelName, Vec<Group>>,
     wheel: Wheel,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     max_held: usize,
     resyncs: Arc<super::Resyncs>,
 }
@@ -103,7 +103,7 @@ const BATCH: usize = 512;
 impl Shard {
     pub(crate) fn new(
         commands: mpsc::Receiver<ShardCmd>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GatewayMetrics>,
         max_held: usize,
         heartbeats: Vec<HeartbeatConfig>,
         resyncs: Arc<super::Resyncs>,

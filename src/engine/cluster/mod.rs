@@ -55,7 +55,7 @@ use super::redis_config::RedisConfig;
 use super::{EngineError, EngineEvent};
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::{EngineMetrics, RedisOp};
 
 /// Most channels in one `SSUBSCRIBE`.
 const CHUNK: usize = 512;
@@ -97,7 +97,7 @@ pub(crate) struct ClusterSubscriber {
     settings: Arc<NodeSettings>,
     feed: Arc<Feed>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     requests: mpsc::Receiver<SubCommand>,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
@@ -134,7 +134,7 @@ impl ClusterSubscriber {
         config: RedisConfig,
         feed: Arc<Feed>,
         health: Arc<Health>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<EngineMetrics>,
         requests: mpsc::Receiver<SubCommand>,
     ) -> Self {
         let keys = feed.keys().clone();
