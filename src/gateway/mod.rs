@@ -67,6 +67,25 @@ pub struct Gateway {
     next_conn: AtomicU64,
 }
 
+/// Why a replica should not receive traffic (`/health/ready` says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining")]
+    Draining,
+    /// The engine's own words (Redis unreachable, subscriptions not live).
+    #[error("{0}")]
+    Engine(String),
+    #[error("catching up from history after the engine feed was lost")]
+    CatchingUp,
+}
+
+/// In JSON (`/health/ready`'s `reason`), the sentence.
+impl serde::Serialize for NotReady {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// What a gateway is built from.
 pub struct Parts {
     pub engine: Arc<dyn Engine>,
@@ -175,16 +194,16 @@ impl Gateway {
     }
 
     /// `Ok` when the replica should receive traffic; otherwise why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.shutdown.is_cancelled() {
-            return Err("draining".into());
+            return Err(NotReady::Draining);
         }
         let health = self.engine.health();
         if !health.ready {
-            return Err(health.detail);
+            return Err(NotReady::Engine(health.detail));
         }
         if !self.hub.feed_ready() {
-            return Err("catching up from history after the engine feed was lost".into());
+            return Err(NotReady::CatchingUp);
         }
         Ok(())
     }

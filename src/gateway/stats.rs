@@ -166,7 +166,7 @@ impl Reporter {
             interval_seconds: self.interval.as_secs_f64(),
             uptime_seconds: now.duration_since(self.started).as_secs(),
             ready: readiness.is_ok(),
-            not_ready_reason: readiness.err(),
+            not_ready_reason: readiness.err().map(|e| e.to_string()),
             draining: gw.shutdown.is_cancelled(),
             engine: EngineStatus {
                 kind: gw.engine.kind(),

@@ -34,8 +34,11 @@ use store::AckSet;
 pub const NAMESPACE: &str = "council";
 
 /// The channel of a request.
-pub fn request_channel(request_id: &str, max_len: usize) -> Result<ChannelName, String> {
-    ChannelName::parse(&format!("{NAMESPACE}:{request_id}"), max_len).map_err(|e| e.to_string())
+pub fn request_channel(
+    request_id: &str,
+    max_len: usize,
+) -> Result<ChannelName, crate::channel::ChannelNameError> {
+    ChannelName::parse(&format!("{NAMESPACE}:{request_id}"), max_len)
 }
 
 /// An AI Council connection: one request.
