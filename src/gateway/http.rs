@@ -81,7 +81,7 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
     let max_len = gw.config.limits.max_channel_len;
     let snapshot = warp::path!("ws" / String)
         .and(warp::get())
-        .map(move |name: String| channel_route(&name, max_len, Route::Ark));
+        .map(move |name: String| channel_route(&name, max_len, Route::Snapshot));
     let relay = warp::path!("api" / "ws" / String)
         .and(warp::get())
         .map(move |name: String| channel_route(&name, max_len, Route::Relay));
@@ -463,7 +463,7 @@ async fn accept(
             "this channel needs a token (it is not among the gateway's --anonymous-subscribe channels)",
         ));
     }
-    if let Route::Ark(channel) | Route::Relay(channel) = &route
+    if let Route::Snapshot(channel) | Route::Relay(channel) = &route
         && !identity.can_subscribe(channel)
     {
         return Err(ApiError::forbidden(

@@ -23,8 +23,8 @@ use crate::ws::frame;
 pub enum FrameKind {
     /// Native protocol: `{"type":"message","channel":…,"offset":…,"data":…}`.
     Native,
-    /// Drop-in routes: the data exactly as published.
-    Raw,
+    /// The data alone, exactly as published (the snapshot and relay routes).
+    Bare,
     /// ESCAI (seed 003): the published event with `agent_id` and `timestamp`.
     Escai,
     /// AI Council (seed 004): `{"type","timestamp","message_id","data"}`.
@@ -37,7 +37,7 @@ impl FrameKind {
     fn index(self) -> usize {
         match self {
             Self::Native => 0,
-            Self::Raw => 1,
+            Self::Bare => 1,
             Self::Escai => 2,
             Self::Council => 3,
         }
@@ -103,7 +103,7 @@ impl Delivery {
                 self.offset,
                 &self.data,
             )),
-            FrameKind::Raw => frame::text(self.data.as_str()),
+            FrameKind::Bare => frame::text(self.data.as_str()),
             FrameKind::Escai => frame::text(&escai::event(
                 &self.data,
                 self.value(),
@@ -192,7 +192,7 @@ mod tests {
             first,
             "the same buffer every time"
         );
-        assert_eq!(&d.frame(FrameKind::Raw)[2..], br#"{"a":1}"#);
+        assert_eq!(&d.frame(FrameKind::Bare)[2..], br#"{"a":1}"#);
         let council = d.frame(FrameKind::Council).as_ptr();
         assert_eq!(d.frame(FrameKind::Council).as_ptr(), council);
         assert_ne!(council, first, "each form has its own frame");

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use self::node::{Auth, NodeEvent, NodeHandle, NodeSettings, Report};
 use self::topology::{NodeAddr, Topology};
 use super::connection::{Commands, RedisTarget};
-use super::feed::{Feed, Health, SubCommand, unavailable};
+use super::feed::{FeedWriter, Health, SubCommand, unavailable};
 use super::keys::{Keys, slot};
 use super::redis_config::RedisConfig;
 use super::{EngineError, EngineEvent};
@@ -90,12 +90,12 @@ struct Pending {
 }
 
 /// See the module documentation.
-pub(crate) struct ClusterSubscriber {
+pub(crate) struct ClusterPubSub {
     commands: Commands,
     keys: Keys,
     config: RedisConfig,
     settings: Arc<NodeSettings>,
-    feed: Arc<Feed>,
+    feed: Arc<FeedWriter>,
     health: Arc<Health>,
     metrics: Arc<EngineMetrics>,
     requests: mpsc::Receiver<SubCommand>,
@@ -128,11 +128,11 @@ pub(crate) struct ClusterSubscriber {
     refresh_failing: bool,
 }
 
-impl ClusterSubscriber {
+impl ClusterPubSub {
     pub(crate) fn new(
         commands: Commands,
         config: RedisConfig,
-        feed: Arc<Feed>,
+        feed: Arc<FeedWriter>,
         health: Arc<Health>,
         metrics: Arc<EngineMetrics>,
         requests: mpsc::Receiver<SubCommand>,

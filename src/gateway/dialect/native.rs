@@ -17,14 +17,14 @@ use crate::hub::Mode;
 use crate::protocol::{ClientMessage, ErrorCode, RequestId, Since, server};
 
 /// A native connection's own state: its resumable session.
-pub(crate) struct Native {
+pub(crate) struct NativeDialect {
     /// The session id asked for with `?session=`.
     resume: Option<String>,
     /// This connection's session id, once greeted.
     session_id: Option<String>,
 }
 
-impl Native {
+impl NativeDialect {
     pub(crate) fn new(resume: Option<String>) -> Self {
         Self {
             resume,
@@ -283,7 +283,7 @@ fn send_start(
     core.send_entries(channel, mode, &start.replay, |_| false);
 }
 
-impl Dialect for Native {
+impl Dialect for NativeDialect {
     async fn open(&mut self, core: &mut Core) {
         let restored = self.restore_session(core).await;
         let session_id = self.session_id.clone().unwrap_or_default();
