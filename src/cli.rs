@@ -1336,6 +1336,27 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub anonymous: AnonymousArgs,
+
+    /// permessage-deflate (RFC 7692) with clients that offer it: `on` or `off`.
+    /// Each message is compressed once per replica and the same frame goes to
+    /// every compressing client (no per-connection compression state).
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION", value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Messages smaller than this many bytes go out uncompressed.
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_THRESHOLD", default_value_t = 256)]
+    pub compression_threshold: usize,
+
+    /// Compression level, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+}
+
+/// A feature turned `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Reading without a token (the seeds' dashboards open their sockets without one).
@@ -1542,6 +1563,11 @@ impl ServerArgs {
                     idle_timeout: self.idle_timeout,
                     token_grace: self.token_expiry_grace,
                     ..HeartbeatConfig::default()
+                },
+                compression: crate::ws::deflate::DeflateConfig {
+                    enabled: self.compression == Switch::On,
+                    threshold: self.compression_threshold,
+                    level: self.compression_level,
                 },
                 dialect_heartbeats: crate::gateway::route::heartbeats(
                     &dialects,

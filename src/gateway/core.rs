@@ -63,12 +63,21 @@ pub(crate) struct Core {
     pub kind: Kind,
     pub identity: Identity,
     pub connection_id: String,
+    /// The connection negotiated permessage-deflate: its live messages come
+    /// in their compressed form (encoded once per message per replica).
+    pub deflate: bool,
     subscriptions: HashMap<ChannelName, Mode>,
     rate: RateLimit,
 }
 
 impl Core {
-    pub(crate) fn new(gw: Arc<Gateway>, conn: Arc<Conn>, kind: Kind, identity: Identity) -> Self {
+    pub(crate) fn new(
+        gw: Arc<Gateway>,
+        conn: Arc<Conn>,
+        kind: Kind,
+        identity: Identity,
+        deflate: bool,
+    ) -> Self {
         let shard = gw.hub.assign_shard();
         let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
         let security = &gw.config.security;
@@ -80,6 +89,7 @@ impl Core {
             kind,
             identity,
             connection_id,
+            deflate,
             subscriptions: HashMap::new(),
             rate,
         }
@@ -339,6 +349,7 @@ impl Core {
         Mode {
             kind: self.kind.form(),
             filter,
+            compressed: self.deflate,
         }
     }
 }

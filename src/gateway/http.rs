@@ -528,6 +528,7 @@ async fn accept(
             "the connection cannot be upgraded",
         )
     })?;
+    let deflate = gw.config.hub.compression.enabled && request.offers_deflate();
     // Boxed: what the connection is started with would otherwise stay in the
     // connection task's state for the connection's whole life.
     let start = Box::new(ConnectionStart {
@@ -535,6 +536,7 @@ async fn accept(
         route,
         identity,
         remote: peer.map(|p| p.0),
+        deflate,
     });
     let task = async move {
         match take_stream(on_upgrade).await {
@@ -549,7 +551,7 @@ async fn accept(
         drop(permit);
     };
     gw.tasks.spawn(task);
-    Ok(request.accept_response().into_response())
+    Ok(request.accept_response(deflate).into_response())
 }
 
 /// The places a connection without a token takes: one of the replica's

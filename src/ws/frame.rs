@@ -3,7 +3,10 @@
 //! Server frames are never masked, so a frame's bytes are the same for every
 //! client: the gateway encodes each message once and writes the same buffer to
 //! every subscriber. Client frames are decoded here with the configured frame and
-//! message size limits checked *before* the payload is buffered.
+//! message size limits checked *before* the payload is buffered. On a
+//! connection that negotiated permessage-deflate (`super::deflate`), a data
+//! message may be compressed (RSV1 on its first frame): it is inflated here,
+//! with the message limit applying to what it inflates to.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -54,9 +57,21 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Encodes one complete unmasked frame of a compressed message (RSV1 set):
+/// `payload` is the message compressed by [`super::deflate::compress`].
+pub fn encode_compressed(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_frame(&mut out, 0x80 | 0x40 | opcode.bits(), payload);
+    out.freeze()
+}
+
 /// Appends one complete (FIN) unmasked frame to `out`.
 pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
-    out.put_u8(0x80 | opcode.bits());
+    put_frame(out, 0x80 | opcode.bits(), payload);
+}
+
+fn put_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
+    out.put_u8(first);
     match payload.len() {
         n if n < 126 => out.put_u8(n as u8),
         n if n <= u16::MAX as usize => {
@@ -69,6 +84,17 @@ pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
         }
     }
     out.put_slice(payload);
+}
+
+/// The payload of a complete unmasked frame built by this module.
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or(&[])
 }
 
 /// A text frame carrying `text`.
@@ -117,6 +143,8 @@ pub enum FrameError {
     TooBig { limit: usize },
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
+    #[error("compressed message: {0}")]
+    Inflate(#[from] super::deflate::InflateError),
 }
 
 impl FrameError {
@@ -126,6 +154,8 @@ impl FrameError {
             Self::Protocol(_) => 1002,
             Self::TooBig { .. } => 1009,
             Self::InvalidUtf8 => 1007,
+            Self::Inflate(super::deflate::InflateError::TooBig { .. }) => 1009,
+            Self::Inflate(super::deflate::InflateError::Corrupt) => 1007,
         }
     }
 }
@@ -134,22 +164,32 @@ impl FrameError {
 #[derive(Debug)]
 pub struct Decoder {
     limits: DecodeLimits,
-    fragments: Option<(OpCode, BytesMut)>,
+    /// The connection negotiated permessage-deflate: RSV1 marks a compressed message.
+    deflate: bool,
+    /// A fragmented message in progress: its opcode, whether it is compressed, its bytes.
+    fragments: Option<(OpCode, bool, BytesMut)>,
 }
 
 impl Decoder {
     pub fn new(limits: DecodeLimits) -> Self {
         Self {
             limits,
+            deflate: false,
             fragments: None,
         }
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate.
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
     }
 
     /// Decodes the next message from the front of `buf`, consuming its bytes.
     /// Returns `Ok(None)` when `buf` holds no complete frame yet.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         loop {
-            let Some(header) = parse_header(buf)? else {
+            let Some(header) = parse_header(buf, self.deflate)? else {
                 return Ok(None);
             };
             if header.payload_len > self.limits.max_frame as u64 {
@@ -188,18 +228,18 @@ impl Decoder {
                 _ => Incoming::Close(close_code(&payload)?),
             }));
         }
-        let (opcode, data) = match (header.opcode, self.fragments.take()) {
+        let (opcode, compressed, data) = match (header.opcode, self.fragments.take()) {
             (OpCode::Continuation, None) => {
                 return Err(FrameError::Protocol("continuation frame without a start"));
             }
-            (OpCode::Continuation, Some((opcode, mut data))) => {
+            (OpCode::Continuation, Some((opcode, compressed, mut data))) => {
                 if data.len() + payload.len() > self.limits.max_message {
                     return Err(FrameError::TooBig {
                         limit: self.limits.max_message,
                     });
                 }
                 data.extend_from_slice(&payload);
-                (opcode, data)
+                (opcode, compressed, data)
             }
             (_, Some(_)) => {
                 return Err(FrameError::Protocol(
@@ -212,14 +252,20 @@ impl Decoder {
                         limit: self.limits.max_message,
                     });
                 }
-                (opcode, payload)
+                (opcode, header.rsv1, payload)
             }
         };
         if !header.fin {
-            self.fragments = Some((opcode, data));
+            self.fragments = Some((opcode, compressed, data));
             return Ok(None);
         }
-        let data = data.freeze();
+        let data = if compressed {
+            // Inflated on its own (client_no_context_takeover): the inflater
+            // exists only for this message.
+            Bytes::from(super::deflate::inflate(&data, self.limits.max_message)?)
+        } else {
+            data.freeze()
+        };
         Ok(Some(match opcode {
             OpCode::Text => {
                 if std::str::from_utf8(&data).is_err() {
@@ -240,23 +286,31 @@ impl Decoder {
 #[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
+    /// The first frame of a compressed message (permessage-deflate).
+    rsv1: bool,
     opcode: OpCode,
     mask: [u8; 4],
     header_len: usize,
     payload_len: u64,
 }
 
-fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol(
             "reserved bits set (no extension negotiated)",
         ));
     }
-    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(FrameError::Protocol(
+            "RSV1 on a control or continuation frame",
+        ));
+    }
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("client frame is not masked"));
     }
@@ -285,6 +339,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     mask.copy_from_slice(&buf[2 + len_bytes..header_len]);
     Ok(Some(Header {
         fin: b0 & 0x80 != 0,
+        rsv1,
         opcode,
         mask,
         header_len,
@@ -472,5 +527,48 @@ mod tests {
         assert_eq!(big.len(), 70_000 + 10);
         let c = close(4000, "slow consumer");
         assert_eq!(&c[..4], &[0x88, 15, 0x0f, 0xa0]);
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_only_where_negotiated() {
+        let json = br#"{"type":"subscribe","channel":"federation","filters":{"a":1}}"#.repeat(8);
+        let deflated = crate::ws::deflate::compress(&json, 6);
+        // RSV1 (0x40) on the first frame of a compressed text message.
+        let mut frame = client_frame(true, 0x40 | 1, &deflated);
+        let mut d = Decoder::new(LIMITS).with_deflate(true);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from(json.clone())))
+        );
+        // Fragmented: RSV1 on the first frame only.
+        let (a, b) = deflated.split_at(deflated.len() / 2);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(false, 0x40 | 1, a));
+        buf.extend_from_slice(&client_frame(true, 0, b));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from(json.clone())))
+        );
+        // Without the extension negotiated, RSV1 is a protocol error.
+        let mut plain = Decoder::new(LIMITS);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(plain.decode(&mut buf).unwrap_err().close_code(), 1002);
+        // RSV1 on a control frame, or a bomb beyond the message limit.
+        let mut buf = BytesMut::from(&client_frame(true, 0x40 | 9, b"x")[..]);
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), 1002);
+        let bomb = crate::ws::deflate::compress(&vec![b'a'; 100_000], 9);
+        frame = client_frame(true, 0x40 | 1, &bomb);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), 1009);
+        let mut buf = BytesMut::from(&client_frame(true, 0x40 | 1, &[0xff, 0x00, 0x12])[..]);
+        assert!(d.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn a_compressed_server_frame_has_rsv1() {
+        let f = encode_compressed(OpCode::Text, b"abc");
+        assert_eq!(f[0], 0x80 | 0x40 | 0x1);
+        assert_eq!(&f[2..], b"abc");
     }
 }
