@@ -442,7 +442,9 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     )
     .context("could not set up the collector")?;
     let listener = bind(args.listen).await?;
-    tracing::info!(listen = %args.listen, "collector: health and metrics listening");
+    // The bound address (a port the system picked for `:0`); tests read it.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %bound, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
     let task = tokio::spawn(collector.run(collector_stop.clone()));
     let routes = admin::probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
@@ -577,6 +579,8 @@ fn log_tls(target: &RedisTarget, tls: Option<&crate::engine::tls::RedisTls>) {
     }
 }
 
+/// Says where the gateway listens: the bound addresses (a port the system
+/// picked for `:0`). The tests read this event (tests/common/mod.rs).
 fn announce(listener: &TcpListener, admin: Option<&TcpListener>, config: &GatewayConfig) {
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let addr = local(listener);
