@@ -73,6 +73,10 @@ fn prometheus_binary() -> Option<PathBuf> {
 impl Cluster {
     /// Starts the cluster; `None` (with a message) only when nginx is not
     /// installed, and never in CI (a failure there).
+    ///
+    /// The script is given free ports (its processes cannot report ports they
+    /// picked); one taken by another process before the script bound it makes
+    /// the script stop, and the cluster is started again on other ports.
     fn start(with_prometheus: bool) -> Option<Self> {
         if !nginx_available() {
             common::skip_unless_ci(
@@ -81,8 +85,25 @@ impl Cluster {
             );
             return None;
         }
-        let dir =
-            std::env::temp_dir().join(format!("sb-cluster-{}-{}", std::process::id(), free_port()));
+        let mut failures = Vec::new();
+        for attempt in 0..3 {
+            match Self::try_start(with_prometheus, attempt) {
+                Ok(cluster) => return Some(cluster),
+                Err(e) => {
+                    eprintln!("local-cluster.sh stopped before it was ready: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("local-cluster.sh did not start on free ports: {failures:?}");
+    }
+
+    fn try_start(with_prometheus: bool, attempt: u32) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-cluster-{}-{}-{attempt}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("run directory");
         let (lb, collector, redis) = (free_port(), free_port(), free_port());
         let gateways: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -160,9 +181,15 @@ impl Cluster {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("local cluster ready") => return Some(cluster),
+                Ok(line) if line.contains("local cluster ready") => return Ok(cluster),
                 Ok(_) => continue,
-                Err(_) => {
+                // The script ended (it stops what it started): a port was
+                // taken, or a process did not come up.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = cluster.child.wait();
+                    return Err(format!("exited: {status:?}"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     let status = cluster.child.try_wait();
                     panic!("local-cluster.sh did not report ready (status {status:?})");
                 }
@@ -338,8 +365,12 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
         relays.push(Client::connect(&cluster.ws(&format!("/api/ws/{channel}"))).await);
     }
     // Subscriptions are live once `subscribed` arrived; relay routes subscribe on
-    // connect: give them a moment to reach Redis.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // connect, before they read the first frame: a ping answered proves it.
+    for relay in relays.iter_mut() {
+        relay.send_text("ping").await;
+        let pong = relay.recv_json().await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    }
 
     let mut offsets = Vec::new();
     for n in 0..5 {
@@ -402,10 +433,28 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
             .await;
         assert!(c.closed_code(WAIT).await.is_some());
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = (dashboards.len() + natives.len() + relays.len() + 1) as f64;
+    // Counted once their sessions ended, and the bad feed message once read.
+    let sum = |name: &str, labels: &str| -> f64 {
+        cluster
+            .admin
+            .iter()
+            .map(|p| metric_value(&scrape(*p), name, labels))
+            .sum()
+    };
+    common::wait_until(
+        "the two closes, the open connections and the bad feed message counted",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            (sum("switchboard_connections", "") == open
+                && sum("switchboard_disconnects_total", "code=\"client\"") >= 2.0
+                && sum("switchboard_invalid_messages_total", "") >= 1.0)
+                .then_some(())
+        },
+    );
 
     // Every replica: ready, serving some of the clients, plausible counters.
-    let open = (dashboards.len() + natives.len() + relays.len() + 1) as f64;
     let mut total_connections = 0.0;
     let mut published = 0.0;
     let mut seen = BTreeMap::new();
