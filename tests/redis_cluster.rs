@@ -231,11 +231,13 @@ fn readiness_watcher(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<boo
     let flag = watching.clone();
     let handle = std::thread::spawn(move || {
         let mut saw_not_ready = false;
-        while flag.load(Ordering::Relaxed) {
+        while flag.load(Ordering::Relaxed) && !saw_not_ready {
             if let Ok((503, _)) = http_get(port, "/health/ready") {
                 saw_not_ready = true;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            // Sampling: a frozen master's replacement can be short (the slot
+            // map moves its channels within tens of milliseconds).
+            std::thread::sleep(Duration::from_millis(5));
         }
         saw_not_ready
     });
@@ -290,7 +292,11 @@ fn assert_nothing_lost_silently(
     count: u64,
     readings: &[Reading],
 ) {
-    let stored = history(cluster, channel);
+    nothing_lost_silently(channel, &history(cluster, channel), count, readings);
+}
+
+/// [`assert_nothing_lost_silently`] on the history `stored` (offset, n).
+fn nothing_lost_silently(channel: &str, stored: &[(u64, u64)], count: u64, readings: &[Reading]) {
     let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
     assert_eq!(
         offsets,
@@ -348,6 +354,46 @@ fn assert_nothing_lost_silently(
         restarted,
         readings.len()
     );
+}
+
+/// Redis holds n = 1..=6 at offsets 1..=6; `tail` is what a client got after
+/// it was told to start over, having had n = 1, 2, 3 and, live from the master
+/// that then crashed, n = 99 at offset 4 (never replicated).
+fn restarted_reading(tail: &[(u64, u64)]) -> Reading {
+    let got = [(1, 1), (2, 2), (3, 3), (4, 99)];
+    let all: Vec<(u64, u64)> = got.iter().chain(tail).copied().collect();
+    Reading {
+        offsets: all.iter().map(|(o, _)| *o).collect(),
+        data: all.iter().map(|(_, n)| *n).collect(),
+        restarts: 1,
+        restarted_at: vec![got.len()],
+        ..Reading::default()
+    }
+}
+
+const STORED: [(u64, u64); 6] = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)];
+
+/// The crash check itself, on made-up readings: it accepts a client that got
+/// everything, and one told to start over that then got exactly what Redis
+/// holds.
+#[test]
+fn the_crash_check_accepts_exactly_once_and_an_honest_restart() {
+    let complete = Reading {
+        offsets: (1..=6).collect(),
+        data: (1..=6).collect(),
+        ..Reading::default()
+    };
+    let honest = restarted_reading(&[(4, 4), (5, 5), (6, 6)]);
+    nothing_lost_silently("made-up", &STORED, 6, &[complete, honest]);
+}
+
+/// …and refuses one that, after its restart, got a message other than the
+/// one Redis holds at that offset.
+#[test]
+#[should_panic(expected = "after its restart")]
+fn the_crash_check_refuses_a_wrong_message_after_a_restart() {
+    let wrong = restarted_reading(&[(4, 4), (5, 77), (6, 6)]);
+    nothing_lost_silently("made-up", &STORED, 6, &[wrong]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -409,9 +409,9 @@ fn read_logs(
     at_least: Option<u8>,
     mut logs: Logs,
     tail: Arc<Mutex<Vec<String>>>,
-) -> mpsc::Receiver<Listening> {
+) -> (mpsc::Receiver<Listening>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut announced = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -447,7 +447,7 @@ fn read_logs(
             }
         }
     });
-    rx
+    (rx, reader)
 }
 
 /// Starts `command` (a `switchboard` subcommand whose listeners are given as
@@ -499,7 +499,7 @@ pub fn try_start_reporting(
     let name = format!("{subcommand} {}", child.id());
     let stderr = child.stderr.take().expect("piped stderr");
     let tail = Arc::new(Mutex::new(Vec::new()));
-    let rx = read_logs(
+    let (rx, reader) = read_logs(
         name,
         stderr,
         known.then(|| level_rank(level)),
@@ -513,8 +513,8 @@ pub fn try_start_reporting(
                 let _ = child.kill();
             }
             let status = child.wait();
-            // The reader thread has the last lines once the pipe closed.
-            std::thread::sleep(Duration::from_millis(50));
+            // The reader has read the last lines once the pipe closed.
+            let _ = reader.join();
             let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
             Err(format!(
                 "`{what}` did not report where it listens ({e}; {status:?}); its last log lines:\n{tail}"
