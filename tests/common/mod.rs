@@ -729,6 +729,11 @@ impl Failures {
         }
     }
 
+    /// Records a case whose check is a condition; `detail` says what was seen.
+    pub fn check(&mut self, case: &str, ok: bool, detail: impl std::fmt::Display) {
+        self.record(case, if ok { Ok(()) } else { Err(detail.to_string()) });
+    }
+
     /// Records a case whose check is a comparison.
     pub fn expect_eq<T: PartialEq + std::fmt::Debug>(&mut self, case: &str, got: T, want: T) {
         let outcome = if got == want {
