@@ -256,10 +256,13 @@ impl Drop for Certs {
 }
 
 /// The process id of the TLS redis-server on `port` (`INFO server` through
-/// redis-cli, which speaks TLS), if one answers there.
+/// redis-cli, which speaks TLS, with the client certificate a server that
+/// requires one asks for), if one answers there.
 fn tls_redis_pid(certs: &Certs, port: u16) -> Option<u32> {
     let out = Command::new("redis-cli")
         .args(["--tls", "--cacert", &certs.path("ca.crt")])
+        .args(["--cert", &certs.path("client.crt")])
+        .args(["--key", &certs.path("client.key")])
         .args(["-p", &port.to_string(), "info", "server"])
         .output()
         .ok()?;
