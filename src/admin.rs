@@ -44,8 +44,10 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The same address as `listen` means the client port, except port 0:
+    /// two binds of port 0 are two listeners, each on a port of its own.
     pub fn new(listen: SocketAddr, admin_listen: SocketAddr) -> Self {
-        if listen == admin_listen {
+        if listen == admin_listen && listen.port() != 0 {
             Self::ClientPort
         } else {
             Self::Own(admin_listen)
@@ -188,5 +190,8 @@ mod tests {
         // it fails at start with a message, rather than silently merging.
         let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(Layout::new(listen, loopback), Layout::Own(loopback));
+        // Port 0 twice: two listeners on two ports the system picks.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(Layout::new(any, any), Layout::Own(any));
     }
 }

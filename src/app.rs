@@ -380,7 +380,9 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     )
     .context("could not set up the collector")?;
     let listener = bind(args.listen).await?;
-    tracing::info!(listen = %args.listen, "collector: health and metrics listening");
+    // The bound address (a port the system picked for `:0`); tests read it.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %bound, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
     let task = tokio::spawn(collector.run(collector_stop.clone()));
     let routes = admin::probe_routes(engine.clone(), metrics_registry, shutdown.clone());

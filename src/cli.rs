@@ -453,7 +453,8 @@ pub struct StandaloneArgs {
 
     /// Address of the admin listener: /metrics, /health/live and /health/ready
     /// (only these). The same address as --listen serves them there instead
-    /// (one port, as before this flag existed).
+    /// (one port, as before this flag existed); port 0 in both gives each a
+    /// port of its own.
     #[arg(
         long,
         env = "SWITCHBOARD_ADMIN_LISTEN",
@@ -500,7 +501,7 @@ pub struct GatewayArgs {
     /// Address of the admin listener: /metrics, /health/live and /health/ready
     /// (only these), for Prometheus and probes, kept off the client port. The
     /// same address as --listen serves them there instead (one port, as before
-    /// this flag existed).
+    /// this flag existed); port 0 in both gives each a port of its own.
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
     pub admin_listen: SocketAddr,
 
