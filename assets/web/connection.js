@@ -36,7 +36,7 @@ export class Connection {
    * @param {object} options
    * @param {string} options.url WebSocket URL
    * @param {string|null} options.token
-   * @param {Array<{name: string, backfill: {max: number, budgetBytes?: number, afterSnapshot: boolean}}>} options.channels
+   * @param {Array<{name: string, delta?: "fossil", backfill: {max: number, budgetBytes?: number, afterSnapshot: boolean}}>} options.channels
    * @param {object} options.handlers
    * @param {Connection} [options.resumeFrom] a stopped connection of this page to continue from (new token)
    */
@@ -49,6 +49,7 @@ export class Connection {
         c.name,
         {
           name: c.name,
+          delta: c.delta ?? null,
           backfill: c.backfill,
           backfilled: false,
           // The newest offset handed to the page (history included once it passes it).
@@ -153,6 +154,7 @@ export class Connection {
   subscribe(ch) {
     const options = { shouldResume: () => this.resumable(ch) };
     if (ch.since) options.since = ch.since;
+    if (ch.delta) options.delta = ch.delta;
     const sub = this.client.subscribe(ch.name, options);
     ch.sub = sub;
     sub.on("subscribed", () => {
@@ -178,7 +180,8 @@ export class Connection {
       if (typeof m.offset === "number") {
         ch.last = Math.max(ch.last, m.offset);
         // Only news counts for the estimates (not a replay's burst).
-        if (!m.replayed) this.measure(ch, m.size, m.offset);
+        // A replay comes whole: a delta channel is measured by the whole size.
+        if (!m.replayed) this.measure(ch, m.fullSize ?? m.size, m.offset);
       }
       this.handlers.data(ch.name, { kind: "live", offset: m.offset, data: m.data, bytes: m.size });
     });

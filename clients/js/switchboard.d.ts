@@ -110,6 +110,8 @@ export interface MessageEvent<T = Json> {
   data: T;
   /** Size of the frame in characters. */
   size: number;
+  /** With `delta: "fossil"`: the size of the message whole, in bytes (`size` is the delta's). */
+  fullSize?: number;
   /** Read from history (a resume), not live. */
   replayed: boolean;
 }
@@ -205,6 +207,12 @@ export interface SubscribeOptions {
   /** Start after this offset of this epoch (history first) instead of at the newest message. */
   since?: Since;
   filters?: Filters;
+  /**
+   * `"fossil"`: the gateway sends each message after the first as a fossil
+   * delta against the previous one (a fraction of the bytes for snapshots
+   * resent every few seconds); the client decodes it, events carry the data.
+   */
+  delta?: "fossil";
   /** `auto` (default): acknowledge what the listeners were given, every ackIntervalMs; `manual`: call ack(). */
   ack?: "auto" | "manual";
   /** Asked before resuming after a reconnection; false starts the channel over from its snapshot. */
@@ -278,6 +286,8 @@ export declare class Subscription<T = Json> extends Emitter<SubscriptionEvents<T
   readonly client: Client;
   readonly channel: string;
   readonly filters: Filters | null;
+  /** The delta format asked for, if any. */
+  readonly delta: "fossil" | null;
   readonly state: "pending" | "subscribed" | "unsubscribed" | "failed";
   /** Epoch of `offset`. */
   readonly epoch: string | null;
@@ -326,4 +336,7 @@ export declare class Client extends Emitter<ClientEvents> {
 export declare function publish(url: string, channel: string, data: unknown, options?: PublishOptions): Promise<Published>;
 
 /** The `exp` of a JWT in milliseconds (not verified), or null. */
+/** Applies a fossil delta to `base` (the format of `delta: "fossil"` subscriptions); throws a SwitchboardError (`bad_delta`) on a malformed delta or the wrong base. */
+export declare function applyFossilDelta(base: Uint8Array, delta: Uint8Array): Uint8Array;
+
 export declare function tokenExpiry(token: string): number | null;

@@ -1,13 +1,15 @@
 // The client against real gateway replicas on a real Redis (see harness.mjs):
 // every message exactly once across a replica kill, resume from an offset,
 // starting over when the history cannot cover a gap, filters, acknowledgements
-// and session resume, token refresh before expiry, and typed errors for a bad
+// and session resume, delta subscriptions (fossil) decoded to the published
+// data, token refresh before expiry, and typed errors for a bad
 // token, an expired one and a forbidden channel. No unhandled rejection anywhere.
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { Client, publish, AuthError, ForbiddenError, ClosedError, SwitchboardError, tokenExpiry } from "../switchboard.js";
+import { Client, publish, applyFossilDelta, AuthError, ForbiddenError, ClosedError, SwitchboardError, tokenExpiry } from "../switchboard.js";
+import { readFileSync } from "node:fs";
 import { Env, waitFor, requireBinary } from "./harness.mjs";
 
 const WebSocket = globalThis.WebSocket ?? (await import("ws")).WebSocket;
@@ -390,4 +392,93 @@ test("backfill: history from before the start, then the live stream without a ga
     client.close();
     await env.stop();
   }
+});
+
+/** A snapshot of `peers` peers, as a federation dashboard publishes it every few seconds. */
+function federation(n, peers = 60) {
+  return {
+    sequence: n,
+    peers: Array.from({ length: peers }, (_, i) => ({ id: `peer-${i}`, status: (i + n) % 13 === 0 ? "degraded" : "online", latency_ms: 10 + ((i * 7 + n) % 90), note: "ŝtation ✓" })),
+  };
+}
+
+test("delta: fossil: the same data as a plain subscriber, in fewer bytes, across a gap the gateway fills", async () => {
+  const { env, gws, subscriberToken, publisherToken } = await setup();
+  const [gw] = gws;
+  const plainClient = new Client({ url: gw.wsUrl, token: subscriberToken, WebSocket });
+  const deltaClient = new Client({ url: gw.wsUrl, token: subscriberToken, WebSocket });
+  try {
+    const plain = record(plainClient.subscribe("orders:fed"));
+    const deltaSub = deltaClient.subscribe("orders:fed", { delta: "fossil" });
+    const delta = record(deltaSub);
+    await Promise.all([plainClient.connect(), deltaClient.connect()]);
+    await Promise.all([plain.until("plain subscribed", (s) => s.subscribed.length === 1), delta.until("delta subscribed", (s) => s.subscribed.length === 1)]);
+    assert.equal(deltaSub.deltaActive, true, "the gateway confirmed the delta format");
+    for (let n = 1; n <= 5; n++) await publish(gw.url, "orders:fed", federation(n), { token: publisherToken, snapshot: true });
+    // A gap: 6 is written to history but announced where nobody listens; 7 reveals it.
+    const script = readFileSync(new URL("../../../src/engine/publish.lua", import.meta.url), "utf8");
+    const key = (suffix) => `switchboard:{orders:fed}${suffix}`;
+    await redisCli(env, "EVAL", script, "3", key(":meta"), key(":history"), key(":snapshot"), "switchboard:nobody-listens", JSON.stringify(federation(6)), "1000", "600000", "unused", "1", "", "publish");
+    await publish(gw.url, "orders:fed", federation(7), { token: publisherToken, snapshot: true });
+    await plain.until("plain got 7", (s) => s.offsets().includes(7));
+    await delta.until("delta got 7", (s) => s.offsets().includes(7));
+    assert.deepEqual(delta.offsets(), [1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual(delta.messages.map((m) => m.data), plain.messages.map((m) => m.data));
+    assert.deepEqual(delta.messages.map((m) => m.data), [1, 2, 3, 4, 5, 6, 7].map((n) => federation(n)));
+    // The first message is whole; the others are deltas, a fraction of the size.
+    for (let i = 1; i < 7; i++) assert.ok(delta.messages[i].size * 4 < plain.messages[i].size, `message ${i + 1}: ${delta.messages[i].size} vs ${plain.messages[i].size}`);
+    assert.ok(delta.messages[0].size >= plain.messages[0].size * 0.9, "the first message is whole");
+    assert.equal(delta.messages[1].fullSize, new TextEncoder().encode(JSON.stringify(federation(2))).length, "fullSize: the message whole, in bytes");
+    // A delta that cannot be applied (simulated): an error, then the
+    // subscription resumes after the last message delivered; nothing lost.
+    const errors = [];
+    deltaSub.on("error", (e) => errors.push(e.code));
+    const decode = deltaSub._decode;
+    deltaSub._decode = () => {
+      deltaSub._decode = decode;
+      throw new SwitchboardError("simulated", { code: "bad_delta" });
+    };
+    for (let n = 8; n <= 10; n++) await publish(gw.url, "orders:fed", federation(n), { token: publisherToken, snapshot: true });
+    await delta.until("delta got 10", (s) => s.offsets().includes(10));
+    assert.deepEqual(errors, ["bad_delta"]);
+    assert.deepEqual(delta.offsets(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert.deepEqual(delta.messages.slice(7).map((m) => m.data), [8, 9, 10].map((n) => federation(n)));
+  } finally {
+    plainClient.close();
+    deltaClient.close();
+    await env.stop();
+  }
+});
+
+test("applyFossilDelta: rebuilds the target, and refuses a corrupt delta or the wrong base", () => {
+  const enc = (s) => new TextEncoder().encode(s);
+  const base = enc("the quick brown fox jumps over the lazy dog; the quick brown fox");
+  const target = enc("the quick brown red fox jumps over the lazy dog; the quick brown fox");
+  // Deltas written by hand in the fossil format (the gateway's own are checked
+  // in the test above): size, newline, commands, checksum.
+  const sum = (bytes) => {
+    let s = 0;
+    for (let i = 0; i < bytes.length; i += 4) s = (s + (((bytes[i] << 24) | ((bytes[i + 1] ?? 0) << 16) | ((bytes[i + 2] ?? 0) << 8) | (bytes[i + 3] ?? 0)) >>> 0)) >>> 0;
+    return s;
+  };
+  const b64 = (n) => {
+    const d = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~";
+    let out = "";
+    do {
+      out = d[n % 64] + out;
+      n = Math.floor(n / 64);
+    } while (n > 0);
+    return out;
+  };
+  const literal = enc(`${b64(target.length)}\n${b64(target.length)}:${new TextDecoder().decode(target)}${b64(sum(target))};`);
+  // The whole target as one literal.
+  assert.deepEqual(applyFossilDelta(base, literal), target);
+  // Copy 16 bytes from 0, insert "red ", copy the rest from 16.
+  const copying = enc(`${b64(target.length)}\n${b64(16)}@0,4:red ${b64(target.length - 20)}@${b64(16)},${b64(sum(target))};`);
+  assert.deepEqual(new TextDecoder().decode(applyFossilDelta(base, copying)), new TextDecoder().decode(target));
+  const corrupt = copying.slice();
+  corrupt[corrupt.length - 2] ^= 1; // the checksum
+  assert.throws(() => applyFossilDelta(base, corrupt), (e) => e instanceof SwitchboardError && e.code === "bad_delta");
+  assert.throws(() => applyFossilDelta(enc("another base entirely, of some length"), copying), (e) => e.code === "bad_delta");
+  assert.throws(() => applyFossilDelta(base, copying.slice(0, 10)), (e) => e.code === "bad_delta");
 });

@@ -32,7 +32,7 @@ test("npm pack gives a tarball that installs, imports and type-checks", () => {
       const client = new sb.Client({ url: "http://127.0.0.1:1", WebSocket: class {} });
       console.log(names, client.state, new sb.ForbiddenError("x", { code: "forbidden" }) instanceof sb.SwitchboardError);`;
     const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { cwd: app, encoding: "utf8" }).trim();
-    assert.equal(out, "AuthError,Client,ClosedError,ForbiddenError,PublishError,Subscription,SwitchboardError,VERSION,publish,tokenExpiry idle true");
+    assert.equal(out, "AuthError,Client,ClosedError,ForbiddenError,PublishError,Subscription,SwitchboardError,VERSION,applyFossilDelta,publish,tokenExpiry idle true");
 
     writeFileSync(join(app, "main.ts"), `import { Client, type MessageEvent } from "switchboard-client";
       const c = new Client({ url: "ws://gw/ws" });

@@ -10,6 +10,7 @@ refresh) and publishers over the HTTP API or directly on Redis.
 
 from .council import broadcast_progress, council_channel
 from .errors import AuthError, ClosedError, ForbiddenError, PublishError, SwitchboardError
+from .fossil import DeltaError, apply_delta
 from .publisher import HistoryPolicy, HttpPublisher, Published, RedisPublisher
 from .subscriber import (
     Client,
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "ClosedError",
     "Connected",
+    "DeltaError",
     "Event",
     "ForbiddenError",
     "HistoryPolicy",
@@ -49,6 +51,7 @@ __all__ = [
     "Subscription",
     "SwitchboardError",
     "TokenRequest",
+    "apply_delta",
     "broadcast_progress",
     "council_channel",
     "token_expiry",

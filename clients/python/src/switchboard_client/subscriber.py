@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .errors import AuthError, ClosedError, ForbiddenError, SwitchboardError, error_for
+from .fossil import DeltaError, apply_delta
 
 #: Close codes after which reconnecting cannot help.
 FINAL_CLOSE = {
@@ -183,10 +184,17 @@ class Subscription:
         filters: Mapping[str, Any] | None,
         auto_ack: bool,
         max_queue: int,
+        delta: Literal["fossil"] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
         self.filters = dict(filters) if filters else None
+        #: ``"fossil"``: messages come as deltas against the previous one (decoded here).
+        self.delta = delta
+        self._delta_active = False
+        #: The previous message's JSON text (bytes) and offset: what a delta applies to.
+        self._base: bytes | None = None
+        self._base_offset: int | None = None
         self.auto_ack = auto_ack
         self.state: Literal["pending", "subscribed", "unsubscribed", "failed"] = "pending"
         #: The epoch of ``offset``.
@@ -240,6 +248,28 @@ class Subscription:
     async def refresh(self) -> None:
         """Asks for the snapshot again; it comes as a ``Snapshot`` with ``start`` False."""
         await self.client._request({"type": "refresh", "channel": self.channel})
+
+    def _decode(self, offset: int, data: str, is_delta: bool) -> Any:
+        """The data of a message of a delta subscription: its JSON text whole, or
+        a fossil delta against the previous message (raises DeltaError)."""
+        if is_delta:
+            if self._base is None or self._base_offset != offset - 1:
+                raise DeltaError(f"a delta for offset {offset} without its base")
+            # The delta's bytes travel one per character (U+0000 to U+00FF).
+            try:
+                patch = data.encode("latin-1")
+            except UnicodeEncodeError as e:
+                raise DeltaError("a delta with a character above U+00FF") from e
+            whole = apply_delta(self._base, patch)
+        else:
+            whole = data.encode("utf-8")
+        try:
+            value = json.loads(whole)
+        except ValueError as e:
+            raise DeltaError(f"the message at offset {offset} is not JSON once decoded") from e
+        self._base = whole
+        self._base_offset = offset
+        return value
 
     def _end(self, state: Literal["unsubscribed", "failed"], error: SwitchboardError | None) -> None:
         self.state = state
@@ -376,15 +406,25 @@ class Client:
         filters: Mapping[str, Any] | None = None,
         auto_ack: bool = True,
         max_queue: int = 10000,
+        delta: Literal["fossil"] | None = None,
     ) -> Subscription:
-        """Subscribes to ``channel`` (now if connected, else on connection)."""
+        """Subscribes to ``channel`` (now if connected, else on connection).
+
+        ``delta="fossil"``: the gateway sends each message after the first as a
+        fossil delta against the previous one (a fraction of the bytes for a
+        snapshot resent every few seconds); events carry the data as published.
+        """
         if self._closed:
             raise ClosedError("the client is closed", code="closed")
         if channel in self._subs:
             raise SwitchboardError(
                 f"already subscribed to {channel}", code="already_subscribed", channel=channel
             )
-        sub = Subscription(self, channel, since, filters, auto_ack, max_queue)
+        if delta not in (None, "fossil"):
+            raise SwitchboardError(
+                f'unknown delta format {delta!r}: "fossil" or None', code="invalid_message"
+            )
+        sub = Subscription(self, channel, since, filters, auto_ack, max_queue, delta)
         self._subs[channel] = sub
         if self._greeted:
             self._spawn(self._send_subscribe(sub))
@@ -707,6 +747,8 @@ class Client:
         request: dict[str, Any] = {"type": "subscribe", "channel": sub.channel}
         if sub.filters:
             request["filters"] = sub.filters
+        if sub.delta:
+            request["delta"] = sub.delta
         if sub.epoch is not None:
             request["since"] = {"offset": sub.offset, "epoch": sub.epoch}
         sub._sent_since = "since" in request
@@ -724,6 +766,9 @@ class Client:
         sub._live = True
         sub._request_id = None
         sub.start_offset = offset
+        sub._delta_active = frame.get("delta") == "fossil"
+        sub._base = None
+        sub._base_offset = None
         resync: str | None = None
         if resumed and recovered is False:
             resync = "not_recovered"
@@ -744,6 +789,18 @@ class Client:
     async def _on_message(self, sub: Subscription, frame: dict[str, Any]) -> None:
         sub._start_snapshot = False
         offset = frame.get("offset")
+        data = frame.get("data")
+        if sub._delta_active and isinstance(offset, int) and isinstance(data, str):
+            try:
+                data = sub._decode(offset, data, frame.get("delta") is True)
+            except DeltaError as e:
+                # Never expected (the gateway sends a delta only after its
+                # base): subscribe again after the last message delivered,
+                # which then comes whole.
+                e.channel = sub.channel
+                self._report(e)
+                await self._resubscribe(sub)
+                return
         if isinstance(offset, int):
             if offset <= sub.offset:
                 return  # already delivered: a resume replays from the acknowledged offset
@@ -754,7 +811,7 @@ class Client:
                 sub.channel,
                 offset if isinstance(offset, int) else None,
                 sub.epoch,
-                frame.get("data"),
+                data,
                 replayed,
             )
         )
@@ -788,6 +845,13 @@ class Client:
             self._spawn(self._refresh_token(force=True))
             return
         self._report(error)
+
+    async def _resubscribe(self, sub: Subscription) -> None:
+        """Subscribes ``sub`` again after its last delivered offset (in order:
+        the gateway ends the old subscription first)."""
+        sub._live = False
+        await self._send({"type": "unsubscribe", "channel": sub.channel})
+        await self._send_subscribe(sub)
 
     async def _resubscribe_later(self, sub: Subscription) -> None:
         await asyncio.sleep(random.uniform(0.5, 2.5))
