@@ -6,3 +6,5 @@ pub mod close;
 pub mod conn;
 pub mod frame;
 pub mod handshake;
+#[cfg(test)]
+pub(crate) mod test_support;
