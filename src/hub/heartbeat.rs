@@ -142,7 +142,16 @@ impl Wheel {
 
     /// Starts watching a new connection under `profile`.
     pub(crate) fn watch(&mut self, conn: &Arc<Conn>, profile: Profile) {
-        let now = crate::time::mono_millis();
+        self.watch_at(
+            conn,
+            profile,
+            crate::time::mono_millis(),
+            crate::time::unix_secs(),
+        );
+    }
+
+    /// [`Wheel::watch`] at a given moment (monotonic milliseconds, Unix seconds).
+    fn watch_at(&mut self, conn: &Arc<Conn>, profile: Profile, now: u64, now_unix: u64) {
         let interval = millis(self.keepalive(profile).config.ping_interval);
         if interval > 0 {
             // Clients that connect together (a deploy, a reconnect storm)
@@ -152,16 +161,23 @@ impl Wheel {
             let early = (interval as f64 / 2.0 * crate::time::spread(conn.id())) as u64;
             conn.start_ping_clock(now.saturating_sub(early).max(1));
         }
-        let due = self.next_deadline(conn, profile, now, crate::time::unix_secs());
+        let due = self.next_deadline(conn, profile, now, now_unix);
         self.insert(Arc::downgrade(conn), profile, due, now);
     }
 
     /// Advances one tick and handles every connection due now.
     pub(crate) fn tick(&mut self, metrics: &Metrics) {
+        self.tick_at(
+            metrics,
+            crate::time::mono_millis(),
+            crate::time::unix_secs(),
+        );
+    }
+
+    /// [`Wheel::tick`] at a given moment (monotonic milliseconds, Unix seconds).
+    fn tick_at(&mut self, metrics: &Metrics, now: u64, now_unix: u64) {
         self.cursor = (self.cursor + 1) % SLOTS;
         let due = std::mem::take(&mut self.slots[self.cursor]);
-        let now = crate::time::mono_millis();
-        let now_unix = crate::time::unix_secs();
         let mut again = Vec::new();
         // Application heartbeats carry the time: built once per tick and profile.
         let mut app_pings: Vec<Option<Bytes>> = vec![None; self.profiles.len()];
