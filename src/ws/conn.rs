@@ -466,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn what_the_kernel_refuses_is_queued_and_flushed_whole_and_in_order() {
         let (conn, mut peer) = small_conn_pair(1, 4 << 20).await;
-        let count = 2000;
+        let count = 500;
         let mut first_queued = None;
         for i in 0..count {
             assert_eq!(conn.send(numbered(i, 1000)), Sent::Accepted, "frame {i}");
@@ -475,7 +475,7 @@ mod tests {
                 assert!(woken(&conn), "queuing wakes the connection's task");
             }
         }
-        let first_queued = first_queued.expect("2 MB do not fit in the kernel buffers");
+        let first_queued = first_queued.expect("500 KB do not fit in the kernel buffers");
         assert!(first_queued < count - 1, "later frames queue behind it");
         assert_eq!(
             conn.queued_buffers(),
@@ -569,13 +569,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_begun_on_the_wire_is_finished_before_the_close_frame() {
-        let big = frame::encode(frame::OpCode::Binary, &vec![7; 1 << 20]);
+        let big = frame::encode(frame::OpCode::Binary, &vec![7; 256 << 10]);
         let limit = big.len() + 50_000;
         let (conn, mut peer) = small_conn_pair(8, limit).await;
         assert_eq!(conn.send(big), Sent::Accepted);
         assert!(
             conn.lock().head_partial,
-            "1 MiB does not fit in the kernel buffers: its start is written, the rest queued"
+            "256 KiB do not fit in the kernel buffers: its start is written, the rest queued"
         );
         let mut sent = 0;
         while conn.send(numbered(sent, 2000)) == Sent::Accepted {
@@ -591,7 +591,7 @@ mod tests {
         queue_is_consistent(&conn);
         // Cutting the frame short would corrupt the stream (and the decoder
         // would say so); dropping the small frames keeps it whole.
-        assert_eq!(peer.frame_flushing(&conn).await, Seen::Binary(1 << 20));
+        assert_eq!(peer.frame_flushing(&conn).await, Seen::Binary(256 << 10));
         assert_eq!(peer.frame_flushing(&conn).await, Seen::Close(Some(4000)));
         drop(conn);
         peer.assert_ends().await;
