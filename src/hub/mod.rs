@@ -771,3 +771,475 @@ fn targets(entry: &ChannelEntry) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::engine::memory::MemoryEngine;
+    use crate::engine::{HistoryConfig, HistoryPolicy, PublishOptions, event_channel};
+    use crate::json::Json;
+    use crate::ws::test_support::{Peer, Seen, conn_pair, metrics};
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name, 64).expect("channel name")
+    }
+
+    fn entry(last: Option<(&str, Offset)>, per_shard: Vec<u32>) -> ChannelEntry {
+        ChannelEntry {
+            subscribers: per_shard.iter().map(|n| *n as usize).sum(),
+            per_shard,
+            status: watch::Sender::new(SubStatus::Live),
+            last: last.map(|(e, o)| (Epoch::new(e), o)),
+            last_data: None,
+        }
+    }
+
+    fn incoming(seq: Option<(&str, Offset)>) -> IncomingMessage {
+        IncomingMessage {
+            channel: channel("c"),
+            seq: seq.map(|(e, o)| (o, Epoch::new(e))),
+            published_us: None,
+            data: Json::parse(Bytes::from_static(b"{}"), 8).expect("JSON"),
+        }
+    }
+
+    fn show(v: &Verdict) -> String {
+        match v {
+            Verdict::Seen => "seen".into(),
+            Verdict::Next => "next".into(),
+            Verdict::Gap { after } => format!("gap after {after}"),
+            Verdict::NewEpoch => "new epoch".into(),
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        /// The channel's last (epoch, offset) before the messages.
+        last: Option<(&'static str, Offset)>,
+        /// The live messages, in order: (epoch, offset), or `None` for a plain PUBLISH.
+        messages: Vec<Option<(&'static str, Offset)>>,
+        /// The verdict on each.
+        verdicts: Vec<&'static str>,
+        /// The channel's last after them.
+        end: Option<(&'static str, Offset)>,
+    }
+
+    #[test]
+    fn judge_and_advance_decide_each_live_message() {
+        let cases = vec![
+            Case {
+                name: "in order",
+                last: Some(("e", 4)),
+                messages: vec![Some(("e", 5)), Some(("e", 6))],
+                verdicts: vec!["next", "next"],
+                end: Some(("e", 6)),
+            },
+            Case {
+                name: "duplicate and older",
+                last: Some(("e", 4)),
+                messages: vec![Some(("e", 4)), Some(("e", 1)), Some(("e", 0))],
+                verdicts: vec!["seen", "seen", "seen"],
+                end: Some(("e", 4)),
+            },
+            Case {
+                name: "gap: the dispatcher fills from history, nothing moves yet",
+                last: Some(("e", 4)),
+                messages: vec![Some(("e", 7))],
+                verdicts: vec!["gap after 4"],
+                end: Some(("e", 4)),
+            },
+            Case {
+                name: "gap right after the subscribe position 0",
+                last: Some(("e", 0)),
+                messages: vec![Some(("e", 2))],
+                verdicts: vec!["gap after 0"],
+                end: Some(("e", 0)),
+            },
+            Case {
+                name: "first message after subscribing at position 0",
+                last: Some(("e", 0)),
+                messages: vec![Some(("e", 1))],
+                verdicts: vec!["next"],
+                end: Some(("e", 1)),
+            },
+            Case {
+                name: "new epoch, whatever its offset",
+                last: Some(("e", 4)),
+                messages: vec![Some(("f", 1)), Some(("g", 4)), Some(("h", 9))],
+                verdicts: vec!["new epoch", "new epoch", "new epoch"],
+                end: Some(("h", 9)),
+            },
+            Case {
+                name: "after a new epoch, the new one continues",
+                last: Some(("e", 4)),
+                messages: vec![
+                    Some(("f", 1)),
+                    Some(("f", 2)),
+                    Some(("f", 2)),
+                    Some(("e", 5)),
+                ],
+                verdicts: vec!["new epoch", "next", "seen", "new epoch"],
+                end: Some(("e", 5)),
+            },
+            Case {
+                name: "plain PUBLISH without an offset: delivered, the offset stays",
+                last: Some(("e", 4)),
+                messages: vec![None, Some(("e", 5)), None],
+                verdicts: vec!["next", "next", "next"],
+                end: Some(("e", 5)),
+            },
+            Case {
+                name: "plain PUBLISH on a channel with no offset yet",
+                last: None,
+                messages: vec![None],
+                verdicts: vec!["next"],
+                end: None,
+            },
+            Case {
+                name: "first message on a channel with no known position",
+                last: None,
+                messages: vec![Some(("e", 9)), Some(("e", 10)), Some(("e", 12))],
+                verdicts: vec!["next", "next", "gap after 10"],
+                end: Some(("e", 10)),
+            },
+            Case {
+                name: "the largest offset does not overflow",
+                last: Some(("e", u64::MAX)),
+                messages: vec![Some(("e", u64::MAX)), Some(("e", 0))],
+                verdicts: vec!["seen", "seen"],
+                end: Some(("e", u64::MAX)),
+            },
+            Case {
+                name: "just below the largest offset",
+                last: Some(("e", u64::MAX - 1)),
+                messages: vec![Some(("e", u64::MAX))],
+                verdicts: vec!["next"],
+                end: Some(("e", u64::MAX)),
+            },
+        ];
+        let mut failures = Vec::new();
+        for case in &cases {
+            let mut e = entry(case.last, vec![1]);
+            // As `Hub::step` does: advance on next and new epoch; a gap is
+            // filled (elsewhere) before anything moves.
+            let verdicts: Vec<String> = case
+                .messages
+                .iter()
+                .map(|seq| {
+                    let m = incoming(*seq);
+                    let v = judge(&e, &m);
+                    if matches!(v, Verdict::Next | Verdict::NewEpoch) {
+                        advance(&mut e, &m);
+                    }
+                    show(&v)
+                })
+                .collect();
+            if verdicts != case.verdicts {
+                failures.push(format!(
+                    "{}: verdicts {verdicts:?}, expected {:?}",
+                    case.name, case.verdicts
+                ));
+            }
+            let end = case.end.map(|(ep, o)| (Epoch::new(ep), o));
+            if e.last != end {
+                failures.push(format!(
+                    "{}: last {:?}, expected {end:?}",
+                    case.name, e.last
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failed checks in {} cases:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn targets_are_the_shards_with_subscribers() {
+        let cases: Vec<(Vec<u32>, Vec<usize>)> = vec![
+            (vec![0, 0, 0], vec![]),
+            (vec![1, 0, 0], vec![0]),
+            (vec![0, 2, 0, 1], vec![1, 3]),
+            (vec![5, 5], vec![0, 1]),
+            (vec![], vec![]),
+        ];
+        let failures: Vec<String> = cases
+            .into_iter()
+            .filter_map(|(per_shard, expected)| {
+                let got = targets(&entry(None, per_shard.clone()));
+                (got != expected).then(|| format!("{per_shard:?}: {got:?}, expected {expected:?}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// A hub on the in-memory engine. The engine's live feed comes to the
+    /// test, which passes on to the hub what it chooses: a message kept back
+    /// is one the live feed missed.
+    struct Rig {
+        hub: Arc<Hub>,
+        engine: Arc<MemoryEngine>,
+        from_engine: mpsc::Receiver<EngineEvent>,
+        to_hub: crate::engine::EventSink,
+    }
+
+    impl Rig {
+        fn new(history: usize) -> Self {
+            let (engine_tx, from_engine) = mpsc::channel(1024);
+            let policy = HistoryPolicy {
+                size: history,
+                ttl: Duration::from_secs(600),
+            };
+            let engine = Arc::new(MemoryEngine::new(
+                HistoryConfig {
+                    default: policy,
+                    namespaces: HashMap::new(),
+                },
+                engine_tx,
+            ));
+            let (to_hub, feed) = event_channel(1024);
+            let config = HubConfig {
+                shards: 2,
+                ..HubConfig::default()
+            };
+            let hub = Hub::start(engine.clone(), feed, metrics(), config, None);
+            Self {
+                hub,
+                engine,
+                from_engine,
+                to_hub,
+            }
+        }
+
+        /// Publishes the next message of `c`; the hub sees it if `live`.
+        async fn publish(&mut self, live: bool) -> Offset {
+            let data = Json::parse(Bytes::from_static(b"{}"), 8).expect("JSON");
+            let published = self
+                .engine
+                .publish(&channel("c"), &data, PublishOptions::default())
+                .await
+                .expect("publish");
+            let event = self.from_engine.recv().await.expect("the engine's feed");
+            if live {
+                self.forward(event).await;
+            }
+            published.offset
+        }
+
+        async fn forward(&self, event: EngineEvent) {
+            self.to_hub.send(event).await.expect("the hub's feed");
+        }
+
+        /// A live subscriber of `c`, released after the current position.
+        async fn subscriber(&self, id: ConnId) -> (Arc<Conn>, usize, Peer) {
+            let (conn, peer) = conn_pair(id, 1 << 20).await;
+            let shard = self.hub.assign_shard();
+            let mode = Mode {
+                kind: FrameKind::Native,
+                filter: None,
+                compressed: false,
+            };
+            self.hub
+                .join(&conn, shard, &channel("c"), mode)
+                .await
+                .expect("join");
+            let position = self.engine.position(&channel("c")).await.expect("position");
+            self.hub
+                .release(conn.id(), shard, &channel("c"), position.offset)
+                .await;
+            (conn, shard, peer)
+        }
+    }
+
+    /// The offsets a client receives up to and including `last`.
+    async fn offsets_until(peer: &mut Peer, last: Offset) -> Vec<Offset> {
+        let mut out = Vec::new();
+        loop {
+            let Seen::Text(t) = peer.frame().await else {
+                panic!("expected a message");
+            };
+            let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+            let offset = v["offset"].as_u64().expect("an offset");
+            out.push(offset);
+            if offset == last {
+                return out;
+            }
+        }
+    }
+
+    /// Waits until the hub asks `conn` to restart its subscriptions.
+    async fn resyncs_of(hub: &Hub, conn: &Conn) -> Vec<ChannelName> {
+        let wait = async {
+            loop {
+                std::future::poll_fn(|cx| conn.poll_woken(cx)).await;
+                let resyncs = hub.take_resyncs(conn);
+                if !resyncs.is_empty() {
+                    return resyncs;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the hub asked for no resync")
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_live_feed_is_filled_from_history_and_duplicates_dropped() {
+        let mut rig = Rig::new(100);
+        let (_conn, _, mut peer) = rig.subscriber(1).await;
+        rig.publish(true).await; // 1
+        rig.publish(false).await; // 2: missed by the live feed
+        rig.publish(false).await; // 3: missed
+        let four = rig.publish(false).await;
+        // 4 reaches the hub twice (the overlap of a reconnect, say).
+        let epoch = rig
+            .engine
+            .position(&channel("c"))
+            .await
+            .expect("position")
+            .epoch;
+        let event_4 = EngineEvent::Message(IncomingMessage {
+            channel: channel("c"),
+            seq: Some((four, epoch)),
+            published_us: None,
+            data: Json::parse(Bytes::from_static(b"{}"), 8).expect("JSON"),
+        });
+        rig.forward(event_4.clone()).await;
+        rig.forward(event_4).await;
+        rig.publish(true).await; // 5
+        assert_eq!(offsets_until(&mut peer, 5).await, vec![1, 2, 3, 4, 5]);
+        assert_eq!(rig.hub.last_offset(&channel("c")), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_gap_history_no_longer_covers_restarts_the_subscribers() {
+        let mut rig = Rig::new(2);
+        let (conn, shard, mut peer) = rig.subscriber(1).await;
+        rig.publish(true).await; // 1
+        for _ in 2..=5 {
+            rig.publish(false).await;
+        }
+        rig.publish(true).await; // 6: history holds only 5 and 6
+        assert_eq!(resyncs_of(&rig.hub, &conn).await, vec![channel("c")]);
+        assert_eq!(
+            rig.hub.last_offset(&channel("c")),
+            Some(6),
+            "the live feed continues after what history holds"
+        );
+        rig.publish(true).await; // 7: held while the subscription restarts
+        // The restart reads the channel's start: its position is where live
+        // delivery continues.
+        let start = rig.engine.position(&channel("c")).await.expect("position");
+        assert_eq!(start.offset, 7);
+        rig.hub
+            .release(conn.id(), shard, &channel("c"), start.offset)
+            .await;
+        rig.publish(true).await; // 8
+        assert_eq!(
+            offsets_until(&mut peer, 8).await,
+            vec![1, 8],
+            "no partial replay, 6 and 7 came with the restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_restarts_the_subscribers_and_its_messages_follow() {
+        let mut rig = Rig::new(100);
+        let (conn, shard, mut peer) = rig.subscriber(1).await;
+        rig.publish(true).await; // 1
+        let other = |offset| {
+            EngineEvent::Message(IncomingMessage {
+                channel: channel("c"),
+                seq: Some((offset, Epoch::new("other"))),
+                published_us: None,
+                data: Json::parse(Bytes::from_static(b"{}"), 8).expect("JSON"),
+            })
+        };
+        rig.forward(other(1)).await;
+        assert_eq!(resyncs_of(&rig.hub, &conn).await, vec![channel("c")]);
+        rig.forward(other(2)).await;
+        // The restart read the new epoch's start up to 1.
+        rig.hub.release(conn.id(), shard, &channel("c"), 1).await;
+        rig.forward(other(3)).await;
+        assert_eq!(offsets_until(&mut peer, 3).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_plain_publish_is_delivered_and_keeps_the_offset() {
+        let mut rig = Rig::new(100);
+        let (_conn, _, mut peer) = rig.subscriber(1).await;
+        rig.publish(true).await; // 1
+        rig.forward(EngineEvent::Message(IncomingMessage {
+            channel: channel("c"),
+            seq: None,
+            published_us: None,
+            data: Json::parse(Bytes::from_static(b"{\"plain\":true}"), 8).expect("JSON"),
+        }))
+        .await;
+        rig.publish(true).await; // 2: no gap for the plain one
+        let mut seen = Vec::new();
+        loop {
+            let Seen::Text(t) = peer.frame().await else {
+                panic!("expected a message")
+            };
+            let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+            seen.push(v["offset"].clone());
+            if v["offset"] == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                serde_json::json!(1),
+                serde_json::Value::Null,
+                serde_json::json!(2)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restored_feed_catches_up_from_history_before_turning_ready() {
+        let mut rig = Rig::new(100);
+        let (_conn, _, mut peer) = rig.subscriber(1).await;
+        rig.publish(true).await; // 1
+        assert!(rig.hub.feed_ready());
+        rig.forward(EngineEvent::Lost).await;
+        let lost = async {
+            while rig.hub.feed_ready() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), lost)
+            .await
+            .expect("the hub noticed the loss");
+        rig.publish(false).await; // 2
+        rig.publish(false).await; // 3
+        rig.forward(EngineEvent::Restored).await;
+        rig.publish(true).await; // 4, behind the catch-up
+        assert_eq!(offsets_until(&mut peer, 4).await, vec![1, 2, 3, 4]);
+        assert!(rig.hub.feed_ready());
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_leaving_forgets_the_channel() {
+        let mut rig = Rig::new(100);
+        let (a, a_shard, _a_peer) = rig.subscriber(1).await;
+        let (b, b_shard, mut b_peer) = rig.subscriber(2).await;
+        assert_eq!(rig.hub.channel_counts(), vec![(channel("c"), 2)]);
+        rig.hub.leave(a.id(), a_shard, &channel("c")).await;
+        assert_eq!(rig.hub.channel_counts(), vec![(channel("c"), 1)]);
+        rig.publish(true).await;
+        assert_eq!(offsets_until(&mut b_peer, 1).await, vec![1]);
+        rig.hub.leave(b.id(), b_shard, &channel("c")).await;
+        assert!(rig.hub.channel_counts().is_empty());
+        assert_eq!(rig.hub.last_offset(&channel("c")), None);
+    }
+}

@@ -430,3 +430,574 @@ fn concat(frames: &[&Bytes]) -> Bytes {
         many => concat_owned(many),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A shard driven command by command (`apply`, `flush`), or through its
+    //! run loop with commands queued before it starts (so they arrive as one
+    //! batch, as they do under load). What it writes is read back at the
+    //! client's end of real loopback sockets.
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::json::Json;
+    use crate::ws::conn::OutState;
+    use crate::ws::frame;
+    use crate::ws::test_support::{Peer, Seen, conn_pair, metrics, small_conn_pair};
+
+    const END: &str = "-- end of test --";
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name, 64).expect("channel name")
+    }
+
+    /// A message on `ch` whose data is `{"o":offset}` (`{"o":"plain"}` without one),
+    /// plus `extra` fields for filters.
+    fn msg(ch: &str, offset: Option<Offset>, extra: &str) -> Arc<Delivery> {
+        let o = offset.map_or_else(|| "\"plain\"".to_string(), |o| o.to_string());
+        let text = if extra.is_empty() {
+            format!(r#"{{"o":{o}}}"#)
+        } else {
+            format!(r#"{{"o":{o},{extra}}}"#)
+        };
+        let data = Json::parse(Bytes::from(text), 8).expect("JSON");
+        Arc::new(Delivery::new(channel(ch), offset, None, data))
+    }
+
+    fn raw() -> Mode {
+        Mode {
+            kind: FrameKind::Bare,
+            filter: None,
+            compressed: false,
+        }
+    }
+
+    fn native() -> Mode {
+        Mode {
+            kind: FrameKind::Native,
+            filter: None,
+            compressed: false,
+        }
+    }
+
+    /// Raw frames through a filter on field `k`.
+    fn raw_where_k(k: i64) -> Mode {
+        let spec = serde_json::json!({ "k": k });
+        let spec = spec.as_object().expect("object").clone();
+        let filter = Filter::compile(&spec, &crate::filter::FilterLimits::default())
+            .expect("filter compiles");
+        Mode {
+            kind: FrameKind::Bare,
+            filter: Some(Arc::new(filter)),
+            compressed: false,
+        }
+    }
+
+    fn shard(max_held: usize) -> (Shard, Arc<super::super::Resyncs>) {
+        let (_tx, rx) = mpsc::channel(16);
+        let resyncs = Arc::new(super::super::Resyncs::default());
+        let shard = Shard::new(
+            rx,
+            metrics(),
+            max_held,
+            vec![HeartbeatConfig::default()],
+            resyncs.clone(),
+            DeflateConfig::default(),
+        );
+        (shard, resyncs)
+    }
+
+    fn join_cmd(conn: &Arc<Conn>, ch: &str, mode: Mode) -> ShardCmd {
+        let (done, _) = oneshot::channel();
+        ShardCmd::Join {
+            conn: conn.clone(),
+            channel: channel(ch),
+            mode,
+            done,
+        }
+    }
+
+    fn release_cmd(conn: &Conn, ch: &str, after: Offset) -> ShardCmd {
+        ShardCmd::Release {
+            conn: conn.id(),
+            channel: channel(ch),
+            after,
+        }
+    }
+
+    fn deliver(shard: &mut Shard, deliveries: &[Arc<Delivery>]) {
+        let mut pending = deliveries.to_vec();
+        shard.flush(&mut pending);
+        assert!(pending.is_empty());
+    }
+
+    /// What a client received up to now, each text frame's `o` (an offset,
+    /// or "plain"); the native form's offset must match the data's.
+    async fn offsets(conn: &Conn, peer: &mut Peer) -> Vec<String> {
+        conn.send_text(END);
+        let mut out = Vec::new();
+        loop {
+            let seen = peer.frame_flushing(conn).await;
+            let text = match seen {
+                Seen::Binary(_) => continue, // filler, see `blocked`
+                Seen::Text(t) if t == END => return out,
+                Seen::Text(t) => t,
+                other => panic!("unexpected frame {other:?}"),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON frame");
+            let data = if v["type"] == "message" {
+                assert_eq!(v["offset"], v["data"]["o"], "native offset: {text}");
+                &v["data"]
+            } else {
+                &v
+            };
+            out.push(match &data["o"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A connection whose kernel buffers are full: whatever it is sent next
+    /// is queued, one buffer per write.
+    async fn blocked(id: ConnId) -> (Arc<Conn>, Peer) {
+        let (conn, peer) = small_conn_pair(id, 64 << 20).await;
+        let filler = frame::encode(frame::OpCode::Binary, &[0; 4096]);
+        for _ in 0..10_000 {
+            if conn.has_queued() {
+                return (conn, peer);
+            }
+            assert_eq!(conn.send(filler.clone()), Sent::Accepted);
+        }
+        panic!("the kernel buffers never filled up");
+    }
+
+    struct HoldCase {
+        name: &'static str,
+        /// Delivered while the subscriber is held.
+        held: Vec<Option<Offset>>,
+        /// `Release` after this offset.
+        after: Offset,
+        /// Delivered after the release, each inner list as one batch.
+        live: Vec<Vec<Option<Offset>>>,
+        /// What the client receives, in order.
+        expected: Vec<&'static str>,
+    }
+
+    #[tokio::test]
+    async fn held_messages_are_released_after_the_offset_in_order() {
+        let cases = [
+            HoldCase {
+                name: "held up to 5, start up to 3: 4 and 5 go out, then live",
+                held: vec![Some(1), Some(2), Some(3), Some(4), Some(5)],
+                after: 3,
+                live: vec![vec![Some(6)]],
+                expected: vec!["4", "5", "6"],
+            },
+            HoldCase {
+                name: "everything held was in the start",
+                held: vec![Some(2), Some(3)],
+                after: 3,
+                live: vec![vec![Some(4)]],
+                expected: vec!["4"],
+            },
+            HoldCase {
+                name: "nothing held",
+                held: vec![],
+                after: 0,
+                live: vec![vec![Some(1)], vec![Some(2)]],
+                expected: vec!["1", "2"],
+            },
+            HoldCase {
+                name: "plain messages (no offset) held are sent, in order",
+                held: vec![None, Some(2), None, Some(3)],
+                after: 2,
+                live: vec![],
+                expected: vec!["plain", "plain", "3"],
+            },
+            HoldCase {
+                name: "the start read further than the live feed: live up to it is skipped",
+                held: vec![Some(1), Some(2)],
+                after: 4,
+                live: vec![vec![Some(3)], vec![Some(4)], vec![Some(5)], vec![Some(6)]],
+                expected: vec!["5", "6"],
+            },
+            HoldCase {
+                name: "the start read further: the floor applies inside one batch",
+                held: vec![],
+                after: 4,
+                live: vec![vec![Some(3), Some(4), Some(5), None, Some(6)]],
+                expected: vec!["5", "plain", "6"],
+            },
+            HoldCase {
+                name: "plain messages pass the floor",
+                held: vec![],
+                after: 4,
+                live: vec![vec![None], vec![Some(4)], vec![Some(5)]],
+                expected: vec!["plain", "5"],
+            },
+        ];
+        let mut failures = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            let (mut shard, _) = shard(100);
+            let (conn, mut peer) = conn_pair(i as ConnId, 1 << 20).await;
+            shard.apply(join_cmd(&conn, "c", raw()));
+            for o in &case.held {
+                deliver(&mut shard, &[msg("c", *o, "")]);
+            }
+            let before: Vec<String> = {
+                conn.send_text(END);
+                peer.until(END)
+                    .await
+                    .into_iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect()
+            };
+            shard.apply(release_cmd(&conn, "c", case.after));
+            for batch in &case.live {
+                let batch: Vec<_> = batch.iter().map(|o| msg("c", *o, "")).collect();
+                deliver(&mut shard, &batch);
+            }
+            let got = offsets(&conn, &mut peer).await;
+            if !before.is_empty() {
+                failures.push(format!("{}: sent while held: {before:?}", case.name));
+            }
+            if got != strings(&case.expected) {
+                failures.push(format!(
+                    "{}: got {got:?}, expected {:?}",
+                    case.name, case.expected
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn too_many_held_messages_close_the_subscriber_with_4000() {
+        let (mut shard, _) = shard(3);
+        let (slow, mut slow_peer) = conn_pair(1, 1 << 20).await;
+        let (live, mut live_peer) = conn_pair(2, 1 << 20).await;
+        shard.apply(join_cmd(&live, "c", raw()));
+        shard.apply(release_cmd(&live, "c", 0));
+        shard.apply(join_cmd(&slow, "c", raw()));
+        for o in 1..=3 {
+            deliver(&mut shard, &[msg("c", Some(o), "")]);
+        }
+        assert_eq!(slow.state(), OutState::Open, "at the limit, still held");
+        deliver(&mut shard, &[msg("c", Some(4), "")]);
+        assert_eq!(slow.state(), OutState::Closing(CloseCode::SlowConsumer));
+        assert_eq!(slow.flush(), crate::ws::conn::Flush::Done);
+        assert_eq!(slow_peer.frame().await, Seen::Close(Some(4000)));
+        assert_eq!(
+            offsets(&live, &mut live_peer).await,
+            strings(&["1", "2", "3", "4"]),
+            "the others are not affected"
+        );
+    }
+
+    #[tokio::test]
+    async fn deliveries_queued_meanwhile_are_coalesced_per_channel_and_group() {
+        let (tx, rx) = mpsc::channel(64);
+        let resyncs = Arc::new(super::super::Resyncs::default());
+        let shard = Shard::new(
+            rx,
+            metrics(),
+            100,
+            vec![HeartbeatConfig::default()],
+            resyncs,
+            DeflateConfig::default(),
+        );
+        // a and b share a group; c takes the native form; d filters; e is on
+        // another channel. a and e cannot write: each write they get queues.
+        let (a, mut a_peer) = blocked(1).await;
+        let (b, mut b_peer) = conn_pair(2, 1 << 20).await;
+        let (c, mut c_peer) = conn_pair(3, 1 << 20).await;
+        let (d, mut d_peer) = conn_pair(4, 1 << 20).await;
+        let (e, mut e_peer) = blocked(5).await;
+        let (a_before, e_before) = (a.queued_buffers(), e.queued_buffers());
+        let mut commands = vec![
+            join_cmd(&a, "x", raw()),
+            join_cmd(&b, "x", raw()),
+            join_cmd(&c, "x", native()),
+            join_cmd(&d, "x", raw_where_k(1)),
+            join_cmd(&e, "y", raw()),
+        ];
+        for conn in [&a, &b, &c, &d] {
+            commands.push(release_cmd(conn, "x", 0));
+        }
+        commands.push(release_cmd(&e, "y", 0));
+        for d in [
+            msg("x", Some(1), r#""k":1"#),
+            msg("y", Some(1), ""),
+            msg("x", Some(2), r#""k":2"#),
+            msg("x", Some(3), r#""k":1"#),
+            msg("y", Some(2), ""),
+        ] {
+            commands.push(ShardCmd::Deliver(d));
+        }
+        for cmd in commands {
+            assert!(tx.try_send(cmd).is_ok());
+        }
+        drop(tx);
+        // Everything is queued before the shard starts: one batch; the shard
+        // returns once its queue is closed and empty.
+        shard.run().await;
+
+        assert_eq!(
+            a.queued_buffers() - a_before,
+            1,
+            "three messages of x, one write"
+        );
+        assert_eq!(
+            e.queued_buffers() - e_before,
+            1,
+            "two messages of y, one write"
+        );
+        let x_all = strings(&["1", "2", "3"]);
+        assert_eq!(offsets(&a, &mut a_peer).await, x_all);
+        assert_eq!(offsets(&b, &mut b_peer).await, x_all);
+        assert_eq!(offsets(&c, &mut c_peer).await, x_all, "native form");
+        assert_eq!(offsets(&d, &mut d_peer).await, strings(&["1", "3"]));
+        assert_eq!(offsets(&e, &mut e_peer).await, strings(&["1", "2"]));
+    }
+
+    #[tokio::test]
+    async fn a_join_between_deliveries_splits_the_batch() {
+        let (tx, rx) = mpsc::channel(64);
+        let resyncs = Arc::new(super::super::Resyncs::default());
+        let shard = Shard::new(
+            rx,
+            metrics(),
+            100,
+            vec![HeartbeatConfig::default()],
+            resyncs,
+            DeflateConfig::default(),
+        );
+        let (old, mut old_peer) = conn_pair(1, 1 << 20).await;
+        let (new, mut new_peer) = conn_pair(2, 1 << 20).await;
+        let commands = vec![
+            join_cmd(&old, "x", raw()),
+            release_cmd(&old, "x", 0),
+            ShardCmd::Deliver(msg("x", Some(1), "")),
+            ShardCmd::Deliver(msg("x", Some(2), "")),
+            join_cmd(&new, "x", raw()),
+            ShardCmd::Deliver(msg("x", Some(3), "")),
+            release_cmd(&new, "x", 1),
+            ShardCmd::Deliver(msg("x", Some(4), "")),
+        ];
+        for cmd in commands {
+            assert!(tx.try_send(cmd).is_ok());
+        }
+        drop(tx);
+        shard.run().await;
+        assert_eq!(
+            offsets(&old, &mut old_peer).await,
+            strings(&["1", "2", "3", "4"])
+        );
+        // 1 and 2 came before its join; 3 was held and is after 1.
+        assert_eq!(offsets(&new, &mut new_peer).await, strings(&["3", "4"]));
+    }
+
+    #[tokio::test]
+    async fn regroup_moves_a_subscriber_in_order_with_deliveries() {
+        let (tx, rx) = mpsc::channel(64);
+        let resyncs = Arc::new(super::super::Resyncs::default());
+        let shard = Shard::new(
+            rx,
+            metrics(),
+            100,
+            vec![HeartbeatConfig::default()],
+            resyncs,
+            DeflateConfig::default(),
+        );
+        let (mover, mut mover_peer) = conn_pair(1, 1 << 20).await;
+        let (stayer, mut stayer_peer) = conn_pair(2, 1 << 20).await;
+        let (former, mut former_peer) = conn_pair(3, 1 << 20).await;
+        let commands = vec![
+            join_cmd(&mover, "x", raw_where_k(1)),
+            join_cmd(&stayer, "x", raw_where_k(1)),
+            join_cmd(&former, "x", raw()),
+            release_cmd(&mover, "x", 0),
+            release_cmd(&stayer, "x", 0),
+            release_cmd(&former, "x", 0),
+            ShardCmd::Deliver(msg("x", Some(1), r#""k":1"#)),
+            ShardCmd::Deliver(msg("x", Some(2), r#""k":2"#)),
+            ShardCmd::Regroup {
+                conn: mover.id(),
+                channel: channel("x"),
+                mode: raw_where_k(2),
+            },
+            ShardCmd::Regroup {
+                conn: former.id(),
+                channel: channel("x"),
+                mode: native(),
+            },
+            ShardCmd::Deliver(msg("x", Some(3), r#""k":1"#)),
+            ShardCmd::Deliver(msg("x", Some(4), r#""k":2"#)),
+        ];
+        for cmd in commands {
+            assert!(tx.try_send(cmd).is_ok());
+        }
+        drop(tx);
+        shard.run().await;
+        assert_eq!(
+            offsets(&mover, &mut mover_peer).await,
+            strings(&["1", "4"]),
+            "the old filter before the move, the new one after"
+        );
+        assert_eq!(
+            offsets(&stayer, &mut stayer_peer).await,
+            strings(&["1", "3"])
+        );
+        let seen = {
+            former.send_text(END);
+            former_peer.until(END).await
+        };
+        let forms: Vec<bool> = seen
+            .iter()
+            .map(|s| matches!(s, Seen::Text(t) if t.contains(r#""type":"message""#)))
+            .collect();
+        assert_eq!(
+            forms,
+            vec![false, false, true, true],
+            "raw before the move, native after: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn regroup_reuses_a_matching_group_and_drops_emptied_ones() {
+        let (mut shard, _) = shard(100);
+        let (a, _a_peer) = conn_pair(1, 1 << 20).await;
+        let (b, _b_peer) = conn_pair(2, 1 << 20).await;
+        shard.apply(join_cmd(&a, "x", raw_where_k(1)));
+        shard.apply(join_cmd(&b, "x", raw_where_k(2)));
+        let groups = |shard: &Shard| -> Vec<usize> {
+            shard.channels[&channel("x")]
+                .iter()
+                .map(|g| g.subscribers.len())
+                .collect()
+        };
+        assert_eq!(groups(&shard), vec![1, 1]);
+        shard.apply(ShardCmd::Regroup {
+            conn: a.id(),
+            channel: channel("x"),
+            mode: raw_where_k(2),
+        });
+        assert_eq!(groups(&shard), vec![2], "equal filters share one group");
+        // Unknown connection or channel: nothing happens.
+        shard.apply(ShardCmd::Regroup {
+            conn: 99,
+            channel: channel("x"),
+            mode: raw(),
+        });
+        shard.apply(ShardCmd::Regroup {
+            conn: a.id(),
+            channel: channel("nope"),
+            mode: raw(),
+        });
+        assert_eq!(groups(&shard), vec![2]);
+        assert_eq!(shard.channels.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn leave_stops_deliveries_and_forgets_an_empty_channel() {
+        let (mut shard, _) = shard(100);
+        let (a, mut a_peer) = conn_pair(1, 1 << 20).await;
+        let (b, mut b_peer) = conn_pair(2, 1 << 20).await;
+        for conn in [&a, &b] {
+            shard.apply(join_cmd(conn, "x", raw()));
+            shard.apply(release_cmd(conn, "x", 0));
+        }
+        deliver(&mut shard, &[msg("x", Some(1), "")]);
+        let leave = |conn: &Conn| ShardCmd::Leave {
+            conn: conn.id(),
+            channel: channel("x"),
+        };
+        shard.apply(leave(&a));
+        deliver(&mut shard, &[msg("x", Some(2), "")]);
+        assert_eq!(offsets(&a, &mut a_peer).await, strings(&["1"]));
+        assert_eq!(offsets(&b, &mut b_peer).await, strings(&["1", "2"]));
+        shard.apply(leave(&a)); // twice: nothing happens
+        assert!(shard.channels.contains_key(&channel("x")));
+        shard.apply(leave(&b));
+        assert!(
+            !shard.channels.contains_key(&channel("x")),
+            "no subscriber left: the channel is forgotten"
+        );
+        deliver(&mut shard, &[msg("x", Some(3), "")]);
+        assert_eq!(offsets(&b, &mut b_peer).await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn resync_holds_live_messages_and_asks_each_connection_to_restart() {
+        let (mut shard, resyncs) = shard(100);
+        let (a, mut a_peer) = conn_pair(1, 1 << 20).await;
+        let (b, mut b_peer) = conn_pair(2, 1 << 20).await;
+        let (joining, mut joining_peer) = conn_pair(3, 1 << 20).await;
+        let (other, _other_peer) = conn_pair(4, 1 << 20).await;
+        for conn in [&a, &b] {
+            shard.apply(join_cmd(conn, "x", raw()));
+            shard.apply(release_cmd(conn, "x", 0));
+        }
+        shard.apply(join_cmd(&other, "y", raw()));
+        shard.apply(release_cmd(&other, "y", 0));
+        shard.apply(join_cmd(&joining, "x", raw()));
+        deliver(&mut shard, &[msg("x", Some(1), "")]);
+
+        shard.apply(ShardCmd::Resync(channel("x")));
+        for conn in [&a, &b, &joining] {
+            assert!(conn.take_work(), "conn {} is woken", conn.id());
+            assert_eq!(resyncs.take(conn.id()), vec![channel("x")]);
+        }
+        assert!(!other.take_work(), "another channel's subscriber is not");
+        assert!(resyncs.take(other.id()).is_empty());
+
+        deliver(&mut shard, &[msg("x", Some(5), "")]);
+        deliver(&mut shard, &[msg("x", Some(6), "")]);
+        // Each restarted subscription was read up to a different offset.
+        shard.apply(release_cmd(&a, "x", 5));
+        shard.apply(release_cmd(&b, "x", 6));
+        shard.apply(release_cmd(&joining, "x", 0));
+        deliver(&mut shard, &[msg("x", Some(7), "")]);
+        assert_eq!(
+            offsets(&a, &mut a_peer).await,
+            strings(&["1", "6", "7"]),
+            "held from the resync on, released after its restart"
+        );
+        assert_eq!(offsets(&b, &mut b_peer).await, strings(&["1", "7"]));
+        assert_eq!(
+            offsets(&joining, &mut joining_peer).await,
+            strings(&["1", "5", "6", "7"]),
+            "a subscriber still held keeps what it held"
+        );
+        // A channel this shard has no subscriber of: nothing to do.
+        shard.apply(ShardCmd::Resync(channel("nope")));
+        assert!(!a.take_work());
+    }
+
+    #[tokio::test]
+    async fn release_of_an_unknown_subscriber_does_nothing() {
+        let (mut shard, _) = shard(100);
+        let (a, mut a_peer) = conn_pair(1, 1 << 20).await;
+        shard.apply(join_cmd(&a, "x", raw()));
+        deliver(&mut shard, &[msg("x", Some(1), "")]);
+        shard.apply(release_cmd(&a, "nope", 0));
+        shard.apply(ShardCmd::Release {
+            conn: 99,
+            channel: channel("x"),
+            after: 0,
+        });
+        assert_eq!(
+            offsets(&a, &mut a_peer).await,
+            Vec::<String>::new(),
+            "still held"
+        );
+        shard.apply(release_cmd(&a, "x", 0));
+        assert_eq!(offsets(&a, &mut a_peer).await, strings(&["1"]));
+    }
+}

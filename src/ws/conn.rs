@@ -281,6 +281,13 @@ impl Conn {
         !self.lock().queue.is_empty()
     }
 
+    /// How many buffers wait in the queue (each `send` that queued adds one):
+    /// lets tests see how many writes a batch took.
+    #[cfg(test)]
+    pub(crate) fn queued_buffers(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     /// Writes as much of the queue as the kernel takes, without blocking.
     pub fn flush(&self) -> Flush {
         let mut out = self.lock();
@@ -404,5 +411,270 @@ impl Conn {
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn").field("id", &self.id).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+    use crate::ws::test_support::{Seen, conn_pair, small_conn_pair};
+
+    /// A text frame of about `len` bytes whose text starts with its number.
+    fn numbered(i: usize, len: usize) -> Bytes {
+        let mut text = format!("{i}:");
+        text.extend(std::iter::repeat_n('x', len.saturating_sub(text.len())));
+        frame::text(&text)
+    }
+
+    fn number_of(seen: &Seen) -> usize {
+        match seen {
+            Seen::Text(t) => t
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a numbered frame: {t:.20}")),
+            other => panic!("expected a numbered text frame, got {other:?}"),
+        }
+    }
+
+    fn woken(conn: &Conn) -> bool {
+        conn.poll_woken(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    fn queue_is_consistent(conn: &Conn) {
+        let out = conn.lock();
+        assert_eq!(
+            out.queued_bytes,
+            out.queue.iter().map(Bytes::len).sum::<usize>(),
+            "queued_bytes matches the queue"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_kernel_takes_is_written_at_once_without_a_wake_up() {
+        let (conn, mut peer) = conn_pair(1, 1 << 20).await;
+        assert_eq!(conn.send_text("hello"), Sent::Accepted);
+        assert!(!conn.has_queued());
+        assert!(!woken(&conn), "nothing for the connection's task to do");
+        assert_eq!(conn.send_text("end"), Sent::Accepted);
+        assert_eq!(peer.until("end").await, vec![Seen::Text("hello".into())]);
+    }
+
+    #[tokio::test]
+    async fn what_the_kernel_refuses_is_queued_and_flushed_whole_and_in_order() {
+        let (conn, mut peer) = small_conn_pair(1, 4 << 20).await;
+        let count = 500;
+        let mut first_queued = None;
+        for i in 0..count {
+            assert_eq!(conn.send(numbered(i, 1000)), Sent::Accepted, "frame {i}");
+            if first_queued.is_none() && conn.has_queued() {
+                first_queued = Some(i);
+                assert!(woken(&conn), "queuing wakes the connection's task");
+            }
+        }
+        let first_queued = first_queued.expect("500 KB do not fit in the kernel buffers");
+        assert!(first_queued < count - 1, "later frames queue behind it");
+        assert_eq!(
+            conn.queued_buffers(),
+            count - first_queued,
+            "each frame after the first queued one queues whole, without a write"
+        );
+        queue_is_consistent(&conn);
+        // The client reads while the queue is flushed: partial writes resume
+        // where they stopped, frame boundaries intact.
+        for i in 0..count {
+            let seen = peer.frame_flushing(&conn).await;
+            assert_eq!(number_of(&seen), i);
+            let Seen::Text(t) = seen else { unreachable!() };
+            assert_eq!(t.len(), 1000, "frame {i} arrived whole");
+        }
+        assert_eq!(conn.flush(), Flush::Done);
+        assert!(!conn.has_queued());
+        queue_is_consistent(&conn);
+        assert_eq!(conn.lock().queued_bytes, 0);
+        assert!(!conn.lock().head_partial);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_4000_drops_the_queue_and_queues_a_close_frame() {
+        let limit = 50_000;
+        let (conn, mut peer) = small_conn_pair(7, limit).await;
+        let mut first_queued = None;
+        let mut overflowed_at = None;
+        let mut queued_before = 0;
+        for i in 0..10_000 {
+            queued_before = conn.lock().queued_bytes;
+            match conn.send(numbered(i, 2000)) {
+                Sent::Accepted => {
+                    if first_queued.is_none() && conn.has_queued() {
+                        first_queued = Some((i, conn.lock().head_partial));
+                    }
+                }
+                Sent::Overflow => {
+                    overflowed_at = Some(i);
+                    break;
+                }
+                Sent::Dropped => panic!("frame {i} dropped before any overflow"),
+            }
+        }
+        let (first_queued, partial) = first_queued.expect("the kernel buffers filled up");
+        let overflowed_at = overflowed_at.expect("the queue overflowed");
+        assert!(
+            queued_before <= limit && queued_before + 2000 > limit,
+            "the frame that passed the limit overflowed ({queued_before} bytes queued before it)"
+        );
+        assert!(overflowed_at > first_queued);
+        assert_eq!(conn.state(), OutState::Closing(CloseCode::SlowConsumer));
+        {
+            let out = conn.lock();
+            // What was queued is gone, except the rest of a frame already begun.
+            let close = frame::close(4000, CloseCode::SlowConsumer.reason());
+            assert_eq!(
+                out.queue.back(),
+                Some(&close),
+                "a close frame is queued last"
+            );
+            assert_eq!(out.queue.len(), 1 + usize::from(partial));
+            assert!(
+                out.queued_bytes <= limit,
+                "the dropped frames are not counted"
+            );
+        }
+        queue_is_consistent(&conn);
+        assert_eq!(
+            conn.send(numbered(0, 10)),
+            Sent::Dropped,
+            "nothing more accepted"
+        );
+        assert!(!conn.close(CloseCode::IdleTimeout), "already closing");
+
+        // The client gets every frame written before the queue formed (and the
+        // one begun), then the close frame: nothing that was dropped.
+        let last_sent = if partial {
+            first_queued
+        } else {
+            first_queued - 1
+        };
+        for i in 0..=last_sent {
+            assert_eq!(number_of(&peer.frame_flushing(&conn).await), i);
+        }
+        assert_eq!(peer.frame_flushing(&conn).await, Seen::Close(Some(4000)));
+        assert_eq!(conn.flush(), Flush::Done);
+        drop(conn);
+        peer.assert_ends().await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_begun_on_the_wire_is_finished_before_the_close_frame() {
+        let big = frame::encode(frame::OpCode::Binary, &vec![7; 256 << 10]);
+        let limit = big.len() + 50_000;
+        let (conn, mut peer) = small_conn_pair(8, limit).await;
+        assert_eq!(conn.send(big), Sent::Accepted);
+        assert!(
+            conn.lock().head_partial,
+            "256 KiB do not fit in the kernel buffers: its start is written, the rest queued"
+        );
+        let mut sent = 0;
+        while conn.send(numbered(sent, 2000)) == Sent::Accepted {
+            sent += 1;
+            assert!(sent < 1000, "the queue overflows");
+        }
+        assert_eq!(conn.state(), OutState::Closing(CloseCode::SlowConsumer));
+        assert_eq!(
+            conn.lock().queue.len(),
+            2,
+            "the big frame's rest and the close frame"
+        );
+        queue_is_consistent(&conn);
+        // Cutting the frame short would corrupt the stream (and the decoder
+        // would say so); dropping the small frames keeps it whole.
+        assert_eq!(peer.frame_flushing(&conn).await, Seen::Binary(256 << 10));
+        assert_eq!(peer.frame_flushing(&conn).await, Seen::Close(Some(4000)));
+        drop(conn);
+        peer.assert_ends().await;
+    }
+
+    #[tokio::test]
+    async fn close_queues_the_close_frame_for_the_connections_task() {
+        let (conn, mut peer) = conn_pair(2, 1 << 20).await;
+        assert!(conn.close(CloseCode::IdleTimeout));
+        assert_eq!(conn.state(), OutState::Closing(CloseCode::IdleTimeout));
+        assert!(conn.has_queued(), "written by the connection's task");
+        assert!(woken(&conn));
+        assert_eq!(conn.send_text("late"), Sent::Dropped);
+        assert_eq!(conn.flush(), Flush::Done);
+        assert_eq!(peer.frame().await, Seen::Close(Some(4003)));
+        drop(conn);
+        peer.assert_ends().await;
+    }
+
+    #[tokio::test]
+    async fn a_broken_socket_drops_frames_and_wakes_the_task() {
+        let (conn, peer) = conn_pair(3, 1 << 20).await;
+        peer.hang_up();
+        // The first writes may still be taken by the kernel; the peer's reset
+        // then fails a later one.
+        let mut dropped = false;
+        for _ in 0..1000 {
+            if conn.send_text("into the void") == Sent::Dropped {
+                dropped = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped, "a write to a reset socket fails");
+        assert_eq!(conn.state(), OutState::Closed);
+        assert!(woken(&conn), "the connection's task learns of it");
+        assert_eq!(conn.send_text("again"), Sent::Dropped);
+        assert!(!conn.close(CloseCode::Normal));
+    }
+
+    #[tokio::test]
+    async fn flush_of_a_queue_on_a_closed_connection_is_broken() {
+        let (conn, _peer) = small_conn_pair(4, 1 << 20).await;
+        let mut i = 0;
+        while !conn.has_queued() {
+            assert_eq!(conn.send(numbered(i, 1000)), Sent::Accepted);
+            i += 1;
+            assert!(i < 10_000, "the kernel buffers filled up");
+        }
+        conn.mark_closed();
+        assert_eq!(conn.flush(), Flush::Broken);
+        assert_eq!(conn.send_text("x"), Sent::Dropped);
+    }
+
+    #[tokio::test]
+    async fn heartbeat_bookkeeping() {
+        let (conn, _peer) = conn_pair(5, 1 << 20).await;
+        assert!(conn.last_seen() > 0 && conn.last_ping() > 0);
+        assert_eq!(conn.awaiting_pong_since(), 0);
+        conn.ping_sent(100);
+        conn.ping_sent(200);
+        assert_eq!(conn.last_ping(), 200);
+        assert_eq!(
+            conn.awaiting_pong_since(),
+            100,
+            "the oldest unanswered ping counts"
+        );
+        conn.pong_received();
+        assert_eq!(conn.awaiting_pong_since(), 0);
+        conn.set_expiry(1_000);
+        conn.expiry_notified(300);
+        assert_eq!(conn.expiry_notified_at(), 300);
+        conn.set_expiry(2_000);
+        assert_eq!(conn.expires_at(), 2_000);
+        assert_eq!(
+            conn.expiry_notified_at(),
+            0,
+            "a new token forgets the notice"
+        );
+        assert!(!conn.take_work());
+        conn.flag_work();
+        assert!(woken(&conn));
+        assert!(conn.take_work());
+        assert!(!conn.take_work(), "taken once");
     }
 }

@@ -7,3 +7,5 @@ pub mod conn;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -205,4 +205,202 @@ mod tests {
         let bad = Value::Array(vec![range(5, 20000, node("h", 1), Value::Nil)]);
         assert!(Topology::parse(bad, "x").is_err());
     }
+
+    /// Three masters on 7001..7003 owning the usual thirds.
+    fn thirds() -> Value {
+        Value::Array(vec![
+            range(0, 5460, node("127.0.0.1", 7001), node("127.0.0.1", 7004)),
+            range(
+                5461,
+                10922,
+                node("127.0.0.1", 7002),
+                node("127.0.0.1", 7005),
+            ),
+            range(
+                10923,
+                16383,
+                node("127.0.0.1", 7003),
+                node("127.0.0.1", 7006),
+            ),
+        ])
+    }
+
+    fn port_of(t: &Topology, slot: u16) -> Option<u16> {
+        t.owner(slot).map(|m| m.port)
+    }
+
+    #[test]
+    fn every_slot_maps_to_the_master_of_its_range() {
+        let t = Topology::parse(thirds(), "x").unwrap();
+        let mut failures = Vec::new();
+        for s in 0..SLOTS {
+            let expected = match s {
+                0..=5460 => 7001,
+                5461..=10922 => 7002,
+                _ => 7003,
+            };
+            if port_of(&t, s) != Some(expected) {
+                failures.push(format!(
+                    "slot {s}: {:?}, expected {expected}",
+                    port_of(&t, s)
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} slots wrong: {failures:?}",
+            failures.len()
+        );
+        assert_eq!(t.owner(SLOTS), None, "past the last slot");
+        // Keys whose slots Redis documents (CLUSTER KEYSLOT).
+        let keys = [
+            ("foo", 12182, 7003),
+            ("bar", 5061, 7001),
+            ("hello", 866, 7001),
+        ];
+        for (key, slot_of_key, port) in keys {
+            assert_eq!(slot(key.as_bytes()), slot_of_key, "{key}");
+            assert_eq!(t.owner_of(key).map(|m| m.port), Some(port), "{key}");
+        }
+        // Only the hash tag counts.
+        assert_eq!(t.owner_of("{foo}:anything"), t.owner_of("foo"));
+    }
+
+    #[test]
+    fn moved_slots_change_owners_and_nothing_else() {
+        let before = Topology::parse(thirds(), "x").unwrap();
+        // Slots 0..=99 migrated from 7001 to 7003: 7003 now owns two ranges.
+        let after = Topology::parse(
+            Value::Array(vec![
+                range(0, 99, node("127.0.0.1", 7003), Value::Nil),
+                range(100, 5460, node("127.0.0.1", 7001), Value::Nil),
+                range(5461, 10922, node("127.0.0.1", 7002), Value::Nil),
+                range(10923, 16383, node("127.0.0.1", 7003), Value::Nil),
+            ]),
+            "x",
+        )
+        .unwrap();
+        assert_ne!(before, after, "a changed slot map is seen as changed");
+        assert_eq!(
+            after.masters().len(),
+            3,
+            "a master with two ranges is listed once"
+        );
+        let moved: Vec<u16> = (0..SLOTS)
+            .filter(|s| before.owner(*s) != after.owner(*s))
+            .collect();
+        assert_eq!(moved, (0..=99).collect::<Vec<u16>>());
+        assert!(moved.iter().all(|s| port_of(&after, *s) == Some(7003)));
+        assert_eq!(
+            Topology::parse(thirds(), "x").unwrap(),
+            before,
+            "the same slot map reads the same"
+        );
+
+        // 7001 gives away every slot (failed over to its replica 7004).
+        let failover = Topology::parse(
+            Value::Array(vec![
+                range(0, 5460, node("127.0.0.1", 7004), Value::Nil),
+                range(5461, 10922, node("127.0.0.1", 7002), Value::Nil),
+                range(10923, 16383, node("127.0.0.1", 7003), Value::Nil),
+            ]),
+            "x",
+        )
+        .unwrap();
+        let mut ports: Vec<u16> = failover.masters().iter().map(|m| m.port).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, vec![7002, 7003, 7004], "the old master is gone");
+        assert_eq!(port_of(&failover, 0), Some(7004));
+    }
+
+    #[test]
+    fn addresses_as_redis_may_send_them() {
+        let reply = Value::Array(vec![
+            // Start, end and port as bulk strings; the host as a simple string.
+            Value::Array(vec![
+                Value::BulkString(b"0".to_vec()),
+                Value::BulkString(b"8191".to_vec()),
+                Value::Array(vec![
+                    Value::SimpleString("::1".into()),
+                    Value::BulkString(b"7001".to_vec()),
+                ]),
+            ]),
+            // "?": the node does not know its address.
+            range(8192, 16383, node("?", 7002), Value::Nil),
+        ]);
+        let t = Topology::parse(reply, "10.1.2.3").unwrap();
+        assert_eq!(t.owner(0).unwrap().to_string(), "[::1]:7001");
+        assert_eq!(t.owner(16383).unwrap().to_string(), "10.1.2.3:7002");
+        assert_eq!(t.unassigned(), 0);
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        let good = node("h", 1);
+        let cases: Vec<(&str, Value)> = vec![
+            ("not an array", Value::SimpleString("OK".into())),
+            (
+                "a range that is not an array",
+                Value::Array(vec![Value::Int(1)]),
+            ),
+            (
+                "a range without its master",
+                Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(1)])]),
+            ),
+            (
+                "start after end",
+                Value::Array(vec![range(10, 5, good.clone(), Value::Nil)]),
+            ),
+            (
+                "negative start",
+                Value::Array(vec![range(-1, 5, good.clone(), Value::Nil)]),
+            ),
+            (
+                "end past the last slot",
+                Value::Array(vec![range(0, 16384, good.clone(), Value::Nil)]),
+            ),
+            (
+                "start not a number",
+                Value::Array(vec![Value::Array(vec![
+                    Value::BulkString(b"zero".to_vec()),
+                    Value::Int(5),
+                    good.clone(),
+                ])]),
+            ),
+            (
+                "master without a port",
+                Value::Array(vec![range(
+                    0,
+                    5,
+                    Value::Array(vec![Value::BulkString(b"h".to_vec())]),
+                    Value::Nil,
+                )]),
+            ),
+            (
+                "port out of range",
+                Value::Array(vec![range(0, 5, node("h", 70_000), Value::Nil)]),
+            ),
+            (
+                "host not a string",
+                Value::Array(vec![range(
+                    0,
+                    5,
+                    Value::Array(vec![Value::Int(1), Value::Int(7001)]),
+                    Value::Nil,
+                )]),
+            ),
+        ];
+        let failures: Vec<String> = cases
+            .into_iter()
+            .filter_map(|(name, reply)| match Topology::parse(reply, "x") {
+                Err(TopologyError::Malformed(_)) => None,
+                other => Some(format!("{name}: {other:?}")),
+            })
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "accepted or wrong error:\n{}",
+            failures.join("\n")
+        );
+    }
 }
