@@ -112,6 +112,13 @@ impl Delivery {
         Arc::new(d)
     }
 
+    /// The delivery with `base` as its delta base (as [`Delivery::live`] gives it).
+    #[cfg(test)]
+    pub(crate) fn with_base(mut self, base: Option<Base>) -> Self {
+        self.base = base;
+        self
+    }
+
     /// The offset of the message this one's delta is computed against.
     pub fn base_offset(&self) -> Option<Offset> {
         self.base.as_ref().map(|(offset, _)| *offset)
@@ -337,5 +344,92 @@ mod tests {
         let council = text(d.frame(FrameKind::Council));
         assert_eq!(council["message_id"], 9);
         assert_eq!(council["data"], serde_json::json!({"c": 1}));
+    }
+
+    #[test]
+    fn compressed_forms_are_compressed_once_and_small_messages_stay_plain() {
+        let config = DeflateConfig::default();
+        let big = format!(r#"{{"rows":[{}]}}"#, r#"{"a":"same"},"#.repeat(100) + "1");
+        let d = Delivery::new(
+            ChannelName::parse("c", 16).unwrap(),
+            Some(1),
+            None,
+            Json::parse(Bytes::from(big), 8).unwrap(),
+        );
+        let zipped = d.frame_for(FrameKind::Native, Some(&config), None);
+        assert_eq!(zipped[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
+        assert_eq!(
+            d.frame_for(FrameKind::Native, Some(&config), None).as_ptr(),
+            zipped.as_ptr(),
+            "compressed once"
+        );
+        let plain = d.frame(FrameKind::Native);
+        let inflated = deflate::inflate(frame::payload(zipped), 1 << 20).unwrap();
+        assert_eq!(inflated, frame::payload(plain), "the plain frame's payload");
+        assert!(
+            zipped.len() * 5 < plain.len(),
+            "{} of {}",
+            zipped.len(),
+            plain.len()
+        );
+
+        let small = Delivery::new(
+            ChannelName::parse("c", 16).unwrap(),
+            Some(1),
+            None,
+            Json::parse(Bytes::from_static(br#"{"a":1}"#), 8).unwrap(),
+        );
+        assert_eq!(
+            small
+                .frame_for(FrameKind::Native, Some(&config), None)
+                .as_ptr(),
+            small.frame(FrameKind::Native).as_ptr(),
+            "under the threshold: the plain frame itself"
+        );
+    }
+
+    #[test]
+    fn a_delta_goes_only_against_its_base_and_whole_when_not_smaller() {
+        let json = |t: &'static str| Json::parse(Bytes::from_static(t.as_bytes()), 8).unwrap();
+        let long =
+            r#"{"peers":["alpha","beta","gamma","delta","epsilon","zeta","eta","theta"],"n":1}"#;
+        let next =
+            r#"{"peers":["alpha","beta","gamma","delta","epsilon","zeta","eta","theta"],"n":2}"#;
+        let d = Delivery::new(
+            ChannelName::parse("c", 16).unwrap(),
+            Some(8),
+            None,
+            json(next),
+        )
+        .with_base(Some((7, json(long))));
+        let text = |b: &Bytes| -> Value { serde_json::from_slice(frame::payload(b)).unwrap() };
+        let patch = text(d.frame_for(FrameKind::NativeDelta, None, Some(7)));
+        assert_eq!(patch["delta"], true);
+        assert_eq!(patch["offset"], 8);
+        let bytes: Vec<u8> = patch["data"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .map(|c| c as u8)
+            .collect();
+        assert_eq!(fossil_delta::apply(long, bytes).unwrap(), next.as_bytes());
+        // A subscriber whose last message is not the base gets it whole.
+        let whole = text(d.frame_for(FrameKind::NativeDelta, None, Some(6)));
+        assert_eq!(whole["delta"], Value::Null);
+        assert_eq!(whole["data"], next);
+        // Unrelated data: the delta would not be smaller, so it goes whole.
+        let other = Delivery::new(
+            ChannelName::parse("c", 16).unwrap(),
+            Some(2),
+            None,
+            json("[1]"),
+        )
+        .with_base(Some((1, json(r#"{"x":"something else entirely"}"#))));
+        assert_eq!(
+            other
+                .frame_for(FrameKind::NativeDelta, None, Some(1))
+                .as_ptr(),
+            other.frame(FrameKind::NativeDelta).as_ptr()
+        );
     }
 }

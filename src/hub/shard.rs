@@ -577,6 +577,92 @@ mod tests {
         panic!("the kernel buffers never filled up");
     }
 
+    /// A snapshot-like message at `offset` (most of it the same every time),
+    /// with the previous one as its delta base.
+    fn snapshot_msg(offset: Offset) -> Arc<Delivery> {
+        let text = |o: Offset| {
+            let rows: Vec<String> = (0..40)
+                .map(|i| format!(r#"{{"peer":"p{i}","status":"online","n":{}}}"#, o * (i % 2)))
+                .collect();
+            format!(r#"{{"o":{o},"peers":[{}]}}"#, rows.join(","))
+        };
+        let json = |o: Offset| Json::parse(Bytes::from(text(o)), 8).expect("JSON");
+        let base = (offset > 1).then(|| (offset - 1, json(offset - 1)));
+        Arc::new(Delivery::new(channel("c"), Some(offset), None, json(offset)).with_base(base))
+    }
+
+    /// What a delta subscriber received: per message, its offset and whether
+    /// it came as a delta (decoded and checked against the message).
+    async fn delta_frames(conn: &Conn, peer: &mut Peer) -> Vec<(u64, bool)> {
+        conn.send_text(END);
+        let mut out = Vec::new();
+        let mut previous: Option<Vec<u8>> = None;
+        loop {
+            let text = match peer.frame_flushing(conn).await {
+                Seen::Text(t) if t == END => return out,
+                Seen::Text(t) => t,
+                other => panic!("unexpected frame {other:?}"),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON frame");
+            let offset = v["offset"].as_u64().expect("offset");
+            let data = v["data"].as_str().expect("delta form: data as text");
+            let delta = v["delta"] == true;
+            let whole = if delta {
+                let patch: Vec<u8> = data.chars().map(|c| c as u8).collect();
+                fossil_delta::apply(previous.as_ref().expect("a base"), patch).expect("applies")
+            } else {
+                data.as_bytes().to_vec()
+            };
+            assert_eq!(
+                whole,
+                snapshot_msg(offset).data.as_bytes(),
+                "offset {offset} decodes to the message"
+            );
+            previous = Some(whole);
+            out.push((offset, delta));
+        }
+    }
+
+    #[tokio::test]
+    async fn delta_subscribers_get_a_delta_only_when_they_have_its_base() {
+        let (mut shard, _) = shard(100);
+        let mode = Mode {
+            kind: FrameKind::NativeDelta,
+            filter: None,
+            compressed: false,
+        };
+        let (a, mut pa) = conn_pair(1, 1 << 20).await;
+        shard.apply(join_cmd(&a, "c", mode.clone()));
+        shard.apply(release_cmd(&a, "c", 0));
+        deliver(&mut shard, &[snapshot_msg(1)]);
+        deliver(&mut shard, &[snapshot_msg(2)]);
+        // B joins now: 3 is held for it, its start went up to 2.
+        let (b, mut pb) = conn_pair(2, 1 << 20).await;
+        shard.apply(join_cmd(&b, "c", mode.clone()));
+        deliver(&mut shard, &[snapshot_msg(3)]);
+        shard.apply(release_cmd(&b, "c", 2));
+        // C joins and is released with nothing held: it has no base yet.
+        let (c, mut pc) = conn_pair(3, 1 << 20).await;
+        shard.apply(join_cmd(&c, "c", mode.clone()));
+        shard.apply(release_cmd(&c, "c", 3));
+        // One batch of two: C takes the buffer with its first message whole.
+        deliver(&mut shard, &[snapshot_msg(4), snapshot_msg(5)]);
+        assert_eq!(
+            delta_frames(&a, &mut pa).await,
+            [(1, false), (2, true), (3, true), (4, true), (5, true)]
+        );
+        assert_eq!(
+            delta_frames(&b, &mut pb).await,
+            [(3, false), (4, true), (5, true)]
+        );
+        assert_eq!(delta_frames(&c, &mut pc).await, [(4, false), (5, true)]);
+        // A resync forgets every base: the next message is whole.
+        shard.apply(ShardCmd::Resync(channel("c")));
+        shard.apply(release_cmd(&a, "c", 5));
+        deliver(&mut shard, &[snapshot_msg(6)]);
+        assert_eq!(delta_frames(&a, &mut pa).await, [(6, false)]);
+    }
+
     struct HoldCase {
         name: &'static str,
         /// Delivered while the subscriber is held.
