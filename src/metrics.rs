@@ -49,6 +49,10 @@ pub struct GatewayMetrics {
     pub bytes_in: IntCounter,
     pub messages_out: IntCounter,
     pub bytes_out: IntCounter,
+    /// Of `messages_out`: those that went out compressed (permessage-deflate).
+    pub compressed_out: IntCounter,
+    /// Of `messages_out`: those that went out as fossil deltas.
+    pub deltas_out: IntCounter,
     pub client_messages: IntCounter,
     pub client_bytes: IntCounter,
     pub client_errors: IntCounterVec,
@@ -386,6 +390,16 @@ impl GatewayMetrics {
                 r,
                 "switchboard_bytes_sent_total",
                 "Bytes handed to client sockets (written at once, or queued behind earlier bytes).",
+            ),
+            compressed_out: counter(
+                r,
+                "switchboard_messages_compressed_total",
+                "Of the messages delivered live: those that went out compressed (permessage-deflate, one compression per message per replica).",
+            ),
+            deltas_out: counter(
+                r,
+                "switchboard_messages_delta_total",
+                "Of the messages delivered live: those that went out as fossil deltas (subscriptions with \"delta\": \"fossil\").",
             ),
             client_messages: counter(
                 r,

@@ -1,7 +1,8 @@
 //! The dashboard page in a real browser (Debian's Chromium through Playwright,
 //! see `tests/browser/`): live figures and charts from real sources, a failing
 //! source flagged, a window too small for the charts (nothing drawn, no error,
-//! everything drawn once there is room), reconnecting and catching up after
+//! everything drawn once there is room), Chromium's permessage-deflate and the
+//! snapshot channels' fossil deltas decoded into the figures, reconnecting and catching up after
 //! the gateway restarts, sign-in with a token, sections marked simulated by a
 //! simulating collector, every replica's figures through one, a `--no-auth`
 //! gateway opening the page directly, and no console errors but the expected
@@ -224,6 +225,18 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
         });
         b.number("#kpi-health", "data-value")
     });
+    // Chromium's own permessage-deflate, negotiated with the gateway; the
+    // snapshot channels came compressed and as fossil deltas, which the page
+    // decoded into the figures above.
+    tokio::task::block_in_place(|| {
+        b.wait_attr("#conn", "data-compressed", "true", long);
+    });
+    for series in [
+        "switchboard_messages_compressed_total",
+        "switchboard_messages_delta_total",
+    ] {
+        gateway.wait_metric(series, "", long, |v| v > 0.0).await;
+    }
     hset(&redis, "peer:ark-test", &peer("offline")).await;
     tokio::task::block_in_place(|| {
         let health = b.wait_for("the health figure to change", long, |b| {

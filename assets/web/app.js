@@ -200,6 +200,8 @@ function onStatus(status) {
   }
   const conn = $("conn");
   if (status.replica) conn.dataset.replica = status.replica;
+  // permessage-deflate, when the browser and the gateway agreed on it.
+  if (connected) conn.dataset.compressed = String(status.extensions.includes("permessage-deflate"));
 }
 
 function onRefused(error) {

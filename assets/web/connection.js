@@ -7,7 +7,7 @@
 // one-time backfill of recent history so charts have a past when the page opens.
 //
 // Handlers:
-//   status({state, text, attempt, delayMs, replica})  state: connecting | connected | reconnecting | offline | stopped
+//   status({state, text, attempt, delayMs, replica, extensions})  state: connecting | connected | reconnecting | offline | stopped
 //   data(channel, {kind, offset, data, bytes})         kind: snapshot | live | history
 //   reset(channel, why)                               the channel's history was lost: drop derived state
 //   channelError(channel, code, message)
@@ -103,7 +103,7 @@ export class Connection {
   }
 
   emitStatus(status) {
-    this.handlers.status({ replica: this.client && this.client.replica, ...status });
+    this.handlers.status({ replica: this.client && this.client.replica, extensions: this.client ? this.client.extensions : "", ...status });
   }
 
   onState(s) {

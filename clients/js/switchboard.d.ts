@@ -315,6 +315,8 @@ export declare class Client extends Emitter<ClientEvents> {
   readonly session: string | null;
   readonly replica: string | null;
   readonly connectionId: string | null;
+  /** The WebSocket extensions of the current connection (`permessage-deflate; …` when compressed; "" where the WebSocket does not say). */
+  readonly extensions: string;
   readonly user: string | null;
   readonly token: string | null;
   /** Why the client stopped for good. */

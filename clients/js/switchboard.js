@@ -462,6 +462,8 @@ export class Client extends Emitter {
     this.replica = null;
     this.connectionId = null;
     this.user = null;
+    /** The WebSocket extensions of the current connection (`permessage-deflate; …` when compressed). */
+    this.extensions = "";
     /** Why the client closed for good (null while it runs or after close()). */
     this.error = null;
     if (options.signal) {
@@ -591,6 +593,7 @@ export class Client extends Emitter {
     ws.onopen = () => {
       this.#openedAt = Date.now();
       this.#lastFrameAt = Date.now();
+      this.extensions = typeof ws.extensions === "string" ? ws.extensions : "";
     };
     ws.onmessage = (event) => {
       if (this.#ws !== ws) return;

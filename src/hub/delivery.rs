@@ -148,6 +148,13 @@ impl Delivery {
         }
     }
 
+    /// Whether [`Delivery::frame_for`] gives this subscriber a delta (not
+    /// the message whole).
+    pub fn is_delta_for(&self, kind: FrameKind, after: Option<Offset>) -> bool {
+        matches!((kind, &self.base), (FrameKind::NativeDelta, Some((base, _))) if after == Some(*base))
+            && self.same_as(Body::Delta).is_none()
+    }
+
     fn plain(&self, body: Body) -> &Bytes {
         cached(&self.frames[body.index()], || self.encode(body))
     }

@@ -243,11 +243,11 @@ impl Shard {
                         sub.floor = None;
                     }
                     let compress = group.mode.compressed.then_some(&self.deflate);
-                    let (frames, last) = frames_after(&newer, group.mode.kind, compress, None);
-                    if !frames.is_empty() {
-                        sub.last = last;
-                        self.metrics.messages_out.inc_by(frames.len() as u64);
-                        if sub.conn.send(concat(&frames)) == Sent::Overflow {
+                    let out = frames_after(&newer, group.mode.kind, compress, None);
+                    if !out.frames.is_empty() {
+                        sub.last = out.last;
+                        out.count(&self.metrics, 1);
+                        if sub.conn.send(concat(&out.frames)) == Sent::Overflow {
                             self.metrics.slow_consumer_closes.inc();
                         }
                     }
@@ -325,13 +325,13 @@ impl Shard {
             } else {
                 None
             };
-            let (frames, newest) = frames_after(&matching, kind, compress, chained_from);
+            let chained = frames_after(&matching, kind, compress, chained_from);
             // A buffer of this shard's own, even for a single frame: every send
             // clones it, and a refcount shared with the other shards would bounce
             // between cores once per client.
-            let batch = concat_owned(&frames);
-            let mut fresh: Option<Bytes> = None;
-            let mut live = 0u64;
+            let batch = concat_owned(&chained.frames);
+            let mut fresh: Option<(Frames, Bytes)> = None;
+            let (mut sent_chained, mut sent_fresh) = (0u64, 0u64);
             let mut bytes = 0u64;
             for sub in group.subscribers.iter_mut() {
                 match sub.held.as_mut() {
@@ -347,15 +347,19 @@ impl Shard {
                     None => {
                         let sent = match sub.floor {
                             None if !delta || sub.last == chained_from => {
-                                sub.last = newest;
+                                sub.last = chained.last;
+                                sent_chained += 1;
                                 bytes += batch.len() as u64;
                                 sub.conn.send_uncounted(batch.clone())
                             }
                             None => {
-                                let whole_first = fresh.get_or_insert_with(|| {
-                                    concat_owned(&frames_after(&matching, kind, compress, None).0)
+                                let (_, whole_first) = fresh.get_or_insert_with(|| {
+                                    let out = frames_after(&matching, kind, compress, None);
+                                    let buffer = concat_owned(&out.frames);
+                                    (out, buffer)
                                 });
-                                sub.last = newest;
+                                sub.last = chained.last;
+                                sent_fresh += 1;
                                 bytes += whole_first.len() as u64;
                                 sub.conn.send_uncounted(whole_first.clone())
                             }
@@ -372,46 +376,84 @@ impl Shard {
                                 if newer.is_empty() {
                                     continue;
                                 }
-                                let (frames, last) = frames_after(&newer, kind, compress, sub.last);
-                                sub.last = last;
-                                let newer = concat(&frames);
+                                let out = frames_after(&newer, kind, compress, sub.last);
+                                sub.last = out.last;
+                                out.count(&self.metrics, 1);
+                                let newer = concat(&out.frames);
                                 bytes += newer.len() as u64;
                                 sub.conn.send_uncounted(newer)
                             }
                         };
-                        live += 1;
                         if sent == Sent::Overflow {
                             self.metrics.slow_consumer_closes.inc();
                         }
                     }
                 }
             }
-            self.metrics
-                .messages_out
-                .inc_by(live * matching.len() as u64);
+            chained.count(&self.metrics, sent_chained);
+            if let Some((out, _)) = &fresh {
+                out.count(&self.metrics, sent_fresh);
+            }
             self.metrics.bytes_out.inc_by(bytes);
         }
     }
 }
 
 /// The frames of `deliveries` for a subscriber whose last message was at
-/// `after` (each a delta where the form has them and the subscriber has the
-/// base), and the offset of the last one.
+/// `after`: each a delta where the form has them and the subscriber has the
+/// base, compressed where the group is.
+struct Frames<'a> {
+    frames: Vec<&'a Bytes>,
+    /// The offset of the last one.
+    last: Option<Offset>,
+    compressed: u64,
+    deltas: u64,
+}
+
 fn frames_after<'a>(
     deliveries: &[&'a Arc<Delivery>],
     kind: FrameKind,
     compress: Option<&DeflateConfig>,
     mut after: Option<Offset>,
-) -> (Vec<&'a Bytes>, Option<Offset>) {
-    let frames = deliveries
+) -> Frames<'a> {
+    let mut deltas = 0;
+    let frames: Vec<&Bytes> = deliveries
         .iter()
         .map(|d| {
+            if kind == FrameKind::NativeDelta && d.is_delta_for(kind, after) {
+                deltas += 1;
+            }
             let frame = d.frame_for(kind, compress, after);
             after = d.offset;
             frame
         })
         .collect();
-    (frames, after)
+    let compressed = match compress {
+        Some(_) => frames
+            .iter()
+            .filter(|f| crate::ws::frame::is_compressed(f))
+            .count() as u64,
+        None => 0,
+    };
+    Frames {
+        frames,
+        last: after,
+        compressed,
+        deltas,
+    }
+}
+
+impl Frames<'_> {
+    /// Counts `sent` copies of these frames in the metrics.
+    fn count(&self, metrics: &GatewayMetrics, sent: u64) {
+        metrics.messages_out.inc_by(sent * self.frames.len() as u64);
+        if self.compressed > 0 {
+            metrics.compressed_out.inc_by(sent * self.compressed);
+        }
+        if self.deltas > 0 {
+            metrics.deltas_out.inc_by(sent * self.deltas);
+        }
+    }
 }
 
 /// One new buffer holding `frames` back to back.

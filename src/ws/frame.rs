@@ -86,6 +86,11 @@ fn put_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// Whether a frame built by this module carries a compressed message (RSV1).
+pub fn is_compressed(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x40 != 0)
+}
+
 /// The payload of a complete unmasked frame built by this module.
 pub fn payload(frame: &[u8]) -> &[u8] {
     let header = match frame.get(1).map(|b| b & 0x7F) {
