@@ -419,6 +419,7 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
         follow: args.follow.then_some(args.follow_interval),
         peer_pattern: args.federation_peer_pattern,
         sync_key: args.federation_sync_key,
+        peers: usize::from(args.peers),
     };
     let redis_url = config.redis_url.clone();
     let summary = demo::create(&config)

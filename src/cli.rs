@@ -1173,6 +1173,12 @@ pub struct DemoDataArgs {
     #[arg(long, env = "SWITCHBOARD_FOLLOW_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub follow_interval: Duration,
 
+    /// Peer hashes to write: the five named ones (core, trusted, verified; one
+    /// degraded, one offline), then generated `ark-mesh-NNN` peers — 100 makes
+    /// the federation snapshot of a large ARK mesh (tens of KB).
+    #[arg(long, env = "SWITCHBOARD_PEERS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub peers: u16,
+
     /// Peer hash pattern, as the collector's (a prefix followed by `*`).
     #[arg(
         long,

@@ -37,6 +37,8 @@ pub struct DemoConfig {
     pub peer_pattern: String,
     /// Sync events list, as the collector's `--federation-sync-key`.
     pub sync_key: String,
+    /// Peer hashes to write: the named five first, then generated ones.
+    pub peers: usize,
 }
 
 /// Why demo data could not be written.
@@ -70,13 +72,53 @@ const STAGES: [&str; 3] = ["analysis", "synthesis", "validation"];
 /// id, trust tier, status, latency, heartbeat age in seconds (the last one
 /// stopped 10 minutes ago and its status says so, as a federation service
 /// would write it: offline with or without --peer-staleness).
-const PEERS: [(&str, &str, &str, u64, u64); 5] = [
+const NAMED_PEERS: [(&str, &str, &str, u64, u64); 5] = [
     ("ark-core-1", "core", "online", 12, 1),
     ("ark-core-2", "core", "online", 18, 2),
     ("ark-trusted-1", "trusted", "online", 35, 1),
     ("ark-trusted-2", "trusted", "degraded", 140, 3),
     ("ark-verified-1", "verified", "offline", 60, 600),
 ];
+
+/// One sample peer: id, trust tier, status, latency, heartbeat age in seconds.
+#[derive(Debug, Clone, PartialEq)]
+struct Peer {
+    id: String,
+    tier: &'static str,
+    status: &'static str,
+    latency: u64,
+    age: u64,
+}
+
+/// `count` peers: the named five first, then a generated mesh (`ark-mesh-NNN`,
+/// tiers in turn, mostly online, one in 17 degraded and one in 29 offline).
+fn peers(count: usize) -> Vec<Peer> {
+    let named = NAMED_PEERS
+        .iter()
+        .map(|&(id, tier, status, latency, age)| Peer {
+            id: id.to_string(),
+            tier,
+            status,
+            latency,
+            age,
+        });
+    let mesh = (1..).map(|i: u64| {
+        let (status, age) = match i {
+            i if i % 29 == 0 => ("offline", 600),
+            i if i % 17 == 0 => ("degraded", 4),
+            _ => ("online", 1 + i % 4),
+        };
+        Peer {
+            id: format!("ark-mesh-{i:03}"),
+            tier: ["core", "trusted", "verified", "community"][(i % 4) as usize],
+            status,
+            latency: 8 + (i * 37) % 150,
+            age,
+        }
+    });
+    named.chain(mesh).take(count).collect()
+}
+
 const EVENT_TYPES: [&str; 3] = ["memory_sync", "config_update", "heartbeat"];
 /// Sync events kept in the list by `follow`.
 const SYNC_KEEP: isize = 100;
@@ -111,17 +153,21 @@ pub async fn create(config: &DemoConfig) -> Result<DemoSummary, DemoError> {
     if let Some(url) = &config.redis_url {
         let mut conn = connect(url, config.redis_tls.as_ref()).await?;
         let mut rng = StdRng::from_os_rng();
-        write_peers(&mut conn, &prefix, &mut rng).await?;
+        let peers = peers(config.peers);
+        write_peers(&mut conn, &prefix, &peers, &mut rng).await?;
         let mut pipe = redis::pipe();
         pipe.del(&config.sync_key);
         let now = now_ms();
         for i in (0..12u64).rev() {
-            pipe.lpush(&config.sync_key, sync_event(&mut rng, now - i * 2_500));
+            pipe.lpush(
+                &config.sync_key,
+                sync_event(&peers, &mut rng, now - i * 2_500),
+            );
         }
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| DemoError::Redis(e.to_string()))?;
-        summary.peers = PEERS.len();
+        summary.peers = peers.len();
         summary.sync_events = 12;
     }
     Ok(summary)
@@ -309,8 +355,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn sync_event(rng: &mut StdRng, timestamp: u64) -> String {
-    let ids: Vec<&str> = PEERS.iter().map(|p| p.0).collect();
+fn sync_event(peers: &[Peer], rng: &mut StdRng, timestamp: u64) -> String {
+    let ids: Vec<&str> = peers.iter().map(|p| p.id.as_str()).collect();
     let source = ids.choose(rng).copied().unwrap_or("ark-core-1");
     let target = ids
         .iter()
@@ -334,20 +380,21 @@ fn sync_event(rng: &mut StdRng, timestamp: u64) -> String {
 async fn write_peers(
     conn: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
+    peers: &[Peer],
     rng: &mut StdRng,
 ) -> Result<(), DemoError> {
     let now = now_ms();
     let mut pipe = redis::pipe();
-    for (id, tier, status, latency, age) in PEERS {
+    for p in peers {
         let jitter: i64 = rng.random_range(-3..=3);
         pipe.hset_multiple(
-            format!("{prefix}{id}"),
+            format!("{prefix}{}", p.id),
             &[
-                ("hostname", format!("{id}.local")),
-                ("trust_tier", tier.to_string()),
-                ("status", status.to_string()),
-                ("latency", (latency as i64 + jitter).max(1).to_string()),
-                ("last_seen", (now - age * 1000).to_string()),
+                ("hostname", format!("{}.local", p.id)),
+                ("trust_tier", p.tier.to_string()),
+                ("status", p.status.to_string()),
+                ("latency", (p.latency as i64 + jitter).max(1).to_string()),
+                ("last_seen", (now - p.age * 1000).to_string()),
             ],
         );
     }
@@ -373,6 +420,7 @@ pub async fn follow(
     let (r, a) = (summary.reasoning_db.clone(), summary.ark_db.clone());
     let mut rng = StdRng::from_os_rng();
     let mut n = 0u64;
+    let peers = peers(config.peers);
     tracing::info!(every = ?every, "demo-data: writing until stopped (Ctrl-C)");
     loop {
         tokio::select! {
@@ -406,9 +454,9 @@ pub async fn follow(
         })
         .await?;
         if let Some(conn) = redis.as_mut() {
-            write_peers(conn, &prefix, &mut rng).await?;
+            write_peers(conn, &prefix, &peers, &mut rng).await?;
             let mut pipe = redis::pipe();
-            pipe.lpush(&config.sync_key, sync_event(&mut rng, now_ms()))
+            pipe.lpush(&config.sync_key, sync_event(&peers, &mut rng, now_ms()))
                 .ltrim(&config.sync_key, 0, SYNC_KEEP - 1);
             pipe.query_async::<()>(conn)
                 .await
@@ -428,6 +476,19 @@ mod tests {
         assert!(peer_prefix("peer:").is_err());
     }
 
+    #[test]
+    fn a_mesh_of_peers_starts_with_the_named_five_and_has_unique_ids() {
+        assert_eq!(peers(3).len(), 3);
+        let mesh = peers(100);
+        assert_eq!(mesh.len(), 100);
+        assert_eq!(mesh[0].id, "ark-core-1");
+        assert_eq!(mesh[5].id, "ark-mesh-001");
+        let ids: std::collections::HashSet<&str> = mesh.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids.len(), 100);
+        let offline = mesh.iter().filter(|p| p.status == "offline").count();
+        assert!((2..10).contains(&offline), "{offline} offline");
+    }
+
     #[tokio::test]
     async fn creates_databases_the_collector_accepts_and_refuses_to_overwrite() {
         let dir = std::env::temp_dir().join(format!("sb-demo-{}", rand::random::<u32>()));
@@ -439,6 +500,7 @@ mod tests {
             follow: None,
             peer_pattern: "peer:*".into(),
             sync_key: "sync_events".into(),
+            peers: 5,
         };
         let summary = create(&config).await.unwrap();
         for (path, required) in [
