@@ -135,17 +135,25 @@ wait_http "http://127.0.0.1:$port/health/live" 200 20
 wait_http "http://127.0.0.1:$port/health/ready" 200 20
 uid=$(podman exec "$c" id -u)
 [ "$uid" = 10001 ] || { echo "runs as uid $uid, want 10001"; exit 1; }
-curl -s "http://127.0.0.1:$aport/metrics" | grep -q '^switchboard_build_info' || { echo "no metrics on the admin port"; exit 1; }
+# Bodies are read whole before grep: `curl | grep -q` fails under pipefail when grep
+# stops reading early (curl gets SIGPIPE).
+metrics=$(curl -s "http://127.0.0.1:$aport/metrics")
+grep -q '^switchboard_build_info' <<<"$metrics" || { echo "no metrics on the admin port"; exit 1; }
 wait_http "http://127.0.0.1:$port/metrics" 404 5
 # The dashboard page is compiled in from assets/: the image serves it with no file around.
-curl -s "http://127.0.0.1:$port/" | grep -qi '<!doctype html' || { echo "no dashboard page at /"; exit 1; }
+page=$(curl -s "http://127.0.0.1:$port/")
+grep -qi '<!doctype html' <<<"$page" || { echo "no dashboard page at /"; exit 1; }
+# Precompressed: brotli when the client takes it.
+encoding=$(curl -s -o /dev/null -H 'Accept-Encoding: br' -w '%header{content-encoding}' \
+  "http://127.0.0.1:$port/assets/vendor/echarts/echarts.min.js")
+[ "$encoding" = br ] || { echo "ECharts not served with brotli (content-encoding: '$encoding')"; exit 1; }
 wait_http "http://127.0.0.1:$port/assets/vendor/echarts/echarts.min.js" 200 5
 # The image's HEALTHCHECK (`switchboard health`), run once by podman: standalone's
 # admin port is given on the command line, not in the environment, so it asks the
 # URL; the gateway below is asked from its SWITCHBOARD_ADMIN_LISTEN.
 podman exec "$c" /usr/local/bin/switchboard health "http://127.0.0.1:$aport/health/ready" \
   || { echo "switchboard health failed in the container"; exit 1; }
-echo "ok  /health/live 200, /health/ready 200, /metrics on the admin port only, dashboard at / and its assets, uid $uid"
+echo "ok  /health/live 200, /health/ready 200, /metrics on the admin port only, dashboard at / and its assets (brotli), uid $uid"
 
 step "podman run: gateway against redis-server on loopback, then SIGTERM"
 rport=$(free_port); gport=$(free_port); aport=$(free_port)

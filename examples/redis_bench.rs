@@ -23,7 +23,7 @@ use switchboard::engine::connection::RedisTarget;
 use switchboard::engine::redis::{RedisConfig, RedisEngine};
 use switchboard::engine::{Engine, EngineEvent, HistoryConfig, PublishOptions};
 use switchboard::json::Json;
-use switchboard::metrics::Metrics;
+use switchboard::metrics::{EngineMetrics, MetricsRegistry};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +95,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         wait_timeout: Duration::from_millis(1000),
         tls: None,
     };
-    let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone())?;
+    let engine = RedisEngine::start(
+        config,
+        tx,
+        Arc::new(EngineMetrics::register(&MetricsRegistry::new())),
+        stop.clone(),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !engine.health().ready {
         anyhow::ensure!(

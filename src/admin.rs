@@ -32,7 +32,7 @@ use crate::engine::Engine;
 use crate::gateway::Gateway;
 use crate::gateway::reply::{error_response, json_response};
 use crate::gateway::server::{self, HttpSettings};
-use crate::metrics::Metrics;
+use crate::metrics::MetricsRegistry;
 
 /// Where a gateway serves `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,10 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The same address as `listen` means the client port, except port 0:
+    /// two binds of port 0 are two listeners, each on a port of its own.
     pub fn new(listen: SocketAddr, admin_listen: SocketAddr) -> Self {
-        if listen == admin_listen {
+        if listen == admin_listen && listen.port() != 0 {
             Self::ClientPort
         } else {
             Self::Own(admin_listen)
@@ -78,7 +80,7 @@ pub fn metrics_route(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(move || {
             gw.refresh_ready_gauge();
-            text_metrics(gw.metrics.render())
+            text_metrics(gw.metrics_registry.render())
         })
         .boxed()
 }
@@ -112,7 +114,7 @@ pub fn gateway_routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
 /// gateway (the collector): ready when its engine is, and not shutting down.
 pub fn probe_routes(
     engine: Arc<dyn Engine>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<MetricsRegistry>,
     shutdown: CancellationToken,
 ) -> BoxedFilter<(Response,)> {
     let live = warp::path!("health" / "live")
@@ -188,5 +190,8 @@ mod tests {
         // it fails at start with a message, rather than silently merging.
         let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(Layout::new(listen, loopback), Layout::Own(loopback));
+        // Port 0 twice: two listeners on two ports the system picks.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(Layout::new(any, any), Layout::Own(any));
     }
 }

@@ -1,17 +1,14 @@
 //! The binary's edge: assembles engine, hub, gateway and collector for each
 //! subcommand, binds the listener, and turns SIGTERM/SIGINT into a drain.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warp::Filter;
 
-use crate::admin::{self, AdminServer, Layout};
+use crate::admin::{self};
 use crate::auth::mint::{TokenSpec, mint};
 use crate::auth::{JwtConfig, Verifier};
 use crate::cli::seed_env::{self, SeedEnv};
@@ -22,6 +19,7 @@ use crate::client;
 use crate::collector::demo::{self, DemoConfig};
 use crate::collector::federation::FederationRedis;
 use crate::collector::lease::{Lease, LeaseConfig};
+use crate::collector::metrics::CollectorMetrics;
 use crate::collector::{Collector, Leadership};
 use crate::config::GatewayConfig;
 use crate::engine::connection::RedisTarget;
@@ -29,15 +27,16 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::{Engine, EngineEvent, HistoryConfig, event_channel};
 use crate::gateway::dialect::council::store::CouncilStore;
-use crate::gateway::http;
 use crate::gateway::presence::{self, Presence};
 use crate::gateway::registry::Registry;
 use crate::gateway::server::{self, HttpSettings};
 use crate::gateway::sessions::SessionStore;
 use crate::gateway::stats;
-use crate::gateway::{Gateway, Parts};
-use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineMetrics, MetricsRegistry};
+
+mod replica;
+
+use replica::{Backing, Replica, ReplicaMetrics, bind};
 
 /// Live messages buffered between the engine feed and the hub's dispatcher.
 const EVENT_QUEUE: usize = 16 * 1024;
@@ -139,65 +138,17 @@ fn verifier(
     Ok(Some(verifier))
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "could not listen on {addr} (is another process using it? choose another with --listen)"
-        )
-    })
-}
-
-/// Binds the admin listener of a gateway or standalone, unless it shares the
-/// client port.
-async fn bind_admin(layout: Layout) -> anyhow::Result<Option<TcpListener>> {
-    let Layout::Own(addr) = layout else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "could not listen on {addr} for /metrics and health (is another process using it? choose another with --admin-listen, or give it the --listen address to serve them on the client port)"
-        )
-    })?;
-    Ok(Some(listener))
-}
-
-/// Serves a gateway until it has drained: the client listener, and the admin
-/// listener (open until the drain is over) or `/metrics` on the client port.
-async fn serve_gateway(gw: Arc<Gateway>, listener: TcpListener, admin: Option<TcpListener>) {
-    let routes = match &admin {
-        Some(_) => http::routes(gw.clone()),
-        None => admin::metrics_route(gw.clone())
-            .or(http::routes(gw.clone()))
-            .unify()
-            .boxed(),
-    };
-    let admin = admin.map(|l| AdminServer::spawn(l, admin::gateway_routes(gw.clone())));
-    gw.serve_routes(listener, routes).await;
-    if let Some(admin) = admin {
-        admin.stop().await;
-    }
-}
-
 async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     seed_env::log_applied(&SeedEnv::from_env().apply_to_standalone(&mut args));
-    let config = args
-        .server
-        .gateway_config(args.listen)
-        .map_err(anyhow::Error::msg)?;
-    let jwt = args
-        .auth
-        .optional_jwt_config()
-        .map_err(anyhow::Error::msg)?;
+    let config = args.server.gateway_config(args.listen)?;
+    let jwt = args.auth.optional_jwt_config()?;
     if jwt.is_none() && !args.listen.ip().is_loopback() && !args.allow_remote {
         bail!(
             "standalone without a JWT key has no authentication, so it listens on loopback only; {} is not loopback. Give it a key (--jwt-secret-file, --jwt-public-key-file or --jwks-file) so that clients need a token, or pass --allow-remote if you accept that anyone who reaches it can read and publish everything",
             args.listen
         );
     }
-    let mut collector_config = args
-        .sources
-        .config(&args.collector, None)
-        .map_err(anyhow::Error::msg)?;
+    let mut collector_config = args.sources.config(&args.collector, None)?;
     if args.check.check_config {
         // What `Collector::new` checks later: the federation URL parses.
         if let Some(federation) = collector_config.federation.clone() {
@@ -230,59 +181,50 @@ async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> an
     if let Some(federation) = collector_config.federation.as_mut() {
         federation.tls = tls;
     }
-    let metrics = Arc::new(Metrics::new());
-    let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
+    let metrics = ReplicaMetrics::new();
+    let collector_metrics = Arc::new(CollectorMetrics::register(&metrics.registry));
+    let (events_tx, events) = event_channel(EVENT_QUEUE);
     let history = with_dialect_history(stats::with_system_history(args.history.config()), &config)?;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(history, events_tx));
-    let registry = Arc::new(Registry::new(&config.replica_id));
-    let hub = Hub::start(
-        engine.clone(),
-        events_rx,
-        metrics.clone(),
-        config.hub.clone(),
-        None,
-    );
-    let layout = Layout::new(args.listen, args.admin_listen);
-    let admin_listener = bind_admin(layout).await?;
-    let listener = bind(config.listen).await?;
-    let collector_stop = CancellationToken::new();
+    // The embedded collector publishes into the same engine, always leading.
     let collector = Collector::new(
         engine.clone(),
         collector_config,
-        metrics.clone(),
+        collector_metrics,
         Leadership::Always,
     )
     .context("could not set up the collector")?;
+    let collector_stop = CancellationToken::new();
     let collector_task = tokio::spawn(collector.run(collector_stop.clone()));
-    announce(&listener, admin_listener.as_ref(), &config);
-    let parts = Parts {
-        engine,
-        hub,
-        metrics,
+    let replica = Replica {
+        role: "standalone",
+        registry: Arc::new(Registry::new(&config.replica_id)),
+        backing: Backing {
+            engine,
+            events,
+            presence: Presence::Local,
+            sessions: SessionStore::memory(args.server.session_ttl),
+            council: CouncilStore::memory(config.dialects.council.retention),
+            control: None,
+        },
+        config,
+        admin_listen: args.admin_listen,
         auth,
-        registry,
-        presence: Presence::Local,
-        sessions: SessionStore::memory(args.server.session_ttl),
-        council: CouncilStore::memory(config.dialects.council.retention),
+        stats_interval: args.server.stats_interval,
+        metrics,
     };
-    let gw = Gateway::new(config, parts, shutdown);
-    let reporting = stats::spawn(gw.clone(), "standalone", args.server.stats_interval);
-    serve_gateway(gw, listener, admin_listener).await;
-    reporting.finish().await;
+    let served = replica::serve(replica, shutdown).await;
     collector_stop.cancel();
     let _ = collector_task.await;
-    Ok(())
+    served
 }
 
 async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = args
-        .server
-        .gateway_config(args.listen)
-        .map_err(anyhow::Error::msg)?;
-    let jwt = args.auth.jwt_config().map_err(anyhow::Error::msg)?;
+    let config = args.server.gateway_config(args.listen)?;
+    let jwt = args.auth.jwt_config()?;
     if args.check.check_config {
         // Before the TLS files are read: --check-config opens none.
-        let target = args.redis.target().map_err(anyhow::Error::msg)?;
+        let target = args.redis.target()?;
         return configuration_valid("gateway", &target.describe());
     }
     let history = with_dialect_history(stats::with_system_history(args.history.config()), &config)?;
@@ -301,52 +243,49 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         );
     }
     tracing::info!(redis = %redis.target.describe(), "gateway: engine on Redis");
-    let metrics = Arc::new(Metrics::new());
-    let (events_tx, events_rx) = event_channel(EVENT_QUEUE);
+    let metrics = ReplicaMetrics::new();
+    let (events_tx, events) = event_channel(EVENT_QUEUE);
     let engine_stop = CancellationToken::new();
-    let engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
-        .context("could not set up the Redis engine")?;
+    let engine = RedisEngine::start(
+        redis,
+        events_tx,
+        metrics.engine.clone(),
+        engine_stop.clone(),
+    )
+    .context("could not set up the Redis engine")?;
+    // Presence, sessions and AI Council records live in Redis beside the
+    // channels, so that any replica serves any client.
     let registry = Arc::new(Registry::new(&config.replica_id));
-    let presence = Presence::redis(
-        engine.clone(),
-        registry.clone(),
-        config.replica_id.clone(),
-        engine_stop.clone(),
-    );
-    let sessions =
-        SessionStore::redis(engine.clone(), args.server.session_ttl, engine_stop.clone());
-    let council = CouncilStore::redis(
-        engine.clone(),
-        config.dialects.council.retention,
-        engine_stop.clone(),
-    );
-    let dyn_engine: Arc<dyn Engine> = engine;
-    let hub = Hub::start(
-        dyn_engine.clone(),
-        events_rx,
-        metrics.clone(),
-        config.hub.clone(),
-        Some(control_channel(registry.clone())),
-    );
-    let admin_listener = bind_admin(Layout::new(args.listen, args.admin_listen)).await?;
-    let listener = bind(config.listen).await?;
-    announce(&listener, admin_listener.as_ref(), &config);
-    let parts = Parts {
-        engine: dyn_engine,
-        hub,
-        metrics,
-        auth,
-        registry,
-        presence,
-        sessions,
-        council,
+    let backing = Backing {
+        presence: Presence::redis(
+            engine.clone(),
+            registry.clone(),
+            config.replica_id.clone(),
+            engine_stop.clone(),
+        ),
+        sessions: SessionStore::redis(engine.clone(), args.server.session_ttl, engine_stop.clone()),
+        council: CouncilStore::redis(
+            engine.clone(),
+            config.dialects.council.retention,
+            engine_stop.clone(),
+        ),
+        control: Some(control_channel(registry.clone())),
+        engine,
+        events,
     };
-    let gw = Gateway::new(config, parts, shutdown);
-    let reporting = stats::spawn(gw.clone(), "gateway", args.server.stats_interval);
-    serve_gateway(gw, listener, admin_listener).await;
-    reporting.finish().await;
+    let replica = Replica {
+        role: "gateway",
+        config,
+        admin_listen: args.admin_listen,
+        auth,
+        stats_interval: args.server.stats_interval,
+        metrics,
+        registry,
+        backing,
+    };
+    let served = replica::serve(replica, shutdown).await;
     engine_stop.cancel();
-    Ok(())
+    served
 }
 
 async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -369,12 +308,9 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
             "the engine is a Redis Cluster, so the federation's peers are not read from it: pass --federation-redis-url (a single Redis holding the peer hashes and sync events)"
         );
     }
-    let mut config = args
-        .sources
-        .config(&args.schedule, default_federation)
-        .map_err(anyhow::Error::msg)?;
+    let mut config = args.sources.config(&args.schedule, default_federation)?;
     // Before any file is read: --check-config opens none (TLS files included).
-    let (lease_ttl, renew_interval) = args.lease.timing().map_err(anyhow::Error::msg)?;
+    let (lease_ttl, renew_interval) = args.lease.timing()?;
     if args.check.check_config {
         // What `Collector::new` checks later, without an engine: the source URLs parse.
         if let Some(federation) = config.federation.clone() {
@@ -401,7 +337,9 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
         .replica_id
         .clone()
         .unwrap_or_else(crate::cli::default_replica_id);
-    let metrics = Arc::new(Metrics::new());
+    let metrics_registry = Arc::new(MetricsRegistry::new());
+    let engine_metrics = Arc::new(EngineMetrics::register(&metrics_registry));
+    let metrics = Arc::new(CollectorMetrics::register(&metrics_registry));
     // The collector subscribes to nothing; its feed is drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel::<EngineEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
@@ -422,7 +360,7 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
         tls,
     };
     let engine_stop = CancellationToken::new();
-    let redis_engine = RedisEngine::start(redis, events_tx, metrics.clone(), engine_stop.clone())
+    let redis_engine = RedisEngine::start(redis, events_tx, engine_metrics, engine_stop.clone())
         .context("could not set up the Redis engine")?;
     let lease = Lease::new(
         redis_engine.clone(),
@@ -437,15 +375,17 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     let collector = Collector::new(
         engine.clone(),
         config,
-        metrics.clone(),
+        metrics,
         Leadership::Lease(Box::new(lease)),
     )
     .context("could not set up the collector")?;
     let listener = bind(args.listen).await?;
-    tracing::info!(listen = %args.listen, "collector: health and metrics listening");
+    // The bound address (a port the system picked for `:0`); tests read it.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %bound, "collector: health and metrics listening");
     let collector_stop = CancellationToken::new();
     let task = tokio::spawn(collector.run(collector_stop.clone()));
-    let routes = admin::probe_routes(engine.clone(), metrics.clone(), shutdown.clone());
+    let routes = admin::probe_routes(engine.clone(), metrics_registry, shutdown.clone());
     let settings = HttpSettings {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
@@ -542,7 +482,7 @@ fn redis_config(
     history: HistoryConfig,
     gw: &GatewayConfig,
 ) -> anyhow::Result<RedisConfig> {
-    let target = args.target().map_err(anyhow::Error::msg)?;
+    let target = args.target()?;
     let tls = args
         .tls
         .load(target.urls())
@@ -575,17 +515,4 @@ fn log_tls(target: &RedisTarget, tls: Option<&crate::engine::tls::RedisTls>) {
         ),
         None => tracing::debug!("Redis connections are not encrypted (redis://)"),
     }
-}
-
-fn announce(listener: &TcpListener, admin: Option<&TcpListener>, config: &GatewayConfig) {
-    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let addr = local(listener);
-    let admin = admin.map_or_else(|| format!("{addr} (the client port)"), local);
-    tracing::info!(
-        listen = %addr,
-        admin_listen = %admin,
-        replica = %config.replica_id,
-        max_connections = config.limits.max_connections,
-        "gateway listening: ws://{addr}/ws (native), /ws/{{channel}} (snapshot), /api/ws/{{channel}} (relay)"
-    );
 }

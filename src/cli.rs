@@ -35,6 +35,34 @@ use crate::filter::FilterLimits;
 use crate::hub::{HeartbeatConfig, HubConfig};
 use crate::logging::LogFormat;
 
+/// A configuration the flags describe that cannot run, in the flags' words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value out of its range: the flag, and what it must be.
+    #[error("{flag} {requirement}")]
+    Range {
+        flag: &'static str,
+        requirement: String,
+    },
+    /// Flags that cannot go together, or a flag another needs.
+    #[error("{0}")]
+    Conflict(String),
+    /// A value that does not parse (a URL, an address).
+    #[error("{0}")]
+    Value(String),
+    #[error(transparent)]
+    ClientIp(#[from] crate::auth::client_ip::ClientIpError),
+}
+
+impl ConfigError {
+    fn range(flag: &'static str, requirement: impl Into<String>) -> Self {
+        Self::Range {
+            flag,
+            requirement: requirement.into(),
+        }
+    }
+}
+
 /// switchboard: a horizontally scaled real-time gateway.
 ///
 /// Relays Redis channels to WebSocket dashboards: gateway replicas terminate
@@ -529,7 +557,8 @@ pub struct StandaloneArgs {
 
     /// Address of the admin listener: /metrics, /health/live and /health/ready
     /// (only these). The same address as --listen serves them there instead
-    /// (one port, as before this flag existed).
+    /// (one port, as before this flag existed); port 0 in both gives each a
+    /// port of its own.
     #[arg(
         long,
         env = "SWITCHBOARD_ADMIN_LISTEN",
@@ -576,7 +605,7 @@ pub struct GatewayArgs {
     /// Address of the admin listener: /metrics, /health/live and /health/ready
     /// (only these), for Prometheus and probes, kept off the client port. The
     /// same address as --listen serves them there instead (one port, as before
-    /// this flag existed).
+    /// this flag existed); port 0 in both gives each a port of its own.
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
     pub admin_listen: SocketAddr,
 
@@ -696,21 +725,20 @@ impl AuthArgs {
 
     /// The gateway's JWT configuration, or `None` when authentication is off:
     /// a key flag or `--no-auth` is required.
-    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+    pub fn jwt_config(&self) -> Result<Option<JwtConfig>, ConfigError> {
         if !self.no_auth && !self.has_keys() {
-            return Err(
-                "authentication needs a key: pass --jwt-secret-file, --jwt-public-key-file or --jwks-file (or --no-auth to run without authentication)"
-                    .into(),
-            );
+            return Err(ConfigError::Conflict("authentication needs a key: pass --jwt-secret-file, --jwt-public-key-file or --jwks-file (or --no-auth to run without authentication)".into()));
         }
         self.optional_jwt_config()
     }
 
     /// standalone's JWT configuration: `None` (no authentication) unless a key
     /// flag is given; `--no-auth` confirms the default.
-    pub fn optional_jwt_config(&self) -> Result<Option<JwtConfig>, String> {
+    pub fn optional_jwt_config(&self) -> Result<Option<JwtConfig>, ConfigError> {
         match (self.no_auth, self.has_keys()) {
-            (true, true) => Err("--no-auth contradicts the JWT key flags: choose one".into()),
+            (true, true) => Err(ConfigError::Conflict(
+                "--no-auth contradicts the JWT key flags: choose one".into(),
+            )),
             (_, false) => Ok(None),
             (false, true) => Ok(Some(JwtConfig {
                 secret_files: self.jwt_secret_file.clone(),
@@ -846,23 +874,30 @@ pub struct RedisArgs {
 
 impl RedisArgs {
     /// The Redis (or Redis Cluster) these flags name.
-    pub fn target(&self) -> Result<RedisTarget, String> {
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
         if self.redis_probe_interval.is_zero() {
-            return Err("--redis-probe-interval must be more than 0".into());
+            return Err(ConfigError::range(
+                "--redis-probe-interval",
+                "must be more than 0",
+            ));
         }
         if self.redis_wait_replicas > 0 && self.redis_wait_timeout.is_zero() {
-            return Err(
-                "--redis-wait-timeout must be more than 0 with --redis-wait-replicas (WAIT 0 would block forever)".into(),
-            );
+            return Err(ConfigError::range(
+                "--redis-wait-timeout",
+                "must be more than 0 with --redis-wait-replicas (WAIT 0 would block forever)",
+            ));
         }
         if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
-            return Err(format!(
-                "--redis-wait-timeout ({:?}) must be shorter than --redis-timeout ({:?}), which bounds the whole publish",
-                self.redis_wait_timeout, self.redis_timeout
+            return Err(ConfigError::range(
+                "--redis-wait-timeout",
+                format!(
+                    "({:?}) must be shorter than --redis-timeout ({:?}), which bounds the whole publish",
+                    self.redis_wait_timeout, self.redis_timeout
+                ),
             ));
         }
         RedisTarget::from_flags(self.redis_url.as_deref(), &self.redis_cluster_urls)
-            .map_err(|e| e.to_string())
+            .map_err(|e| ConfigError::Value(e.to_string()))
     }
 }
 
@@ -1080,36 +1115,43 @@ impl CollectorSources {
         &self,
         schedule: &CollectorSchedule,
         default_federation_url: Option<&str>,
-    ) -> Result<CollectorConfig, String> {
+    ) -> Result<CollectorConfig, ConfigError> {
         if schedule.collect_interval_min.is_zero() {
-            return Err("--collect-interval-min must be more than 0".into());
+            return Err(ConfigError::range(
+                "--collect-interval-min",
+                "must be more than 0",
+            ));
         }
         if self.source_timeout.is_zero() {
-            return Err("--source-timeout must be more than 0".into());
+            return Err(ConfigError::range(
+                "--source-timeout",
+                "must be more than 0",
+            ));
         }
         if self.rate_window.is_zero() {
-            return Err("--rate-window must be more than 0".into());
+            return Err(ConfigError::range("--rate-window", "must be more than 0"));
         }
         if self.simulate == SimulateMode::Never
             && self.on_source_failure == OnSourceFailure::Simulate
         {
-            return Err(
-                "--on-source-failure simulate contradicts --simulate never (which simulates nothing): choose one".into(),
-            );
+            return Err(ConfigError::Conflict("--on-source-failure simulate contradicts --simulate never (which simulates nothing): choose one".into()));
         }
         if self.peer_staleness.is_some_and(|s| s.is_zero()) {
-            return Err(
-                "--peer-staleness must be more than 0 (leave it unset to keep each peer's status)"
-                    .into(),
-            );
+            return Err(ConfigError::range(
+                "--peer-staleness",
+                "must be more than 0 (leave it unset to keep each peer's status)",
+            ));
         }
         if !(0.0..=1.0).contains(&self.consolidation_threshold) {
-            return Err("--consolidation-threshold must be between 0 and 1".into());
+            return Err(ConfigError::range(
+                "--consolidation-threshold",
+                "must be between 0 and 1",
+            ));
         }
         if self.federation_peer_pattern.is_empty() || self.federation_sync_key.is_empty() {
-            return Err(
+            return Err(ConfigError::Conflict(
                 "--federation-peer-pattern and --federation-sync-key must not be empty".into(),
-            );
+            ));
         }
         let federation = self
             .federation_redis_url
@@ -1127,17 +1169,17 @@ impl CollectorSources {
             .federation_discover_url
             .as_deref()
             .map(|url| {
-                DiscoverConfig::parse_url(url).map(|url| DiscoverConfig {
-                    url,
-                    timeout: self.source_timeout,
-                    max_bytes: self.federation_discover_max_bytes,
-                })
+                DiscoverConfig::parse_url(url)
+                    .map_err(|e| ConfigError::Value(e.to_string()))
+                    .map(|url| DiscoverConfig {
+                        url,
+                        timeout: self.source_timeout,
+                        max_bytes: self.federation_discover_max_bytes,
+                    })
             })
             .transpose()?;
         if discover.is_some() && federation.is_none() {
-            return Err(
-                "--federation-discover-url completes the peers read from Redis: also pass --federation-redis-url".into(),
-            );
+            return Err(ConfigError::Conflict("--federation-discover-url completes the peers read from Redis: also pass --federation-redis-url".into()));
         }
         let sqlite = |path: &Option<PathBuf>| {
             path.as_ref().map(|p| SqliteConfig {
@@ -1195,14 +1237,15 @@ pub struct LeaseArgs {
 
 impl LeaseArgs {
     /// Checks the timing; returns (ttl, renew interval).
-    pub fn timing(&self) -> Result<(Duration, Duration), String> {
+    pub fn timing(&self) -> Result<(Duration, Duration), ConfigError> {
         if self.lease_ttl < Duration::from_millis(100) {
-            return Err("--lease-ttl must be at least 100ms".into());
+            return Err(ConfigError::range("--lease-ttl", "must be at least 100ms"));
         }
         if self.lease_renew_interval.is_zero() || self.lease_renew_interval * 2 > self.lease_ttl {
-            return Err(
-                "--lease-renew-interval must be more than 0 and at most half of --lease-ttl".into(),
-            );
+            return Err(ConfigError::range(
+                "--lease-renew-interval",
+                "must be more than 0 and at most half of --lease-ttl",
+            ));
         }
         Ok((self.lease_ttl, self.lease_renew_interval))
     }
@@ -1398,6 +1441,27 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub anonymous: AnonymousArgs,
+
+    /// permessage-deflate (RFC 7692) with clients that offer it: `on` or `off`.
+    /// Each message is compressed once per replica and the same frame goes to
+    /// every compressing client (no per-connection compression state).
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION", value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Messages smaller than this many bytes go out uncompressed.
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_THRESHOLD", default_value_t = 256)]
+    pub compression_threshold: usize,
+
+    /// Compression level, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+}
+
+/// A feature turned `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Reading without a token (the seeds' dashboards open their sockets without one).
@@ -1487,20 +1551,24 @@ pub struct DialectArgs {
 
 impl DialectArgs {
     /// The dialects' configuration.
-    pub fn config(&self) -> Result<Dialects, String> {
+    pub fn config(&self) -> Result<Dialects, ConfigError> {
         if self.council_retention.is_zero() {
-            return Err("--council-retention must be longer than 0".into());
+            return Err(ConfigError::range(
+                "--council-retention",
+                "must be longer than 0",
+            ));
         }
         if self.council_history_size == 0 {
-            return Err(
-                "--council-history-size must be at least 1 (the replay needs the events)".into(),
-            );
+            return Err(ConfigError::range(
+                "--council-history-size",
+                "must be at least 1 (the replay needs the events)",
+            ));
         }
         if !self.escai_ping_interval.is_zero() && self.escai_pong_timeout.is_zero() {
-            return Err(
-                "--escai-pong-timeout must be longer than 0 while --escai-ping-interval is on"
-                    .into(),
-            );
+            return Err(ConfigError::range(
+                "--escai-pong-timeout",
+                "must be longer than 0 while --escai-ping-interval is on",
+            ));
         }
         Ok(Dialects {
             escai: EscaiConfig {
@@ -1527,12 +1595,18 @@ impl ServerArgs {
     }
 
     /// The gateway configuration these flags describe.
-    pub fn gateway_config(&self, listen: SocketAddr) -> Result<GatewayConfig, String> {
+    pub fn gateway_config(&self, listen: SocketAddr) -> Result<GatewayConfig, ConfigError> {
         if self.drain_window > self.drain_deadline {
-            return Err("--drain-window must not be longer than --drain-deadline".into());
+            return Err(ConfigError::range(
+                "--drain-window",
+                "must not be longer than --drain-deadline",
+            ));
         }
         if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
+            return Err(ConfigError::range(
+                "--max-connections",
+                "must be at least 1",
+            ));
         }
         let replica_id = self.replica_id.clone().unwrap_or_else(default_replica_id);
         let dialects = self.dialects.config()?;
@@ -1579,8 +1653,7 @@ impl ServerArgs {
                 client_ip: crate::auth::client_ip::ClientIpPolicy::new(
                     &self.anonymous.client_ip_header,
                     &self.anonymous.trusted_proxies,
-                )
-                .map_err(|e| e.to_string())?,
+                )?,
             },
             drain: Drain {
                 window: self.drain_window,
@@ -1595,6 +1668,11 @@ impl ServerArgs {
                     idle_timeout: self.idle_timeout,
                     token_grace: self.token_expiry_grace,
                     ..HeartbeatConfig::default()
+                },
+                compression: crate::ws::deflate::DeflateConfig {
+                    enabled: self.compression == Switch::On,
+                    threshold: self.compression_threshold,
+                    level: self.compression_level,
                 },
                 dialect_heartbeats: crate::gateway::route::heartbeats(
                     &dialects,

@@ -11,6 +11,7 @@ use crate::auth::client_ip::ClientIpPolicy;
 use crate::auth::origin::OriginPolicy;
 use crate::filter::FilterLimits;
 use crate::hub::HubConfig;
+pub use crate::ws::deflate::DeflateConfig;
 
 /// Limits that protect the replica and its clients from each other.
 #[derive(Debug, Clone)]

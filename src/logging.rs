@@ -19,13 +19,21 @@ pub enum LogFormat {
 /// kept to errors unless a directive names `redis` (on a Redis Cluster it logs
 /// every failed reconnect attempt during a failover; switchboard reports what
 /// happened itself, once).
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    let mut filter =
-        EnvFilter::try_new(level).map_err(|e| format!("bad --log-level {level:?}: {e}"))?;
+pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
+    let mut filter = EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
+        level: level.to_owned(),
+        reason: e.to_string(),
+    })?;
     if !names_redis(level) {
-        let quiet = "redis=error"
-            .parse()
-            .map_err(|e| format!("log directive: {e}"))?;
+        let quiet =
+            "redis=error"
+                .parse()
+                .map_err(
+                    |e: tracing_subscriber::filter::ParseError| LoggingError::Level {
+                        level: "redis=error".into(),
+                        reason: e.to_string(),
+                    },
+                )?;
         filter = filter.add_directive(quiet);
     }
     let builder = tracing_subscriber::fmt()
@@ -43,7 +51,16 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
             .with_current_span(false)
             .try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| LoggingError::Init(e.to_string()))
+}
+
+/// Why logging could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoggingError {
+    #[error("bad --log-level {level:?}: {reason}")]
+    Level { level: String, reason: String },
+    #[error("could not install the logger: {0}")]
+    Init(String),
 }
 
 /// Colours only on a terminal, and not when `NO_COLOR` is set to anything

@@ -1,4 +1,9 @@
-//! Prometheus metrics of one process (`/metrics`).
+//! Prometheus metrics of one process (`/metrics`): the [`MetricsRegistry`] a process
+//! renders, and each component's metric set, registered into the registry it
+//! is given — the engine's ([`EngineMetrics`]), a gateway's ([`GatewayMetrics`];
+//! the collector's are `collector::metrics::CollectorMetrics`). A gateway
+//! therefore exports only gateway and engine series, a collector only
+//! collector and engine series, `standalone` (both) all of them.
 //!
 //! Names follow Prometheus conventions: `switchboard_` prefix, `_total` for
 //! counters, `_seconds` for durations. Labels are bounded sets (route, close
@@ -12,12 +17,27 @@
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    TextEncoder,
 };
 
-/// Every metric of the process.
-pub struct Metrics {
-    registry: Registry,
+/// The metrics of one process: what `/metrics` renders. Every process has
+/// readiness and build information; components register the rest.
+pub struct MetricsRegistry {
+    inner: prometheus::Registry,
+    /// `switchboard_ready`: 1 when the process is ready.
+    pub ready: IntGauge,
+}
+
+/// The engine's metrics: Redis failures and the live feed's invalid messages.
+pub struct EngineMetrics {
+    pub invalid_messages: IntCounter,
+    pub redis_errors: RedisErrors,
+    pub redis_reconnects: IntCounter,
+}
+
+/// A gateway's metrics (also `standalone`'s): connections, the hub's fan-out,
+/// publishes, resumes.
+pub struct GatewayMetrics {
     pub connections: IntGaugeVec,
     pub max_connections: IntGauge,
     pub connections_opened: IntCounterVec,
@@ -27,7 +47,6 @@ pub struct Metrics {
     pub channels: IntGauge,
     pub messages_in: IntCounter,
     pub bytes_in: IntCounter,
-    pub invalid_messages: IntCounter,
     pub messages_out: IntCounter,
     pub bytes_out: IntCounter,
     pub client_messages: IntCounter,
@@ -40,56 +59,64 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     pub gap_fills: IntCounterVec,
     pub resyncs: IntCounter,
-    pub redis_errors: RedisErrors,
-    pub redis_reconnects: IntCounter,
-    pub ready: IntGauge,
-    pub collector_cycle: Histogram,
-    pub collector_source_up: IntGaugeVec,
-    pub collector_leader: IntGauge,
-    pub collector_last_publish: IntGauge,
-    pub collector_publishes: IntCounterVec,
-    pub collector_source_last_success: IntGaugeVec,
-    pub collector_invalid_records: IntCounterVec,
-    pub collector_version: IntGauge,
-    pub collector_lease_changes: IntCounterVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+pub(crate) fn counter(registry: &MetricsRegistry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     registry
+        .inner
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &MetricsRegistry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
+        .inner
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+pub(crate) fn gauge(registry: &MetricsRegistry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     registry
+        .inner
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn gauge_vec(
+    registry: &MetricsRegistry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
+        .inner
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+pub(crate) fn histogram(
+    registry: &MetricsRegistry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("valid metric");
     registry
+        .inner
         .register(Box::new(h.clone()))
         .expect("unique metric");
     h
@@ -154,7 +181,7 @@ pub struct RedisErrors {
 }
 
 impl RedisErrors {
-    fn new(registry: &Registry) -> Self {
+    fn new(registry: &MetricsRegistry) -> Self {
         let by_op = counter_vec(
             registry,
             "switchboard_redis_errors_total",
@@ -225,14 +252,202 @@ pub const PUBLISH_RESULTS: [&str; 3] = ["ok", "stale", "error"];
 pub const RESUME_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 pub const GAP_FILL_RESULTS: [&str; 2] = ["filled", "lost"];
 
-const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The `auth` label values of the connection series.
 const AUTH_LABELS: [&str; 3] = ["token", "anonymous", "none"];
 
-impl Metrics {
+impl MetricsRegistry {
+    /// A registry with the process's own series: CPU, memory and file
+    /// descriptors (`process_*`), build information, readiness.
+    pub fn new() -> Self {
+        let inner = prometheus::Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = inner.register(Box::new(pc));
+        }
+        let mut registry = Self {
+            inner,
+            ready: IntGauge::new("switchboard_ready", "unregistered").expect("valid metric"),
+        };
+        let build = gauge_vec(
+            &registry,
+            "switchboard_build_info",
+            "Build information (always 1).",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.ready = gauge(
+            &registry,
+            "switchboard_ready",
+            "1 when the process is ready (engine reachable, subscriptions live, not draining).",
+        );
+        registry
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.inner.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EngineMetrics {
+    /// Registers the engine's metrics in `r`.
+    pub fn register(r: &MetricsRegistry) -> Self {
+        Self {
+            invalid_messages: counter(
+                r,
+                "switchboard_invalid_messages_total",
+                "Messages from the feed dropped because they were not valid JSON.",
+            ),
+            redis_errors: RedisErrors::new(r),
+            redis_reconnects: counter(
+                r,
+                "switchboard_redis_reconnects_total",
+                "Times the Redis pub/sub connection was lost and rebuilt.",
+            ),
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// Registers a gateway's metrics in `r`.
+    pub fn register(r: &MetricsRegistry) -> Self {
+        Self {
+            connections: gauge_vec(
+                r,
+                "switchboard_connections",
+                "Open WebSocket connections, by route (native, snapshot, relay, escai, council) and auth (token, anonymous, none).",
+                &["route", "auth"],
+            ),
+            max_connections: gauge(
+                r,
+                "switchboard_max_connections",
+                "WebSocket connections this replica accepts (--max-connections); more are refused with 503.",
+            ),
+            connections_opened: counter_vec(
+                r,
+                "switchboard_connections_opened_total",
+                "WebSocket connections accepted, by route and auth.",
+                &["route", "auth"],
+            ),
+            upgrades_rejected: counter_vec(
+                r,
+                "switchboard_upgrades_rejected_total",
+                "WebSocket upgrades refused before the handshake, by reason.",
+                &["reason"],
+            ),
+            disconnects: counter_vec(
+                r,
+                "switchboard_disconnects_total",
+                "Closed WebSocket connections, by close code (none = connection lost without a close frame).",
+                &["code"],
+            ),
+            subscriptions: gauge(
+                r,
+                "switchboard_subscriptions",
+                "Client subscriptions on this replica.",
+            ),
+            channels: gauge(
+                r,
+                "switchboard_channels",
+                "Channels with at least one local subscriber (each one engine subscription).",
+            ),
+            messages_in: counter(
+                r,
+                "switchboard_messages_received_total",
+                "Messages received from the engine's live feed.",
+            ),
+            bytes_in: counter(
+                r,
+                "switchboard_bytes_received_total",
+                "Bytes of message data (the JSON) received from the engine's live feed.",
+            ),
+            messages_out: counter(
+                r,
+                "switchboard_messages_delivered_total",
+                "Messages handed to client sockets (one per message per client).",
+            ),
+            bytes_out: counter(
+                r,
+                "switchboard_bytes_sent_total",
+                "Bytes handed to client sockets (written at once, or queued behind earlier bytes).",
+            ),
+            client_messages: counter(
+                r,
+                "switchboard_client_messages_total",
+                "Frames received from clients.",
+            ),
+            client_bytes: counter(
+                r,
+                "switchboard_client_bytes_received_total",
+                "Bytes received from clients.",
+            ),
+            client_errors: counter_vec(
+                r,
+                "switchboard_client_errors_total",
+                "Error frames sent to clients, by code.",
+                &["code"],
+            ),
+            slow_consumer_closes: counter(
+                r,
+                "switchboard_slow_consumer_closes_total",
+                "Clients closed because their outbound queue overflowed.",
+            ),
+            publishes: counter_vec(
+                r,
+                "switchboard_publishes_total",
+                "Publishes through this process, by result (ok, stale, error).",
+                &["result"],
+            ),
+            broadcast_duration: histogram(
+                r,
+                "switchboard_broadcast_duration_seconds",
+                "Time a fan-out shard spends writing one batch to its subscribers.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            delivery_lag: histogram(
+                r,
+                "switchboard_delivery_lag_seconds",
+                "From publish (engine clock) to the fan-out writing it to sockets.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            resumes: counter_vec(
+                r,
+                "switchboard_resumes_total",
+                "Subscriptions with `since`, by result (recovered, not_recovered).",
+                &["result"],
+            ),
+            gap_fills: counter_vec(
+                r,
+                "switchboard_gap_fills_total",
+                "Live-feed gaps found by offset and filled from history, by result (filled, lost).",
+                &["result"],
+            ),
+            resyncs: counter(
+                r,
+                "switchboard_resyncs_total",
+                "Channels whose subscribers had to restart (history lost: epoch changed or gap older than history).",
+            ),
+        }
+    }
+}
+
+impl GatewayMetrics {
     /// Open connections of a route, whatever their auth.
     pub fn route_connections(&self, route: &str) -> i64 {
         AUTH_LABELS
@@ -259,207 +474,6 @@ impl Metrics {
 
     /// Creates and registers every metric. The names are static and distinct,
     /// so registration cannot fail.
-    pub fn new() -> Self {
-        let r = Registry::new();
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = r.register(Box::new(pc));
-        }
-        let build = gauge_vec(
-            &r,
-            "switchboard_build_info",
-            "Build information (always 1).",
-            &["version"],
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self {
-            connections: gauge_vec(
-                &r,
-                "switchboard_connections",
-                "Open WebSocket connections, by route (native, snapshot, relay, escai, council) and auth (token, anonymous, none).",
-                &["route", "auth"],
-            ),
-            max_connections: gauge(
-                &r,
-                "switchboard_max_connections",
-                "WebSocket connections this replica accepts (--max-connections); more are refused with 503.",
-            ),
-            connections_opened: counter_vec(
-                &r,
-                "switchboard_connections_opened_total",
-                "WebSocket connections accepted, by route and auth.",
-                &["route", "auth"],
-            ),
-            upgrades_rejected: counter_vec(
-                &r,
-                "switchboard_upgrades_rejected_total",
-                "WebSocket upgrades refused before the handshake, by reason.",
-                &["reason"],
-            ),
-            disconnects: counter_vec(
-                &r,
-                "switchboard_disconnects_total",
-                "Closed WebSocket connections, by close code (none = connection lost without a close frame).",
-                &["code"],
-            ),
-            subscriptions: gauge(
-                &r,
-                "switchboard_subscriptions",
-                "Client subscriptions on this replica.",
-            ),
-            channels: gauge(
-                &r,
-                "switchboard_channels",
-                "Channels with at least one local subscriber (each one engine subscription).",
-            ),
-            messages_in: counter(
-                &r,
-                "switchboard_messages_received_total",
-                "Messages received from the engine's live feed.",
-            ),
-            bytes_in: counter(
-                &r,
-                "switchboard_bytes_received_total",
-                "Bytes of message data (the JSON) received from the engine's live feed.",
-            ),
-            invalid_messages: counter(
-                &r,
-                "switchboard_invalid_messages_total",
-                "Messages from the feed dropped because they were not valid JSON.",
-            ),
-            messages_out: counter(
-                &r,
-                "switchboard_messages_delivered_total",
-                "Messages handed to client sockets (one per message per client).",
-            ),
-            bytes_out: counter(
-                &r,
-                "switchboard_bytes_sent_total",
-                "Bytes handed to client sockets (written at once, or queued behind earlier bytes).",
-            ),
-            client_messages: counter(
-                &r,
-                "switchboard_client_messages_total",
-                "Frames received from clients.",
-            ),
-            client_bytes: counter(
-                &r,
-                "switchboard_client_bytes_received_total",
-                "Bytes received from clients.",
-            ),
-            client_errors: counter_vec(
-                &r,
-                "switchboard_client_errors_total",
-                "Error frames sent to clients, by code.",
-                &["code"],
-            ),
-            slow_consumer_closes: counter(
-                &r,
-                "switchboard_slow_consumer_closes_total",
-                "Clients closed because their outbound queue overflowed.",
-            ),
-            publishes: counter_vec(
-                &r,
-                "switchboard_publishes_total",
-                "Publishes through this process, by result (ok, stale, error).",
-                &["result"],
-            ),
-            broadcast_duration: histogram(
-                &r,
-                "switchboard_broadcast_duration_seconds",
-                "Time a fan-out shard spends writing one batch to its subscribers.",
-                LATENCY_BUCKETS.to_vec(),
-            ),
-            delivery_lag: histogram(
-                &r,
-                "switchboard_delivery_lag_seconds",
-                "From publish (engine clock) to the fan-out writing it to sockets.",
-                LATENCY_BUCKETS.to_vec(),
-            ),
-            resumes: counter_vec(
-                &r,
-                "switchboard_resumes_total",
-                "Subscriptions with `since`, by result (recovered, not_recovered).",
-                &["result"],
-            ),
-            gap_fills: counter_vec(
-                &r,
-                "switchboard_gap_fills_total",
-                "Live-feed gaps found by offset and filled from history, by result (filled, lost).",
-                &["result"],
-            ),
-            resyncs: counter(
-                &r,
-                "switchboard_resyncs_total",
-                "Channels whose subscribers had to restart (history lost: epoch changed or gap older than history).",
-            ),
-            redis_errors: RedisErrors::new(&r),
-            redis_reconnects: counter(
-                &r,
-                "switchboard_redis_reconnects_total",
-                "Times the Redis pub/sub connection was lost and rebuilt.",
-            ),
-            ready: gauge(
-                &r,
-                "switchboard_ready",
-                "1 when the process is ready (engine reachable, subscriptions live, not draining).",
-            ),
-            collector_cycle: histogram(
-                &r,
-                "switchboard_collector_cycle_seconds",
-                "Duration of one collector cycle (read sources, compute, publish).",
-                LATENCY_BUCKETS.to_vec(),
-            ),
-            collector_source_up: gauge_vec(
-                &r,
-                "switchboard_collector_source_up",
-                "1 when a collector source answered in its last cycle, by source.",
-                &["source"],
-            ),
-            collector_leader: gauge(
-                &r,
-                "switchboard_collector_leader",
-                "1 while this collector holds the lease and publishes.",
-            ),
-            collector_last_publish: gauge(
-                &r,
-                "switchboard_collector_last_publish_timestamp_seconds",
-                "Unix time of the collector's last successful publish.",
-            ),
-            collector_publishes: counter_vec(
-                &r,
-                "switchboard_collector_publishes_total",
-                "Snapshots published by the collector, by channel (federation, memory) and result.",
-                &["channel", "result"],
-            ),
-            collector_source_last_success: gauge_vec(
-                &r,
-                "switchboard_collector_source_last_success_timestamp_seconds",
-                "Unix time a collector source last answered, by source (alert on its age).",
-                &["source"],
-            ),
-            collector_invalid_records: counter_vec(
-                &r,
-                "switchboard_collector_invalid_records_total",
-                "Source records skipped because they were malformed, by source (sync_events, discover).",
-                &["source"],
-            ),
-            collector_version: gauge(
-                &r,
-                "switchboard_collector_snapshot_version",
-                "Version of the last snapshot this collector published.",
-            ),
-            collector_lease_changes: counter_vec(
-                &r,
-                "switchboard_collector_lease_changes_total",
-                "Leadership changes of this collector, by event (acquired, lost, released).",
-                &["event"],
-            ),
-            registry: r,
-        }
-    }
-
     /// A gateway (or standalone) starts: its capacity, and every known label
     /// value of its labelled counters (and of the connections gauge) at 0.
     pub fn gateway_started(&self, max_connections: usize, labels: &GatewayLabels<'_>) {
@@ -490,22 +504,6 @@ impl Metrics {
             }
         }
     }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let families = self.registry.gather();
-        if TextEncoder::new().encode(&families, &mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 #[cfg(test)]
@@ -515,7 +513,8 @@ mod tests {
     /// Every known label value is exported at 0 from the start.
     #[test]
     fn a_started_gateway_exports_every_known_series_at_zero() {
-        let metrics = Metrics::new();
+        let registry = MetricsRegistry::new();
+        let metrics = GatewayMetrics::register(&registry);
         let closes = crate::ws::close::CloseCode::ALL.map(|c| c.label());
         let errors = crate::protocol::ErrorCode::ALL.map(|c| c.as_str());
         metrics.gateway_started(
@@ -525,7 +524,7 @@ mod tests {
                 client_errors: &errors,
             },
         );
-        let text = metrics.render();
+        let text = registry.render();
         let has = |series: &str| {
             assert!(
                 text.lines().any(|l| l == format!("{series} 0")),
@@ -569,11 +568,27 @@ mod tests {
         }
     }
 
-    /// The collector does not start a gateway: no gateway series of its own.
+    /// Each process exports its components' series only: a collector (engine
+    /// and collector metrics) none of a gateway's, a gateway none of a
+    /// collector's; both have readiness and build information.
     #[test]
-    fn without_a_gateway_labelled_series_stay_absent() {
-        let text = Metrics::new().render();
-        assert!(!text.contains("switchboard_gap_fills_total{"));
+    fn a_process_exports_only_the_series_of_its_components() {
+        let collector = MetricsRegistry::new();
+        EngineMetrics::register(&collector);
+        crate::collector::metrics::CollectorMetrics::register(&collector);
+        let text = collector.render();
+        assert!(!text.contains("switchboard_connections"), "{text}");
+        assert!(!text.contains("switchboard_gap_fills_total"));
+        assert!(text.contains("switchboard_redis_errors_total{op=\"lease\"} 0"));
+        assert!(text.contains("switchboard_collector_leader"));
+        let gateway = MetricsRegistry::new();
+        EngineMetrics::register(&gateway);
+        GatewayMetrics::register(&gateway);
+        let text = gateway.render();
+        assert!(!text.contains("switchboard_collector_"), "{text}");
+        for both in [collector.render(), text] {
+            assert!(both.contains("switchboard_ready") && both.contains("switchboard_build_info"));
+        }
     }
 
     /// The token refusals a handshake can get are all listed.

@@ -204,10 +204,10 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(run(&["--clients", "10000000", "--workers", "1"]).contains("--workers"));
     // Nothing listens there: every client fails, and the error says where to look.
     let redis = RedisServer::start();
-    let port = common::free_port();
+    let nothing = common::closed_port();
     let err = run(&[
         "--url",
-        &format!("ws://127.0.0.1:{port}"),
+        &format!("ws://127.0.0.1:{}", nothing.port),
         "--redis-url",
         &redis.url(),
         "--clients",

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, Switchboard, free_port, publish};
+use common::{RedisServer, Switchboard, closed_port, free_port, publish};
 use serde_json::{Value, json};
 
 const SECRET: &str = "cli-test-secret-0123456789-abcdefghijklmnopqrstuv";
@@ -171,13 +171,16 @@ fn tail_moves_to_another_replica_without_gap_or_duplicate() {
             // The replica tail is on dies mid-stream.
             gw1.signal("KILL");
         }
+        // A steady stream, so that the loss happens mid-stream.
         std::thread::sleep(Duration::from_millis(5));
     }
-    tail.wait_lines(200, Duration::from_secs(30));
-    // Nothing more comes (no duplicate at the end either).
-    std::thread::sleep(Duration::from_millis(500));
-    let lines = tail.lines();
-    assert_eq!(lines.len(), 200);
+    // A last message: the stream is in order, so once it is printed every
+    // duplicate of an earlier one would have been printed before it.
+    assert_eq!(publish(gw2.port, "stream", &json!({"i": 201})), 201);
+    tail.wait_lines(201, Duration::from_secs(30));
+    let mut lines = tail.lines();
+    assert_eq!(lines.len(), 201, "{lines:?}");
+    assert_eq!(lines.pop().map(|l| l["offset"].clone()), Some(json!(201)));
     for (n, line) in lines.iter().enumerate() {
         let expected = n as u64 + 1;
         assert_eq!(line["channel"], "stream");
@@ -319,7 +322,8 @@ fn client_failures_are_one_clear_line() {
         "--filter must be a JSON object",
     );
     // Nobody listening: a quick, clear failure.
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let nobody = format!("http://127.0.0.1:{}", closed.port);
     let started = Instant::now();
     assert_one_line_failure(
         run(&["tail", "x", "--url", &nobody], None, &[]),
@@ -333,22 +337,17 @@ fn client_failures_are_one_clear_line() {
     drop(gw);
 
     // A gateway with authentication: bad token, forbidden channel.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let redis_url = redis.url();
     let secret_arg = secret.to_str().unwrap();
-    let auth = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &redis_url,
-            "--jwt-secret-file",
-            secret_arg,
-        ],
-    );
+    let auth = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url,
+        "--jwt-secret-file",
+        secret_arg,
+    ]);
     auth.wait_ready(Duration::from_secs(10));
     let url = auth.http_url("");
     let token = |perms: &[&str], channels: &[&str]| {
@@ -443,23 +442,20 @@ fn health_asks_readiness_and_fails_with_one_line() {
     assert_eq!(code, 0, "{stderr}");
 
     // Nothing listening: one line, exit 1.
-    let closed = format!("http://127.0.0.1:{}/health/ready", free_port());
+    let nothing = closed_port();
+    let closed = format!("http://127.0.0.1:{}/health/ready", nothing.port);
     assert_one_line_failure(run(&["health", &closed], None, &[]), "cannot connect");
     // A gateway whose Redis is not there: 503 with the reason.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let nowhere = format!("redis://127.0.0.1:{}", free_port());
-    let gw = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &nowhere,
-            "--no-auth",
-        ],
-    );
+    let no_redis = closed_port();
+    let nowhere = format!("redis://127.0.0.1:{}", no_redis.port);
+    let gw = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &nowhere,
+        "--no-auth",
+    ]);
     let url = format!("http://127.0.0.1:{}/health/ready", gw.admin_port);
     assert_one_line_failure(run(&["health", &url], None, &[]), "HTTP 503");
     assert_one_line_failure(
@@ -472,34 +468,49 @@ fn health_asks_readiness_and_fails_with_one_line() {
 /// filter when SWITCHBOARD_LOG_LEVEL does not, and loses to it when it does.
 #[test]
 fn logs_are_plain_text_when_redirected_and_follow_rust_log() {
+    // Text logs (the subject) do not say which port a process got, and at
+    // warn level nothing at all: each run is given free ports, and started
+    // again on others if one was taken before it could bind it.
     let run_standalone = |rust_log: &str, log_level: Option<&str>| -> String {
-        let (port, admin) = (free_port(), free_port());
-        let log = std::env::temp_dir().join(format!("sb-log-{port}.txt"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(binary());
-        command
-            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .env_remove("SWITCHBOARD_LOG_LEVEL")
-            .env_remove("NO_COLOR")
-            .env("SWITCHBOARD_LOG_FORMAT", "text")
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        if let Some(level) = log_level {
-            command.env("SWITCHBOARD_LOG_LEVEL", level);
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let log = std::env::temp_dir().join(format!("sb-log-{port}.txt"));
+            let file = std::fs::File::create(&log).unwrap();
+            let mut command = Command::new(binary());
+            command
+                .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .env_remove("SWITCHBOARD_LOG_LEVEL")
+                .env_remove("NO_COLOR")
+                .env("SWITCHBOARD_LOG_FORMAT", "text")
+                .env("RUST_LOG", rust_log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(file));
+            if let Some(level) = log_level {
+                command.env("SWITCHBOARD_LOG_LEVEL", level);
+            }
+            let mut child = command.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let started = loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                if matches!(common::http_get(admin, "/health/ready"), Ok((200, _))) {
+                    break true;
+                }
+                assert!(Instant::now() < deadline, "standalone did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(&log).unwrap();
+            let _ = std::fs::remove_file(&log);
+            if started {
+                return text;
+            }
+            eprintln!("standalone exited before it was ready (a port taken?): {text}");
         }
-        let mut child = command.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !matches!(common::http_get(admin, "/health/ready"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "standalone did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let text = std::fs::read_to_string(&log).unwrap();
-        let _ = std::fs::remove_file(&log);
-        text
+        panic!("standalone could not start on free ports");
     };
     // RUST_LOG=info: the first info line, in plain text.
     let text = run_standalone("info", None);

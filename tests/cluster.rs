@@ -73,6 +73,10 @@ fn prometheus_binary() -> Option<PathBuf> {
 impl Cluster {
     /// Starts the cluster; `None` (with a message) only when nginx is not
     /// installed, and never in CI (a failure there).
+    ///
+    /// The script is given free ports (its processes cannot report ports they
+    /// picked); one taken by another process before the script bound it makes
+    /// the script stop, and the cluster is started again on other ports.
     fn start(with_prometheus: bool) -> Option<Self> {
         if !nginx_available() {
             common::skip_unless_ci(
@@ -81,8 +85,25 @@ impl Cluster {
             );
             return None;
         }
-        let dir =
-            std::env::temp_dir().join(format!("sb-cluster-{}-{}", std::process::id(), free_port()));
+        let mut failures = Vec::new();
+        for attempt in 0..3 {
+            match Self::try_start(with_prometheus, attempt) {
+                Ok(cluster) => return Some(cluster),
+                Err(e) => {
+                    eprintln!("local-cluster.sh stopped before it was ready: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("local-cluster.sh did not start on free ports: {failures:?}");
+    }
+
+    fn try_start(with_prometheus: bool, attempt: u32) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-cluster-{}-{}-{attempt}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("run directory");
         let (lb, collector, redis) = (free_port(), free_port(), free_port());
         let gateways: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -160,9 +181,15 @@ impl Cluster {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("local cluster ready") => return Some(cluster),
+                Ok(line) if line.contains("local cluster ready") => return Ok(cluster),
                 Ok(_) => continue,
-                Err(_) => {
+                // The script ended (it stops what it started): a port was
+                // taken, or a process did not come up.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = cluster.child.wait();
+                    return Err(format!("exited: {status:?}"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     let status = cluster.child.try_wait();
                     panic!("local-cluster.sh did not report ready (status {status:?})");
                 }
@@ -338,8 +365,12 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
         relays.push(Client::connect(&cluster.ws(&format!("/api/ws/{channel}"))).await);
     }
     // Subscriptions are live once `subscribed` arrived; relay routes subscribe on
-    // connect: give them a moment to reach Redis.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // connect, before they read the first frame: a ping answered proves it.
+    for relay in relays.iter_mut() {
+        relay.send_text("ping").await;
+        let pong = relay.recv_json().await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    }
 
     let mut offsets = Vec::new();
     for n in 0..5 {
@@ -402,56 +433,100 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
             .await;
         assert!(c.closed_code(WAIT).await.is_some());
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = (dashboards.len() + natives.len() + relays.len() + 1) as f64;
+    // Counted once their sessions ended, and the bad feed message once read.
+    let sum = |name: &str, labels: &str| -> f64 {
+        cluster
+            .admin
+            .iter()
+            .map(|p| metric_value(&scrape(*p), name, labels))
+            .sum()
+    };
+    common::wait_until(
+        "the two closes, the open connections and the bad feed message counted",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            (sum("switchboard_connections", "") == open
+                && sum("switchboard_disconnects_total", "code=\"client\"") >= 2.0
+                && sum("switchboard_invalid_messages_total", "") >= 1.0)
+                .then_some(())
+        },
+    );
 
     // Every replica: ready, serving some of the clients, plausible counters.
-    let open = (dashboards.len() + natives.len() + relays.len() + 1) as f64;
+    // Every check is made, and every failing one reported.
+    let mut failures = common::Failures::default();
     let mut total_connections = 0.0;
     let mut published = 0.0;
     let mut seen = BTreeMap::new();
     for (client_port, port) in cluster.gateways.iter().zip(&cluster.admin) {
         // The client port does not serve /metrics: only the admin port does.
         let (status, _) = http_get(*client_port, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 404, "/metrics on gateway client port {client_port}");
+        failures.expect_eq(
+            &format!("/metrics on gateway client port {client_port}"),
+            status,
+            404,
+        );
         let m = scrape(*port);
         let v = |name: &str, labels: &str| metric_value(&m, name, labels);
         seen.extend(families(&m));
-        assert_eq!(v("switchboard_ready", ""), 1.0, "gateway {port} ready");
         let conns = v("switchboard_connections", "");
-        assert!(
-            conns >= 1.0,
-            "gateway {port} got no client: nginx does not balance ({conns})"
-        );
         total_connections += conns;
-        assert!(v("switchboard_connections_opened_total", "") >= conns);
-        assert!(v("switchboard_subscriptions", "") >= 1.0, "{port}");
-        assert!(v("switchboard_channels", "") >= 1.0, "{port}");
-        assert!(
-            v("switchboard_messages_received_total", "") >= 5.0,
-            "{port}"
-        );
-        assert!(
-            v("switchboard_messages_delivered_total", "") >= 5.0,
-            "{port}"
-        );
-        assert!(v("switchboard_bytes_sent_total", "") > 0.0, "{port}");
         let lag_n = v("switchboard_delivery_lag_seconds_count", "");
-        let lag_sum = v("switchboard_delivery_lag_seconds_sum", "");
-        assert!(lag_n >= 5.0, "{port}: delivery lag observed {lag_n} times");
-        assert!(
-            (0.0..5.0).contains(&(lag_sum / lag_n)),
-            "{port}: mean publish→deliver lag {} s",
-            lag_sum / lag_n
-        );
-        assert!(v("switchboard_broadcast_duration_seconds_count", "") >= 1.0);
-        assert_eq!(v("switchboard_redis_errors_total", ""), 0.0, "{port}");
-        assert_eq!(v("switchboard_redis_reconnects_total", ""), 0.0, "{port}");
-        assert!(v("process_resident_memory_bytes", "") > 1e6, "{port}");
-        assert!(v("process_open_fds", "") >= conns, "{port}");
+        let lag_mean = v("switchboard_delivery_lag_seconds_sum", "") / lag_n;
+        let checks = [
+            ("ready", v("switchboard_ready", "") == 1.0),
+            ("has clients (nginx balances)", conns >= 1.0),
+            (
+                "connections opened ≥ open",
+                v("switchboard_connections_opened_total", "") >= conns,
+            ),
+            ("subscriptions", v("switchboard_subscriptions", "") >= 1.0),
+            ("channels", v("switchboard_channels", "") >= 1.0),
+            (
+                "messages received ≥ 5",
+                v("switchboard_messages_received_total", "") >= 5.0,
+            ),
+            (
+                "messages delivered ≥ 5",
+                v("switchboard_messages_delivered_total", "") >= 5.0,
+            ),
+            ("bytes sent", v("switchboard_bytes_sent_total", "") > 0.0),
+            ("delivery lag observed ≥ 5 times", lag_n >= 5.0),
+            (
+                "mean publish→deliver lag in 0..5 s",
+                (0.0..5.0).contains(&lag_mean),
+            ),
+            (
+                "broadcasts timed",
+                v("switchboard_broadcast_duration_seconds_count", "") >= 1.0,
+            ),
+            (
+                "no Redis error",
+                v("switchboard_redis_errors_total", "") == 0.0,
+            ),
+            (
+                "no Redis reconnect",
+                v("switchboard_redis_reconnects_total", "") == 0.0,
+            ),
+            (
+                "resident memory",
+                v("process_resident_memory_bytes", "") > 1e6,
+            ),
+            ("open fds ≥ connections", v("process_open_fds", "") >= conns),
+        ];
+        for (what, ok) in checks {
+            failures.check(
+                &format!("gateway {port}: {what}"),
+                ok,
+                format!("connections {conns}, lag {lag_n} × {lag_mean} s"),
+            );
+        }
         published += v("switchboard_publishes_total", "result=\"ok\"");
     }
-    assert_eq!(total_connections, open, "every open client is counted once");
-    assert_eq!(published, 5.0, "each publish reached one replica");
+    failures.expect_eq("every open client is counted once", total_connections, open);
+    failures.expect_eq("each publish reached one replica", published, 5.0);
 
     let m: HashMap<&str, f64> = {
         let body = scrape(cluster.admin[0]);
@@ -490,11 +565,24 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
         .into_iter()
         .collect()
     };
-    assert!(m["client_closes"] >= 2.0, "{m:?}");
-    assert_eq!(m["resumes"], 1.0, "{m:?}");
-    assert!(m["errors"] >= 1.0, "{m:?}");
-    assert_eq!(m["rejected"], 1.0, "{m:?}");
-    assert!(m["invalid"] >= 1.0, "{m:?}");
+    failures.check(
+        "two client closes",
+        m["client_closes"] >= 2.0,
+        format!("{m:?}"),
+    );
+    failures.check("one resume", m["resumes"] == 1.0, format!("{m:?}"));
+    failures.check("a client error", m["errors"] >= 1.0, format!("{m:?}"));
+    failures.check(
+        "one refused upgrade",
+        m["rejected"] == 1.0,
+        format!("{m:?}"),
+    );
+    failures.check(
+        "an invalid feed message",
+        m["invalid"] >= 1.0,
+        format!("{m:?}"),
+    );
+    failures.finish("the gateways' metrics");
 
     // The collector: cycles, publishes, fresh, ready.
     let c = scrape(cluster.collector);

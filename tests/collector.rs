@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Client, RedisServer, Switchboard, free_port, http_get, metric_value};
+use common::{Client, Logs, RedisServer, Switchboard, http_get, metric_value};
 use serde_json::{Value, json};
 use switchboard::collector::schema::{ARK_DDL, REASONING_DDL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -334,15 +334,13 @@ fn all_live(snapshot: &Value) -> bool {
         .is_some_and(|s| !s.is_empty() && s.values().all(|p| p["source"] == "live"))
 }
 
-/// `switchboard collector` on a free port, cycling every 200–300 ms.
+/// `switchboard collector` on a port the kernel picks, cycling every 200–300 ms.
 fn collector(redis: &RedisServer, extra: &[&str]) -> Switchboard {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
-    let mut args = vec!["collector", "--listen", &listen, "--redis-url", &url];
+    let mut args = vec!["collector", "--listen", "127.0.0.1:0", "--redis-url", &url];
     args.extend_from_slice(&FAST);
     args.extend_from_slice(extra);
-    Switchboard::spawn(port, &args)
+    Switchboard::start(&args)
 }
 
 fn db_args(db: &Databases) -> Vec<String> {
@@ -909,30 +907,38 @@ struct Logged {
 }
 
 impl Logged {
-    fn spawn(port: u16, args: &[&str], log: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    /// Runs the binary (its listener given as `127.0.0.1:0`) with JSON logs
+    /// at info; returns it and the port it reported.
+    fn start(args: &[&str], log: &Path) -> (Self, u16) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
             .args(args)
-            .env("SWITCHBOARD_LOG_FORMAT", "json")
-            .env("SWITCHBOARD_LOG_LEVEL", "info")
             .env_remove("REDIS_URL")
-            .env_remove("ARK_BASE_PATH")
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
+            .env_remove("ARK_BASE_PATH");
+        Self::reporting(command, log)
+    }
+
+    /// Runs the binary with exactly `env` as its environment, and JSON logs
+    /// at info; returns it and the port it reported.
+    fn start_env(args: &[&str], env: &[(&str, &str)], log: &Path) -> (Self, u16) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command.args(args).env_clear().envs(env.iter().copied());
+        Self::reporting(command, log)
+    }
+
+    fn reporting(mut command: Command, log: &Path) -> (Self, u16) {
+        let file = File::create(log).unwrap();
+        let (child, listening) =
+            common::start_reporting(&mut command, "info", Logs::File(file), WAIT);
+        let logged = Self {
             child,
             log: log.to_path_buf(),
-        }
+        };
+        (logged, listening.listen.port())
     }
 
     /// Runs the binary with exactly `env` as its environment (text logs) and
-    /// waits until it listens on `port`.
+    /// waits until it listens on `port` (a port it was told, as its default).
     fn spawn_env(port: u16, args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(args)
@@ -989,14 +995,12 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     let reasoning = dir.join("reasoning_logs.db");
     let ark = dir.join("ark.db");
     std::fs::write(&ark, b"").unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
     let (r, a) = (reasoning.display().to_string(), ark.display().to_string());
     let mut args = vec![
         "collector",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--redis-url",
         &url,
         "--reasoning-db",
@@ -1006,7 +1010,7 @@ async fn missing_and_schema_less_databases_are_stale_empty_and_logged_once() {
     ];
     args.extend_from_slice(&FAST);
     let log = dir.join("collector.log");
-    let collector = Logged::spawn(port, &args, &log);
+    let (collector, _) = Logged::start(&args, &log);
     let mut conn = redis.connection().await;
 
     // Many cycles with both databases unusable.
@@ -1185,17 +1189,14 @@ async fn flags_and_switchboard_variables_win_over_the_seeds_environment() {
     // ARK_BASE_PATH names a directory without data/; REDIS_URL a port where
     // nothing listens. SWITCHBOARD_REDIS_URL and --ark-db must win.
     let base = temp_dir("no-ark");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let (url, base_text, ark) = (
         redis.url(),
         base.display().to_string(),
         db.ark.display().to_string(),
     );
-    let mut args = vec!["collector", "--listen", &listen, "--ark-db", &ark];
+    let mut args = vec!["collector", "--listen", "127.0.0.1:0", "--ark-db", &ark];
     args.extend_from_slice(&FAST);
-    let _collector = Logged::spawn_env(
-        port,
+    let _collector = Logged::start_env(
         &args,
         &[
             ("REDIS_URL", "redis://127.0.0.1:1/0"),
@@ -1228,13 +1229,18 @@ async fn standalone_in_the_seeds_environment_reads_its_redis_and_databases() {
     write_federation(&federation_redis).await;
     let mut db = create_databases();
     seed_layout(&mut db);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["standalone", "--listen", &listen];
+    // Its admin listener on a port of its own too (the default, 9091, may
+    // be another process's).
+    let mut args = vec![
+        "standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
     args.extend_from_slice(&FAST);
     let (url, base) = (federation_redis.url(), db.dir.display().to_string());
-    let _standalone = Logged::spawn_env(
-        port,
+    let (_standalone, port) = Logged::start_env(
         &args,
         &[("REDIS_URL", &url), ("ARK_BASE_PATH", &base)],
         &db.dir.join("standalone.log"),

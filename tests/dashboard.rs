@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use browser::{Browser, ConsoleMessage};
-use common::{Client, RedisServer, Switchboard, free_port};
+use common::{Client, RedisServer, Switchboard};
 use serde_json::json;
 
 /// One browser at a time: the machine has two cores.
@@ -115,29 +115,37 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
         .expect("run demo-data");
     assert!(status.success());
     let (reasoning, ark) = (dir.join("reasoning_logs.db"), dir.join("ark.db"));
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let redis_url = redis.url();
-    let args = [
-        "standalone",
-        "--listen",
-        &listen,
-        "--reasoning-db",
-        reasoning.to_str().unwrap(),
-        "--ark-db",
-        ark.to_str().unwrap(),
-        "--federation-redis-url",
-        &redis_url,
-        "--peer-staleness",
-        "10m",
-        "--collect-interval-min",
-        "500ms",
-        "--collect-interval-max",
-        "700ms",
-        "--stats-interval",
-        "1s",
-    ];
-    let mut gateway = Switchboard::spawn(port, &args);
+    let args = |listen: &str| -> Vec<String> {
+        [
+            "standalone",
+            "--listen",
+            listen,
+            "--reasoning-db",
+            reasoning.to_str().unwrap(),
+            "--ark-db",
+            ark.to_str().unwrap(),
+            "--federation-redis-url",
+            &redis_url,
+            "--peer-staleness",
+            "10m",
+            "--collect-interval-min",
+            "500ms",
+            "--collect-interval-max",
+            "700ms",
+            "--stats-interval",
+            "1s",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let start = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Switchboard::start(&args)
+    };
+    let mut gateway = start(&args("127.0.0.1:0"));
+    // It comes back on the same port (the page's address) later.
+    let again = args(&format!("127.0.0.1:{}", gateway.port));
     let url = gateway.http_url("/");
 
     let mut b = tokio::task::block_in_place(Browser::start);
@@ -249,11 +257,13 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
             "every engine reports messages in: {row}"
         );
 
-        // Tooltips render under the CSP (no inline style, no error).
-        b.cmd(json!({"cmd": "hover", "selector": "#chart-health"}));
-        b.cmd(json!({"cmd": "hover", "selector": "#chart-mesh"}));
-        b.cmd(json!({"cmd": "hover", "selector": "#chart-deltas"}));
-        std::thread::sleep(Duration::from_millis(300));
+        // Tooltips render under the CSP (no inline style, no error): each
+        // hover is followed by two painted frames, so its tooltip was drawn
+        // (and any error thrown) before the next.
+        for chart in ["#chart-health", "#chart-mesh", "#chart-deltas"] {
+            b.cmd(json!({"cmd": "hover", "selector": chart}));
+            b.frames_painted();
+        }
 
         let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         b.cmd(json!({"cmd": "hover", "selector": ".brand"}));
@@ -307,11 +317,23 @@ async fn the_page_shows_live_sources_flags_a_failure_and_reconnects() {
         assert!(banner.contains("Not live"), "{banner}");
     });
     let version_before = tokio::task::block_in_place(|| b.number("#federation", "data-offset"));
-    std::thread::sleep(Duration::from_secs(2));
+    // It keeps trying: a first attempt failed, a second is coming.
+    tokio::task::block_in_place(|| {
+        b.wait_for("a second reconnect attempt", long, |b| {
+            let text = b.text("#conn-text").unwrap_or_default();
+            let attempt: u32 = text
+                .split("(attempt ")
+                .nth(1)?
+                .trim_end_matches(')')
+                .parse()
+                .ok()?;
+            (attempt >= 2).then_some(())
+        });
+    });
 
     // It comes back (a new in-memory engine: new epochs): the page reconnects,
     // starts the channels over from the new snapshots and is live again.
-    let _gateway = Switchboard::spawn(port, &args);
+    let _gateway = start(&again);
     tokio::task::block_in_place(|| {
         b.wait_attr("#conn", "data-state", "connected", Duration::from_secs(40));
         b.wait_attr("#federation", "data-state", "live", long);
@@ -347,11 +369,11 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let secret_arg = secret.to_str().unwrap().to_string();
     let redis_url = redis.url();
-    let gateway_args = |port: u16, name: &str| -> Vec<String> {
+    let gateway_args = |listen: &str, name: &str| -> Vec<String> {
         [
             "gateway",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            listen,
             "--redis-url",
             &redis_url,
             "--jwt-secret-file",
@@ -368,36 +390,31 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
         .map(|s| s.to_string())
         .collect()
     };
-    let spawn = |args: &[String], port: u16| {
+    let spawn = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let gw = Switchboard::spawn(port, &args);
+        let gw = Switchboard::start(&args);
         gw.wait_ready(Duration::from_secs(10));
         gw
     };
-    let (port_a, port_b) = (free_port(), free_port());
-    let args_a = gateway_args(port_a, "gw-a");
-    let mut gw_a = spawn(&args_a, port_a);
-    let gw_b = spawn(&gateway_args(port_b, "gw-b"), port_b);
-    let collector_port = free_port();
-    let collector_listen = format!("127.0.0.1:{collector_port}");
-    let mut collector = Switchboard::spawn(
-        collector_port,
-        &[
-            "collector",
-            "--redis-url",
-            &redis_url,
-            "--listen",
-            &collector_listen,
-            "--simulate",
-            "always",
-            "--collect-interval-min",
-            "400ms",
-            "--collect-interval-max",
-            "500ms",
-            "--replica-id",
-            "c1",
-        ],
-    );
+    let mut gw_a = spawn(&gateway_args("127.0.0.1:0", "gw-a"));
+    // gw-a comes back on its port (the page's address) later.
+    let args_a = gateway_args(&format!("127.0.0.1:{}", gw_a.port), "gw-a");
+    let gw_b = spawn(&gateway_args("127.0.0.1:0", "gw-b"));
+    let mut collector = Switchboard::start(&[
+        "collector",
+        "--redis-url",
+        &redis_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--simulate",
+        "always",
+        "--collect-interval-min",
+        "400ms",
+        "--collect-interval-max",
+        "500ms",
+        "--replica-id",
+        "c1",
+    ]);
     let admin = mint(&secret, "ops", &["websocket:admin"], &[]);
     let viewer = mint(
         &secret,
@@ -489,7 +506,25 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
     gw_a.signal("KILL");
     assert!(gw_a.wait_exit(Duration::from_secs(5)).is_some());
     tokio::task::block_in_place(|| b.wait_attr("#conn", "data-state", "reconnecting", long));
-    std::thread::sleep(Duration::from_secs(3));
+    // The collector publishes meanwhile: four snapshots more than the page had.
+    let mut conn = redis.connection().await;
+    let deadline = std::time::Instant::now() + long;
+    loop {
+        let stored: Option<f64> = redis::cmd("HGET")
+            .arg("switchboard:{federation}:meta")
+            .arg("o")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET the channel's offset");
+        if stored.is_some_and(|o| o >= offset_before + 4.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector did not publish while gw-a was down: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     collector.signal("TERM");
     assert!(collector.wait_exit(Duration::from_secs(15)).is_some());
     let mut probe = Client::connect(&format!("{}?token={admin}", gw_b.ws_url("/ws"))).await;
@@ -506,7 +541,7 @@ async fn the_page_signs_in_resumes_without_a_gap_and_sees_every_replica() {
     // gw-a returns on its port: the page resumes with `since` and replays
     // exactly what it missed: one chart point per snapshot from the oldest it
     // holds to the newest, none missing, none twice.
-    let _gw_a = spawn(&args_a, port_a);
+    let _gw_a = spawn(&args_a);
     tokio::task::block_in_place(|| {
         b.wait_attr("#conn", "data-state", "connected", Duration::from_secs(40));
         b.wait_attr("#federation", "data-offset", &format!("{newest}"), long);
@@ -575,44 +610,34 @@ async fn a_gateway_without_auth_opens_the_page_directly() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let redis_url = redis.url();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let gateway = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &redis_url,
-            "--no-auth",
-            "--replica-id",
-            "open-gw",
-            "--stats-interval",
-            "1s",
-        ],
-    );
+    let gateway = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url,
+        "--no-auth",
+        "--replica-id",
+        "open-gw",
+        "--stats-interval",
+        "1s",
+    ]);
     gateway.wait_ready(Duration::from_secs(10));
-    let collector_port = free_port();
-    let collector_listen = format!("127.0.0.1:{collector_port}");
-    let _collector = Switchboard::spawn(
-        collector_port,
-        &[
-            "collector",
-            "--redis-url",
-            &redis_url,
-            "--listen",
-            &collector_listen,
-            "--simulate",
-            "always",
-            "--collect-interval-min",
-            "400ms",
-            "--collect-interval-max",
-            "500ms",
-            "--replica-id",
-            "c1",
-        ],
-    );
+    let _collector = Switchboard::start(&[
+        "collector",
+        "--redis-url",
+        &redis_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--simulate",
+        "always",
+        "--collect-interval-min",
+        "400ms",
+        "--collect-interval-max",
+        "500ms",
+        "--replica-id",
+        "c1",
+    ]);
     let long = Duration::from_secs(20);
     let mut b = tokio::task::block_in_place(Browser::start);
     tokio::task::block_in_place(|| {
@@ -677,45 +702,35 @@ async fn anonymous_readers_see_the_allowed_dashboards_without_signing_in() {
     let secret = dir.join("jwt.secret");
     std::fs::write(&secret, "anonymous-dashboard-secret-0123456789abcdef\n").unwrap();
     let secret_path = secret.display().to_string();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let gateway = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &redis_url,
-            "--jwt-secret-file",
-            &secret_path,
-            "--anonymous-subscribe",
-            "federation,memory",
-            "--replica-id",
-            "anon-gw",
-            "--stats-interval",
-            "1s",
-        ],
-    );
+    let gateway = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url,
+        "--jwt-secret-file",
+        &secret_path,
+        "--anonymous-subscribe",
+        "federation,memory",
+        "--replica-id",
+        "anon-gw",
+        "--stats-interval",
+        "1s",
+    ]);
     gateway.wait_ready(Duration::from_secs(10));
-    let collector_port = free_port();
-    let collector_listen = format!("127.0.0.1:{collector_port}");
-    let _collector = Switchboard::spawn(
-        collector_port,
-        &[
-            "collector",
-            "--redis-url",
-            &redis_url,
-            "--listen",
-            &collector_listen,
-            "--simulate",
-            "always",
-            "--collect-interval-min",
-            "400ms",
-            "--collect-interval-max",
-            "500ms",
-        ],
-    );
+    let _collector = Switchboard::start(&[
+        "collector",
+        "--redis-url",
+        &redis_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--simulate",
+        "always",
+        "--collect-interval-min",
+        "400ms",
+        "--collect-interval-max",
+        "500ms",
+    ]);
     let long = Duration::from_secs(20);
     let mut b = tokio::task::block_in_place(Browser::start);
     tokio::task::block_in_place(|| {

@@ -19,7 +19,7 @@ use switchboard::engine::{
     Engine, EngineError, EngineEvent, HistoryConfig, HistoryPolicy, PublishOptions,
 };
 use switchboard::json::Json;
-use switchboard::metrics::Metrics;
+use switchboard::metrics::{EngineMetrics, MetricsRegistry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +82,13 @@ async fn engine_on(
         wait_timeout: Duration::from_millis(1000),
         tls: None,
     };
-    let engine = RedisEngine::start(config, tx, Arc::new(Metrics::new()), stop.clone()).unwrap();
+    let engine = RedisEngine::start(
+        config,
+        tx,
+        Arc::new(EngineMetrics::register(&MetricsRegistry::new())),
+        stop.clone(),
+    )
+    .unwrap();
     for _ in 0..400 {
         if engine.health().ready {
             break;

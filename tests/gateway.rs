@@ -21,12 +21,27 @@ fn fast_collector() -> [&'static str; 4] {
     ]
 }
 
+/// Waits until the collector of a standalone has published a snapshot of
+/// both its channels (so that a client connecting now gets one at once).
+async fn wait_snapshots(sb: &Switchboard) {
+    for channel in ["federation", "memory"] {
+        let labels = format!("channel=\"{channel}\",result=\"ok\"");
+        sb.wait_metric(
+            "switchboard_collector_publishes_total",
+            &labels,
+            WAIT,
+            |n| n >= 1.0,
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn dropin_routes_send_the_snapshot_at_once_then_updates() {
     let sb = Switchboard::standalone(&fast_collector());
     sb.wait_ready(WAIT);
-    // Let the collector publish once so the snapshot exists before we connect.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The collector has published, so the snapshot exists before we connect.
+    wait_snapshots(&sb).await;
     for (path, fields) in [
         (
             "/ws/federation",
@@ -79,7 +94,7 @@ async fn dropin_routes_send_the_snapshot_at_once_then_updates() {
 async fn dropin_ping_and_refresh_as_text_or_json() {
     let sb = Switchboard::standalone(&fast_collector());
     sb.wait_ready(WAIT);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_snapshots(&sb).await;
     let mut client = Client::connect(&sb.ws_url("/ws/federation")).await;
     let snapshot = client.recv_json().await;
     for ping in ["ping", r#"{"type":"ping"}"#] {
@@ -146,7 +161,7 @@ async fn native_subscribe_receives_offsets_in_order_and_unsubscribe_stops() {
 async fn native_ping_and_snapshot_refresh() {
     let sb = Switchboard::standalone(&fast_collector());
     sb.wait_ready(WAIT);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_snapshots(&sb).await;
     let mut client = Client::connect(&sb.ws_url("/ws")).await;
     client.recv_json().await;
     client.send_json(&json!({"type":"ping","id":9})).await;
@@ -197,13 +212,20 @@ async fn bad_requests_get_error_frames_and_the_connection_stays_usable() {
         ),
         (r#"[1,2,3]"#, "invalid_message"),
     ];
+    // Every case is checked, and every failing one reported.
+    let mut failures = common::Failures::default();
     for (text, code) in cases {
-        client.send_text(text).await;
-        let e = client.recv_json().await;
-        assert_eq!(e["type"], "error", "{text}");
-        assert_eq!(e["code"], code, "{text}: {e}");
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        failures
+            .run(text, async {
+                client.send_text(text).await;
+                let e = client.recv_json().await;
+                assert_eq!(e["type"], "error", "{text}");
+                assert_eq!(e["code"], code, "{text}: {e}");
+                assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+            })
+            .await;
     }
+    failures.finish("bad requests");
     client.send_text(r#"{"type":"teleport","id":"x"}"#).await;
     assert_eq!(
         client.recv_json().await["id"],
@@ -535,12 +557,11 @@ async fn health_and_metrics_endpoints() {
 #[tokio::test]
 async fn admin_listen_equal_to_listen_serves_metrics_on_the_client_port() {
     let redis = RedisServer::start();
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
-    let gw = Switchboard::spawn(
-        port,
-        &[
+    // One address in two flags: port 0 would mean two listeners.
+    let gw = Switchboard::start_on_free_port(|port| {
+        let listen = format!("127.0.0.1:{port}");
+        [
             "gateway",
             "--listen",
             &listen,
@@ -549,9 +570,12 @@ async fn admin_listen_equal_to_listen_serves_metrics_on_the_client_port() {
             "--redis-url",
             &url,
             "--no-auth",
-        ],
-    );
+        ]
+        .map(String::from)
+        .to_vec()
+    });
     gw.wait_ready(Duration::from_secs(10));
+    let port = gw.port;
     assert_eq!(gw.admin_port, gw.port);
     assert_eq!(gw.metric("switchboard_ready", ""), 1.0);
     assert_eq!(gw.metric("switchboard_max_connections", ""), 10_000.0);
@@ -586,10 +610,17 @@ async fn the_admin_listener_reports_the_drain() {
     };
     assert!(body.contains("draining"), "{body}");
     assert_eq!(gw.metric("switchboard_ready", ""), 0.0);
-    assert!(
-        common::http_get(gw.port, "/health/live").is_err(),
-        "the client port stops accepting at once"
-    );
+    // The client port stops accepting as the drain starts: readiness and the
+    // listener's close are two steps, so allow a moment (well within the 3 s
+    // drain window) for the refusal.
+    let refused_by = std::time::Instant::now() + Duration::from_secs(1);
+    while common::http_get(gw.port, "/health/live").is_ok() {
+        assert!(
+            std::time::Instant::now() < refused_by,
+            "the client port still accepts connections 1 s into the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
     drop(clients);
 }
@@ -668,17 +699,23 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_window_and_exits_
         })
         .collect();
     gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Not ready while draining: readiness answers 503, or the client port
+    // (which serves it too) no longer accepts.
     let port = gw.port;
-    let (status, body) =
-        tokio::task::spawn_blocking(move || common::http_get(port, "/health/ready"))
-            .await
-            .unwrap()
-            .unwrap_or((0, String::new()));
-    assert!(
-        status == 503 || status == 0,
-        "not ready while draining: {status} {body}"
-    );
+    tokio::task::spawn_blocking(move || {
+        common::wait_until(
+            "not ready while draining",
+            WINDOW,
+            Duration::from_millis(10),
+            || match common::http_get(port, "/health/ready") {
+                Ok((200, _)) => None,
+                Ok((503, _)) | Err(_) => Some(()),
+                Ok((status, body)) => panic!("readiness while draining: {status} {body}"),
+            },
+        )
+    })
+    .await
+    .unwrap();
     let mut times = Vec::new();
     for close in closes {
         let (code, at) = close.await.unwrap();
@@ -804,74 +841,13 @@ async fn a_burst_through_full_shard_queues_arrives_whole_and_in_order() {
     }
 }
 
-/// A raw WebSocket over TCP, for what a client library would not send.
-mod raw {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    /// Sends an upgrade request with `version`; the status line and headers.
-    pub fn upgrade(port: u16, version: &str) -> (TcpStream, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: {version}\r\n\r\n"
-        );
-        s.write_all(request.as_bytes()).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut byte).unwrap(), 1, "response head cut short");
-            head.push(byte[0]);
-        }
-        (s, String::from_utf8_lossy(&head).to_lowercase())
-    }
-
-    /// A masked client frame.
-    pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [7u8, 11, 13, 17];
-        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
-
-    /// The close code of the server's close frame, skipping any frame before it.
-    pub fn close_code(s: &mut TcpStream) -> Option<u16> {
-        loop {
-            let mut head = [0u8; 2];
-            s.read_exact(&mut head).ok()?;
-            let len = match head[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    s.read_exact(&mut l).ok()?;
-                    u16::from_be_bytes(l) as usize
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    s.read_exact(&mut l).ok()?;
-                    u64::from_be_bytes(l) as usize
-                }
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            s.read_exact(&mut payload).ok()?;
-            if head[0] & 0x0f == 8 {
-                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-    }
-}
-
 /// RFC 6455 §4.4: a refused `Sec-WebSocket-Version` is answered with the
 /// version the server speaks.
 #[tokio::test]
 async fn an_unsupported_websocket_version_is_answered_with_version_13() {
     let redis = RedisServer::start();
     let gw = Switchboard::gateway(&redis, &[]);
-    let (_, head) = raw::upgrade(gw.port, "8");
+    let (_, head) = common::raw::upgrade(gw.port, "8");
     assert!(head.starts_with("http/1.1 400"), "{head}");
     assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
     assert_eq!(
@@ -882,7 +858,7 @@ async fn an_unsupported_websocket_version_is_answered_with_version_13() {
         1.0
     );
     // Version 13 is accepted, and its 101 carries no such header.
-    let (_, head) = raw::upgrade(gw.port, "13");
+    let (_, head) = common::raw::upgrade(gw.port, "13");
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(!head.contains("sec-websocket-version"), "{head}");
 }
@@ -910,14 +886,21 @@ async fn a_close_code_that_may_not_be_sent_is_answered_with_1002() {
         (3000, 1000),
         (4999, 1000),
     ];
+    // Every case is checked, and every failing one reported.
+    let mut failures = common::Failures::default();
     for (sent, answered) in cases {
-        let (mut s, head) = raw::upgrade(gw.port, "13");
+        let (mut s, head) = common::raw::upgrade(gw.port, "13");
         assert!(head.starts_with("http/1.1 101"), "{head}");
         let mut payload = sent.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
-        s.write_all(&raw::frame(8, &payload)).unwrap();
-        assert_eq!(raw::close_code(&mut s), Some(answered), "close {sent}");
+        s.write_all(&common::raw::frame(8, &payload)).unwrap();
+        failures.expect_eq(
+            &format!("close {sent}"),
+            common::raw::close_code(&mut s),
+            Some(answered),
+        );
     }
+    failures.finish("close codes");
     // Each session counts its ending once it is over (just after its close frame).
     let deadline = std::time::Instant::now() + WAIT;
     while gw.metric("switchboard_disconnects_total", "code=\"1002\"") < 8.0 {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Client, Received, RedisServer, Switchboard, free_port, http_request};
+use common::{Client, Received, RedisServer, Switchboard, http_request};
 use serde_json::{Value, json};
 
 const SECRET: &str = "ops-test-secret-0123456789-abcdefghijklmnopqrstuv";
@@ -60,26 +60,21 @@ impl Drop for Keys {
 }
 
 fn auth_gateway(redis: &RedisServer, keys: &Keys, name: &str) -> Switchboard {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
     let secret = keys.secret();
-    let gw = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--jwt-secret-file",
-            &secret,
-            "--replica-id",
-            name,
-            "--stats-interval",
-            "1s",
-        ],
-    );
+    let gw = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &url,
+        "--jwt-secret-file",
+        &secret,
+        "--replica-id",
+        name,
+        "--stats-interval",
+        "1s",
+    ]);
     gw.wait_ready(Duration::from_secs(10));
     gw
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, RedisServer, Switchboard, free_port, http_get, http_request, publish};
+use common::{Client, Logs, RedisServer, Switchboard, http_get, http_request, publish};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -255,12 +255,18 @@ impl Drop for Certs {
     }
 }
 
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The process id of the TLS redis-server on `port` (`INFO server` through
+/// redis-cli, which speaks TLS, with the client certificate a server that
+/// requires one asks for), if one answers there.
+fn tls_redis_pid(certs: &Certs, port: u16) -> Option<u32> {
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &certs.path("ca.crt")])
+        .args(["--cert", &certs.path("client.crt")])
+        .args(["--key", &certs.path("client.key")])
+        .args(["-p", &port.to_string(), "info", "server"])
+        .output()
+        .ok()?;
+    common::pid_in_info(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The TLS options of a redis-server: TLS only (`--port 0`).
@@ -297,15 +303,17 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(certs: &Certs, client_certificates: bool) -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(tls_server_args(certs, port, client_certificates))
-            .args(["--dir".to_string(), certs.path("")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        wait_for_port(port);
+        let (port, child) = common::start_redis_on_free_port(
+            "a TLS redis-server",
+            |port| {
+                let mut command = Command::new("redis-server");
+                command
+                    .args(tls_server_args(certs, port, client_certificates))
+                    .args(["--dir".to_string(), certs.path("")]);
+                command
+            },
+            |port| tls_redis_pid(certs, port),
+        );
         Self { port, child }
     }
 
@@ -335,22 +343,22 @@ impl Drop for TlsRedis {
 
 /// A gateway whose logs (JSON lines) go to a file, for reading them back.
 fn gateway_logging_to(log: &Path, args: &[&str]) -> Switchboard {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let replica = format!("gw{port}");
+    static REPLICAS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let replica = format!(
+        "gw-tls-{}",
+        REPLICAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut all = vec![
         "gateway",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--no-auth",
         "--replica-id",
         &replica,
-        "--log-format",
-        "json",
     ];
     all.extend_from_slice(args);
     let file = std::fs::File::create(log).unwrap();
-    Switchboard::spawn_with(port, &all, "info", Stdio::from(file))
+    Switchboard::start_with(&all, "info", Logs::File(file))
 }
 
 /// Waits for /health/ready to answer `status`; returns the body.
@@ -550,8 +558,8 @@ fn run_switchboard(args: &[&str]) -> (bool, String) {
 #[test]
 fn bad_tls_settings_stop_the_start_with_the_flag_and_the_reason() {
     let certs = Certs::make("flags");
-    let port = free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
+    // Each start stops before it binds; port 0 in case one did not.
+    let listen = "127.0.0.1:0";
     let rediss = "rediss://127.0.0.1:1";
     let garbage = certs.dir.join("garbage.pem");
     std::fs::write(&garbage, "hello\n").unwrap();
@@ -622,16 +630,22 @@ fn bad_tls_settings_stop_the_start_with_the_flag_and_the_reason() {
             "either all rediss://",
         ),
     ];
+    // Every case is checked, and every failing one reported.
+    let mut failures = common::Failures::default();
     for (flags, expected) in cases {
-        let mut args = vec!["gateway", "--listen", &listen, "--no-auth"];
+        let mut args = vec!["gateway", "--listen", listen, "--no-auth"];
         args.extend_from_slice(&flags);
         let (ok, stderr) = run_switchboard(&args);
-        assert!(!ok, "{flags:?} must stop the start");
-        assert!(
-            stderr.contains(expected),
-            "{flags:?}: expected {expected:?} in: {stderr}"
-        );
+        let outcome = if ok {
+            Err("the start went on".to_string())
+        } else if !stderr.contains(expected) {
+            Err(format!("expected {expected:?} in: {stderr}"))
+        } else {
+            Ok(())
+        };
+        failures.record(&format!("{flags:?}"), outcome);
     }
+    failures.finish("bad TLS settings");
 }
 
 /// A Redis Cluster of three masters that speaks only TLS, between its nodes
@@ -642,7 +656,20 @@ struct TlsCluster {
 }
 
 impl TlsCluster {
+    /// Three nodes on free ports, and again on others if one was taken before
+    /// its node could bind it.
     fn start(certs: &Certs) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(certs) {
+                Ok(cluster) => return cluster,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("could not start a TLS Redis Cluster: {failures:?}");
+    }
+
+    fn try_start(certs: &Certs) -> Result<Self, String> {
         use rand::Rng;
         let mut ports: Vec<u16> = Vec::new();
         let mut rng = rand::rng();
@@ -653,7 +680,10 @@ impl TlsCluster {
                 ports.push(p);
             }
         }
-        let mut children = Vec::new();
+        let mut cluster = Self {
+            ports: ports.clone(),
+            children: Vec::new(),
+        };
         for &port in &ports {
             let dir = certs.dir.join(format!("node-{port}"));
             std::fs::create_dir_all(&dir).unwrap();
@@ -677,10 +707,24 @@ impl TlsCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (apt-get install redis-server)");
-            children.push(child);
-            wait_for_port(port);
+            cluster.children.push(child);
+            let child = cluster.children.last_mut().expect("just pushed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("node on {port} exited: {status}"));
+                }
+                match tls_redis_pid(certs, port) {
+                    Some(pid) if pid == child.id() => break,
+                    Some(_) => return Err(format!("port {port} was taken")),
+                    None => {}
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node on {port} did not start"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        let cluster = Self { ports, children };
         let addrs: Vec<String> = cluster
             .ports
             .iter()
@@ -698,11 +742,12 @@ impl TlsCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("run redis-cli");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ports.iter().all(|p| {
             cluster
@@ -712,7 +757,7 @@ impl TlsCluster {
             assert!(Instant::now() < deadline, "the TLS cluster did not form");
             std::thread::sleep(Duration::from_millis(100));
         }
-        cluster
+        Ok(cluster)
     }
 
     fn cli(&self, certs: &Certs, port: u16, args: &[&str]) -> String {
@@ -826,34 +871,29 @@ async fn demo_data_the_collector_and_bench_work_over_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let (reasoning, ark) = (
         data.join("reasoning_logs.db").display().to_string(),
         data.join("ark.db").display().to_string(),
     );
-    let collector = Switchboard::spawn(
-        port,
-        &[
-            "collector",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--redis-ca-file",
-            &ca,
-            "--reasoning-db",
-            &reasoning,
-            "--ark-db",
-            &ark,
-            "--peer-staleness",
-            "5m",
-            "--collect-interval-min",
-            "200ms",
-            "--collect-interval-max",
-            "300ms",
-        ],
-    );
+    let collector = Switchboard::start(&[
+        "collector",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &url,
+        "--redis-ca-file",
+        &ca,
+        "--reasoning-db",
+        &reasoning,
+        "--ark-db",
+        &ark,
+        "--peer-staleness",
+        "5m",
+        "--collect-interval-min",
+        "200ms",
+        "--collect-interval-max",
+        "300ms",
+    ]);
     wait_readiness(&collector, 200);
     let mut conn = redis.connection(&certs, false).await;
     let deadline = Instant::now() + WAIT;

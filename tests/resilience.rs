@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Client, Nginx, Received, RedisServer, Switchboard, http_get, http_request, publish};
@@ -15,12 +15,14 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A client that does what docs/PROTOCOL.md asks of one: on any loss it
 /// reconnects (through the load balancer) and subscribes with `since`.
+/// Counts itself in `subscribed` once its first subscription is confirmed.
 /// Returns every offset it received, in order, and how many times it resumed.
 async fn resilient_reader(
     url: String,
     channel: &'static str,
     last: u64,
     deadline: Duration,
+    subscribed: Arc<AtomicUsize>,
 ) -> (Vec<u64>, u32) {
     let started = Instant::now();
     let mut offsets: Vec<u64> = Vec::new();
@@ -34,6 +36,7 @@ async fn resilient_reader(
             offsets.last()
         );
         let Ok(mut client) = Client::try_connect(&url).await else {
+            // A client's backoff before it tries again.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -52,6 +55,9 @@ async fn resilient_reader(
             match m["type"].as_str() {
                 Some("subscribed") => {
                     log.push(format!("got {m} after {:?}", offsets.last()));
+                    if position.is_none() {
+                        subscribed.fetch_add(1, Ordering::SeqCst);
+                    }
                     if position.is_some() {
                         assert_eq!(
                             m["recovered"], true,
@@ -86,27 +92,62 @@ async fn resilient_reader(
     (offsets, resumes)
 }
 
+/// Publishes `{"n": 1..=count}` on `channel`, one every `every` (a steady
+/// stream is the point: the failure happens mid-stream). Counts what it
+/// published in the returned counter.
 fn spawn_publisher(
     port: u16,
     channel: &'static str,
     count: u64,
     every: Duration,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let published = Arc::new(AtomicU64::new(0));
+    let counter = published.clone();
+    let handle = std::thread::spawn(move || {
         for n in 1..=count {
             loop {
                 let body = json!({"channel": channel, "data": {"n": n}}).to_string();
                 match http_request(port, "POST", "/api/v1/publish", &[], Some(&body)) {
                     // The script ran: exactly one offset per n.
                     Ok((200, _)) => break,
-                    // Refused before the script ran (Redis unreachable): retry.
+                    // Refused before the script ran (Redis unreachable): a
+                    // producer's backoff, then retry.
                     Ok((503, _)) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     Ok((status, body)) => panic!("publish failed: {status} {body}"),
                 }
             }
+            counter.store(n, Ordering::SeqCst);
+            // The publishing rate.
             std::thread::sleep(every);
         }
-    })
+    });
+    (published, handle)
+}
+
+/// Waits until `counter` reaches `n`: `what` names it in the failure.
+async fn wait_count(what: &str, counter: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} within 30 s",
+            counter.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the publisher has published `n` messages (mid-stream).
+async fn wait_published(published: &AtomicU64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "published {} of {n} within 30 s",
+            published.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +158,7 @@ async fn a_replica_killed_mid_stream_loses_no_client_a_message() {
     let c = Switchboard::gateway(&redis, &[]);
     let lb = Nginx::start(&[a.port, b.port, c.port]);
     let url = lb.ws_url("/ws");
+    let subscribed = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..50)
         .map(|_| {
             tokio::spawn(resilient_reader(
@@ -124,14 +166,16 @@ async fn a_replica_killed_mid_stream_loses_no_client_a_message() {
                 "stream",
                 1000,
                 Duration::from_secs(120),
+                subscribed.clone(),
             ))
         })
         .collect();
-    // Let every client subscribe before publishing starts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Published through A (never killed) at a steady 200 msg/s.
-    let publisher = spawn_publisher(a.port, "stream", 1000, Duration::from_millis(5));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every client subscribed before publishing starts.
+    wait_count("clients subscribed", &subscribed, 50).await;
+    // Published through A (never killed) at a steady 200 msg/s; B is killed
+    // mid-stream.
+    let (published, publisher) = spawn_publisher(a.port, "stream", 1000, Duration::from_millis(5));
+    wait_published(&published, 300).await;
     b.signal("KILL");
     b.wait_exit(WAIT);
     publisher.join().unwrap();
@@ -158,6 +202,7 @@ async fn redis_restarted_mid_stream_loses_nothing_and_readiness_follows() {
     let b = Switchboard::gateway(&redis, &["--redis-probe-interval", "1s"]);
     let lb = Nginx::start(&[a.port, b.port]);
     let url = lb.ws_url("/ws");
+    let subscribed = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..10)
         .map(|_| {
             tokio::spawn(resilient_reader(
@@ -165,12 +210,14 @@ async fn redis_restarted_mid_stream_loses_nothing_and_readiness_follows() {
                 "outage",
                 300,
                 Duration::from_secs(120),
+                subscribed.clone(),
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let publisher = spawn_publisher(a.port, "outage", 300, Duration::from_millis(20));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_count("clients subscribed", &subscribed, 10).await;
+    let (published, publisher) = spawn_publisher(a.port, "outage", 300, Duration::from_millis(20));
+    // Redis restarts mid-stream.
+    wait_published(&published, 100).await;
     // Watch readiness while Redis is down.
     let saw_not_ready = Arc::new(AtomicBool::new(false));
     let watching = Arc::new(AtomicBool::new(true));
@@ -290,6 +337,16 @@ impl SilentProxy {
         }
     }
 
+    /// How many connections have subscribed so far (live or silenced).
+    fn pubsub_links(&self) -> usize {
+        self.links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.pubsub.load(Ordering::SeqCst))
+            .count()
+    }
+
     /// New pub/sub connections are forwarded again (silenced ones stay silent).
     fn forward_again(&self) {
         self.silent.store(false, Ordering::SeqCst);
@@ -351,26 +408,22 @@ async fn wait_status(port: u16, path: &'static str, status: u16, timeout: Durati
 async fn a_pubsub_connection_that_silently_stops_delivering_is_detected_and_rebuilt() {
     let redis = RedisServer::start();
     let proxy = SilentProxy::start(redis.port);
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
     let url = proxy.url();
     // Probe every 500 ms: three missed probes (1.5 s) mean the connection is dead.
-    let gw = Switchboard::spawn(
-        port,
-        &[
-            "gateway",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--no-auth",
-            "--redis-probe-interval",
-            "500ms",
-            "--redis-timeout",
-            "500ms",
-        ],
-    );
+    let gw = Switchboard::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &url,
+        "--no-auth",
+        "--redis-probe-interval",
+        "500ms",
+        "--redis-timeout",
+        "500ms",
+    ]);
     gw.wait_ready(WAIT);
+    let subscribed = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..5)
         .map(|_| {
             tokio::spawn(resilient_reader(
@@ -378,30 +431,40 @@ async fn a_pubsub_connection_that_silently_stops_delivering_is_detected_and_rebu
                 "quiet",
                 150,
                 Duration::from_secs(60),
+                subscribed.clone(),
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_count("clients subscribed", &subscribed, 5).await;
     // Published through the gateway (its command connections are not silenced).
-    let publisher = spawn_publisher(gw.port, "quiet", 150, Duration::from_millis(40));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (published, publisher) = spawn_publisher(gw.port, "quiet", 150, Duration::from_millis(40));
+    wait_published(&published, 25).await;
     assert_eq!(gw.metric("switchboard_redis_reconnects_total", ""), 0.0);
 
     // The pub/sub connection goes silent: no error, no close, no message.
+    let before = proxy.pubsub_links();
     proxy.silence();
-    let detected = wait_status(gw.port, "/health/ready", 503, Duration::from_secs(30)).await;
-    assert!(
-        detected < Duration::from_secs(30),
-        "found within 30 s (here {detected:?}, with a 500 ms probe)"
-    );
+    // Three missed 500 ms probes find it in about 2 s. The bound, 10 s, leaves
+    // room for a loaded machine and is still below the 15 s that three missed
+    // probes of the default 5 s interval would take: a gateway that ignored
+    // --redis-probe-interval fails here.
+    wait_status(gw.port, "/health/ready", 503, Duration::from_secs(10)).await;
     let deadline = Instant::now() + WAIT;
     while gw.metric("switchboard_redis_reconnects_total", "") < 1.0 {
         assert!(Instant::now() < deadline, "the loss was not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Still silent: every new pub/sub connection is swallowed too, so the
-    // gateway stays unready while it retries.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // gateway stays unready while it retries. Once a retry has subscribed
+    // (and been swallowed), it must still be unready.
+    let deadline = Instant::now() + WAIT;
+    while proxy.pubsub_links() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not try a new pub/sub connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         common::http_get(gw.port, "/health/ready")
             .map(|(s, _)| s)
@@ -444,6 +507,29 @@ async fn resume_within_history_recovers_exactly_and_beyond_it_says_so_with_the_s
     assert!(b.metric("switchboard_resumes_total", "result=\"not_recovered\"") >= 2.0);
 }
 
+/// Waits until the session's acknowledged offset of `channel` is stored
+/// (acknowledgements are written in batches).
+async fn wait_acked(redis: &RedisServer, session: &str, channel: &str, offset: u64) {
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stored: Option<u64> = redis::cmd("HGET")
+            .arg(format!("switchboard:session:{session}"))
+            .arg(format!("o:{channel}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if stored == Some(offset) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ack of {channel} at {offset} was not stored: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_on_another_replica_with_its_subscriptions_and_positions() {
     let redis = RedisServer::start();
@@ -469,8 +555,8 @@ async fn a_session_resumes_on_another_replica_with_its_subscriptions_and_positio
         .send_json(&json!({"type":"ack","channel":"orders","offset":2,"id":"a"}))
         .await;
     assert_eq!(first.recv_json().await["type"], "acked");
-    // Acks are stored in batches: give the batch time to land.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Acks are stored in batches: wait until this one is in Redis.
+    wait_acked(&redis, &session, "orders", 2).await;
     drop(first);
     publish(a.port, "orders", &json!({"n": 4}));
     publish(a.port, "alerts", &json!({"level": "low"}));
@@ -557,27 +643,35 @@ async fn lost_history_makes_subscribers_restart_honestly() {
 async fn a_client_that_does_not_answer_pings_is_closed_with_4002() {
     let sb = Switchboard::standalone(&["--ping-interval", "1s", "--pong-timeout", "1s"]);
     sb.wait_ready(WAIT);
-    // This client answers pings (tungstenite does while reading).
+    // This client answers pings (tungstenite does while reading): it stays
+    // connected through three of them, so past two pong deadlines.
     let mut alive = Client::connect(&sb.ws_url("/ws")).await;
     alive.recv_json().await;
     let alive_task = tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(Received::Closed(code)) = alive.next(Duration::from_millis(200)).await {
-                return Some(code);
-            }
+        for ping in 1..=3 {
+            assert!(
+                alive.next_ping(WAIT).await,
+                "a client that answers pings was closed before ping {ping}"
+            );
         }
-        None
+        alive
     });
-    // This one never reads, so never answers.
-    let mut deaf = Client::connect(&sb.ws_url("/ws")).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(deaf.closed_code(WAIT).await, Some(4002));
-    assert_eq!(
-        alive_task.await.unwrap(),
-        None,
-        "a client that answers stays connected"
-    );
+    // This one reads but never answers a ping (a raw socket: no library
+    // answers for it): closed with 4002.
+    let port = sb.port;
+    let deaf = tokio::task::spawn_blocking(move || {
+        let (mut deaf, head) = common::raw::upgrade(port, "13");
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        deaf.set_read_timeout(Some(WAIT)).unwrap();
+        common::raw::close_code(&mut deaf)
+    });
+    assert_eq!(deaf.await.unwrap(), Some(4002));
+    let mut alive = alive_task.await.unwrap();
+    alive
+        .send_json(&json!({"type": "ping", "id": "still"}))
+        .await;
+    let pong = alive.recv_until(WAIT, |m| m["type"] == "pong").await;
+    assert_eq!(pong["id"], "still", "a client that answers stays connected");
     // Counted when the session ends (after the closing handshake's timeout).
     let mut counted = 0.0;
     for _ in 0..50 {
@@ -648,6 +742,7 @@ async fn a_silent_client_is_closed_with_4003_after_the_idle_limit() {
                 talker.send_json(&json!({"type":"ping"})).await;
                 talker.recv_json().await;
                 pings.fetch_add(1, Ordering::Relaxed);
+                // Talking every 500 ms, well within the 2 s idle limit.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             talker

@@ -23,7 +23,7 @@ use crate::engine::redis::{RedisConfig, RedisEngine};
 use crate::engine::tls;
 use crate::engine::{Engine, HistoryConfig, PublishOptions};
 use crate::json::Json;
-use crate::metrics::Metrics;
+use crate::metrics::EngineMetrics;
 use crate::time::unix_micros;
 
 /// Limit on connecting to Redis and on each command.
@@ -122,7 +122,9 @@ impl Sink {
                         tls: plan.redis_tls.clone(),
                     },
                     events,
-                    Arc::new(Metrics::new()),
+                    Arc::new(EngineMetrics::register(
+                        &crate::metrics::MetricsRegistry::new(),
+                    )),
                     stop.clone(),
                 )
                 .map_err(|e| PublisherError::Setup(e.to_string()))?;

@@ -15,12 +15,12 @@ use super::ark::ArkValues;
 use super::config::{CollectorConfig, Plan};
 use super::federation::PeerRecord;
 use super::formulas::{NetworkMetrics, PeerView, effective_status, network_metrics};
+use super::metrics::CollectorMetrics;
 use super::reasoning::{self, LOG_EVENTS, ReasoningValues};
 use super::section::{Section, Tracked};
 use super::simulate::{FederationValues, MemoryValues, Simulator};
 use super::snapshot::{Federation, Memory, Peer, Provenance, SyncEvent};
 use crate::channel::ChannelName;
-use crate::metrics::Metrics;
 
 /// The peers section's values.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -42,7 +42,7 @@ pub struct Reads {
 /// The sections' state across cycles.
 pub struct Dashboards {
     config: CollectorConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<CollectorMetrics>,
     simulator: Simulator,
     peers: Tracked<PeersValue>,
     sync: Tracked<Vec<SyncEvent>>,
@@ -56,7 +56,7 @@ pub struct Dashboards {
 }
 
 impl Dashboards {
-    pub fn new(config: CollectorConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: CollectorConfig, metrics: Arc<CollectorMetrics>) -> Self {
         let fallback = config.simulates_failures();
         Self {
             config,
@@ -370,7 +370,7 @@ fn failed<T: Clone + Default>(
     tracked: &mut Tracked<T>,
     error: String,
     now: SystemTime,
-    metrics: &Metrics,
+    metrics: &CollectorMetrics,
     fallback: Option<T>,
 ) -> (T, Provenance) {
     let stale = tracked.record(Err(error.clone()), now, metrics);

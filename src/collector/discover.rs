@@ -28,21 +28,32 @@ pub struct DiscoverConfig {
     pub max_bytes: usize,
 }
 
+/// Why a `--federation-discover-url` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoverUrlError {
+    #[error("bad --federation-discover-url {url:?}: {reason}")]
+    Unparsable { url: String, reason: String },
+    #[error(
+        "--federation-discover-url {0:?}: https is not supported by the built-in client; reach the federation service over plain HTTP inside the cluster"
+    )]
+    Https(String),
+    #[error("--federation-discover-url {0:?}: expected http://host[:port]/path")]
+    NotHttp(String),
+}
+
 impl DiscoverConfig {
     /// Checks a URL given on the command line.
-    pub fn parse_url(url: &str) -> Result<Uri, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("bad --federation-discover-url {url:?}: {e}"))?;
+    pub fn parse_url(url: &str) -> Result<Uri, DiscoverUrlError> {
+        let uri: Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| DiscoverUrlError::Unparsable {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
         match uri.scheme_str() {
             Some("http") if uri.host().is_some() => Ok(uri),
-            Some("https") => Err(format!(
-                "--federation-discover-url {url:?}: https is not supported by the built-in client; \
-                 reach the federation service over plain HTTP inside the cluster"
-            )),
-            _ => Err(format!(
-                "--federation-discover-url {url:?}: expected http://host[:port]/path"
-            )),
+            Some("https") => Err(DiscoverUrlError::Https(url.to_owned())),
+            _ => Err(DiscoverUrlError::NotHttp(url.to_owned())),
         }
     }
 }
@@ -201,6 +212,7 @@ mod tests {
         assert!(
             DiscoverConfig::parse_url("https://fed/discover")
                 .unwrap_err()
+                .to_string()
                 .contains("https")
         );
         assert!(DiscoverConfig::parse_url("fed:9001").is_err());

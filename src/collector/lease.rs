@@ -25,8 +25,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::CollectorMetrics;
 use crate::engine::redis::RedisEngine;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::RedisOp;
 
 /// Lease settings.
 #[derive(Debug, Clone)]
@@ -120,7 +121,7 @@ impl Lease {
     /// changes whenever leadership is gained or lost.
     pub fn spawn(
         self,
-        metrics: Arc<Metrics>,
+        metrics: Arc<CollectorMetrics>,
         stop: CancellationToken,
     ) -> (watch::Receiver<LeaderState>, JoinHandle<()>) {
         let (tx, rx) = watch::channel(LeaderState::follower());
@@ -131,7 +132,7 @@ impl Lease {
     async fn run(
         self,
         tx: watch::Sender<LeaderState>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<CollectorMetrics>,
         stop: CancellationToken,
     ) {
         let key = self.config.key.as_str();
@@ -158,10 +159,7 @@ impl Lease {
                 Ok(true) => {
                     if !state.leading {
                         tracing::info!(key, holder = %self.token, "collector lease acquired: this collector leads");
-                        metrics
-                            .collector_lease_changes
-                            .with_label_values(&["acquired"])
-                            .inc();
+                        metrics.lease_changes.with_label_values(&["acquired"]).inc();
                     }
                     erroring = false;
                     state = LeaderState {
@@ -172,10 +170,7 @@ impl Lease {
                 Ok(false) => {
                     if state.leading {
                         tracing::warn!(key, "collector lease lost to another collector: following");
-                        metrics
-                            .collector_lease_changes
-                            .with_label_values(&["lost"])
-                            .inc();
+                        metrics.lease_changes.with_label_values(&["lost"]).inc();
                     }
                     erroring = false;
                     state = LeaderState::follower();
@@ -187,15 +182,12 @@ impl Lease {
                     }
                     if state.leading && !state.may_publish(Instant::now()) {
                         tracing::warn!(key, "collector lease expired without renewal: following");
-                        metrics
-                            .collector_lease_changes
-                            .with_label_values(&["lost"])
-                            .inc();
+                        metrics.lease_changes.with_label_values(&["lost"]).inc();
                         state = LeaderState::follower();
                     }
                 }
             }
-            metrics.collector_leader.set(i64::from(state.leading));
+            metrics.leader.set(i64::from(state.leading));
             tx.send_if_modified(|current| {
                 let changed = current.leading != state.leading;
                 *current = state;
@@ -225,15 +217,12 @@ impl Lease {
             }
         }
         tx.send_replace(LeaderState::follower());
-        metrics.collector_leader.set(0);
+        metrics.leader.set(0);
         if state.leading {
             match self.try_release().await {
                 Ok(()) => {
                     tracing::info!(key, "collector lease released");
-                    metrics
-                        .collector_lease_changes
-                        .with_label_values(&["released"])
-                        .inc();
+                    metrics.lease_changes.with_label_values(&["released"]).inc();
                 }
                 Err(e) => {
                     tracing::warn!(key, error = %e, "could not release the collector lease; it expires by itself")

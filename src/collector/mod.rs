@@ -28,6 +28,7 @@ pub mod discover;
 pub mod federation;
 pub mod formulas;
 pub mod lease;
+pub mod metrics;
 pub mod reasoning;
 pub mod schema;
 pub mod section;
@@ -44,10 +45,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::metrics::CollectorMetrics;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, PublishOptions};
 use crate::json::Json;
-use crate::metrics::Metrics;
 pub use config::{CollectorConfig, FormulaConfig, OnSourceFailure, Plan, SimulateMode};
 use dashboards::{Dashboards, Reads};
 use discover::Discover;
@@ -87,7 +88,7 @@ struct Sources {
 pub struct Collector {
     engine: Arc<dyn Engine>,
     config: CollectorConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<CollectorMetrics>,
     leadership: Option<Leadership>,
     sources: Sources,
     dashboards: Dashboards,
@@ -103,7 +104,7 @@ impl Collector {
     pub fn new(
         engine: Arc<dyn Engine>,
         config: CollectorConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<CollectorMetrics>,
         leadership: Leadership,
     ) -> Result<Self, CollectorError> {
         let channel = |name| {
@@ -152,7 +153,7 @@ impl Collector {
                 (None, rx, Some(task))
             }
             Some(Leadership::Always) | None => {
-                self.metrics.collector_leader.set(1);
+                self.metrics.leader.set(1);
                 let (tx, rx) = watch::channel(LeaderState::always());
                 (Some(tx), rx, None)
             }
@@ -168,9 +169,7 @@ impl Collector {
             if leading {
                 let started = std::time::Instant::now();
                 self.cycle(&leader).await;
-                self.metrics
-                    .collector_cycle
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.cycle.observe(started.elapsed().as_secs_f64());
             }
             let wait = self.next_wait();
             tokio::select! {
@@ -287,9 +286,9 @@ impl Collector {
                     self.publish_failing = false;
                 }
                 self.version = self.version.max(version);
-                self.metrics.collector_version.set(self.version as i64);
+                self.metrics.version.set(self.version as i64);
                 self.metrics
-                    .collector_last_publish
+                    .last_publish
                     .set(crate::time::unix_secs() as i64);
                 self.count(channel, "ok");
                 true
@@ -313,7 +312,7 @@ impl Collector {
 
     fn count(&self, channel: &ChannelName, result: &str) {
         self.metrics
-            .collector_publishes
+            .publishes
             .with_label_values(&[channel.as_str(), result])
             .inc();
     }
@@ -326,7 +325,7 @@ impl Collector {
             if n > 0 {
                 tracing::debug!(source, skipped = n, "skipped malformed records");
                 metrics
-                    .collector_invalid_records
+                    .invalid_records
                     .with_label_values(&[source])
                     .inc_by(n as u64);
             }
@@ -420,7 +419,9 @@ mod tests {
         let c = Collector::new(
             engine.clone(),
             config,
-            Arc::new(Metrics::new()),
+            Arc::new(CollectorMetrics::register(
+                &crate::metrics::MetricsRegistry::new(),
+            )),
             Leadership::Always,
         )
         .unwrap();
@@ -581,7 +582,9 @@ mod tests {
         let mut second = Collector::new(
             engine.clone(),
             config,
-            Arc::new(Metrics::new()),
+            Arc::new(CollectorMetrics::register(
+                &crate::metrics::MetricsRegistry::new(),
+            )),
             Leadership::Always,
         )
         .unwrap();

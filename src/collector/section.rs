@@ -8,8 +8,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use super::metrics::CollectorMetrics;
 use super::snapshot::Provenance;
-use crate::metrics::Metrics;
 
 /// The sections, each read from one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,7 +79,7 @@ impl<T: Clone + Default> Tracked<T> {
         &mut self,
         result: Result<T, String>,
         now: SystemTime,
-        metrics: &Metrics,
+        metrics: &CollectorMetrics,
     ) -> (T, Provenance) {
         let section = self.section.name();
         match result {
@@ -90,12 +90,9 @@ impl<T: Clone + Default> Tracked<T> {
                     tracing::info!(section, "collector source live");
                 }
                 self.ever_read = true;
+                metrics.source_up.with_label_values(&[section]).set(1);
                 metrics
-                    .collector_source_up
-                    .with_label_values(&[section])
-                    .set(1);
-                metrics
-                    .collector_source_last_success
+                    .source_last_success
                     .with_label_values(&[section])
                     .set(
                         now.duration_since(SystemTime::UNIX_EPOCH)
@@ -114,10 +111,7 @@ impl<T: Clone + Default> Tracked<T> {
                     );
                     self.failing = Some(error.clone());
                 }
-                metrics
-                    .collector_source_up
-                    .with_label_values(&[section])
-                    .set(0);
+                metrics.source_up.with_label_values(&[section]).set(0);
                 self.stale(error, now)
             }
         }
@@ -169,7 +163,7 @@ mod tests {
 
     #[test]
     fn live_then_stale_with_age_then_live() {
-        let metrics = Metrics::new();
+        let metrics = CollectorMetrics::register(&crate::metrics::MetricsRegistry::new());
         let mut t: Tracked<u32> = Tracked::new(Section::Ark);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::live()));
@@ -186,29 +180,17 @@ mod tests {
                 error: "locked".into()
             }
         );
-        assert_eq!(
-            metrics
-                .collector_source_up
-                .with_label_values(&["ark"])
-                .get(),
-            0
-        );
+        assert_eq!(metrics.source_up.with_label_values(&["ark"]).get(), 0);
         assert_eq!(
             t.record(Ok(9), t0 + Duration::from_secs(5), &metrics).1,
             Provenance::live()
         );
-        assert_eq!(
-            metrics
-                .collector_source_up
-                .with_label_values(&["ark"])
-                .get(),
-            1
-        );
+        assert_eq!(metrics.source_up.with_label_values(&["ark"]).get(), 1);
     }
 
     #[test]
     fn never_read_is_stale_without_age_and_default_values() {
-        let metrics = Metrics::new();
+        let metrics = CollectorMetrics::register(&crate::metrics::MetricsRegistry::new());
         let mut t: Tracked<Vec<u8>> = Tracked::new(Section::Peers);
         let (v, p) = t.record(Err("gone".into()), SystemTime::now(), &metrics);
         assert!(v.is_empty());

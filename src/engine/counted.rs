@@ -16,23 +16,23 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, RedisFuture, RedisResult, ServerErrorKind, Value};
 
 use super::connection::RedisConnection;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::{EngineMetrics, RedisOp};
 
 /// A command connection whose failures are counted under one `op`.
 pub struct Counted {
     inner: RedisConnection,
     op: RedisOp,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Counted {
-    pub fn new(inner: RedisConnection, op: RedisOp, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: RedisConnection, op: RedisOp, metrics: Arc<EngineMetrics>) -> Self {
         Self { inner, op, metrics }
     }
 }
 
 /// Counts one failed operation and hands the error back (for `map_err`).
-pub fn count<E>(metrics: &Metrics, op: RedisOp) -> impl FnOnce(E) -> E + '_ {
+pub fn count<E>(metrics: &EngineMetrics, op: RedisOp) -> impl FnOnce(E) -> E + '_ {
     move |e| {
         metrics.redis_errors.inc(op);
         e

@@ -1,5 +1,5 @@
 //! What the Redis engine's live feeds share, on one Redis and on a cluster:
-//! decoding a pub/sub message into an event for the hub ([`Feed`]), the
+//! decoding a pub/sub message into an event for the hub ([`FeedWriter`]), the
 //! requests to the task owning a feed ([`SubCommand`]), the engine's readiness
 //! as its tasks see it ([`Health`]), and the payload format of the publish
 //! script ([`parse_payload`]).
@@ -14,7 +14,7 @@ use super::keys::Keys;
 use super::{EngineError, EngineEvent, Epoch, EventSink, IncomingMessage, Offset};
 use crate::channel::ChannelName;
 use crate::json::Json;
-use crate::metrics::Metrics;
+use crate::metrics::EngineMetrics;
 
 /// Readiness of the engine, written by its tasks.
 #[derive(Default)]
@@ -43,15 +43,15 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Where the live feed's messages go, and how they are decoded.
-pub(crate) struct Feed {
+pub(crate) struct FeedWriter {
     pub(crate) events: EventSink,
     pub(crate) keys: Keys,
     pub(crate) max_channel_len: usize,
     pub(crate) max_json_depth: usize,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<EngineMetrics>,
 }
 
-impl Feed {
+impl FeedWriter {
     pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -6,7 +6,7 @@
 //! connections on a cluster (every key of a channel shares its hash tag, so the
 //! publish script runs whole on the master owning the channel). On a cluster
 //! the publish script uses `SPUBLISH` and the live feed is
-//! [`ClusterSubscriber`]: sharded pub/sub, one connection per master. On one
+//! [`ClusterPubSub`]: sharded pub/sub, one connection per master. On one
 //! Redis the live feed is one dedicated pub/sub connection per replica (over
 //! TLS for `rediss://`, see [`super::tls`]), owned by the subscriber task below: it holds
 //! the set of channels this replica needs, subscribes each once however many
@@ -28,11 +28,11 @@ use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::ClusterSubscriber;
+use super::cluster::ClusterPubSub;
 use super::connection::{Batch, Commands, ConnectionSettings, RedisTarget};
 use super::counted::{Counted, count};
 pub use super::feed::parse_payload;
-use super::feed::{Feed, Health, SubCommand, unavailable};
+use super::feed::{FeedWriter, Health, SubCommand, unavailable};
 use super::keys::Keys;
 pub use super::redis_config::RedisConfig;
 use super::tls::{self, RedisTls, TlsFiles};
@@ -43,7 +43,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
 use crate::json::Json;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::{EngineMetrics, RedisOp};
 
 /// The Redis engine.
 pub struct RedisEngine {
@@ -56,7 +56,7 @@ pub struct RedisEngine {
     history_script: Script,
     subscriber: mpsc::Sender<SubCommand>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     /// When the last "not replicated in time" warning was logged (Unix ms).
     last_wait_warning: std::sync::atomic::AtomicU64,
 }
@@ -67,7 +67,7 @@ impl RedisEngine {
     pub fn start(
         config: RedisConfig,
         events: impl Into<EventSink>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<EngineMetrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let events = events.into();
@@ -90,7 +90,7 @@ impl RedisEngine {
         let health = Arc::new(Health::default());
         health.set_detail("connecting to Redis");
         let (tx, rx) = mpsc::channel(1024);
-        let feed = Arc::new(Feed {
+        let feed = Arc::new(FeedWriter {
             events,
             keys: keys.clone(),
             max_channel_len: config.max_channel_len,
@@ -117,7 +117,7 @@ impl RedisEngine {
             RedisTarget::Single(url) => {
                 let client = tls::client(url, config.tls.as_ref())
                     .map_err(|e| EngineError::Protocol(format!("bad Redis URL: {e}")))?;
-                let subscriber = Subscriber {
+                let subscriber = PubSubTask {
                     client,
                     commands,
                     keys,
@@ -131,8 +131,7 @@ impl RedisEngine {
                 tokio::spawn(subscriber.run(shutdown.clone()));
             }
             RedisTarget::Cluster(_) => {
-                let subscriber =
-                    ClusterSubscriber::new(commands, config, feed, health, metrics, rx);
+                let subscriber = ClusterPubSub::new(commands, config, feed, health, metrics, rx);
                 tokio::spawn(subscriber.run(shutdown.clone()));
             }
         }
@@ -540,21 +539,21 @@ fn parse_entry(v: Value, max_depth: usize) -> Result<Entry, EngineError> {
 }
 
 /// Owns the pub/sub connection to one Redis; see the module documentation.
-struct Subscriber {
+struct PubSubTask {
     client: redis::Client,
     commands: Commands,
     keys: Keys,
     config: RedisConfig,
-    feed: Arc<Feed>,
+    feed: Arc<FeedWriter>,
     requests: mpsc::Receiver<SubCommand>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     /// Channels this replica needs, kept across reconnects.
     wanted: HashSet<ChannelName>,
 }
 
-/// Why a pub/sub session ended.
-enum SessionEnd {
+/// Why a pub/sub connection's life ended.
+enum ConnectionEnd {
     Shutdown,
     /// The connection failed; `established` if it had been subscribed first.
     Lost {
@@ -563,21 +562,21 @@ enum SessionEnd {
     },
 }
 
-fn lost(why: impl Into<String>) -> SessionEnd {
-    SessionEnd::Lost {
+fn lost(why: impl Into<String>) -> ConnectionEnd {
+    ConnectionEnd::Lost {
         why: why.into(),
         established: false,
     }
 }
 
-impl Subscriber {
+impl PubSubTask {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut was_up = false;
         loop {
-            match self.session(&shutdown, &mut was_up).await {
-                SessionEnd::Shutdown => return,
-                SessionEnd::Lost { why, established } => {
+            match self.serve_connection(&shutdown, &mut was_up).await {
+                ConnectionEnd::Shutdown => return,
+                ConnectionEnd::Lost { why, established } => {
                     if established {
                         backoff.reset();
                     }
@@ -630,11 +629,15 @@ impl Subscriber {
         }
     }
 
-    async fn session(&mut self, shutdown: &CancellationToken, was_up: &mut bool) -> SessionEnd {
+    async fn serve_connection(
+        &mut self,
+        shutdown: &CancellationToken,
+        was_up: &mut bool,
+    ) -> ConnectionEnd {
         let connect =
             tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub());
         let pubsub = tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = shutdown.cancelled() => return ConnectionEnd::Shutdown,
             r = connect => match r {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return lost(tls::explain(e)),
@@ -664,7 +667,7 @@ impl Subscriber {
                 "Redis pub/sub restored; resubscribed"
             );
             if !self.feed.send(EngineEvent::Restored).await {
-                return SessionEnd::Shutdown;
+                return ConnectionEnd::Shutdown;
             }
         } else {
             tracing::info!(channels = self.wanted.len(), "Redis pub/sub connected");
@@ -676,16 +679,16 @@ impl Subscriber {
         let mut last_probe_seen = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = shutdown.cancelled() => return ConnectionEnd::Shutdown,
                 cmd = self.requests.recv() => {
-                    let Some(cmd) = cmd else { return SessionEnd::Shutdown };
+                    let Some(cmd) = cmd else { return ConnectionEnd::Shutdown };
                     if let Err(why) = self.apply(&mut sink, cmd).await {
-                        return SessionEnd::Lost { why, established: true };
+                        return ConnectionEnd::Lost { why, established: true };
                     }
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
-                        return SessionEnd::Lost { why: "connection closed".into(), established: true };
+                        return ConnectionEnd::Lost { why: "connection closed".into(), established: true };
                     };
                     if msg.get_channel_name() == probe {
                         last_probe_seen = Instant::now();
@@ -695,7 +698,7 @@ impl Subscriber {
                         if let Ok(value) = serde_json::from_slice(msg.get_payload_bytes())
                             && !self.feed.send(EngineEvent::Control(value)).await
                         {
-                            return SessionEnd::Shutdown;
+                            return ConnectionEnd::Shutdown;
                         }
                         continue;
                     }
@@ -703,12 +706,12 @@ impl Subscriber {
                     if let Some(event) = self.feed.decode(msg.get_channel_name(), &payload)
                         && !self.feed.send(event).await
                     {
-                        return SessionEnd::Shutdown;
+                        return ConnectionEnd::Shutdown;
                     }
                 }
                 _ = probe_timer.tick() => {
                     if last_probe_seen.elapsed() > self.config.probe_interval * 3 {
-                        return SessionEnd::Lost {
+                        return ConnectionEnd::Lost {
                             why: "probe messages stopped arriving".into(),
                             established: true,
                         };

@@ -53,6 +53,8 @@ pub(crate) struct ConnectionStart {
     pub route: Route,
     pub identity: Identity,
     pub remote: Option<SocketAddr>,
+    /// The connection negotiated permessage-deflate.
+    pub deflate: bool,
 }
 
 pub(crate) struct Connection {
@@ -75,15 +77,17 @@ impl Connection {
             route,
             identity,
             remote,
+            deflate,
         } = start;
         let limits = &gw.config.limits;
         let decoder = Decoder::new(frame::DecodeLimits {
             max_frame: limits.max_frame_bytes,
             max_message: limits.max_message_bytes,
-        });
+        })
+        .with_deflate(deflate);
         let kind = route.kind();
         Self {
-            core: Core::new(gw, conn, kind, identity),
+            core: Core::new(gw, conn, kind, identity, deflate),
             dialect: AnyDialect::for_route(route),
             decoder,
             rbuf: BytesMut::new(),

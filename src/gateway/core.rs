@@ -63,12 +63,21 @@ pub(crate) struct Core {
     pub kind: Kind,
     pub identity: Identity,
     pub connection_id: String,
+    /// The connection negotiated permessage-deflate: its live messages come
+    /// in their compressed form (encoded once per message per replica).
+    pub deflate: bool,
     subscriptions: HashMap<ChannelName, Mode>,
     rate: RateLimit,
 }
 
 impl Core {
-    pub(crate) fn new(gw: Arc<Gateway>, conn: Arc<Conn>, kind: Kind, identity: Identity) -> Self {
+    pub(crate) fn new(
+        gw: Arc<Gateway>,
+        conn: Arc<Conn>,
+        kind: Kind,
+        identity: Identity,
+        deflate: bool,
+    ) -> Self {
         let shard = gw.hub.assign_shard();
         let connection_id = format!("{}-{}", gw.config.replica_id, conn.id());
         let security = &gw.config.security;
@@ -80,6 +89,7 @@ impl Core {
             kind,
             identity,
             connection_id,
+            deflate,
             subscriptions: HashMap::new(),
             rate,
         }
@@ -109,7 +119,9 @@ impl Core {
     ) {
         self.count_error(code);
         let text = match self.kind {
-            Kind::Native | Kind::Ark | Kind::Relay => server::error(code, message, channel, id),
+            Kind::Native | Kind::Snapshot | Kind::Relay => {
+                server::error(code, message, channel, id)
+            }
             Kind::Escai => escai::error(escai::Code::from_core(code), message),
             Kind::Council => council::error(council::Code::from_core(code), message),
         };
@@ -121,8 +133,8 @@ impl Core {
     /// closed with 1008).
     pub(crate) fn admit(&mut self) -> bool {
         match self.rate.check() {
-            Verdict::Pass => true,
-            Verdict::Refuse { notify } => {
+            Admission::Pass => true,
+            Admission::Refuse { notify } => {
                 if notify {
                     let message = format!(
                         "more than {} messages per second: this and further messages are dropped until you slow down",
@@ -132,7 +144,7 @@ impl Core {
                 }
                 false
             }
-            Verdict::Abuse => {
+            Admission::Abuse => {
                 tracing::info!(connection = %self.connection_id, user = ?self.identity.user, "closing a client that kept flooding");
                 self.conn.close(CloseCode::PolicyViolation);
                 false
@@ -337,6 +349,7 @@ impl Core {
         Mode {
             kind: self.kind.form(),
             filter,
+            compressed: self.deflate,
         }
     }
 }
@@ -352,7 +365,7 @@ struct RateLimit {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+enum Admission {
     Pass,
     /// Refused; `notify` on the first refusal of a run.
     Refuse {
@@ -373,7 +386,7 @@ impl RateLimit {
         }
     }
 
-    fn check(&mut self) -> Verdict {
+    fn check(&mut self) -> Admission {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
         self.tokens = (self.tokens + refill).min(self.burst);
@@ -381,13 +394,13 @@ impl RateLimit {
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.strikes = 0;
-            return Verdict::Pass;
+            return Admission::Pass;
         }
         self.strikes += 1;
         if f64::from(self.strikes) > self.burst {
-            Verdict::Abuse
+            Admission::Abuse
         } else {
-            Verdict::Refuse {
+            Admission::Refuse {
                 notify: self.strikes == 1,
             }
         }
@@ -401,12 +414,12 @@ mod tests {
     #[test]
     fn rate_limit_refuses_then_calls_it_abuse() {
         let mut r = RateLimit::new(1, 3);
-        assert_eq!(r.check(), Verdict::Pass);
-        assert_eq!(r.check(), Verdict::Pass);
-        assert_eq!(r.check(), Verdict::Pass);
-        assert_eq!(r.check(), Verdict::Refuse { notify: true });
-        assert_eq!(r.check(), Verdict::Refuse { notify: false });
-        assert_eq!(r.check(), Verdict::Refuse { notify: false });
-        assert_eq!(r.check(), Verdict::Abuse);
+        assert_eq!(r.check(), Admission::Pass);
+        assert_eq!(r.check(), Admission::Pass);
+        assert_eq!(r.check(), Admission::Pass);
+        assert_eq!(r.check(), Admission::Refuse { notify: true });
+        assert_eq!(r.check(), Admission::Refuse { notify: false });
+        assert_eq!(r.check(), Admission::Refuse { notify: false });
+        assert_eq!(r.check(), Admission::Abuse);
     }
 }

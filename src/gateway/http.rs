@@ -81,7 +81,7 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
     let max_len = gw.config.limits.max_channel_len;
     let snapshot = warp::path!("ws" / String)
         .and(warp::get())
-        .map(move |name: String| channel_route(&name, max_len, Route::Ark));
+        .map(move |name: String| channel_route(&name, max_len, Route::Snapshot));
     let relay = warp::path!("api" / "ws" / String)
         .and(warp::get())
         .map(move |name: String| channel_route(&name, max_len, Route::Relay));
@@ -463,7 +463,7 @@ async fn accept(
             "this channel needs a token (it is not among the gateway's --anonymous-subscribe channels)",
         ));
     }
-    if let Route::Ark(channel) | Route::Relay(channel) = &route
+    if let Route::Snapshot(channel) | Route::Relay(channel) = &route
         && !identity.can_subscribe(channel)
     {
         return Err(ApiError::forbidden(
@@ -528,6 +528,7 @@ async fn accept(
             "the connection cannot be upgraded",
         )
     })?;
+    let deflate = gw.config.hub.compression.enabled && request.offers_deflate();
     // Boxed: what the connection is started with would otherwise stay in the
     // connection task's state for the connection's whole life.
     let start = Box::new(ConnectionStart {
@@ -535,6 +536,7 @@ async fn accept(
         route,
         identity,
         remote: peer.map(|p| p.0),
+        deflate,
     });
     let task = async move {
         match take_stream(on_upgrade).await {
@@ -549,7 +551,7 @@ async fn accept(
         drop(permit);
     };
     gw.tasks.spawn(task);
-    Ok(request.accept_response().into_response())
+    Ok(request.accept_response(deflate).into_response())
 }
 
 /// The places a connection without a token takes: one of the replica's

@@ -31,7 +31,7 @@ use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::engine::Engine;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineMetrics, GatewayMetrics, MetricsRegistry};
 use crate::ws::conn::Conn;
 use dialect::council::store::CouncilStore;
 use presence::Presence;
@@ -42,7 +42,11 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<GatewayMetrics>,
+    /// The engine's metrics (the operations report reads Redis failures).
+    pub engine_metrics: Arc<EngineMetrics>,
+    /// What `/metrics` renders.
+    pub metrics_registry: Arc<MetricsRegistry>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, drain the clients.
     pub shutdown: CancellationToken,
     /// Token verification; `None` when authentication is off.
@@ -63,11 +67,32 @@ pub struct Gateway {
     next_conn: AtomicU64,
 }
 
+/// Why a replica should not receive traffic (`/health/ready` says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining")]
+    Draining,
+    /// The engine's own words (Redis unreachable, subscriptions not live).
+    #[error("{0}")]
+    Engine(String),
+    #[error("catching up from history after the engine feed was lost")]
+    CatchingUp,
+}
+
+/// In JSON (`/health/ready`'s `reason`), the sentence.
+impl serde::Serialize for NotReady {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// What a gateway is built from.
 pub struct Parts {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub engine_metrics: Arc<EngineMetrics>,
+    pub metrics_registry: Arc<MetricsRegistry>,
     pub auth: Option<Arc<Verifier>>,
     pub registry: Arc<Registry>,
     pub presence: Presence,
@@ -95,6 +120,8 @@ impl Gateway {
             engine: parts.engine,
             hub: parts.hub,
             metrics: parts.metrics,
+            engine_metrics: parts.engine_metrics,
+            metrics_registry: parts.metrics_registry,
             shutdown,
             auth: parts.auth,
             registry: parts.registry,
@@ -167,22 +194,24 @@ impl Gateway {
     }
 
     /// `Ok` when the replica should receive traffic; otherwise why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.shutdown.is_cancelled() {
-            return Err("draining".into());
+            return Err(NotReady::Draining);
         }
         let health = self.engine.health();
         if !health.ready {
-            return Err(health.detail);
+            return Err(NotReady::Engine(health.detail));
         }
         if !self.hub.feed_ready() {
-            return Err("catching up from history after the engine feed was lost".into());
+            return Err(NotReady::CatchingUp);
         }
         Ok(())
     }
 
     pub(crate) fn refresh_ready_gauge(&self) {
-        self.metrics.ready.set(i64::from(self.readiness().is_ok()));
+        self.metrics_registry
+            .ready
+            .set(i64::from(self.readiness().is_ok()));
     }
 
     fn new_conn(&self, stream: TcpStream) -> Arc<Conn> {

@@ -14,7 +14,7 @@ use crate::protocol::{council as council_wire, escai as escai_wire};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Native,
-    Ark,
+    Snapshot,
     Relay,
     Escai,
     Council,
@@ -24,7 +24,7 @@ impl Kind {
     /// Every dialect, for metrics initialised at 0.
     pub const ALL: [Kind; 5] = [
         Self::Native,
-        Self::Ark,
+        Self::Snapshot,
         Self::Relay,
         Self::Escai,
         Self::Council,
@@ -34,7 +34,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Native => "native",
-            Self::Ark => "snapshot",
+            Self::Snapshot => "snapshot",
             Self::Relay => "relay",
             Self::Escai => "escai",
             Self::Council => "council",
@@ -45,7 +45,7 @@ impl Kind {
     pub fn form(self) -> FrameKind {
         match self {
             Self::Native => FrameKind::Native,
-            Self::Ark | Self::Relay => FrameKind::Raw,
+            Self::Snapshot | Self::Relay => FrameKind::Bare,
             Self::Escai => FrameKind::Escai,
             Self::Council => FrameKind::Council,
         }
@@ -54,7 +54,7 @@ impl Kind {
     /// The hub's heartbeat profile for this route (see `HubConfig`).
     pub fn heartbeat_profile(self) -> Profile {
         match self {
-            Self::Native | Self::Ark | Self::Relay => 0,
+            Self::Native | Self::Snapshot | Self::Relay => 0,
             Self::Escai => ESCAI_PROFILE,
             Self::Council => COUNCIL_PROFILE,
         }
@@ -118,7 +118,7 @@ pub enum Route {
     Native { resume: Option<String> },
     /// `/ws/{channel}`: the channel's snapshot at once, then each new message,
     /// as bare JSON (the ARK dashboards of seed 000).
-    Ark(ChannelName),
+    Snapshot(ChannelName),
     /// `/api/ws/{channel}`: the channel's messages as published (seed 002).
     Relay(ChannelName),
     /// `/ws/monitor/{session_id}` (seed 003).
@@ -134,7 +134,7 @@ impl Route {
     pub fn kind(&self) -> Kind {
         match self {
             Self::Native { .. } => Kind::Native,
-            Self::Ark(_) => Kind::Ark,
+            Self::Snapshot(_) => Kind::Snapshot,
             Self::Relay(_) => Kind::Relay,
             Self::Escai { .. } => Kind::Escai,
             Self::Council { .. } => Kind::Council,
@@ -144,7 +144,7 @@ impl Route {
     /// The channel the route's path names, if it names one.
     pub fn channel(&self) -> Option<&ChannelName> {
         match self {
-            Self::Ark(c) | Self::Relay(c) | Self::Council { channel: c, .. } => Some(c),
+            Self::Snapshot(c) | Self::Relay(c) | Self::Council { channel: c, .. } => Some(c),
             Self::Native { .. } | Self::Escai { .. } => None,
         }
     }

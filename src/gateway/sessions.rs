@@ -59,6 +59,8 @@ pub struct Position {
     pub offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::protocol::DeltaFormat>,
 }
 
 /// A stored session.
@@ -408,6 +410,7 @@ mod tests {
             epoch: "e".into(),
             offset: 3,
             filters: None,
+            delta: None,
         };
         store.subscribed("s1", Some("u"), "c", position);
         store.acked("s1", "c", 9);

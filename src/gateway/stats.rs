@@ -20,7 +20,7 @@ use super::Gateway;
 use crate::channel::ChannelName;
 use crate::engine::{HistoryConfig, HistoryPolicy, PublishOptions};
 use crate::json::Json;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineMetrics, GatewayMetrics};
 
 /// The channel of the operations feed.
 pub const CHANNEL: &str = "sys:stats";
@@ -105,14 +105,14 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn read(metrics: &Metrics) -> Self {
+    fn read(metrics: &GatewayMetrics, engine: &EngineMetrics) -> Self {
         Self {
             messages_in: metrics.messages_in.get(),
             messages_out: metrics.messages_out.get(),
             bytes_out: metrics.bytes_out.get(),
             slow_consumer_closes: metrics.slow_consumer_closes.get(),
-            redis_errors: metrics.redis_errors.get(),
-            redis_reconnects: metrics.redis_reconnects.get(),
+            redis_errors: engine.redis_errors.get(),
+            redis_reconnects: engine.redis_reconnects.get(),
         }
     }
 }
@@ -143,17 +143,17 @@ impl Reporter {
             role,
             interval,
             started: now,
-            last: Totals::read(&gw.metrics),
+            last: Totals::read(&gw.metrics, &gw.engine_metrics),
             last_at: now,
         }
     }
 
     fn report(&mut self, gw: &Gateway) -> Report {
         let now = Instant::now();
-        let totals = Totals::read(&gw.metrics);
+        let totals = Totals::read(&gw.metrics, &gw.engine_metrics);
         let elapsed = now.duration_since(self.last_at);
         let readiness = gw.readiness();
-        gw.metrics.ready.set(i64::from(readiness.is_ok()));
+        gw.metrics_registry.ready.set(i64::from(readiness.is_ok()));
         let health = gw.engine.health();
         let route = |r: &str| gw.metrics.route_connections(r);
         let (native, snapshot, relay) = (route("native"), route("snapshot"), route("relay"));
@@ -166,7 +166,7 @@ impl Reporter {
             interval_seconds: self.interval.as_secs_f64(),
             uptime_seconds: now.duration_since(self.started).as_secs(),
             ready: readiness.is_ok(),
-            not_ready_reason: readiness.err(),
+            not_ready_reason: readiness.err().map(|e| e.to_string()),
             draining: gw.shutdown.is_cancelled(),
             engine: EngineStatus {
                 kind: gw.engine.kind(),

@@ -2,9 +2,11 @@
 //!
 //! A form is how one dialect's clients receive a message (the native
 //! `message`, the drop-in routes' bare data, the ESCAI seed's event, the AI
-//! Council seed's envelope). Whatever the number of subscribers and dialects,
-//! each form of a message is encoded once per replica and the same bytes go to
-//! every subscriber that takes that form.
+//! Council seed's envelope), plain or compressed (permessage-deflate), and for
+//! native subscriptions with `"delta": "fossil"` whole or as a delta against
+//! the channel's previous message. Whatever the number of subscribers and
+//! dialects, each form of a message is encoded — and compressed, and diffed —
+//! once per replica, and the same bytes go to every subscriber that takes it.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -16,33 +18,50 @@ use crate::engine::{IncomingMessage, Offset};
 use crate::filter::Filter;
 use crate::json::Json;
 use crate::protocol::{council, escai, server};
-use crate::ws::frame;
+use crate::ws::deflate::{self, DeflateConfig};
+use crate::ws::frame::{self, OpCode};
 
 /// The form in which a subscriber receives messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
     /// Native protocol: `{"type":"message","channel":…,"offset":…,"data":…}`.
     Native,
-    /// Drop-in routes: the data exactly as published.
-    Raw,
+    /// Native protocol with `"delta": "fossil"`: `data` is the JSON text as a
+    /// string — whole, or with `"delta": true` a fossil delta against the
+    /// channel's previous message when the subscriber has that message.
+    NativeDelta,
+    /// The data alone, exactly as published (the snapshot and relay routes).
+    Bare,
     /// ESCAI (seed 003): the published event with `agent_id` and `timestamp`.
     Escai,
     /// AI Council (seed 004): `{"type","timestamp","message_id","data"}`.
     Council,
 }
 
-impl FrameKind {
-    const COUNT: usize = 4;
+/// What a frame carries: a message whole in one of the forms, or the delta.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    Whole(FrameKind),
+    Delta,
+}
+
+impl Body {
+    const COUNT: usize = 6;
 
     fn index(self) -> usize {
         match self {
-            Self::Native => 0,
-            Self::Raw => 1,
-            Self::Escai => 2,
-            Self::Council => 3,
+            Self::Whole(FrameKind::Native) => 0,
+            Self::Whole(FrameKind::NativeDelta) => 1,
+            Self::Whole(FrameKind::Bare) => 2,
+            Self::Whole(FrameKind::Escai) => 3,
+            Self::Whole(FrameKind::Council) => 4,
+            Self::Delta => 5,
         }
     }
 }
+
+/// The previous message of a channel, which a delta is computed against.
+pub(crate) type Base = (Offset, Json);
 
 /// A message with its encoded WebSocket frames, shared by every shard.
 #[derive(Debug)]
@@ -51,7 +70,10 @@ pub struct Delivery {
     pub offset: Option<Offset>,
     pub published_us: Option<u64>,
     pub data: Json,
-    frames: [OnceLock<Bytes>; FrameKind::COUNT],
+    /// The channel's previous message, when this replica dispatched it.
+    base: Option<Base>,
+    /// Plain frames by body, then compressed ones.
+    frames: [OnceLock<Bytes>; 2 * Body::COUNT],
     parsed: OnceLock<Option<Value>>,
     /// Filter results by filter key: each distinct filter is evaluated once
     /// per message, whichever shard asks first.
@@ -70,55 +92,136 @@ impl Delivery {
             offset,
             published_us,
             data,
+            base: None,
             frames: Default::default(),
             parsed: OnceLock::new(),
             verdicts: Mutex::new(Vec::new()),
         }
     }
 
-    /// A live message from the engine's feed, on its way out.
-    pub fn live(m: IncomingMessage) -> Arc<Self> {
-        Arc::new(Self::new(
+    /// A live message from the engine's feed, on its way out; `base` is the
+    /// channel's previous message if this replica dispatched it.
+    pub fn live(m: IncomingMessage, base: Option<Base>) -> Arc<Self> {
+        let mut d = Self::new(
             m.channel,
             m.seq.map(|(offset, _)| offset),
             m.published_us,
             m.data,
-        ))
+        );
+        d.base = base;
+        Arc::new(d)
     }
 
-    /// The complete WebSocket frame in the given form (encoded on first use).
-    ///
-    /// Shards on other threads ask for the same frame at the same moment: one
-    /// that finds it missing encodes it itself rather than wait for another
-    /// that is encoding it (`get_or_init` would park it on a futex, a thread
-    /// hand-off per message); the first stored is kept, the other dropped.
+    /// The offset of the message this one's delta is computed against.
+    pub fn base_offset(&self) -> Option<Offset> {
+        self.base.as_ref().map(|(offset, _)| *offset)
+    }
+
+    /// The complete, uncompressed WebSocket frame of the message in a form.
     pub fn frame(&self, kind: FrameKind) -> &Bytes {
-        let cell = &self.frames[kind.index()];
-        if let Some(frame) = cell.get() {
-            return frame;
+        self.plain(Body::Whole(kind))
+    }
+
+    /// The frame a subscriber gets: in its form, compressed if it negotiated
+    /// permessage-deflate (`compress`), and for [`FrameKind::NativeDelta`] a
+    /// delta if the last message it got (`after`) is this one's base.
+    pub fn frame_for(
+        &self,
+        kind: FrameKind,
+        compress: Option<&DeflateConfig>,
+        after: Option<Offset>,
+    ) -> &Bytes {
+        let body = match (kind, &self.base) {
+            (FrameKind::NativeDelta, Some((base, _))) if after == Some(*base) => Body::Delta,
+            _ => Body::Whole(kind),
+        };
+        match compress {
+            None => self.plain(body),
+            Some(config) => self.compressed(body, config),
         }
-        let encoded = match kind {
-            FrameKind::Native => frame::text(&server::message(
-                self.channel.as_str(),
-                self.offset,
-                &self.data,
-            )),
-            FrameKind::Raw => frame::text(self.data.as_str()),
-            FrameKind::Escai => frame::text(&escai::event(
+    }
+
+    fn plain(&self, body: Body) -> &Bytes {
+        cached(&self.frames[body.index()], || self.encode(body))
+    }
+
+    /// The compressed frame: compressed once, whoever asks first. A message
+    /// under the threshold, or one deflate does not shrink, goes out plain
+    /// (a connection that negotiated the extension takes either).
+    fn compressed(&self, body: Body, config: &DeflateConfig) -> &Bytes {
+        cached(&self.frames[Body::COUNT + body.index()], || {
+            if let Some(same) = self.same_as(body) {
+                return self.compressed(same, config).clone();
+            }
+            let plain = self.plain(body);
+            let payload = frame::payload(plain);
+            if payload.len() < config.threshold {
+                return plain.clone();
+            }
+            let packed = deflate::compress(payload, config.level);
+            if packed.len() >= payload.len() {
+                return plain.clone();
+            }
+            frame::encode_compressed(OpCode::Text, &packed)
+        })
+    }
+
+    /// The body whose frame this one's is, when a form fell back to another
+    /// (a delta not worth it, a message without offset): compressed once, too.
+    fn same_as(&self, body: Body) -> Option<Body> {
+        let other = match body {
+            Body::Delta => Body::Whole(FrameKind::NativeDelta),
+            Body::Whole(FrameKind::NativeDelta) => Body::Whole(FrameKind::Native),
+            Body::Whole(_) => return None,
+        };
+        let (a, b) = (self.plain(body), self.plain(other));
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()).then_some(other)
+    }
+
+    fn encode(&self, body: Body) -> Bytes {
+        let text = match body {
+            Body::Whole(FrameKind::Native) => {
+                server::message(self.channel.as_str(), self.offset, &self.data)
+            }
+            Body::Whole(FrameKind::NativeDelta) => match self.offset {
+                Some(offset) => server::message_text(self.channel.as_str(), offset, &self.data),
+                // Without an offset a message is no link of a delta chain:
+                // the native form, which the client takes as it is.
+                None => return self.plain(Body::Whole(FrameKind::Native)).clone(),
+            },
+            Body::Whole(FrameKind::Bare) => return frame::text(self.data.as_str()),
+            Body::Whole(FrameKind::Escai) => escai::event(
                 &self.data,
                 self.value(),
                 agent_of(&self.channel),
                 self.published_us(),
-            )),
-            FrameKind::Council => frame::text(&council::event(
-                &self.data,
-                self.offset,
-                self.published_us(),
-            )),
+            ),
+            Body::Whole(FrameKind::Council) => {
+                council::event(&self.data, self.offset, self.published_us())
+            }
+            Body::Delta => {
+                let whole = self.plain(Body::Whole(FrameKind::NativeDelta));
+                let (Some(offset), Some((_, base))) = (self.offset, &self.base) else {
+                    return whole.clone();
+                };
+                let Some(patch) = super::delta::compute(base.as_bytes(), self.data.as_bytes())
+                else {
+                    return whole.clone();
+                };
+                let framed = frame::text(&server::message_delta(
+                    self.channel.as_str(),
+                    offset,
+                    &patch,
+                ));
+                // A delta that would not be smaller goes whole.
+                return if framed.len() < whole.len() {
+                    framed
+                } else {
+                    whole.clone()
+                };
+            }
         };
-        // Storing is a move: a race lost here waits nanoseconds, not an
-        // encoding, and keeps the other (equal) frame.
-        cell.get_or_init(|| encoded)
+        frame::text(&text)
     }
 
     /// The data, parsed on first need (`None` if it is not valid JSON).
@@ -153,6 +256,21 @@ impl Delivery {
     fn lock_verdicts(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, bool)>> {
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The frame in `cell`, encoded by `encode` if missing.
+///
+/// Shards on other threads ask for the same frame at the same moment: one
+/// that finds it missing encodes it itself rather than wait for another that
+/// is encoding it (`get_or_init` would park it on a futex, a thread hand-off
+/// per message); the first stored is kept, the other dropped. Storing is a
+/// move: a race lost here waits nanoseconds, not an encoding.
+fn cached(cell: &OnceLock<Bytes>, encode: impl FnOnce() -> Bytes) -> &Bytes {
+    if let Some(frame) = cell.get() {
+        return frame;
+    }
+    let encoded = encode();
+    cell.get_or_init(|| encoded)
 }
 
 /// The agent of an ESCAI channel: `agents:{id}` and `agents:{id}:…`.
@@ -192,7 +310,7 @@ mod tests {
             first,
             "the same buffer every time"
         );
-        assert_eq!(&d.frame(FrameKind::Raw)[2..], br#"{"a":1}"#);
+        assert_eq!(&d.frame(FrameKind::Bare)[2..], br#"{"a":1}"#);
         let council = d.frame(FrameKind::Council).as_ptr();
         assert_eq!(d.frame(FrameKind::Council).as_ptr(), council);
         assert_ne!(council, first, "each form has its own frame");

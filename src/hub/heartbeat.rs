@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 use crate::protocol::{CloseCode, ErrorCode, server};
 use crate::ws::conn::{Conn, OutState};
 use crate::ws::frame;
@@ -157,7 +157,7 @@ impl Wheel {
     }
 
     /// Advances one tick and handles every connection due now.
-    pub(crate) fn tick(&mut self, metrics: &Metrics) {
+    pub(crate) fn tick(&mut self, metrics: &GatewayMetrics) {
         self.cursor = (self.cursor + 1) % SLOTS;
         let due = std::mem::take(&mut self.slots[self.cursor]);
         let now = crate::time::mono_millis();
@@ -185,7 +185,7 @@ impl Wheel {
         app_pings: &mut [Option<Bytes>],
         now: u64,
         now_unix: u64,
-        metrics: &Metrics,
+        metrics: &GatewayMetrics,
     ) -> Option<u64> {
         if conn.state() != OutState::Open {
             return None;

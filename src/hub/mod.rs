@@ -20,6 +20,7 @@
 //! the start and releases it from the last offset it sent.
 
 pub mod delivery;
+mod delta;
 pub mod heartbeat;
 pub mod shard;
 
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use delivery::Base;
 pub use delivery::{Delivery, FrameKind};
 pub use heartbeat::HeartbeatConfig;
 pub use shard::Mode;
@@ -39,7 +41,8 @@ use crate::channel::ChannelName;
 use crate::engine::{
     Engine, EngineEvent, Epoch, EventFeed, IncomingMessage, InlineReceiver, Offset,
 };
-use crate::metrics::Metrics;
+use crate::json::Json;
+use crate::metrics::GatewayMetrics;
 use crate::ws::conn::{Conn, ConnId};
 
 /// Hub settings.
@@ -60,6 +63,9 @@ pub struct HubConfig {
     pub heartbeat: HeartbeatConfig,
     /// Profiles 1, 2, …: how other dialects' connections are kept alive.
     pub dialect_heartbeats: Vec<HeartbeatConfig>,
+    /// permessage-deflate: whether it is negotiated, from what size a message
+    /// is compressed, how hard (each message once per replica).
+    pub compression: crate::ws::deflate::DeflateConfig,
 }
 
 impl Default for HubConfig {
@@ -72,6 +78,7 @@ impl Default for HubConfig {
             gap_fill_limit: 10_000,
             heartbeat: HeartbeatConfig::default(),
             dialect_heartbeats: Vec::new(),
+            compression: crate::ws::deflate::DeflateConfig::default(),
         }
     }
 }
@@ -98,6 +105,9 @@ struct ChannelEntry {
     status: watch::Sender<SubStatus>,
     /// The newest offset dispatched (or known at subscribe time), with its epoch.
     last: Option<(Epoch, Offset)>,
+    /// The data of the message at `last`, when it was dispatched here: the
+    /// base a delta of the next message is computed against.
+    last_data: Option<Json>,
 }
 
 enum SubOp {
@@ -138,7 +148,7 @@ pub struct Hub {
     shards: Vec<mpsc::Sender<ShardCmd>>,
     table: Mutex<HashMap<ChannelName, ChannelEntry>>,
     ops: mpsc::UnboundedSender<SubOp>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     next_shard: AtomicUsize,
     config: HubConfig,
     control: Option<mpsc::UnboundedSender<serde_json::Value>>,
@@ -149,7 +159,8 @@ pub struct Hub {
 /// What the dispatcher does with one live message.
 enum Step {
     Drop,
-    Deliver(Vec<usize>),
+    /// To these shards, with the previous message of the channel as its delta base.
+    Deliver(Vec<usize>, Option<Base>),
     Fill {
         after: Offset,
     },
@@ -163,7 +174,7 @@ impl Hub {
     pub fn start(
         engine: Arc<dyn Engine>,
         events: EventFeed,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GatewayMetrics>,
         config: HubConfig,
         control: Option<mpsc::UnboundedSender<serde_json::Value>>,
     ) -> Arc<Self> {
@@ -180,6 +191,7 @@ impl Hub {
                         .chain(config.dialect_heartbeats.iter().cloned())
                         .collect(),
                     resyncs.clone(),
+                    config.compression,
                 );
                 tokio::spawn(shard.run());
                 tx
@@ -277,6 +289,7 @@ impl Hub {
                     per_shard: vec![0; shards],
                     status: watch::Sender::new(SubStatus::Pending),
                     last: None,
+                    last_data: None,
                 });
             entry.subscribers += 1;
             entry.per_shard[shard] += 1;
@@ -497,11 +510,13 @@ impl Hub {
                     );
                 }
                 advance(entry, m);
+                remember(entry, m, None);
                 Step::Resync(targets(entry))
             }
             Verdict::Next => {
+                let base = base_of(entry, m);
                 advance(entry, m);
-                Step::Deliver(targets(entry))
+                remember(entry, m, base)
             }
         }
     }
@@ -509,19 +524,19 @@ impl Hub {
     async fn dispatch_message(&self, m: IncomingMessage) {
         match self.step(&m) {
             Step::Drop => {}
-            Step::Deliver(shards) => {
-                self.send_to(shards, Delivery::live(m)).await;
+            Step::Deliver(shards, base) => {
+                self.send_to(shards, Delivery::live(m, base)).await;
             }
             Step::Resync(shards) => {
                 self.resync(&m.channel, &shards).await;
-                self.send_to(shards, Delivery::live(m)).await;
+                self.send_to(shards, Delivery::live(m, None)).await;
             }
             Step::Fill { after } => {
                 self.fill_gap(&m.channel, after).await;
                 // The message itself was in the history just read, unless the
                 // history was lost; then deliver it and move on.
-                if let Step::Deliver(shards) = self.step(&m) {
-                    self.send_to(shards, Delivery::live(m)).await;
+                if let Step::Deliver(shards, base) = self.step(&m) {
+                    self.send_to(shards, Delivery::live(m, base)).await;
                 }
             }
         }
@@ -556,6 +571,7 @@ impl Hub {
                     return;
                 };
                 e.last = Some((page.position.epoch.clone(), page.position.offset));
+                e.last_data = None;
                 targets(e)
             };
             self.resync(channel, &shards).await;
@@ -579,10 +595,15 @@ impl Hub {
                     Some((le, lo)) if *le == epoch && entry.offset <= *lo => continue,
                     _ => {}
                 }
-                e.last = Some((epoch.clone(), entry.offset));
-                targets(e)
+                let base = base_of(e, &m);
+                advance(e, &m);
+                match remember(e, &m, base) {
+                    Step::Deliver(shards, base) => (shards, base),
+                    _ => continue,
+                }
             };
-            self.send_to(shards, Delivery::live(m)).await;
+            let (shards, base) = shards;
+            self.send_to(shards, Delivery::live(m, base)).await;
         }
     }
 
@@ -606,6 +627,7 @@ impl Hub {
                         && e.last.is_none()
                     {
                         e.last = Some((p.epoch, p.offset));
+                        e.last_data = None;
                     }
                 }
             }
@@ -663,6 +685,27 @@ fn judge(entry: &ChannelEntry, m: &IncomingMessage) -> Verdict {
     }
 }
 
+/// The base of `m`, if the previous message of its channel (same epoch, the
+/// offset right before) was dispatched here.
+fn base_of(entry: &ChannelEntry, m: &IncomingMessage) -> Option<Base> {
+    let (offset, epoch) = m.seq.as_ref()?;
+    match (&entry.last, &entry.last_data) {
+        (Some((last_epoch, last)), Some(data)) if last_epoch == epoch && last + 1 == *offset => {
+            Some((*last, data.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Keeps `m` as the base of the channel's next message (a message without an
+/// offset is no link of the chain), and says where `m` goes.
+fn remember(entry: &mut ChannelEntry, m: &IncomingMessage, base: Option<Base>) -> Step {
+    if m.seq.is_some() {
+        entry.last_data = Some(m.data.clone());
+    }
+    Step::Deliver(targets(entry), base)
+}
+
 /// The message is the channel's newest from now on.
 fn advance(entry: &mut ChannelEntry, m: &IncomingMessage) {
     if let Some((offset, epoch)) = &m.seq {
@@ -694,6 +737,7 @@ impl InlineReceiver for Hub {
                 Verdict::Gap { .. } | Verdict::NewEpoch => return Some(EngineEvent::Message(m)),
                 Verdict::Next => {}
             }
+            let base = base_of(entry, &m);
             let reserved: Result<Vec<_>, _> = targets(entry)
                 .into_iter()
                 .map(|shard| self.shards[shard].try_reserve())
@@ -703,10 +747,14 @@ impl InlineReceiver for Hub {
                 return Some(EngineEvent::Message(m));
             };
             advance(entry, &m);
-            permits
+            if m.seq.is_some() {
+                entry.last_data = Some(m.data.clone());
+            }
+            (permits, base)
         };
+        let (permits, base) = permits;
         self.count_in(&m);
-        let d = Delivery::live(m);
+        let d = Delivery::live(m, base);
         for permit in permits {
             permit.send(ShardCmd::Deliver(d.clone()));
         }

@@ -5,7 +5,9 @@
 //! leaves and deliveries are applied in the order they were sent — the property
 //! the resume path relies on. Deliveries that queue up while the shard is busy
 //! are coalesced: one buffer per (channel, subscriber group), written to each
-//! socket with one non-blocking write. No lock is shared between shards.
+//! socket with one non-blocking write — two for a delta group, whose members
+//! that lack the first message's base (just joined, released or resynced)
+//! get it whole. No lock is shared between shards.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,20 +21,24 @@ use super::heartbeat::{HeartbeatConfig, Profile, Wheel};
 use crate::channel::ChannelName;
 use crate::engine::Offset;
 use crate::filter::Filter;
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 use crate::protocol::CloseCode;
 use crate::ws::conn::{Conn, ConnId, Sent};
+use crate::ws::deflate::DeflateConfig;
 
 /// How a subscriber wants its messages.
 #[derive(Debug, Clone)]
 pub struct Mode {
     pub kind: FrameKind,
     pub filter: Option<Arc<Filter>>,
+    /// The connection negotiated permessage-deflate.
+    pub compressed: bool,
 }
 
 impl Mode {
     fn same_group(&self, other: &Mode) -> bool {
         self.kind == other.kind
+            && self.compressed == other.compressed
             && self.filter.as_ref().map(|f| f.key()) == other.filter.as_ref().map(|f| f.key())
     }
 }
@@ -80,6 +86,9 @@ struct Subscriber {
     /// messages up to here are dropped for this subscriber until the feed
     /// passes it (then it rejoins the shared fast path).
     floor: Option<Offset>,
+    /// The offset of the last message this shard sent it, for a delta
+    /// subscriber: a delta goes only to one that has the delta's base.
+    last: Option<Offset>,
 }
 
 struct Group {
@@ -92,9 +101,10 @@ pub(crate) struct Shard {
     commands: mpsc::Receiver<ShardCmd>,
     channels: HashMap<ChannelName, Vec<Group>>,
     wheel: Wheel,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     max_held: usize,
     resyncs: Arc<super::Resyncs>,
+    deflate: DeflateConfig,
 }
 
 /// Commands taken from the queue per round.
@@ -103,13 +113,15 @@ const BATCH: usize = 512;
 impl Shard {
     pub(crate) fn new(
         commands: mpsc::Receiver<ShardCmd>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GatewayMetrics>,
         max_held: usize,
         heartbeats: Vec<HeartbeatConfig>,
         resyncs: Arc<super::Resyncs>,
+        deflate: DeflateConfig,
     ) -> Self {
         Self {
             resyncs,
+            deflate,
             commands,
             channels: HashMap::new(),
             wheel: Wheel::new(heartbeats),
@@ -157,12 +169,14 @@ impl Shard {
                 let Some(groups) = self.channels.get_mut(&channel) else {
                     return;
                 };
-                let Some(subscriber) = groups.iter_mut().find_map(|g| {
+                let Some(mut subscriber) = groups.iter_mut().find_map(|g| {
                     let i = g.subscribers.iter().position(|s| s.conn.id() == conn)?;
                     Some(g.subscribers.swap_remove(i))
                 }) else {
                     return;
                 };
+                // What it was sent was in the old form: the next delta base is unknown.
+                subscriber.last = None;
                 match groups.iter_mut().find(|g| g.mode.same_group(&mode)) {
                     Some(g) => g.subscribers.push(subscriber),
                     None => groups.push(Group {
@@ -180,6 +194,7 @@ impl Shard {
                     if sub.held.is_none() {
                         sub.held = Some(Vec::new());
                     }
+                    sub.last = None;
                     self.resyncs.request(&sub.conn, &channel);
                 }
             }
@@ -194,6 +209,7 @@ impl Shard {
                     conn,
                     held: Some(Vec::new()),
                     floor: None,
+                    last: None,
                 };
                 match groups.iter_mut().find(|g| g.mode.same_group(&mode)) {
                     Some(g) => g.subscribers.push(subscriber),
@@ -219,15 +235,17 @@ impl Shard {
                     };
                     let held = sub.held.take().unwrap_or_default();
                     sub.floor = Some(after);
-                    let frames: Vec<&Bytes> = held
+                    let newer: Vec<&Arc<Delivery>> = held
                         .iter()
                         .filter(|d| d.offset.is_none_or(|o| o > after))
-                        .map(|d| d.frame(group.mode.kind))
                         .collect();
-                    if held.iter().any(|d| d.offset.is_some_and(|o| o > after)) {
+                    if newer.iter().any(|d| d.offset.is_some()) {
                         sub.floor = None;
                     }
+                    let compress = group.mode.compressed.then_some(&self.deflate);
+                    let (frames, last) = frames_after(&newer, group.mode.kind, compress, None);
                     if !frames.is_empty() {
+                        sub.last = last;
                         self.metrics.messages_out.inc_by(frames.len() as u64);
                         if sub.conn.send(concat(&frames)) == Sent::Overflow {
                             self.metrics.slow_consumer_closes.inc();
@@ -296,11 +314,23 @@ impl Shard {
             if matching.is_empty() {
                 continue;
             }
-            let frames: Vec<&Bytes> = matching.iter().map(|d| d.frame(group.mode.kind)).collect();
+            let kind = group.mode.kind;
+            let compress = group.mode.compressed.then_some(&self.deflate);
+            // Delta subscribers that have the first message's base (all but
+            // those just joined, released or resynced) take the chained
+            // buffer; the others take it with the first message whole.
+            let delta = kind == FrameKind::NativeDelta;
+            let chained_from = if delta {
+                matching[0].base_offset()
+            } else {
+                None
+            };
+            let (frames, newest) = frames_after(&matching, kind, compress, chained_from);
             // A buffer of this shard's own, even for a single frame: every send
             // clones it, and a refcount shared with the other shards would bounce
             // between cores once per client.
             let batch = concat_owned(&frames);
+            let mut fresh: Option<Bytes> = None;
             let mut live = 0u64;
             let mut bytes = 0u64;
             for sub in group.subscribers.iter_mut() {
@@ -316,16 +346,25 @@ impl Shard {
                     }
                     None => {
                         let sent = match sub.floor {
-                            None => {
+                            None if !delta || sub.last == chained_from => {
+                                sub.last = newest;
                                 bytes += batch.len() as u64;
                                 sub.conn.send_uncounted(batch.clone())
                             }
+                            None => {
+                                let whole_first = fresh.get_or_insert_with(|| {
+                                    concat_owned(&frames_after(&matching, kind, compress, None).0)
+                                });
+                                sub.last = newest;
+                                bytes += whole_first.len() as u64;
+                                sub.conn.send_uncounted(whole_first.clone())
+                            }
                             Some(floor) => {
                                 // Only just released: skip what its start already had.
-                                let newer: Vec<&Bytes> = matching
+                                let newer: Vec<&Arc<Delivery>> = matching
                                     .iter()
+                                    .copied()
                                     .filter(|d| d.offset.is_none_or(|o| o > floor))
-                                    .map(|d| d.frame(group.mode.kind))
                                     .collect();
                                 if matching.iter().any(|d| d.offset.is_some_and(|o| o > floor)) {
                                     sub.floor = None;
@@ -333,7 +372,9 @@ impl Shard {
                                 if newer.is_empty() {
                                     continue;
                                 }
-                                let newer = concat(&newer);
+                                let (frames, last) = frames_after(&newer, kind, compress, sub.last);
+                                sub.last = last;
+                                let newer = concat(&frames);
                                 bytes += newer.len() as u64;
                                 sub.conn.send_uncounted(newer)
                             }
@@ -351,6 +392,26 @@ impl Shard {
             self.metrics.bytes_out.inc_by(bytes);
         }
     }
+}
+
+/// The frames of `deliveries` for a subscriber whose last message was at
+/// `after` (each a delta where the form has them and the subscriber has the
+/// base), and the offset of the last one.
+fn frames_after<'a>(
+    deliveries: &[&'a Arc<Delivery>],
+    kind: FrameKind,
+    compress: Option<&DeflateConfig>,
+    mut after: Option<Offset>,
+) -> (Vec<&'a Bytes>, Option<Offset>) {
+    let frames = deliveries
+        .iter()
+        .map(|d| {
+            let frame = d.frame_for(kind, compress, after);
+            after = d.offset;
+            frame
+        })
+        .collect();
+    (frames, after)
 }
 
 /// One new buffer holding `frames` back to back.

@@ -22,6 +22,22 @@ pub struct Since {
     pub epoch: String,
 }
 
+/// How a subscription wants each message after the first: `"delta": "fossil"`
+/// asks for fossil deltas against the channel's previous message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaFormat {
+    Fossil,
+}
+
+impl DeltaFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fossil => "fossil",
+        }
+    }
+}
+
 /// One request from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -29,6 +45,7 @@ pub enum ClientMessage {
         channel: String,
         since: Option<Since>,
         filters: Option<Map<String, Value>>,
+        delta: Option<DeltaFormat>,
         id: Option<RequestId>,
     },
     Unsubscribe {
@@ -69,6 +86,8 @@ struct SubscribeFields {
     since: Option<Since>,
     #[serde(default)]
     filters: Option<Map<String, Value>>,
+    #[serde(default)]
+    delta: Option<DeltaFormat>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +173,7 @@ impl ClientMessage {
                     channel: f.channel,
                     since: f.since,
                     filters: f.filters,
+                    delta: f.delta,
                     id,
                 }
             }
@@ -215,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_delta_subscription_and_refuses_unknown_formats() {
+        let m = parse(json!({"type":"subscribe","channel":"c","delta":"fossil"})).unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Subscribe {
+                delta: Some(DeltaFormat::Fossil),
+                ..
+            }
+        ));
+        let e = parse(json!({"type":"subscribe","channel":"c","delta":"xdelta"})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("fossil"), "{}", e.message);
+    }
+
+    #[test]
     fn parses_subscribe_with_since_and_filters() {
         let m = parse(json!({"type":"subscribe","channel":"c","id":7,
             "since":{"offset":3,"epoch":"e"},"filters":{"a":{"min":1}}}))
@@ -228,6 +263,7 @@ mod tests {
                     epoch: "e".into()
                 }),
                 filters: Some(json!({"a":{"min":1}}).as_object().unwrap().clone()),
+                delta: None,
                 id: Some(json!(7)),
             }
         );

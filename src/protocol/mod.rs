@@ -13,7 +13,7 @@ pub mod server;
 
 /// The close codes are the WebSocket layer's (`ws::close`), listed in PROTOCOL.md.
 pub use crate::ws::close::{self, CloseCode};
-pub use client::{ClientMessage, ParseError, RequestId, Since};
+pub use client::{ClientMessage, DeltaFormat, ParseError, RequestId, Since};
 
 /// Machine-readable code of an `error` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

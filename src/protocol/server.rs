@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ErrorCode, RequestId};
+use super::{DeltaFormat, ErrorCode, RequestId};
 use crate::json::Json;
 
 #[derive(Serialize)]
@@ -56,14 +56,18 @@ struct Subscribed<'a> {
     offset: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaFormat>,
 }
 
-/// `subscribed`: the channel's epoch and current offset; `recovered` answers a `since`.
+/// `subscribed`: the channel's epoch and current offset; `recovered` answers a
+/// `since`; `delta` confirms the delta format the messages will use.
 pub fn subscribed(
     channel: &str,
     epoch: &str,
     offset: u64,
     recovered: Option<bool>,
+    delta: Option<DeltaFormat>,
     id: Option<&RequestId>,
 ) -> String {
     encode(
@@ -73,6 +77,7 @@ pub fn subscribed(
             epoch,
             offset,
             recovered,
+            delta,
         },
         id,
     )
@@ -117,6 +122,47 @@ pub fn message(channel: &str, offset: Option<u64>, data: &Json) -> String {
             channel,
             offset,
             data: data.as_raw(),
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+struct TextData<'a> {
+    channel: &'a str,
+    offset: u64,
+    data: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delta: bool,
+}
+
+/// `message` of a subscription with `"delta": "fossil"`: `data` is the
+/// published JSON's text as a JSON string (the bytes a next delta applies to).
+pub fn message_text(channel: &str, offset: u64, data: &Json) -> String {
+    encode(
+        "message",
+        TextData {
+            channel,
+            offset,
+            data: data.as_str(),
+            delta: false,
+        },
+        None,
+    )
+}
+
+/// `message` with `"delta": true`: `patch` is a fossil delta that turns the
+/// previous message's JSON text (offset − 1) into this one's. Its bytes are
+/// carried one per character (U+0000–U+00FF), as a JSON string.
+pub fn message_delta(channel: &str, offset: u64, patch: &[u8]) -> String {
+    let text: String = patch.iter().map(|&b| char::from(b)).collect();
+    encode(
+        "message",
+        TextData {
+            channel,
+            offset,
+            data: &text,
+            delta: true,
         },
         None,
     )
@@ -215,8 +261,15 @@ mod tests {
             v,
             json!({"type":"error","code":"unknown_type","message":"m","id":3})
         );
-        let v: Value =
-            serde_json::from_str(&subscribed("c", "e", 9, Some(true), Some(&json!("r")))).unwrap();
+        let v: Value = serde_json::from_str(&subscribed(
+            "c",
+            "e",
+            9,
+            Some(true),
+            None,
+            Some(&json!("r")),
+        ))
+        .unwrap();
         assert_eq!(
             v,
             json!({"type":"subscribed","channel":"c","epoch":"e","offset":9,"recovered":true,"id":"r"})

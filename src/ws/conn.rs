@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 use super::close::CloseCode;
 use super::frame;
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 
 /// A connection's identifier, unique within one gateway process.
 pub type ConnId = u64;
@@ -37,7 +37,7 @@ pub struct Conn {
     out: Mutex<Outbound>,
     wake: Wake,
     max_queued_bytes: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     heartbeat: Heartbeat,
     /// Set by [`Conn::flag_work`].
     work: AtomicBool,
@@ -128,7 +128,7 @@ impl Conn {
         id: ConnId,
         stream: TcpStream,
         max_queued_bytes: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GatewayMetrics>,
     ) -> Self {
         let now = crate::time::mono_millis();
         Self {

@@ -3,7 +3,10 @@
 //! Server frames are never masked, so a frame's bytes are the same for every
 //! client: the gateway encodes each message once and writes the same buffer to
 //! every subscriber. Client frames are decoded here with the configured frame and
-//! message size limits checked *before* the payload is buffered.
+//! message size limits checked *before* the payload is buffered. On a
+//! connection that negotiated permessage-deflate (`super::deflate`), a data
+//! message may be compressed (RSV1 on its first frame): it is inflated here,
+//! with the message limit applying to what it inflates to.
 //!
 //! The client side, for the load generator (`bench/`): [`encode_masked_into`]
 //! masks what a client sends, and [`parse_server_frame`] finds a server's
@@ -59,26 +62,38 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Encodes one complete unmasked frame of a compressed message (RSV1 set):
+/// `payload` is the message compressed by [`super::deflate::compress`].
+pub fn encode_compressed(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_frame(&mut out, 0x80 | 0x40 | opcode.bits(), payload);
+    out.freeze()
+}
+
 /// Appends one complete (FIN) unmasked frame to `out`.
 pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
-    put_head(out, opcode, 0, payload.len());
-    out.put_slice(payload);
+    put_frame(out, 0x80 | opcode.bits(), payload);
 }
 
 /// Appends one complete (FIN) frame masked with `mask`, as a client must send
 /// every frame (RFC 6455 §5.3: a fresh, unpredictable mask per frame).
 pub fn encode_masked_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
-    put_head(out, opcode, 0x80, payload.len());
+    put_head(out, 0x80 | opcode.bits(), 0x80, payload.len());
     out.put_slice(&mask);
     let start = out.len();
     out.put_slice(payload);
     unmask(&mut out[start..], mask);
 }
 
-/// The first byte (FIN and opcode) and the length, with `mask_bit` (0x80 or 0).
+fn put_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
+    put_head(out, first, 0, payload.len());
+    out.put_slice(payload);
+}
+
+/// The first byte and the length, with `mask_bit` (0x80 or 0).
 #[inline(always)]
-fn put_head(out: &mut BytesMut, opcode: OpCode, mask_bit: u8, len: usize) {
-    out.put_u8(0x80 | opcode.bits());
+fn put_head(out: &mut BytesMut, first: u8, mask_bit: u8, len: usize) {
+    out.put_u8(first);
     match len {
         n if n < 126 => out.put_u8(mask_bit | n as u8),
         n if n <= u16::MAX as usize => {
@@ -90,6 +105,17 @@ fn put_head(out: &mut BytesMut, opcode: OpCode, mask_bit: u8, len: usize) {
             out.put_u64(n as u64);
         }
     }
+}
+
+/// The payload of a complete unmasked frame built by this module.
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or(&[])
 }
 
 /// A text frame carrying `text`.
@@ -138,6 +164,8 @@ pub enum FrameError {
     TooBig { limit: usize },
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
+    #[error("compressed message: {0}")]
+    Inflate(#[from] super::deflate::InflateError),
 }
 
 impl FrameError {
@@ -147,6 +175,8 @@ impl FrameError {
             Self::Protocol(_) => 1002,
             Self::TooBig { .. } => 1009,
             Self::InvalidUtf8 => 1007,
+            Self::Inflate(super::deflate::InflateError::TooBig { .. }) => 1009,
+            Self::Inflate(super::deflate::InflateError::Corrupt) => 1007,
         }
     }
 }
@@ -155,22 +185,32 @@ impl FrameError {
 #[derive(Debug)]
 pub struct Decoder {
     limits: DecodeLimits,
-    fragments: Option<(OpCode, BytesMut)>,
+    /// The connection negotiated permessage-deflate: RSV1 marks a compressed message.
+    deflate: bool,
+    /// A fragmented message in progress: its opcode, whether it is compressed, its bytes.
+    fragments: Option<(OpCode, bool, BytesMut)>,
 }
 
 impl Decoder {
     pub fn new(limits: DecodeLimits) -> Self {
         Self {
             limits,
+            deflate: false,
             fragments: None,
         }
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate.
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
     }
 
     /// Decodes the next message from the front of `buf`, consuming its bytes.
     /// Returns `Ok(None)` when `buf` holds no complete frame yet.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         loop {
-            let Some(header) = parse_header::<true>(buf)? else {
+            let Some(header) = parse_header::<true>(buf, self.deflate)? else {
                 return Ok(None);
             };
             if header.payload_len > self.limits.max_frame as u64 {
@@ -209,18 +249,18 @@ impl Decoder {
                 _ => Incoming::Close(close_code(&payload)?),
             }));
         }
-        let (opcode, data) = match (header.opcode, self.fragments.take()) {
+        let (opcode, compressed, data) = match (header.opcode, self.fragments.take()) {
             (OpCode::Continuation, None) => {
                 return Err(FrameError::Protocol("continuation frame without a start"));
             }
-            (OpCode::Continuation, Some((opcode, mut data))) => {
+            (OpCode::Continuation, Some((opcode, compressed, mut data))) => {
                 if data.len() + payload.len() > self.limits.max_message {
                     return Err(FrameError::TooBig {
                         limit: self.limits.max_message,
                     });
                 }
                 data.extend_from_slice(&payload);
-                (opcode, data)
+                (opcode, compressed, data)
             }
             (_, Some(_)) => {
                 return Err(FrameError::Protocol(
@@ -233,14 +273,20 @@ impl Decoder {
                         limit: self.limits.max_message,
                     });
                 }
-                (opcode, payload)
+                (opcode, header.rsv1, payload)
             }
         };
         if !header.fin {
-            self.fragments = Some((opcode, data));
+            self.fragments = Some((opcode, compressed, data));
             return Ok(None);
         }
-        let data = data.freeze();
+        let data = if compressed {
+            // Inflated on its own (client_no_context_takeover): the inflater
+            // exists only for this message.
+            Bytes::from(super::deflate::inflate(&data, self.limits.max_message)?)
+        } else {
+            data.freeze()
+        };
         Ok(Some(match opcode {
             OpCode::Text => {
                 if std::str::from_utf8(&data).is_err() {
@@ -261,6 +307,8 @@ impl Decoder {
 #[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
+    /// The first frame of a compressed message (permessage-deflate).
+    rsv1: bool,
     opcode: OpCode,
     mask: [u8; 4],
     header_len: usize,
@@ -268,18 +316,28 @@ struct Header {
 }
 
 /// A frame's header at the front of `buf`: a client's (`MASKED`, read by the
-/// server) or a server's (unmasked, read by a client). `None` until complete.
-fn parse_header<const MASKED: bool>(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+/// server) or a server's (unmasked, read by a client); RSV1 only where
+/// permessage-deflate was negotiated (`deflate`). `None` until complete.
+fn parse_header<const MASKED: bool>(
+    buf: &[u8],
+    deflate: bool,
+) -> Result<Option<Header>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol(
             "reserved bits set (no extension negotiated)",
         ));
     }
-    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(FrameError::Protocol(
+            "RSV1 on a control or continuation frame",
+        ));
+    }
     if MASKED && b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("client frame is not masked"));
     }
@@ -313,6 +371,7 @@ fn parse_header<const MASKED: bool>(buf: &[u8]) -> Result<Option<Header>, FrameE
     }
     Ok(Some(Header {
         fin: b0 & 0x80 != 0,
+        rsv1,
         opcode,
         mask,
         header_len,
@@ -338,7 +397,8 @@ pub struct ServerFrame {
 /// limits, fragments and control frames are the caller's.
 #[inline]
 pub fn parse_server_frame(buf: &[u8]) -> Result<Option<ServerFrame>, FrameError> {
-    let Some(header) = parse_header::<false>(buf)? else {
+    // The load generator offers no extension: RSV1 is an error too.
+    let Some(header) = parse_header::<false>(buf, false)? else {
         return Ok(None);
     };
     let len = usize::try_from(header.payload_len)
@@ -612,5 +672,48 @@ mod tests {
             let err = parse_server_frame(bytes).unwrap_err();
             assert_eq!(err.close_code(), 1002, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_only_where_negotiated() {
+        let json = br#"{"type":"subscribe","channel":"federation","filters":{"a":1}}"#.repeat(8);
+        let deflated = crate::ws::deflate::compress(&json, 6);
+        // RSV1 (0x40) on the first frame of a compressed text message.
+        let mut frame = client_frame(true, 0x40 | 1, &deflated);
+        let mut d = Decoder::new(LIMITS).with_deflate(true);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from(json.clone())))
+        );
+        // Fragmented: RSV1 on the first frame only.
+        let (a, b) = deflated.split_at(deflated.len() / 2);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(false, 0x40 | 1, a));
+        buf.extend_from_slice(&client_frame(true, 0, b));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from(json.clone())))
+        );
+        // Without the extension negotiated, RSV1 is a protocol error.
+        let mut plain = Decoder::new(LIMITS);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(plain.decode(&mut buf).unwrap_err().close_code(), 1002);
+        // RSV1 on a control frame, or a bomb beyond the message limit.
+        let mut buf = BytesMut::from(&client_frame(true, 0x40 | 9, b"x")[..]);
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), 1002);
+        let bomb = crate::ws::deflate::compress(&vec![b'a'; 100_000], 9);
+        frame = client_frame(true, 0x40 | 1, &bomb);
+        let mut buf = BytesMut::from(&frame[..]);
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), 1009);
+        let mut buf = BytesMut::from(&client_frame(true, 0x40 | 1, &[0xff, 0x00, 0x12])[..]);
+        assert!(d.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn a_compressed_server_frame_has_rsv1() {
+        let f = encode_compressed(OpCode::Text, b"abc");
+        assert_eq!(f[0], 0x80 | 0x40 | 0x1);
+        assert_eq!(&f[2..], b"abc");
     }
 }

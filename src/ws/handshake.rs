@@ -38,6 +38,8 @@ pub struct UpgradeRequest {
     key: HeaderValue,
     offers_subprotocol: bool,
     token: Option<String>,
+    /// The client offers permessage-deflate in a form the gateway accepts.
+    offers_deflate: bool,
 }
 
 impl UpgradeRequest {
@@ -86,7 +88,14 @@ impl UpgradeRequest {
             key,
             offers_subprotocol,
             token,
+            offers_deflate: super::deflate::acceptable_offer(headers),
         })
+    }
+
+    /// Whether the client offers permessage-deflate in a form the gateway
+    /// accepts ([`super::deflate`]).
+    pub fn offers_deflate(&self) -> bool {
+        self.offers_deflate
     }
 
     /// A token offered as a `bearer.<token>` subprotocol, if any.
@@ -94,8 +103,9 @@ impl UpgradeRequest {
         self.token.as_deref()
     }
 
-    /// The `101 Switching Protocols` response.
-    pub fn accept_response(&self) -> Response<Bytes> {
+    /// The `101 Switching Protocols` response; with `deflate`, accepting
+    /// permessage-deflate (only when the client offered it).
+    pub fn accept_response(&self, deflate: bool) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -108,6 +118,12 @@ impl UpgradeRequest {
             headers.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        if deflate && self.offers_deflate {
+            headers.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(super::deflate::RESPONSE),
             );
         }
         response
@@ -201,7 +217,7 @@ mod tests {
         );
         let up = UpgradeRequest::from_headers(&h).unwrap();
         assert_eq!(up.subprotocol_token(), Some("abc.def.ghi"));
-        let resp = up.accept_response();
+        let resp = up.accept_response(true);
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(resp.headers()["sec-websocket-protocol"], "switchboard");
     }

@@ -143,6 +143,15 @@ impl Browser {
         }
     }
 
+    /// Returns once the page has painted two more frames: what an input
+    /// just triggered (a hover's tooltip, drawn on the next frame) is drawn.
+    pub fn frames_painted(&mut self) {
+        self.cmd(json!({
+            "cmd": "eval",
+            "js": "new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))"
+        }));
+    }
+
     /// Waits until an attribute has a value.
     pub fn wait_attr(&mut self, selector: &str, name: &str, value: &str, timeout: Duration) {
         let what = format!("{selector}[{name}={value:?}]");

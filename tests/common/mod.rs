@@ -1,16 +1,26 @@
 //! Test harness: real processes and real sockets.
 //!
 //! * [`RedisServer`]: a private `redis-server` on a free loopback port, killed on drop.
-//! * [`Switchboard`]: the real `switchboard` binary as a child process.
+//! * [`Switchboard`]: the real `switchboard` binary as a child process, listening on
+//!   ports the kernel picked (`127.0.0.1:0`), which it reports in its log.
 //! * [`Client`]: a real WebSocket client (tokio-tungstenite).
+//!
+//! Ports: a `switchboard` process binds port 0 and says which port it got (its
+//! "listening" log event, read from its JSON logs), so no two tests can race for
+//! one. `redis-server` and nginx cannot report a port they picked: they are
+//! given a free port and started again on another one if that port was taken
+//! meanwhile (each is recognised by an answer only it can give).
 #![allow(dead_code)]
 
-use std::net::TcpListener as StdListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -34,7 +44,10 @@ pub fn skip_unless_ci(what: &str, remedy: &str) {
     eprintln!("SKIPPED: {what} ({remedy})");
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free TCP port on 127.0.0.1 (bound and released: another process may take
+/// it before it is used). Only for programs that cannot bind port 0 and report
+/// the port (redis-server, nginx, deploy/local-cluster.sh): start them in a
+/// loop that tries another port when this one was taken.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -42,15 +55,140 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> bool {
+/// A loopback port on which nothing listens, for as long as this lives: the
+/// port is bound (so no other process can take it) but never listened on, so
+/// every connection to it is refused.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind a loopback port");
+    let port = socket.local_addr().expect("its address").port();
+    ClosedPort {
+        _socket: socket,
+        port,
+    }
+}
+
+/// Polls `check` every `every` until it gives a value; panics with `what` after
+/// `timeout`.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+    loop {
+        if let Some(v) = check() {
+            return v;
         }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(every);
+    }
+}
+
+/// How a program started on a port we picked came up.
+enum Startup {
+    /// It answers on the port, and it is the process we started.
+    Ours,
+    /// It exited (its bind failed, most likely): try another port.
+    Exited(std::process::ExitStatus),
+    /// Another process answers on the port: try another one.
+    Taken,
+}
+
+/// Waits until `child` answers on `port`: `owner(port)` tells which process
+/// answers there (`Some(pid)`), `None` while nothing does.
+fn wait_started(
+    child: &mut Child,
+    port: u16,
+    timeout: Duration,
+    owner: impl Fn(u16) -> Option<u32>,
+) -> Startup {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Startup::Exited(status);
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            match owner(port) {
+                Some(pid) if pid == child.id() => return Startup::Ours,
+                Some(_) => return Startup::Taken,
+                None => {}
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not start on port {port} within {timeout:?}",
+            child.id()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    false
+}
+
+/// The process id a redis-server on `port` reports (`INFO server`), over a
+/// plain connection.
+pub fn redis_pid(port: u16) -> Option<u32> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(pid) = pid_in_info(&text) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The `process_id` of an `INFO server` reply (a complete line).
+pub fn pid_in_info(info: &str) -> Option<u32> {
+    let start = info.find("process_id:")? + "process_id:".len();
+    let rest = &info[start..];
+    let end = rest.find("\r\n").or_else(|| rest.find('\n'))?;
+    rest[..end].trim().parse().ok()
+}
+
+/// Starts a redis-server with `command(port)` on a free port, and again on
+/// another one if that port was taken before it could bind it (it cannot bind
+/// port 0 and report the port). `owner` tells which process answers on a port.
+pub fn start_redis_on_free_port(
+    what: &str,
+    mut command: impl FnMut(u16) -> Command,
+    owner: impl Fn(u16) -> Option<u32>,
+) -> (u16, Child) {
+    let mut tried = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        match wait_started(&mut child, port, Duration::from_secs(10), &owner) {
+            Startup::Ours => return (port, child),
+            Startup::Exited(status) => tried.push(format!("{port}: exited ({status})")),
+            Startup::Taken => tried.push(format!("{port}: taken by another process")),
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{what} could not start on any free port: {tried:?}");
 }
 
 /// A private redis-server.
@@ -61,25 +199,39 @@ pub struct RedisServer {
     persistent: bool,
 }
 
+/// Each server's data directory, distinct within a test binary.
+static DIRS: AtomicU64 = AtomicU64::new(0);
+
 impl RedisServer {
     pub fn start() -> Self {
-        Self::launch(free_port(), false)
+        Self::launch(None, false)
     }
 
     /// A server on a given port (to bring one back where a test killed it).
     pub fn start_on(port: u16) -> Self {
-        Self::launch(port, false)
+        Self::launch(Some(port), false)
     }
 
     /// A server that keeps its data across [`RedisServer::restart`] (AOF).
     pub fn start_persistent() -> Self {
-        Self::launch(free_port(), true)
+        Self::launch(None, true)
     }
 
-    fn launch(port: u16, persistent: bool) -> Self {
-        let dir = std::env::temp_dir().join(format!("sb-redis-{port}-{}", std::process::id()));
+    fn launch(port: Option<u16>, persistent: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-redis-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::create_dir_all(&dir);
-        let child = Self::spawn_server(port, &dir, persistent);
+        let (port, child) = match port {
+            Some(port) => (port, Self::spawn_server(port, &dir, persistent)),
+            None => start_redis_on_free_port(
+                "redis-server",
+                |port| Self::command(port, &dir, persistent),
+                redis_pid,
+            ),
+        };
         Self {
             port,
             child,
@@ -88,9 +240,10 @@ impl RedisServer {
         }
     }
 
-    fn spawn_server(port: u16, dir: &std::path::Path, persistent: bool) -> Child {
+    fn command(port: u16, dir: &std::path::Path, persistent: bool) -> Command {
         let appendonly = if persistent { "yes" } else { "no" };
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--port",
                 &port.to_string(),
@@ -104,16 +257,22 @@ impl RedisServer {
                 "always",
                 "--dir",
             ])
-            .arg(dir)
+            .arg(dir);
+        command
+    }
+
+    /// Starts the server on exactly `port` (a restart: the port was its own).
+    fn spawn_server(port: u16, dir: &std::path::Path, persistent: bool) -> Child {
+        let mut child = Self::command(port, dir, persistent)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server did not start on port {port}"
-        );
-        child
+        match wait_started(&mut child, port, Duration::from_secs(10), redis_pid) {
+            Startup::Ours => child,
+            Startup::Exited(status) => panic!("redis-server on port {port} exited: {status}"),
+            Startup::Taken => panic!("port {port} was taken by another process"),
+        }
     }
 
     /// Shuts the server down (gracefully: data is flushed), keeps it down for
@@ -124,6 +283,7 @@ impl RedisServer {
             .args(["-p", &self.port.to_string(), "shutdown"])
             .status();
         let _ = self.child.wait();
+        // The outage itself: what the test is about, not a wait for something.
         std::thread::sleep(down);
         self.child = Self::spawn_server(self.port, &self.dir, true);
     }
@@ -155,28 +315,238 @@ impl Drop for RedisServer {
     }
 }
 
+/// Where a `switchboard` process listens, as it reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The client port (`--listen`; the collector's only listener).
+    pub listen: SocketAddr,
+    /// The admin listener (`/metrics`, health); the client port when shared.
+    pub admin: SocketAddr,
+}
+
+/// The "listening" event of a switchboard process's JSON logs: what
+/// `announce` in src/app.rs logs once a gateway or standalone has bound its
+/// listeners ("gateway listening: …", fields `listen` and `admin_listen`), or
+/// the collector's "collector: health and metrics listening" (field `listen`).
+fn listening_event(event: &Value) -> Option<Listening> {
+    let message = event["message"].as_str()?;
+    let addr = |field: &str| -> Option<SocketAddr> {
+        event[field]
+            .as_str()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    if message.starts_with("gateway listening") {
+        let listen = addr("listen")?;
+        Some(Listening {
+            listen,
+            admin: addr("admin_listen").unwrap_or(listen),
+        })
+    } else if message.starts_with("collector: health and metrics listening") {
+        let listen = addr("listen")?;
+        Some(Listening {
+            listen,
+            admin: listen,
+        })
+    } else {
+        None
+    }
+}
+
+/// Where the harness sends a switchboard process's log lines once it read them.
+pub enum Logs {
+    /// The test's own stderr, as readable text (libtest shows it when the test
+    /// fails, or with `--nocapture`).
+    Test,
+    /// A file, each line as the binary wrote it (JSON).
+    File(std::fs::File),
+}
+
+fn level_rank(level: &str) -> u8 {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => 0,
+        "debug" => 1,
+        "info" => 2,
+        "warn" => 3,
+        "error" => 4,
+        _ => 5,
+    }
+}
+
+/// One JSON log line as text: time, level, target, message, other fields.
+fn render(event: &Value) -> String {
+    let field = |k: &str| event[k].as_str().unwrap_or_default().to_string();
+    let mut line = format!(
+        "{} {:5} {}: {}",
+        field("timestamp"),
+        field("level"),
+        field("target"),
+        field("message")
+    );
+    if let Some(fields) = event.as_object() {
+        for (k, v) in fields {
+            if !matches!(k.as_str(), "timestamp" | "level" | "target" | "message") {
+                match v.as_str() {
+                    Some(s) => line.push_str(&format!(" {k}={s}")),
+                    None => line.push_str(&format!(" {k}={v}")),
+                }
+            }
+        }
+    }
+    line
+}
+
+/// Reads a switchboard process's JSON logs on a thread of its own: sends its
+/// "listening" event on the returned channel, forwards every line at
+/// `at_least` or above to `logs`, and keeps the last lines in `tail` (for the
+/// message of a process that exited). The channel closes when the process's
+/// stderr does.
+fn read_logs(
+    name: String,
+    stderr: ChildStderr,
+    at_least: Option<u8>,
+    mut logs: Logs,
+    tail: Arc<Mutex<Vec<String>>>,
+) -> (mpsc::Receiver<Listening>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut announced = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let event: Option<Value> = serde_json::from_str(&line).ok();
+            if let Some(event) = event.as_ref().filter(|_| !announced)
+                && let Some(listening) = listening_event(event)
+            {
+                announced = true;
+                let _ = tx.send(listening);
+            }
+            let shown = match (&event, at_least) {
+                (Some(e), Some(min)) => level_rank(e["level"].as_str().unwrap_or("")) >= min,
+                _ => true,
+            };
+            {
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                tail.push(line.clone());
+                if tail.len() > 40 {
+                    tail.remove(0);
+                }
+            }
+            if !shown {
+                continue;
+            }
+            match &mut logs {
+                Logs::Test => match &event {
+                    Some(e) if e.is_object() => eprintln!("[{name}] {}", render(e)),
+                    _ => eprintln!("[{name}] {line}"),
+                },
+                Logs::File(file) => {
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        }
+    });
+    (rx, reader)
+}
+
+/// Starts `command` (a `switchboard` subcommand whose listeners are given as
+/// `…:0` or as fixed addresses) with JSON logs at `level` (at least `info`
+/// is read: the "listening" event is logged at info; lines below `level` are
+/// not forwarded), and waits until it reports where it listens. Panics with
+/// its last log lines if it exits first.
+pub fn start_reporting(
+    command: &mut Command,
+    level: &str,
+    logs: Logs,
+    timeout: Duration,
+) -> (Child, Listening) {
+    try_start_reporting(command, level, logs, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`start_reporting`], with the failure (its last log lines) as an error.
+pub fn try_start_reporting(
+    command: &mut Command,
+    level: &str,
+    logs: Logs,
+    timeout: Duration,
+) -> Result<(Child, Listening), String> {
+    let known = level_rank(level) <= 4;
+    let read_level = if known && level_rank(level) > 2 {
+        "info"
+    } else {
+        level
+    };
+    command
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .env("SWITCHBOARD_LOG_LEVEL", read_level)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let what = format!(
+        "switchboard {}",
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut child = command.spawn().expect("spawn switchboard");
+    let subcommand = command
+        .get_args()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = format!("{subcommand} {}", child.id());
+    let stderr = child.stderr.take().expect("piped stderr");
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let (rx, reader) = read_logs(
+        name,
+        stderr,
+        known.then(|| level_rank(level)),
+        logs,
+        tail.clone(),
+    );
+    match rx.recv_timeout(timeout) {
+        Ok(listening) => Ok((child, listening)),
+        Err(e) => {
+            if matches!(e, mpsc::RecvTimeoutError::Timeout) {
+                let _ = child.kill();
+            }
+            let status = child.wait();
+            // The reader has read the last lines once the pipe closed.
+            let _ = reader.join();
+            let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+            Err(format!(
+                "`{what}` did not report where it listens ({e}; {status:?}); its last log lines:\n{tail}"
+            ))
+        }
+    }
+}
+
 /// The `switchboard` binary running as a child process.
 pub struct Switchboard {
-    /// The client port (`--listen`).
+    /// The client port (`--listen`), as the process reported it.
     pub port: u16,
     /// Where `/metrics` is served: the admin listener a gateway or standalone
-    /// is given on a free port (`SWITCHBOARD_ADMIN_LISTEN`, unless the
-    /// arguments name `--admin-listen`), the collector's `--listen`.
+    /// is given on a port of its own (`SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:0`,
+    /// unless the arguments name `--admin-listen`), the collector's `--listen`;
+    /// as the process reported it.
     pub admin_port: u16,
     child: Child,
 }
 
+/// Replica ids of the gateways a test binary starts, distinct within it.
+static REPLICAS: AtomicU64 = AtomicU64::new(0);
+
 impl Switchboard {
-    /// `switchboard standalone` on a free port, with extra flags.
+    /// `switchboard standalone` on a port the kernel picks, with extra flags.
     pub fn standalone(extra: &[&str]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["standalone", "--listen", &listen];
+        let mut args = vec!["standalone", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        Self::spawn(port, &args)
+        Self::start(&args)
     }
 
-    /// `switchboard gateway --no-auth` on a free port against `redis`.
+    /// `switchboard gateway --no-auth` on a port the kernel picks, against `redis`.
     pub fn gateway(redis: &RedisServer, extra: &[&str]) -> Self {
         Self::gateway_with(
             &["--redis-url", &redis.url()],
@@ -185,58 +555,76 @@ impl Switchboard {
         )
     }
 
-    /// `switchboard gateway --no-auth` on a free port, named `gw<port>`, with
-    /// `redis` (the flags naming its Redis) and `extra`; waits until it is ready.
+    /// `switchboard gateway --no-auth` on a port the kernel picks, named
+    /// `gw<n>`, with `redis` (the flags naming its Redis) and `extra`; waits
+    /// until it is ready.
     fn gateway_with(redis: &[&str], extra: &[&str], ready_within: Duration) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let replica = format!("gw{port}");
-        let mut args = vec!["gateway", "--listen", &listen];
+        let replica = format!("gw{}", REPLICAS.fetch_add(1, Ordering::Relaxed));
+        let mut args = vec!["gateway", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(redis);
         args.extend_from_slice(&["--no-auth", "--replica-id", &replica]);
         args.extend_from_slice(extra);
-        let gw = Self::spawn(port, &args);
+        let gw = Self::start(&args);
         gw.wait_ready(ready_within);
         gw
     }
 
-    pub fn spawn(port: u16, args: &[&str]) -> Self {
-        Self::spawn_with(port, args, "warn", Stdio::inherit())
+    /// Starts `switchboard <args>`; its listeners are what `args` say (give
+    /// `--listen 127.0.0.1:0`), the ports those it reports. Logs at `warn` go
+    /// to the test's stderr.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, "warn", Logs::Test)
     }
 
-    /// Spawns with a log level and where its logs (stderr) go. A gateway or
-    /// standalone gets its admin listener on a free loopback port (the default,
-    /// 9091, would be shared by every process of the test run).
-    pub fn spawn_with(port: u16, args: &[&str], level: &str, stderr: Stdio) -> Self {
+    /// [`Switchboard::start`] for a process told to listen on `port` (a
+    /// restart on the port it had): checks it reports that port.
+    pub fn spawn(port: u16, args: &[&str]) -> Self {
+        let sb = Self::start(args);
+        assert_eq!(sb.port, port, "switchboard {args:?} listens elsewhere");
+        sb
+    }
+
+    /// Starts a process that must name its port in more than one flag (so
+    /// cannot be given port 0): `args(port)` on a free port, and again on
+    /// another one if that port was taken before the process could bind it.
+    pub fn start_on_free_port(args: impl Fn(u16) -> Vec<String>) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let args = args(free_port());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match Self::try_start_with(&args, "warn", Logs::Test) {
+                Ok(sb) => return sb,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("could not start on any free port:\n{}", failures.join("\n"));
+    }
+
+    /// Starts with a log level and where its logs go. A gateway or standalone
+    /// gets its admin listener on a port of its own (the default, 9091, would
+    /// be shared by every process of the test run).
+    pub fn start_with(args: &[&str], level: &str, logs: Logs) -> Self {
+        Self::try_start_with(args, level, logs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(args: &[&str], level: &str, logs: Logs) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .args(args)
-            .env("SWITCHBOARD_LOG_LEVEL", level)
             // Seed 001's variables, which collector and standalone read, come
             // only from the test that sets them, never from the caller's shell.
             .env_remove("REDIS_URL")
-            .env_remove("ARK_BASE_PATH")
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let admin_port = match admin_listen_arg(args) {
-            Some(addr) => addr,
-            None if matches!(args.first(), Some(&("gateway" | "standalone"))) => {
-                let admin = free_port();
-                command.env("SWITCHBOARD_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
-                admin
-            }
-            None => port,
-        };
-        let child = command.spawn().expect("spawn switchboard");
-        assert!(
-            wait_for_port(port, Duration::from_secs(15)),
-            "switchboard did not listen on {port}"
-        );
-        Self {
-            port,
-            admin_port,
-            child,
+            .env_remove("ARK_BASE_PATH");
+        if !names_admin_listen(args) && matches!(args.first(), Some(&("gateway" | "standalone"))) {
+            command.env("SWITCHBOARD_ADMIN_LISTEN", "127.0.0.1:0");
         }
+        let (child, listening) =
+            try_start_reporting(&mut command, level, logs, Duration::from_secs(15))?;
+        Ok(Self {
+            port: listening.listen.port(),
+            admin_port: listening.admin.port(),
+            child,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -278,6 +666,29 @@ impl Switchboard {
         metric_value(&self.scrape(), name, labels)
     }
 
+    /// Polls a metric until `pred` holds for its value; returns it. Panics
+    /// after `timeout`, naming `what`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &str,
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(name, labels);
+            if pred(value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{labels}}} is still {value} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `/metrics`, from the admin listener.
     pub fn scrape(&self) -> String {
         let (status, body) = http_get(self.admin_port, "/metrics").expect("scrape /metrics");
@@ -293,14 +704,74 @@ impl Drop for Switchboard {
     }
 }
 
-/// The port of an `--admin-listen ADDR` (or `--admin-listen=ADDR`) argument.
-fn admin_listen_arg(args: &[&str]) -> Option<u16> {
-    let value = args
-        .iter()
-        .position(|a| *a == "--admin-listen")
-        .and_then(|i| args.get(i + 1).copied())
-        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--admin-listen=")))?;
-    value.rsplit_once(':')?.1.parse().ok()
+/// Whether the arguments name `--admin-listen` (as `--admin-listen ADDR` or
+/// `--admin-listen=ADDR`).
+fn names_admin_listen(args: &[&str]) -> bool {
+    args.iter()
+        .any(|a| *a == "--admin-listen" || a.starts_with("--admin-listen="))
+}
+
+/// The failures of a table test, collected so that one failing case does not
+/// hide the others; [`Failures::finish`] reports them all.
+#[derive(Default)]
+pub struct Failures {
+    cases: usize,
+    failed: Vec<String>,
+}
+
+impl Failures {
+    /// Records one case: `Err(why)` is a failure.
+    pub fn record(&mut self, case: &str, outcome: Result<(), String>) {
+        self.cases += 1;
+        if let Err(why) = outcome {
+            eprintln!("FAILED case {case}: {why}");
+            self.failed.push(format!("{case}: {why}"));
+        }
+    }
+
+    /// Records a case whose check is a condition; `detail` says what was seen.
+    pub fn check(&mut self, case: &str, ok: bool, detail: impl std::fmt::Display) {
+        self.record(case, if ok { Ok(()) } else { Err(detail.to_string()) });
+    }
+
+    /// Records a case whose check is a comparison.
+    pub fn expect_eq<T: PartialEq + std::fmt::Debug>(&mut self, case: &str, got: T, want: T) {
+        let outcome = if got == want {
+            Ok(())
+        } else {
+            Err(format!("got {got:?}, want {want:?}"))
+        };
+        self.record(case, outcome);
+    }
+
+    /// Runs one case, written with assertions: a panic is its failure.
+    pub async fn run<F: std::future::Future<Output = ()>>(&mut self, case: &str, check: F) {
+        let outcome = std::panic::AssertUnwindSafe(check)
+            .catch_unwind()
+            .await
+            .map_err(|panic| panic_message(&*panic));
+        self.record(case, outcome);
+    }
+
+    /// Panics listing every failed case, if any failed.
+    pub fn finish(self, what: &str) {
+        assert!(
+            self.failed.is_empty(),
+            "{what}: {} of {} cases failed:\n  {}",
+            self.failed.len(),
+            self.cases,
+            self.failed.join("\n  ")
+        );
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".to_string())
 }
 
 /// Sums the samples of `name` whose label text contains `labels`.
@@ -402,10 +873,53 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Starts nginx on a free port, and again on another one if that port
+    /// was taken before nginx could bind it (nginx cannot report a port it
+    /// picked). It is recognised by a path only it answers with its nonce.
     pub fn start(upstreams: &[u16]) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sb-nginx-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let mut tried = Vec::new();
+        for attempt in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "sb-nginx-{}-{}",
+                std::process::id(),
+                DIRS.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("nginx dir");
+            let nonce = format!("sb-nginx-{}-{port}-{attempt}", std::process::id());
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, Self::config(upstreams, port, &dir, &nonce))
+                .expect("write nginx.conf");
+            let mut child = Command::new(nginx_binary())
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("nginx must be installed (apt-get install nginx)");
+            let ours = child.id();
+            let owner = |port: u16| match http_get(port, NGINX_MARKER) {
+                Ok((200, body)) if body == nonce => Some(ours),
+                Ok(_) => Some(0),
+                Err(_) => None,
+            };
+            match wait_started(&mut child, port, Duration::from_secs(10), owner) {
+                Startup::Ours => return Self { port, child, dir },
+                Startup::Exited(status) => tried.push(format!("{port}: exited ({status})")),
+                Startup::Taken => tried.push(format!("{port}: taken by another process")),
+            }
+            send_signal(&child, "TERM");
+            wait_exit(&mut child, Duration::from_secs(5));
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        panic!("nginx could not start on any free port: {tried:?}");
+    }
+
+    fn config(upstreams: &[u16], port: u16, dir: &std::path::Path, nonce: &str) -> String {
         let servers: String = upstreams
             .iter()
             .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;\n"))
@@ -417,40 +931,29 @@ impl Nginx {
             .unwrap_or(false);
         let user = if is_root { "user root;" } else { "" };
         let d = dir.display();
-        let config = format!(
+        format!(
             "{user}\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              upstream gateways {{\n{servers}  }}\n\
              map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://gateways;\n\
+             server {{\n    listen 127.0.0.1:{port};\n\
+             location = {NGINX_MARKER} {{ return 200 \"{nonce}\"; }}\n\
+             location / {{\n      proxy_pass http://gateways;\n\
              proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
              proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n\
              proxy_connect_timeout 2s;\n      proxy_next_upstream error timeout http_502 http_503;\n    }}\n  }}\n}}\n"
-        );
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, config).expect("write nginx.conf");
-        let child = Command::new(nginx_binary())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx must be installed (apt-get install nginx)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "nginx did not start"
-        );
-        Self { port, child, dir }
+        )
     }
 
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{}", self.port, path)
     }
 }
+
+/// A path the harness's nginx answers itself, with its nonce.
+const NGINX_MARKER: &str = "/__switchboard_test_nginx";
 
 fn nginx_binary() -> String {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
@@ -719,8 +1222,11 @@ impl RedisCluster {
                 ports.push(p);
             }
         }
-        let dir =
-            std::env::temp_dir().join(format!("sb-cluster-{}-{}", ports[0], std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "sb-cluster-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let mut cluster = Self {
@@ -731,7 +1237,8 @@ impl RedisCluster {
             node_timeout,
         };
         for &p in &ports {
-            cluster.start_node(p);
+            // A port taken since it was found free: start over on others.
+            cluster.try_start_node(p)?;
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
@@ -758,9 +1265,15 @@ impl RedisCluster {
     /// Starts (or restarts) the node on `port`, with its cluster state file:
     /// a restarted node rejoins the cluster it was part of.
     pub fn start_node(&mut self, port: u16) {
+        if let Err(e) = self.try_start_node(port) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start_node(&mut self, port: u16) -> Result<(), String> {
         let dir = self.node_dir(port);
         let _ = std::fs::create_dir_all(&dir);
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -783,11 +1296,17 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "cluster node did not start on port {port}"
-        );
-        self.children.insert(port, child);
+        let failure = match wait_started(&mut child, port, Duration::from_secs(10), redis_pid) {
+            Startup::Ours => {
+                self.children.insert(port, child);
+                return Ok(());
+            }
+            Startup::Exited(status) => format!("cluster node on port {port} exited: {status}"),
+            Startup::Taken => format!("port {port} of a cluster node was taken"),
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(failure)
     }
 
     /// Seed URLs for `--redis-cluster-urls` (two nodes: the rest is discovered).
@@ -1137,4 +1656,66 @@ pub async fn resume_within_and_beyond_history(a: &Switchboard, b: &Switchboard) 
         (Some("snapshot"), Some(20))
     );
     late.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A raw WebSocket over TCP, for what a client library would not send or
+/// would do by itself (tungstenite answers every ping it reads).
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends an upgrade request with `version`; the status line and headers.
+    pub fn upgrade(port: u16, version: &str) -> (TcpStream, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: {version}\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "response head cut short");
+            head.push(byte[0]);
+        }
+        (s, String::from_utf8_lossy(&head).to_lowercase())
+    }
+
+    /// A masked client frame.
+    pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 11, 13, 17];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// The close code of the server's close frame, skipping any frame before it.
+    pub fn close_code(s: &mut TcpStream) -> Option<u16> {
+        loop {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    s.read_exact(&mut l).ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    s.read_exact(&mut l).ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).ok()?;
+            if head[0] & 0x0f == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
 }

@@ -49,13 +49,13 @@ use tokio_util::sync::CancellationToken;
 use self::node::{Auth, NodeEvent, NodeHandle, NodeSettings, Report};
 use self::topology::{NodeAddr, Topology};
 use super::connection::{Commands, RedisTarget};
-use super::feed::{Feed, Health, SubCommand, unavailable};
+use super::feed::{FeedWriter, Health, SubCommand, unavailable};
 use super::keys::{Keys, slot};
 use super::redis_config::RedisConfig;
 use super::{EngineError, EngineEvent};
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
-use crate::metrics::{Metrics, RedisOp};
+use crate::metrics::{EngineMetrics, RedisOp};
 
 /// Most channels in one `SSUBSCRIBE`.
 const CHUNK: usize = 512;
@@ -90,14 +90,14 @@ struct Pending {
 }
 
 /// See the module documentation.
-pub(crate) struct ClusterSubscriber {
+pub(crate) struct ClusterPubSub {
     commands: Commands,
     keys: Keys,
     config: RedisConfig,
     settings: Arc<NodeSettings>,
-    feed: Arc<Feed>,
+    feed: Arc<FeedWriter>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EngineMetrics>,
     requests: mpsc::Receiver<SubCommand>,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
@@ -128,13 +128,13 @@ pub(crate) struct ClusterSubscriber {
     refresh_failing: bool,
 }
 
-impl ClusterSubscriber {
+impl ClusterPubSub {
     pub(crate) fn new(
         commands: Commands,
         config: RedisConfig,
-        feed: Arc<Feed>,
+        feed: Arc<FeedWriter>,
         health: Arc<Health>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<EngineMetrics>,
         requests: mpsc::Receiver<SubCommand>,
     ) -> Self {
         let keys = feed.keys().clone();

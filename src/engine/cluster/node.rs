@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::resp::{Decoder, Frame};
 use super::topology::NodeAddr;
 use crate::engine::EngineEvent;
-use crate::engine::feed::Feed;
+use crate::engine::feed::FeedWriter;
 use crate::engine::tls;
 
 /// Credentials sent with `AUTH` after connecting.
@@ -97,7 +97,7 @@ pub(crate) fn spawn(
     addr: NodeAddr,
     generation: u64,
     settings: Arc<NodeSettings>,
-    feed: Arc<Feed>,
+    feed: Arc<FeedWriter>,
     reports: mpsc::Sender<Report>,
     shutdown: &CancellationToken,
 ) -> NodeHandle {
@@ -123,7 +123,7 @@ struct Connection {
     addr: NodeAddr,
     generation: u64,
     settings: Arc<NodeSettings>,
-    feed: Arc<Feed>,
+    feed: Arc<FeedWriter>,
     reports: mpsc::Sender<Report>,
     commands: mpsc::UnboundedReceiver<Bytes>,
 }

@@ -9,7 +9,7 @@
 //! | route | dialect | clients |
 //! |---|---|---|
 //! | `/ws` | [`native`] | switchboard's own protocol |
-//! | `/ws/{channel}` | [`ark`] | the ARK dashboards (seed 000) |
+//! | `/ws/{channel}` | [`snapshot`] | the ARK dashboards (seed 000) |
 //! | `/api/ws/{channel}` | [`relay`] | DevSkyy-style channels (seeds 000, 002) |
 //! | `/ws/monitor/{session_id}` | [`escai`] | ESCAI monitors (seed 003) |
 //! | `/api/v1/ws/{request_id}` | [`council`] | AI Council frontends (seed 004) |
@@ -18,11 +18,11 @@
 //! registry only through the core, and the layers below know no dialect (the
 //! heartbeat frames and error forms they need come in as data).
 
-pub mod ark;
 pub mod council;
 pub mod escai;
 pub mod native;
 pub mod relay;
+pub mod snapshot;
 
 use bytes::Bytes;
 
@@ -50,32 +50,34 @@ pub(crate) trait Dialect {
 
 /// The dialect of one connection.
 pub(crate) enum AnyDialect {
-    Native(native::Native),
-    Ark(ark::Ark),
-    Relay(relay::Relay),
-    Escai(Box<escai::Escai>),
-    Council(Box<council::Council>),
+    Native(native::NativeDialect),
+    Snapshot(snapshot::SnapshotDialect),
+    Relay(relay::RelayDialect),
+    Escai(Box<escai::EscaiDialect>),
+    Council(Box<council::CouncilDialect>),
 }
 
 impl AnyDialect {
     /// The dialect a route speaks.
     pub(crate) fn for_route(route: Route) -> Self {
         match route {
-            Route::Native { resume } => Self::Native(native::Native::new(resume)),
-            Route::Ark(channel) => Self::Ark(ark::Ark::new(channel)),
-            Route::Relay(channel) => Self::Relay(relay::Relay::new(channel)),
-            Route::Escai { session_id } => Self::Escai(Box::new(escai::Escai::new(session_id))),
+            Route::Native { resume } => Self::Native(native::NativeDialect::new(resume)),
+            Route::Snapshot(channel) => Self::Snapshot(snapshot::SnapshotDialect::new(channel)),
+            Route::Relay(channel) => Self::Relay(relay::RelayDialect::new(channel)),
+            Route::Escai { session_id } => {
+                Self::Escai(Box::new(escai::EscaiDialect::new(session_id)))
+            }
             Route::Council {
                 request_id,
                 channel,
-            } => Self::Council(Box::new(council::Council::new(request_id, channel))),
+            } => Self::Council(Box::new(council::CouncilDialect::new(request_id, channel))),
         }
     }
 
     pub(crate) async fn open(&mut self, core: &mut Core) {
         match self {
             Self::Native(d) => d.open(core).await,
-            Self::Ark(d) => d.open(core).await,
+            Self::Snapshot(d) => d.open(core).await,
             Self::Relay(d) => d.open(core).await,
             Self::Escai(d) => d.open(core).await,
             Self::Council(d) => d.open(core).await,
@@ -85,7 +87,7 @@ impl AnyDialect {
     pub(crate) async fn on_text(&mut self, core: &mut Core, text: Bytes) {
         match self {
             Self::Native(d) => d.on_text(core, text).await,
-            Self::Ark(d) => d.on_text(core, text).await,
+            Self::Snapshot(d) => d.on_text(core, text).await,
             Self::Relay(d) => d.on_text(core, text).await,
             Self::Escai(d) => d.on_text(core, text).await,
             Self::Council(d) => d.on_text(core, text).await,
@@ -95,7 +97,7 @@ impl AnyDialect {
     pub(crate) async fn resync(&mut self, core: &mut Core, channel: ChannelName) {
         match self {
             Self::Native(d) => d.resync(core, channel).await,
-            Self::Ark(d) => d.resync(core, channel).await,
+            Self::Snapshot(d) => d.resync(core, channel).await,
             Self::Relay(d) => d.resync(core, channel).await,
             Self::Escai(d) => d.resync(core, channel).await,
             Self::Council(d) => d.resync(core, channel).await,

@@ -13,18 +13,18 @@ use crate::filter::Filter;
 use crate::gateway::core::{Core, Plan, Refused};
 use crate::gateway::recovery::Start;
 use crate::gateway::sessions;
-use crate::hub::Mode;
-use crate::protocol::{ClientMessage, ErrorCode, RequestId, Since, server};
+use crate::hub::{FrameKind, Mode};
+use crate::protocol::{ClientMessage, DeltaFormat, ErrorCode, RequestId, Since, server};
 
 /// A native connection's own state: its resumable session.
-pub(crate) struct Native {
+pub(crate) struct NativeDialect {
     /// The session id asked for with `?session=`.
     resume: Option<String>,
     /// This connection's session id, once greeted.
     session_id: Option<String>,
 }
 
-impl Native {
+impl NativeDialect {
     pub(crate) fn new(resume: Option<String>) -> Self {
         Self {
             resume,
@@ -93,6 +93,7 @@ impl Native {
         name: &str,
         since: Option<Since>,
         filters: Option<Map<String, Value>>,
+        delta: Option<DeltaFormat>,
         id: Option<RequestId>,
     ) {
         let refuse = |core: &Core, r: Refused| {
@@ -163,7 +164,10 @@ impl Native {
                 );
             }
         };
-        let mode = core.mode_with(filter);
+        let mut mode = core.mode_with(filter);
+        if delta.is_some() {
+            mode.kind = FrameKind::NativeDelta;
+        }
         let plan = Plan::Resume {
             since,
             snapshot: true,
@@ -185,6 +189,7 @@ impl Native {
                 epoch: position.epoch.as_str().to_string(),
                 offset: position.offset,
                 filters,
+                delta,
             };
             core.gw.sessions.subscribed(
                 session,
@@ -270,6 +275,7 @@ fn send_start(
         start.position.epoch.as_str(),
         start.position.offset,
         start.recovered,
+        (mode.kind == FrameKind::NativeDelta).then_some(DeltaFormat::Fossil),
         id,
     ));
     if let Some(snapshot) = &start.snapshot {
@@ -283,7 +289,7 @@ fn send_start(
     core.send_entries(channel, mode, &start.replay, |_| false);
 }
 
-impl Dialect for Native {
+impl Dialect for NativeDialect {
     async fn open(&mut self, core: &mut Core) {
         let restored = self.restore_session(core).await;
         let session_id = self.session_id.clone().unwrap_or_default();
@@ -301,8 +307,15 @@ impl Dialect for Native {
                 offset: position.offset,
                 epoch: position.epoch,
             };
-            self.subscribe(core, &channel, Some(since), position.filters, None)
-                .await;
+            self.subscribe(
+                core,
+                &channel,
+                Some(since),
+                position.filters,
+                position.delta,
+                None,
+            )
+            .await;
         }
     }
 
@@ -319,8 +332,9 @@ impl Dialect for Native {
                 channel,
                 since,
                 filters,
+                delta,
                 id,
-            } => Box::pin(self.subscribe(core, &channel, since, filters, id)).await,
+            } => Box::pin(self.subscribe(core, &channel, since, filters, delta, id)).await,
             ClientMessage::Unsubscribe { channel, id } => {
                 Box::pin(self.unsubscribe(core, &channel, id)).await
             }
@@ -393,6 +407,7 @@ impl Dialect for Native {
                 epoch: start.position.epoch.as_str().to_string(),
                 offset: start.position.offset,
                 filters: None,
+                delta: None,
             };
             core.gw
                 .sessions

@@ -5,17 +5,17 @@
 use bytes::Bytes;
 
 use super::Dialect;
-use super::ark::on_dropin_text;
+use super::snapshot::on_dropin_text;
 use crate::channel::ChannelName;
 use crate::gateway::core::{Core, Plan};
 use crate::protocol::CloseCode;
 
 /// A relay connection: one channel.
-pub(crate) struct Relay {
+pub(crate) struct RelayDialect {
     channel: ChannelName,
 }
 
-impl Relay {
+impl RelayDialect {
     pub(crate) fn new(channel: ChannelName) -> Self {
         Self { channel }
     }
@@ -27,7 +27,7 @@ const PLAN: Plan = Plan::Resume {
     snapshot: false,
 };
 
-impl Dialect for Relay {
+impl Dialect for RelayDialect {
     async fn open(&mut self, core: &mut Core) {
         let mode = core.mode_with(None);
         match core.begin(self.channel.clone(), mode, PLAN).await {

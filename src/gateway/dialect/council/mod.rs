@@ -1,4 +1,4 @@
-//! The AI Council frontends' route `/api/v1/ws/{request_id}` (seed 004).
+//! The AI CouncilDialect frontends' route `/api/v1/ws/{request_id}` (seed 004).
 //!
 //! One connection follows one request: channel `council:{request_id}`, where
 //! producers publish `{"type": event_type, "data": {…}}` (the seed's
@@ -30,16 +30,19 @@ use crate::protocol::CloseCode;
 use crate::protocol::council::{self, Code, Request};
 use store::AckSet;
 
-/// The namespace of AI Council requests: `council:{request_id}`.
+/// The namespace of AI CouncilDialect requests: `council:{request_id}`.
 pub const NAMESPACE: &str = "council";
 
 /// The channel of a request.
-pub fn request_channel(request_id: &str, max_len: usize) -> Result<ChannelName, String> {
-    ChannelName::parse(&format!("{NAMESPACE}:{request_id}"), max_len).map_err(|e| e.to_string())
+pub fn request_channel(
+    request_id: &str,
+    max_len: usize,
+) -> Result<ChannelName, crate::channel::ChannelNameError> {
+    ChannelName::parse(&format!("{NAMESPACE}:{request_id}"), max_len)
 }
 
-/// An AI Council connection: one request.
-pub(crate) struct Council {
+/// An AI CouncilDialect connection: one request.
+pub(crate) struct CouncilDialect {
     request_id: String,
     channel: ChannelName,
     /// The epoch the replay and the acknowledgements belong to.
@@ -53,7 +56,7 @@ pub(crate) struct Council {
     reconnection_count: u64,
 }
 
-impl Council {
+impl CouncilDialect {
     pub(crate) fn new(request_id: String, channel: ChannelName) -> Self {
         Self {
             request_id,
@@ -200,7 +203,7 @@ impl Council {
     }
 }
 
-impl Dialect for Council {
+impl Dialect for CouncilDialect {
     async fn open(&mut self, core: &mut Core) {
         core.send_text(&council::connection_established(&self.request_id));
         let user = core.identity.user_key().to_owned();

@@ -43,7 +43,7 @@ const PLAN: Plan = Plan::Resume {
 };
 
 /// An ESCAI connection's subscriptions.
-pub(crate) struct Escai {
+pub(crate) struct EscaiDialect {
     session_id: String,
     /// Per agent, the families followed with the filters as the client wrote them.
     agents: BTreeMap<String, BTreeMap<Family, Option<Map<String, Value>>>>,
@@ -51,7 +51,7 @@ pub(crate) struct Escai {
     alerts: bool,
 }
 
-impl Escai {
+impl EscaiDialect {
     pub(crate) fn new(session_id: String) -> Self {
         Self {
             session_id,
@@ -284,7 +284,7 @@ impl Escai {
     }
 }
 
-impl Dialect for Escai {
+impl Dialect for EscaiDialect {
     async fn open(&mut self, core: &mut Core) {
         let user = core
             .identity

@@ -11,11 +11,11 @@ use crate::gateway::recovery::Start;
 use crate::protocol::{CloseCode, ErrorCode, dropin, server};
 
 /// An ARK dashboard connection: one channel.
-pub(crate) struct Ark {
+pub(crate) struct SnapshotDialect {
     channel: ChannelName,
 }
 
-impl Ark {
+impl SnapshotDialect {
     pub(crate) fn new(channel: ChannelName) -> Self {
         Self { channel }
     }
@@ -65,7 +65,7 @@ pub(super) async fn on_dropin_text(core: &mut Core, channel: &ChannelName, text:
     }
 }
 
-impl Dialect for Ark {
+impl Dialect for SnapshotDialect {
     async fn open(&mut self, core: &mut Core) {
         // The start goes out between join and release, so nothing slips
         // between the snapshot and the first live message.
