@@ -318,6 +318,9 @@ struct Header {
 /// A frame's header at the front of `buf`: a client's (`MASKED`, read by the
 /// server) or a server's (unmasked, read by a client); RSV1 only where
 /// permessage-deflate was negotiated (`deflate`). `None` until complete.
+/// Always inlined: into the load client's per-frame loop (where `deflate` is
+/// a constant) across the crate boundary, and into `Decoder::decode`.
+#[inline(always)]
 fn parse_header<const MASKED: bool>(
     buf: &[u8],
     deflate: bool,
