@@ -51,11 +51,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Collector(args) => collector(args, shutdown).await,
         Command::Token(args) => token(&args),
         Command::DemoData(args) => demo_data(args, shutdown).await,
-        Command::Bench(args) => Ok(crate::bench::main(args, shutdown).await?),
+        Command::Bench(args) => Ok(crate::bench::main(args.config()?, shutdown).await?),
         Command::BenchWorker(_) => Ok(crate::bench::worker::serve().await?),
-        Command::Tail(args) => Ok(client::tail::run(args, shutdown).await?),
-        Command::Publish(args) => Ok(client::publish::run(args, shutdown).await?),
-        Command::Health(args) => Ok(client::health::run(args).await?),
+        Command::Tail(args) => Ok(client::tail::run(args.config(), shutdown).await?),
+        Command::Publish(args) => Ok(client::publish::run(args.config(), shutdown).await?),
+        Command::Health(args) => Ok(client::health::run(args.config()).await?),
     }
 }
 

@@ -304,6 +304,56 @@ impl BenchArgs {
     pub fn workers(&self) -> usize {
         threads_or_cpus(self.threads)
     }
+
+    /// The run these flags describe, checked.
+    pub fn config(&self) -> Result<crate::bench::BenchConfig, crate::bench::plan::PlanError> {
+        use crate::bench::plan::{self, Length, Plan, PlanError};
+        let targets = self
+            .urls
+            .iter()
+            .map(|u| plan::parse_target(u, self.route))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = Plan {
+            label: self.label.clone(),
+            targets,
+            route: self.route,
+            clients: self.clients,
+            channels: self.channels,
+            channel_prefix: self.channel_prefix.clone(),
+            rate: self.rate,
+            length: match self.messages {
+                Some(n) => Length::Messages(n),
+                None => Length::Duration(self.duration),
+            },
+            warmup: self.warmup,
+            drain: self.drain,
+            settle: self.settle,
+            publisher: self.publisher,
+            redis_url: self.redis_url.clone(),
+            redis_tls: self
+                .redis_tls
+                .load([self.redis_url.as_str()])
+                .map_err(|e| PlanError::Invalid(e.to_string()))?,
+            redis_prefix: self.redis_prefix.clone(),
+            pubsub_name: self.pubsub_name.clone(),
+            payload_bytes: self.payload_bytes,
+            src_ips: plan::parse_src_ips(&self.src_ips)?,
+            connect_rate: self.connect_rate,
+            connect_concurrency: self.connect_concurrency,
+            connect_timeout: self.connect_timeout,
+            max_in_flight: self.max_in_flight,
+            server_pids: self.server_pids.clone(),
+            workers: self.workers,
+            token: self.token.clone(),
+        };
+        plan.validate()?;
+        Ok(crate::bench::BenchConfig {
+            plan,
+            threads: self.workers(),
+            output: self.output.clone(),
+            json: self.json,
+        })
+    }
 }
 
 /// `switchboard bench-worker` (internal).
@@ -349,6 +399,17 @@ pub struct ClientArgs {
     pub connect_timeout: Duration,
 }
 
+impl ClientArgs {
+    /// The gateways and token these flags name.
+    pub fn config(&self) -> crate::client::ClientConfig {
+        crate::client::ClientConfig {
+            urls: self.urls.clone(),
+            token: self.token.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TailArgs {
     /// Channels to follow (at least one).
@@ -386,6 +447,22 @@ pub struct TailArgs {
     pub max_message_bytes: usize,
 }
 
+impl TailArgs {
+    /// What `tail` follows, as these flags say.
+    pub fn config(&self) -> crate::client::tail::TailConfig {
+        crate::client::tail::TailConfig {
+            channels: self.channels.clone(),
+            client: self.client.config(),
+            since: self.since,
+            filter: self.filter.clone(),
+            snapshots: !self.no_snapshot,
+            retry_for: self.retry_for,
+            keepalive: self.keepalive,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The channel to publish on.
@@ -418,6 +495,21 @@ pub struct PublishArgs {
     pub max_line_bytes: usize,
 }
 
+impl PublishArgs {
+    /// What `publish` sends, as these flags say (`-`: standard input).
+    pub fn config(&self) -> crate::client::publish::PublishConfig {
+        crate::client::publish::PublishConfig {
+            channel: self.channel.clone(),
+            data: Some(self.data.clone()).filter(|d| d != "-"),
+            client: self.client.config(),
+            snapshot: self.snapshot,
+            quiet: self.quiet,
+            timeout: self.timeout,
+            max_line_bytes: self.max_line_bytes,
+        }
+    }
+}
+
 /// `switchboard health`. Without a URL it asks the process configured by the
 /// same variables: the admin listener, else the listener, else 127.0.0.1:9091.
 #[derive(Debug, Clone, Args)]
@@ -442,6 +534,18 @@ pub struct HealthArgs {
     /// Limit on the whole check, connect to answer.
     #[arg(long, env = "SWITCHBOARD_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+impl HealthArgs {
+    /// What `health` asks, as these flags say.
+    pub fn config(&self) -> crate::client::health::HealthConfig {
+        crate::client::health::HealthConfig {
+            url: self.url.clone(),
+            admin_listen: self.admin_listen,
+            listen: self.listen,
+            timeout: self.timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

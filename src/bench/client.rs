@@ -21,8 +21,9 @@ use super::fields::{self, Native};
 use super::hist::Striped;
 use super::plan::{LossBasis, Route};
 use super::seen::{Mark, Seen};
-use super::wsclient::{self, FrameRef};
+use super::wsclient;
 use crate::time::unix_micros;
+use crate::ws::frame::{self, FrameError, OpCode, ServerFrame};
 
 /// Room kept free in a client's read buffer before each read.
 const READ_RESERVE: usize = 8 * 1024;
@@ -154,7 +155,7 @@ pub async fn run(
     let mut expected: Option<u64> = None;
     let mut waiting = true;
     let mut lat: Vec<u64> = Vec::with_capacity(64);
-    let mut out: Vec<u8> = Vec::new();
+    let mut out = BytesMut::new();
     loop {
         tokio::select! {
             changed = ctl.changed() => {
@@ -195,7 +196,7 @@ pub async fn run(
                         break;
                     }
                     Err(e) => {
-                        outcome.ended = Some(e.to_string());
+                        outcome.ended = Some(format!("malformed frame from the server: {e}"));
                         break;
                     }
                 }
@@ -223,8 +224,8 @@ pub async fn run(
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
     }
     if outcome.ended.is_none() {
-        let mut close = Vec::new();
-        wsclient::encode_client(&mut close, wsclient::OP_CLOSE, &1000u16.to_be_bytes());
+        let mut close = BytesMut::new();
+        wsclient::encode(&mut close, OpCode::Close, &1000u16.to_be_bytes());
         let _ = conn.stream.try_write(&close);
     }
     outcome.expected = expected.unwrap_or(0);
@@ -292,8 +293,8 @@ async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, String> {
 
 impl Conn {
     async fn send_text(&mut self, text: &[u8]) -> Result<(), String> {
-        let mut out = Vec::with_capacity(text.len() + 8);
-        wsclient::encode_client(&mut out, wsclient::OP_TEXT, text);
+        let mut out = BytesMut::with_capacity(text.len() + 14);
+        wsclient::encode(&mut out, OpCode::Text, text);
         self.stream
             .write_all(&out)
             .await
@@ -303,11 +304,13 @@ impl Conn {
     /// Reads frames until `want` accepts a text frame (setup only; not fast).
     async fn expect<T>(&mut self, want: impl Fn(&[u8]) -> Option<T>) -> Result<T, String> {
         loop {
-            while let Some(f) = wsclient::parse_frame(&self.buf).map_err(|e| e.to_string())? {
+            while let Some(f) = frame::parse_server_frame(&self.buf)
+                .map_err(|e| format!("malformed frame from the server: {e}"))?
+            {
                 let payload = self.buf[f.start..f.start + f.len].to_vec();
                 self.buf.advance(f.start + f.len);
                 match f.opcode {
-                    wsclient::OP_TEXT => {
+                    OpCode::Text => {
                         if let Some(t) = want(&payload) {
                             return Ok(t);
                         }
@@ -315,15 +318,15 @@ impl Conn {
                             return Err(format!("error {code}"));
                         }
                     }
-                    wsclient::OP_PING => {
-                        let mut out = Vec::new();
-                        wsclient::encode_client(&mut out, wsclient::OP_PONG, &payload);
+                    OpCode::Ping => {
+                        let mut out = BytesMut::new();
+                        wsclient::encode(&mut out, OpCode::Pong, &payload);
                         self.stream
                             .write_all(&out)
                             .await
                             .map_err(|e| format!("write: {}", e.kind()))?;
                     }
-                    wsclient::OP_CLOSE => {
+                    OpCode::Close => {
                         return Err(format!(
                             "closed {}",
                             wsclient::close_code(&payload).unwrap_or(1005)
@@ -349,12 +352,12 @@ impl Conn {
         measure_from: u64,
         seen: &mut Seen,
         lat: &mut Vec<u64>,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<String>, wsclient::FrameError> {
+        out: &mut BytesMut,
+    ) -> Result<Option<String>, FrameError> {
         let mut pos = 0;
         let mut ended = None;
-        while let Some(f) = wsclient::parse_frame(&self.buf[pos..])? {
-            let FrameRef {
+        while let Some(f) = frame::parse_server_frame(&self.buf[pos..])? {
+            let ServerFrame {
                 fin,
                 opcode,
                 start,
@@ -362,28 +365,28 @@ impl Conn {
             } = f;
             let payload = &self.buf[pos + start..pos + start + len];
             match opcode {
-                wsclient::OP_TEXT | wsclient::OP_BINARY if fin => {
+                OpCode::Text | OpCode::Binary if fin => {
                     on_message(shared, self.base, payload, now, measure_from, seen, lat);
                 }
-                wsclient::OP_TEXT | wsclient::OP_BINARY => {
+                OpCode::Text | OpCode::Binary => {
                     self.partial.clear();
                     self.partial.extend_from_slice(payload);
                 }
-                wsclient::OP_CONTINUATION => {
+                OpCode::Continuation => {
                     self.partial.extend_from_slice(payload);
                     if fin {
                         let whole = std::mem::take(&mut self.partial);
                         on_message(shared, self.base, &whole, now, measure_from, seen, lat);
                     }
                 }
-                wsclient::OP_PING => wsclient::encode_client(out, wsclient::OP_PONG, payload),
-                wsclient::OP_CLOSE => {
+                OpCode::Ping => wsclient::encode(out, OpCode::Pong, payload),
+                OpCode::Close => {
                     ended = Some(format!(
                         "close {}",
                         wsclient::close_code(payload).unwrap_or(1005)
                     ));
                 }
-                _ => {}
+                OpCode::Pong => {}
             }
             pos += start + len;
             if ended.is_some() {

@@ -6,10 +6,13 @@
 //! publish→receive latency (HDR histogram), lost and duplicated messages, the
 //! connect rate, and the servers' CPU seconds and memory read from `/proc`.
 //!
+//! It is configured by plain types ([`BenchConfig`], [`plan::Plan`]), which
+//! `cli.rs` builds from the flags.
+//!
 //! | module | role |
 //! |---|---|
 //! | `plan.rs` | the validated settings of a run |
-//! | `wsclient.rs` | a minimal WebSocket client (handshake, frames) |
+//! | `wsclient.rs` | a minimal WebSocket client (handshake, masked frames; framing from `ws/frame.rs`) |
 //! | `fields.rs` | finds `type`, `offset`, `seq`, `ts` in a frame without parsing JSON |
 //! | `seen.rs` | per-client bitmap: duplicates and losses |
 //! | `client.rs` | one simulated dashboard |
@@ -32,15 +35,15 @@ pub mod seen;
 pub mod worker;
 pub mod wsclient;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchArgs;
 use client::{ChannelEnd, Expectation};
 use fleet::{ConnectReport, Fleet, FleetReport};
-use plan::{Length, Plan, PlanError};
+use plan::{Length, Plan};
 use procstat::{ProcError, Sample};
 use publisher::PublisherError;
 use report::{
@@ -51,8 +54,6 @@ use worker::{FromWorker, ToWorker, Worker, WorkerError};
 /// Why a run could not be completed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error(transparent)]
-    Plan(#[from] PlanError),
     #[error(transparent)]
     Publisher(#[from] PublisherError),
     #[error(transparent)]
@@ -79,71 +80,38 @@ pub enum BenchError {
     Interrupted,
 }
 
+/// What `switchboard bench` runs, and where its report goes.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The run: servers, clients, publishing (validated).
+    pub plan: Plan,
+    /// Runtime threads of each client process (this one and every worker).
+    pub threads: usize,
+    /// Also write the JSON report to this file.
+    pub output: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    pub json: bool,
+}
+
 /// The `bench` subcommand: runs the plan and prints the report.
-pub async fn main(args: BenchArgs, shutdown: CancellationToken) -> Result<(), BenchError> {
-    let threads = args.workers();
-    let plan = plan_from(&args)?;
+pub async fn main(config: BenchConfig, shutdown: CancellationToken) -> Result<(), BenchError> {
     let report = tokio::select! {
-        r = run(plan, threads) => r?,
+        r = run(config.plan, config.threads) => r?,
         _ = shutdown.cancelled() => return Err(BenchError::Interrupted),
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    if let Some(path) = &args.output {
+    if let Some(path) = &config.output {
         std::fs::write(path, format!("{json}\n")).map_err(|source| BenchError::Output {
             path: path.display().to_string(),
             source,
         })?;
     }
-    if args.json {
+    if config.json {
         println!("{json}");
     } else {
         print!("{}", report.table());
     }
     Ok(())
-}
-
-/// Builds and checks the plan the flags describe.
-pub fn plan_from(args: &BenchArgs) -> Result<Plan, PlanError> {
-    let targets = args
-        .urls
-        .iter()
-        .map(|u| plan::parse_target(u, args.route))
-        .collect::<Result<Vec<_>, _>>()?;
-    let plan = Plan {
-        label: args.label.clone(),
-        targets,
-        route: args.route,
-        clients: args.clients,
-        channels: args.channels,
-        channel_prefix: args.channel_prefix.clone(),
-        rate: args.rate,
-        length: match args.messages {
-            Some(n) => Length::Messages(n),
-            None => Length::Duration(args.duration),
-        },
-        warmup: args.warmup,
-        drain: args.drain,
-        settle: args.settle,
-        publisher: args.publisher,
-        redis_url: args.redis_url.clone(),
-        redis_tls: args
-            .redis_tls
-            .load([args.redis_url.as_str()])
-            .map_err(|e| PlanError::Invalid(e.to_string()))?,
-        redis_prefix: args.redis_prefix.clone(),
-        pubsub_name: args.pubsub_name.clone(),
-        payload_bytes: args.payload_bytes,
-        src_ips: plan::parse_src_ips(&args.src_ips)?,
-        connect_rate: args.connect_rate,
-        connect_concurrency: args.connect_concurrency,
-        connect_timeout: args.connect_timeout,
-        max_in_flight: args.max_in_flight,
-        server_pids: args.server_pids.clone(),
-        workers: args.workers,
-        token: args.token.clone(),
-    };
-    plan.validate()?;
-    Ok(plan)
 }
 
 /// The clients: in this process, or in worker processes.

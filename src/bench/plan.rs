@@ -62,38 +62,62 @@ pub struct Target {
     pub path: String,
 }
 
-/// Everything a run needs; see `switchboard bench --help` for each field.
+/// Everything a run needs (`cli.rs` builds it from `switchboard bench`'s flags,
+/// named here in parentheses).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
+    /// Name of the run in the report (`--label`).
     pub label: Option<String>,
+    /// Servers to spread clients over, round-robin (`--url`).
     pub targets: Vec<Target>,
+    /// How clients talk to the servers (`--route`).
     pub route: Route,
+    /// WebSocket clients to open (`--clients`).
     pub clients: usize,
+    /// Channels; client k subscribes to channel k mod `channels` (`--channels`).
     pub channels: usize,
+    /// The channel's name with one channel, else the prefix of `PREFIX-i`
+    /// (`--channel-prefix`).
     pub channel_prefix: String,
-    /// Messages per second over all channels; 0 holds the clients idle.
+    /// Messages per second over all channels; 0 holds the clients idle (`--rate`).
     pub rate: f64,
+    /// Measured messages, or the measured run's length (`--messages`, `--duration`).
     pub length: Length,
+    /// Publishing before the measured run (`--warmup`).
     pub warmup: Duration,
+    /// Longest wait after the last publish for every delivery (`--drain`).
     pub drain: Duration,
+    /// Pause after the last client connected, before publishing (`--settle`).
     pub settle: Duration,
+    /// How messages are published (`--publisher`).
     pub publisher: PublisherKind,
+    /// The Redis the publisher writes to (`--redis-url`).
     pub redis_url: String,
     /// Trust for a `rediss://` `redis_url` (the publisher runs in the main
     /// process; workers get none).
     #[serde(skip)]
     pub redis_tls: Option<crate::engine::tls::RedisTls>,
+    /// The servers' Redis key prefix (`--redis-prefix`).
     pub redis_prefix: String,
+    /// Exact pub/sub channel for the plain publisher with one channel (`--pubsub-name`).
     pub pubsub_name: Option<String>,
+    /// Size of each message's `data`, in bytes (`--payload-bytes`).
     pub payload_bytes: usize,
+    /// Source addresses of client connections, round-robin (`--src-ips`).
     pub src_ips: Vec<IpAddr>,
     /// New connections per second; 0 = as fast as `connect_concurrency` allows.
     pub connect_rate: f64,
+    /// Connections being opened at once (`--connect-concurrency`).
     pub connect_concurrency: usize,
+    /// Longest a client may take to connect and subscribe (`--connect-timeout`).
     pub connect_timeout: Duration,
+    /// Publishes awaiting Redis's reply at once (`--max-in-flight`).
     pub max_in_flight: usize,
+    /// Server processes whose CPU and memory are reported (`--server-pid`).
     pub server_pids: Vec<u32>,
+    /// Client processes (`--workers`).
     pub workers: usize,
+    /// Bearer token sent with every upgrade (`--token`).
     pub token: Option<String>,
 }
 

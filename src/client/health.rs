@@ -16,8 +16,6 @@ use http::Uri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::HealthArgs;
-
 /// The gateway's default admin address (`--admin-listen`).
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9091);
 
@@ -43,6 +41,22 @@ pub enum HealthError {
         status: u16,
         body: String,
     },
+}
+
+/// What `switchboard health` asks, and how long it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// The URL to ask (a bare `http://host:port` asks `/health/ready`); it
+    /// wins over the listeners.
+    pub url: Option<String>,
+    /// The admin listener of the process to ask (asked on loopback when
+    /// unspecified); it wins over `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// The process's listener, asked when no admin listener is named.
+    /// Neither: the gateway's default admin address, 127.0.0.1:9091.
+    pub listen: Option<SocketAddr>,
+    /// Limit on the whole check, connect to answer.
+    pub timeout: Duration,
 }
 
 /// What to ask: `host:port` to connect to, the `Host` header and the path.
@@ -101,8 +115,8 @@ impl Probe {
         }
     }
 
-    fn of(args: &HealthArgs) -> Result<Self, HealthError> {
-        match (&args.url, args.admin_listen, args.listen) {
+    fn of(config: &HealthConfig) -> Result<Self, HealthError> {
+        match (&config.url, config.admin_listen, config.listen) {
             (Some(url), _, _) => Self::parse(url),
             (None, Some(addr), _) | (None, None, Some(addr)) => Ok(Self::of_listener(addr)),
             (None, None, None) => Ok(Self::of_listener(DEFAULT_ADMIN)),
@@ -111,9 +125,9 @@ impl Probe {
 }
 
 /// Runs the check; `Ok` with the answer's first line when it is 200.
-pub async fn run(args: HealthArgs) -> Result<(), HealthError> {
-    let probe = Probe::of(&args)?;
-    let timeout = args.timeout;
+pub async fn run(config: HealthConfig) -> Result<(), HealthError> {
+    let probe = Probe::of(&config)?;
+    let timeout = config.timeout;
     let answer = tokio::time::timeout(timeout, ask(&probe))
         .await
         .map_err(|_| HealthError::Timeout {
@@ -174,8 +188,8 @@ async fn ask(probe: &Probe) -> Result<String, HealthError> {
 mod tests {
     use super::*;
 
-    fn args(url: Option<&str>, admin: Option<&str>, listen: Option<&str>) -> HealthArgs {
-        HealthArgs {
+    fn config(url: Option<&str>, admin: Option<&str>, listen: Option<&str>) -> HealthConfig {
+        HealthConfig {
             url: url.map(str::to_owned),
             admin_listen: admin.map(|a| a.parse().unwrap()),
             listen: listen.map(|a| a.parse().unwrap()),
@@ -185,35 +199,35 @@ mod tests {
 
     #[test]
     fn what_is_asked() {
-        let url = |a: &HealthArgs| Probe::of(a).unwrap().url;
+        let url = |a: &HealthConfig| Probe::of(a).unwrap().url;
         assert_eq!(
-            url(&args(None, None, None)),
+            url(&config(None, None, None)),
             "http://127.0.0.1:9091/health/ready"
         );
         // The admin listener first, then the client (or collector) listener.
         assert_eq!(
-            url(&args(None, Some("0.0.0.0:9191"), Some("0.0.0.0:8080"))),
+            url(&config(None, Some("0.0.0.0:9191"), Some("0.0.0.0:8080"))),
             "http://127.0.0.1:9191/health/ready"
         );
         assert_eq!(
-            url(&args(None, None, Some("[::]:9090"))),
+            url(&config(None, None, Some("[::]:9090"))),
             "http://[::1]:9090/health/ready"
         );
         assert_eq!(
-            url(&args(None, None, Some("10.0.0.5:9090"))),
+            url(&config(None, None, Some("10.0.0.5:9090"))),
             "http://10.0.0.5:9090/health/ready"
         );
         // A URL wins; a bare base URL asks readiness.
         assert_eq!(
-            url(&args(Some("http://gw:8080"), Some("0.0.0.0:1"), None)),
+            url(&config(Some("http://gw:8080"), Some("0.0.0.0:1"), None)),
             "http://gw:8080/health/ready"
         );
         assert_eq!(
-            url(&args(Some("http://gw/health/live"), None, None)),
+            url(&config(Some("http://gw/health/live"), None, None)),
             "http://gw:80/health/live"
         );
         for bad in ["https://gw/health", "gw:8080", "http://", "nonsense url"] {
-            let e = Probe::of(&args(Some(bad), None, None)).unwrap_err();
+            let e = Probe::of(&config(Some(bad), None, None)).unwrap_err();
             assert!(e.to_string().contains("expected http://"), "{bad}: {e}");
         }
     }

@@ -2,15 +2,30 @@
 //! over the native protocol ([`tail`]), `switchboard publish` publishes
 //! through the HTTP API ([`publish`]). Both take gateway base URLs
 //! ([`Target`]) and a token, and fail with one line that says what to do.
-//! `switchboard health` ([`health`]) asks a process's readiness.
+//! `switchboard health` ([`health`]) asks a process's readiness. Each command
+//! is configured by a plain type of its module ([`tail::TailConfig`],
+//! [`publish::PublishConfig`], [`health::HealthConfig`]), which `cli.rs` builds
+//! from the flags.
 
 pub mod health;
 pub mod publish;
 pub mod tail;
 
 use std::fmt;
+use std::time::Duration;
 
 use http::Uri;
+
+/// Where the command-line client finds a gateway, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Gateways' base URLs, `http://host:port[/prefix]`, in the order tried.
+    pub urls: Vec<String>,
+    /// JWT sent as `Authorization: Bearer` (none or empty: no header).
+    pub token: Option<String>,
+    /// Limit on connecting to a gateway (TCP and handshake).
+    pub connect_timeout: Duration,
+}
 
 /// Why a client command failed. Each message is one line meant for a person.
 #[derive(Debug, thiserror::Error)]

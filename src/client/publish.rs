@@ -15,12 +15,31 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientError, Target, error_chain, refusal_of};
+use super::{ClientConfig, ClientError, Target, error_chain, refusal_of};
 use crate::channel::{ChannelName, DEFAULT_MAX_CHANNEL_LEN};
-use crate::cli::PublishArgs;
 
 /// Largest answer read from the gateway.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What `switchboard publish` publishes, where, and how.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    /// The channel to publish on.
+    pub channel: String,
+    /// The message, a JSON value; `None`: one message per non-empty line of
+    /// standard input, in order.
+    pub data: Option<String>,
+    /// The gateways and the token.
+    pub client: ClientConfig,
+    /// Also store each message as the channel's snapshot.
+    pub snapshot: bool,
+    /// Print nothing on success (else the gateway's answer per message).
+    pub quiet: bool,
+    /// Limit on one publish request, from connecting to the answer.
+    pub timeout: Duration,
+    /// Longest line read from standard input, in bytes.
+    pub max_line_bytes: usize,
+}
 
 struct Publisher {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -34,12 +53,12 @@ struct Publisher {
 }
 
 /// Runs `switchboard publish`.
-pub async fn run(args: PublishArgs, shutdown: CancellationToken) -> Result<(), ClientError> {
-    let targets = Target::parse_all(&args.client.urls)?;
-    let channel = ChannelName::parse(&args.channel, DEFAULT_MAX_CHANNEL_LEN)
-        .map_err(|e| ClientError::Usage(format!("bad channel {:?}: {e}", args.channel)))?;
+pub async fn run(config: PublishConfig, shutdown: CancellationToken) -> Result<(), ClientError> {
+    let targets = Target::parse_all(&config.client.urls)?;
+    let channel = ChannelName::parse(&config.channel, DEFAULT_MAX_CHANNEL_LEN)
+        .map_err(|e| ClientError::Usage(format!("bad channel {:?}: {e}", config.channel)))?;
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(args.client.connect_timeout));
+    connector.set_connect_timeout(Some(config.client.connect_timeout));
     connector.set_nodelay(true);
     let mut publisher = Publisher {
         client: Client::builder(TokioExecutor::new())
@@ -47,19 +66,19 @@ pub async fn run(args: PublishArgs, shutdown: CancellationToken) -> Result<(), C
             .build(connector),
         targets,
         current: 0,
-        token: args.client.token.clone().filter(|t| !t.is_empty()),
+        token: config.client.token.clone().filter(|t| !t.is_empty()),
         channel: channel.as_str().to_string(),
-        snapshot: args.snapshot,
-        timeout: args.timeout,
+        snapshot: config.snapshot,
+        timeout: config.timeout,
     };
-    if args.data != "-" {
-        let data = parse_data(&args.data).map_err(|e| {
+    if let Some(data) = &config.data {
+        let data = parse_data(data).map_err(|e| {
             ClientError::Usage(format!(
                 "the message is not JSON ({e}); a string needs quotes: '\"text\"'"
             ))
         })?;
         let answer = publisher.publish(data.get()).await?;
-        if !args.quiet {
+        if !config.quiet {
             println!("{answer}");
         }
         return Ok(());
@@ -69,7 +88,7 @@ pub async fn run(args: PublishArgs, shutdown: CancellationToken) -> Result<(), C
     let (mut number, mut published) = (0u64, 0u64);
     loop {
         line.clear();
-        let mut limited = (&mut lines).take(args.max_line_bytes as u64 + 1);
+        let mut limited = (&mut lines).take(config.max_line_bytes as u64 + 1);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
             read = limited.read_until(b'\n', &mut line) => read,
@@ -79,10 +98,10 @@ pub async fn run(args: PublishArgs, shutdown: CancellationToken) -> Result<(), C
             break;
         }
         number += 1;
-        if line.len() > args.max_line_bytes && line.last() != Some(&b'\n') {
+        if line.len() > config.max_line_bytes && line.last() != Some(&b'\n') {
             return Err(ClientError::Usage(format!(
                 "line {number} is longer than --max-line-bytes ({}); {published} messages published before it",
-                args.max_line_bytes
+                config.max_line_bytes
             )));
         }
         let text = String::from_utf8_lossy(&line);
@@ -102,7 +121,7 @@ pub async fn run(args: PublishArgs, shutdown: CancellationToken) -> Result<(), C
             other => other,
         })?;
         published += 1;
-        if !args.quiet {
+        if !config.quiet {
             println!("{answer}");
         }
     }

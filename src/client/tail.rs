@@ -27,9 +27,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tokio_util::sync::CancellationToken;
 
+use super::ClientConfig;
 use super::{ClientError, Target, error_chain, refusal_of};
 use crate::channel::{ChannelName, DEFAULT_MAX_CHANNEL_LEN};
-use crate::cli::TailArgs;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -40,6 +40,29 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Attempt number used after a 1008 (flood): start near the cap.
 const FLOOD_ATTEMPT: u32 = 6;
+
+/// What `switchboard tail` follows, and how.
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    /// Channels to follow (at least one; repeats are followed once).
+    pub channels: Vec<String>,
+    /// The gateways and the token.
+    pub client: ClientConfig,
+    /// Start after this offset on every channel (0: all the history still
+    /// holds) instead of at the newest message.
+    pub since: Option<u64>,
+    /// Subscription filter, a JSON object (docs/PROTOCOL.md, Filters).
+    pub filter: Option<String>,
+    /// Print each channel's snapshot first (with `"snapshot": true`).
+    pub snapshots: bool,
+    /// How long to keep reconnecting after the connection is lost.
+    pub retry_for: Duration,
+    /// Interval of pings to the gateway; three without any frame back mean the
+    /// connection is lost (at least 100 ms).
+    pub keepalive: Duration,
+    /// Largest message accepted from the gateway, in bytes.
+    pub max_message_bytes: usize,
+}
 
 /// Where a followed channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +160,10 @@ struct Tail {
 }
 
 /// Runs `switchboard tail`.
-pub async fn run(args: TailArgs, shutdown: CancellationToken) -> Result<(), ClientError> {
-    let targets = Target::parse_all(&args.client.urls)?;
+pub async fn run(config: TailConfig, shutdown: CancellationToken) -> Result<(), ClientError> {
+    let targets = Target::parse_all(&config.client.urls)?;
     let mut follows = Vec::new();
-    for name in &args.channels {
+    for name in &config.channels {
         let channel = ChannelName::parse(name, DEFAULT_MAX_CHANNEL_LEN)
             .map_err(|e| ClientError::Usage(format!("bad channel {name:?}: {e}")))?;
         if follows
@@ -153,11 +176,11 @@ pub async fn run(args: TailArgs, shutdown: CancellationToken) -> Result<(), Clie
             channel: channel.as_str().to_string(),
             epoch: None,
             last: 0,
-            since_pending: args.since,
+            since_pending: config.since,
             phase: Phase::Starting,
         });
     }
-    let filter = args
+    let filter = config
         .filter
         .as_deref()
         .map(|f| match serde_json::from_str::<serde_json::Value>(f) {
@@ -168,7 +191,7 @@ pub async fn run(args: TailArgs, shutdown: CancellationToken) -> Result<(), Clie
             Err(e) => Err(ClientError::Usage(format!("--filter is not JSON: {e}"))),
         })
         .transpose()?;
-    let token = args
+    let token = config
         .client
         .token
         .as_deref()
@@ -182,18 +205,18 @@ pub async fn run(args: TailArgs, shutdown: CancellationToken) -> Result<(), Clie
         targets,
         token,
         filter,
-        snapshots: !args.no_snapshot,
-        connect_timeout: args.client.connect_timeout,
-        keepalive: args.keepalive.max(Duration::from_millis(100)),
+        snapshots: config.snapshots,
+        connect_timeout: config.client.connect_timeout,
+        keepalive: config.keepalive.max(Duration::from_millis(100)),
         config: WebSocketConfig::default()
-            .max_message_size(Some(args.max_message_bytes))
-            .max_frame_size(Some(args.max_message_bytes)),
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes)),
         follows,
         output: Output {
             out: std::io::stdout().lock(),
         },
     };
-    tail.follow(args.retry_for, shutdown).await
+    tail.follow(config.retry_for, shutdown).await
 }
 
 /// `random(0, min(cap, base × 2^attempt))`.

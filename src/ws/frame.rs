@@ -7,6 +7,11 @@
 //! connection that negotiated permessage-deflate (`super::deflate`), a data
 //! message may be compressed (RSV1 on its first frame): it is inflated here,
 //! with the message limit applying to what it inflates to.
+//!
+//! The client side, for the load generator (`bench/`): [`encode_masked_into`]
+//! masks what a client sends, and [`parse_server_frame`] finds a server's
+//! unmasked frame in place in a read buffer, with the header parser the
+//! [`Decoder`] uses.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -70,20 +75,36 @@ pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     put_frame(out, 0x80 | opcode.bits(), payload);
 }
 
+/// Appends one complete (FIN) frame masked with `mask`, as a client must send
+/// every frame (RFC 6455 §5.3: a fresh, unpredictable mask per frame).
+pub fn encode_masked_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
+    put_head(out, 0x80 | opcode.bits(), 0x80, payload.len());
+    out.put_slice(&mask);
+    let start = out.len();
+    out.put_slice(payload);
+    unmask(&mut out[start..], mask);
+}
+
 fn put_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
+    put_head(out, first, 0, payload.len());
+    out.put_slice(payload);
+}
+
+/// The first byte and the length, with `mask_bit` (0x80 or 0).
+#[inline(always)]
+fn put_head(out: &mut BytesMut, first: u8, mask_bit: u8, len: usize) {
     out.put_u8(first);
-    match payload.len() {
-        n if n < 126 => out.put_u8(n as u8),
+    match len {
+        n if n < 126 => out.put_u8(mask_bit | n as u8),
         n if n <= u16::MAX as usize => {
-            out.put_u8(126);
+            out.put_u8(mask_bit | 126);
             out.put_u16(n as u16);
         }
         n => {
-            out.put_u8(127);
+            out.put_u8(mask_bit | 127);
             out.put_u64(n as u64);
         }
     }
-    out.put_slice(payload);
 }
 
 /// Whether a frame built by this module carries a compressed message (RSV1).
@@ -194,7 +215,7 @@ impl Decoder {
     /// Returns `Ok(None)` when `buf` holds no complete frame yet.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         loop {
-            let Some(header) = parse_header(buf, self.deflate)? else {
+            let Some(header) = parse_header::<true>(buf, self.deflate)? else {
                 return Ok(None);
             };
             if header.payload_len > self.limits.max_frame as u64 {
@@ -299,7 +320,16 @@ struct Header {
     payload_len: u64,
 }
 
-fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError> {
+/// A frame's header at the front of `buf`: a client's (`MASKED`, read by the
+/// server) or a server's (unmasked, read by a client); RSV1 only where
+/// permessage-deflate was negotiated (`deflate`). `None` until complete.
+/// Always inlined: into the load client's per-frame loop (where `deflate` is
+/// a constant) across the crate boundary, and into `Decoder::decode`.
+#[inline(always)]
+fn parse_header<const MASKED: bool>(
+    buf: &[u8],
+    deflate: bool,
+) -> Result<Option<Header>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -316,8 +346,11 @@ fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError>
             "RSV1 on a control or continuation frame",
         ));
     }
-    if b1 & 0x80 == 0 {
+    if MASKED && b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("client frame is not masked"));
+    }
+    if !MASKED && b1 & 0x80 != 0 {
+        return Err(FrameError::Protocol("server frame is masked"));
     }
     let (payload_len, len_bytes) = match b1 & 0x7F {
         126 => {
@@ -336,12 +369,14 @@ fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError>
         }
         n => (u64::from(n), 0),
     };
-    let header_len = 2 + len_bytes + 4;
+    let header_len = 2 + len_bytes + if MASKED { 4 } else { 0 };
     if buf.len() < header_len {
         return Ok(None);
     }
     let mut mask = [0u8; 4];
-    mask.copy_from_slice(&buf[2 + len_bytes..header_len]);
+    if MASKED {
+        mask.copy_from_slice(&buf[2 + len_bytes..header_len]);
+    }
     Ok(Some(Header {
         fin: b0 & 0x80 != 0,
         rsv1,
@@ -349,6 +384,41 @@ fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError>
         mask,
         header_len,
         payload_len,
+    }))
+}
+
+/// A server's frame found in place at the front of a client's read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerFrame {
+    /// The last frame of its message.
+    pub fin: bool,
+    pub opcode: OpCode,
+    /// Where the payload starts in the buffer (the header's length).
+    pub start: usize,
+    /// The payload's length; the frame ends at `start + len`.
+    pub len: usize,
+}
+
+/// Finds the unmasked server frame at the start of `buf` without copying or
+/// consuming it (the client side): `Ok(None)` until all of it is in `buf`. A
+/// masked frame, reserved bits or an unknown opcode are protocol errors; size
+/// limits, fragments and control frames are the caller's.
+#[inline]
+pub fn parse_server_frame(buf: &[u8]) -> Result<Option<ServerFrame>, FrameError> {
+    // The load generator offers no extension: RSV1 is an error too.
+    let Some(header) = parse_header::<false>(buf, false)? else {
+        return Ok(None);
+    };
+    let len = usize::try_from(header.payload_len)
+        .map_err(|_| FrameError::TooBig { limit: usize::MAX })?;
+    if buf.len() - header.header_len < len {
+        return Ok(None);
+    }
+    Ok(Some(ServerFrame {
+        fin: header.fin,
+        opcode: header.opcode,
+        start: header.header_len,
+        len,
     }))
 }
 
@@ -532,6 +602,84 @@ mod tests {
         assert_eq!(big.len(), 70_000 + 10);
         let c = close(4000, "slow consumer");
         assert_eq!(&c[..4], &[0x88, 15, 0x0f, 0xa0]);
+    }
+
+    #[test]
+    fn masked_client_frames_decode_on_the_server_side() {
+        let limits = DecodeLimits {
+            max_frame: 100_000,
+            max_message: 100_000,
+        };
+        for len in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut buf = BytesMut::new();
+            encode_masked_into(&mut buf, OpCode::Text, &payload, [0x12, 0x34, 0x56, 0x78]);
+            assert_eq!(buf[1] & 0x80, 0x80, "{len}: mask bit");
+            if len >= 4 {
+                assert_ne!(&buf[buf.len() - len..], &payload[..], "{len}: masked");
+            }
+            let got = Decoder::new(limits).decode(&mut buf).unwrap();
+            assert_eq!(got, Some(Incoming::Text(Bytes::from(payload))), "{len}");
+            assert!(buf.is_empty());
+        }
+        let mut buf = BytesMut::new();
+        encode_masked_into(&mut buf, OpCode::Pong, b"p", rand_mask());
+        encode_masked_into(&mut buf, OpCode::Close, &1000u16.to_be_bytes(), rand_mask());
+        let mut d = Decoder::new(limits);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Pong(Bytes::from_static(b"p")))
+        );
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Close(Some(1000)))
+        );
+    }
+
+    fn rand_mask() -> [u8; 4] {
+        rand::random()
+    }
+
+    #[test]
+    fn server_frames_are_found_in_place() {
+        let mut buf = BytesMut::new();
+        encode_into(&mut buf, OpCode::Text, b"abc");
+        encode_into(&mut buf, OpCode::Ping, b"");
+        encode_into(&mut buf, OpCode::Binary, &[7u8; 300]);
+        encode_into(&mut buf, OpCode::Text, &vec![b'x'; 70_000]);
+        let mut pos = 0;
+        let mut seen = Vec::new();
+        while let Some(f) = parse_server_frame(&buf[pos..]).unwrap() {
+            seen.push((f.fin, f.opcode, f.start, f.len));
+            pos += f.start + f.len;
+        }
+        assert_eq!(pos, buf.len());
+        assert_eq!(
+            seen,
+            [
+                (true, OpCode::Text, 2, 3),
+                (true, OpCode::Ping, 2, 0),
+                (true, OpCode::Binary, 4, 300),
+                (true, OpCode::Text, 10, 70_000),
+            ]
+        );
+        // Every prefix of a frame waits for more.
+        let whole = encode(OpCode::Text, &[b'y'; 200]);
+        for cut in 0..whole.len() {
+            assert_eq!(parse_server_frame(&whole[..cut]).unwrap(), None, "{cut}");
+        }
+        // A fragment is found as it is; reassembly is the caller's.
+        let f = parse_server_frame(&[0x01, 1, b'h']).unwrap().unwrap();
+        assert_eq!((f.fin, f.opcode), (false, OpCode::Text));
+        let cases: [&[u8]; 3] = [
+            &[0x81, 0x81, 1, 2, 3, 4, b'x'], // masked
+            &[0xC1, 0],                      // RSV1 without an extension
+            &[0x83, 0],                      // reserved opcode
+        ];
+        for bytes in cases {
+            let err = parse_server_frame(bytes).unwrap_err();
+            assert_eq!(err.close_code(), 1002, "{bytes:?}");
+        }
     }
 
     #[test]
