@@ -219,7 +219,8 @@ wait_for collector "$COLLECTOR_PORT" /health/ready 30
   echo "  include $DEPLOY/nginx/websocket-map.conf;"
   echo "  upstream switchboard_gateways {"
   echo "    least_conn;"
-  for port in "${GW_PORTS[@]}"; do echo "    server 127.0.0.1:$port max_fails=1 fail_timeout=5s;"; done
+  # max_fails=0: see deploy/nginx/gateway-proxy.conf.
+  for port in "${GW_PORTS[@]}"; do echo "    server 127.0.0.1:$port max_fails=0;"; done
   echo "  }"
   echo "  server {"
   echo "    listen 127.0.0.1:$LB_PORT;"

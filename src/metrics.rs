@@ -26,6 +26,9 @@ pub struct MetricsRegistry {
     inner: prometheus::Registry,
     /// `switchboard_ready`: 1 when the process is ready.
     pub ready: IntGauge,
+    /// `switchboard_runtime_alive_tasks`: the Tokio runtime's live tasks,
+    /// read when the metrics are rendered (a leak of tasks shows as growth).
+    tasks: IntGauge,
 }
 
 /// The engine's metrics: Redis failures and the live feed's invalid messages.
@@ -276,6 +279,8 @@ impl MetricsRegistry {
         let mut registry = Self {
             inner,
             ready: IntGauge::new("switchboard_ready", "unregistered").expect("valid metric"),
+            tasks: IntGauge::new("switchboard_runtime_alive_tasks", "unregistered")
+                .expect("valid metric"),
         };
         let build = gauge_vec(
             &registry,
@@ -289,11 +294,20 @@ impl MetricsRegistry {
             "switchboard_ready",
             "1 when the process is ready (engine reachable, subscriptions live, not draining).",
         );
+        registry.tasks = gauge(
+            &registry,
+            "switchboard_runtime_alive_tasks",
+            "Tasks alive in the process's Tokio runtime (connections, shards, timers' owners, background loops).",
+        );
         registry
     }
 
     /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = Vec::new();
         let families = self.inner.gather();
         if TextEncoder::new().encode(&families, &mut out).is_err() {
@@ -603,6 +617,33 @@ mod tests {
         for both in [collector.render(), text] {
             assert!(both.contains("switchboard_ready") && both.contains("switchboard_build_info"));
         }
+    }
+
+    /// The runtime's live tasks are read at each render: they follow tasks
+    /// that start and end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alive_tasks_are_read_when_rendered() {
+        let registry = MetricsRegistry::new();
+        let tasks = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("switchboard_runtime_alive_tasks "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("the gauge is rendered")
+        };
+        let before = tasks(&registry.render());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let held: Vec<_> = (0..25)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move { stop.cancelled().await })
+            })
+            .collect();
+        assert!(tasks(&registry.render()) >= before + 25);
+        stop.cancel();
+        for h in held {
+            h.await.expect("task ends");
+        }
+        assert!(tasks(&registry.render()) <= before);
     }
 
     /// The token refusals a handshake can get are all listed.

@@ -876,3 +876,46 @@ async fn a_draining_gateway_hands_its_clients_to_the_others_through_nginx() {
         "all nine clients are on the two remaining gateways"
     );
 }
+
+/// A Redis outage does not take the gateways out of the load balancer. While
+/// Redis is unreachable every replica answers some requests 503 (readiness,
+/// the ESCAI `/ws/health`, an AI Council upgrade whose owner cannot be read):
+/// nginx, counting each as a failed attempt (`max_fails`), marked all three
+/// down and refused every new client with 502 "no live upstreams" for
+/// `fail_timeout` — found by the soak harness during a Redis failover.
+#[tokio::test]
+async fn a_redis_outage_does_not_take_the_gateways_out_of_the_load_balancer() {
+    let _serial = serial().await;
+    let Some(cluster) = Cluster::start(false) else {
+        return;
+    };
+    let redis = cluster.pid("redis");
+    signal(redis, "STOP");
+    // Readiness turns false on every replica once its Redis commands time
+    // out; a few requests through nginx reach all three.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    while refused < 4 {
+        if let Ok((status, _)) = http_get(cluster.lb, "/ws/health")
+            && status != 200
+        {
+            refused += 1;
+        }
+        if Instant::now() > deadline {
+            signal(redis, "CONT");
+            panic!("the gateways never reported Redis unreachable");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let connected = Client::try_connect(&cluster.ws("/ws")).await;
+    let (status, body) = http_get(cluster.lb, "/ws/health").unwrap_or((0, String::new()));
+    signal(redis, "CONT");
+    let mut client = match connected {
+        Ok(c) => c,
+        Err(refused) => panic!(
+            "a client could not connect through nginx while Redis was away (HTTP {refused}; /ws/health: {status} {body})"
+        ),
+    };
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    assert_ne!(status, 502, "nginx still has live upstreams: {body}");
+}

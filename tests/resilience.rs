@@ -759,3 +759,84 @@ async fn a_silent_client_is_closed_with_4003_after_the_idle_limit() {
     talker.send_json(&json!({"type":"ping","id":1})).await;
     assert_eq!(talker.recv_json().await["id"], 1);
 }
+
+/// AI Council acknowledgements sent while Redis is unreachable are stored
+/// once it is back: the acknowledged events are not replayed on the next
+/// connect (found by the soak harness: a failed write of acknowledgements
+/// was dropped, and a Redis failover made acknowledged events come again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_acknowledgements_sent_during_a_redis_outage_are_kept() {
+    let mut redis = RedisServer::start_persistent();
+    let gw = Switchboard::gateway(&redis, &[]);
+    for n in 1..=3 {
+        publish(
+            gw.port,
+            "council:req-outage",
+            &json!({"type": "analysis_progress", "data": {"n": n}}),
+        );
+    }
+    let url = gw.ws_url("/api/v1/ws/req-outage");
+    let mut client = Client::connect(&url).await;
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(client.recv_json().await["message_id"].as_u64().unwrap());
+    }
+    assert_eq!(got, [1, 2, 3]);
+
+    // Redis goes away; the client acknowledges meanwhile; Redis comes back
+    // with its data.
+    let port = redis.port;
+    let restart = tokio::task::spawn_blocking(move || {
+        redis.restart(Duration::from_secs(4));
+        redis
+    });
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "Redis did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in 1..=3 {
+        client
+            .send_json(&json!({"type": "ack", "message_id": id}))
+            .await;
+    }
+    let redis = restart.await.unwrap();
+    gw.wait_ready(Duration::from_secs(20));
+
+    // The acknowledgements reach Redis without the client doing anything.
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*council:acks:*req-outage*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut bits = Vec::new();
+        if let Some(key) = keys.first() {
+            for id in 1..=3 {
+                let bit: i64 = redis::cmd("GETBIT")
+                    .arg(key)
+                    .arg(id)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                bits.push(bit);
+            }
+        }
+        if bits == [1, 1, 1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledgements sent during the outage were never stored: {keys:?} {bits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+    // A new connection replays nothing: every event was acknowledged.
+    let mut again = Client::connect(&url).await;
+    assert_eq!(again.recv_json().await["type"], "connection_established");
+    again.expect_silence(Duration::from_secs(1)).await;
+}

@@ -870,11 +870,13 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
             "not_found",
             "no such endpoint".to_string(),
         )
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    // A refused body comes from the route whose path and method matched:
+    // it is the answer, whatever the other routes' method checks said.
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not accept that method".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is too large".to_string(),
         )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (
@@ -882,11 +884,11 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
             "length_required",
             "send a Content-Length header".to_string(),
         )
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the request body is too large".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that method".to_string(),
         )
     } else {
         (

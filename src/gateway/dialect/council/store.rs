@@ -15,7 +15,9 @@
 //! frontend acknowledges only some types. They are keyed by the channel's
 //! epoch, so a history that was lost (offsets restarting at 1) never inherits
 //! old acknowledgements. Writes are coalesced and sent in one pipeline per
-//! interval (per hash slot on a cluster), like the native sessions' acks; an
+//! interval (per hash slot on a cluster), like the native sessions' acks, and
+//! sent again while Redis does not take them (at most `MAX_PENDING_WRITES`
+//! wait; beyond, the oldest are dropped and their events replayed); an
 //! acknowledgement can only name an event the channel has (the dialect checks
 //! against the channel's newest offset), so a bitmap is at most one bit per
 //! event of the request.
@@ -36,6 +38,10 @@ use crate::metrics::RedisOp;
 const ACK_FLUSH: Duration = Duration::from_millis(500);
 /// At most this many writes per pipeline.
 const MAX_WRITES_PER_PIPELINE: usize = 1024;
+/// Writes kept while Redis does not take them (about 100 bytes each).
+const MAX_PENDING_WRITES: usize = 100_000;
+/// Longest pause between two attempts to store waiting writes.
+const MAX_ACK_RETRY: Duration = Duration::from_secs(5);
 
 /// Claims the owner of a request: `{1, owner}` newly claimed, `{0, owner}`
 /// already this owner (its expiry refreshed), `{2, other}` another's.
@@ -344,39 +350,88 @@ async fn ack_writer(
     shutdown: CancellationToken,
 ) {
     let ttl = retention.as_millis() as i64;
-    let mut batch = Vec::new();
+    // Writes not yet stored: a pipeline that failed (Redis unreachable, a
+    // master failing over) is sent again — SETBIT is idempotent — so an
+    // acknowledged event is not replayed because Redis was away for a while.
+    let mut pending: Vec<AckWrite> = Vec::new();
+    let mut retry = ACK_FLUSH;
+    let mut failing_since: Option<Instant> = None;
     loop {
-        let received = tokio::select! {
-            n = writes.recv_many(&mut batch, MAX_WRITES_PER_PIPELINE) => n,
-            _ = shutdown.cancelled() => 0,
-        };
-        if received == 0 && batch.is_empty() {
+        let mut last = false;
+        if pending.is_empty() {
+            let received = tokio::select! {
+                n = writes.recv_many(&mut pending, MAX_WRITES_PER_PIPELINE) => n,
+                _ = shutdown.cancelled() => 0,
+            };
+            if received == 0 && pending.is_empty() {
+                return;
+            }
+            if pending.len() < MAX_WRITES_PER_PIPELINE {
+                tokio::time::sleep(ACK_FLUSH).await;
+            }
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                // One last attempt, then the process goes.
+                _ = shutdown.cancelled() => last = true,
+            }
+        }
+        while let Ok(w) = writes.try_recv() {
+            pending.push(w);
+        }
+        if pending.len() > MAX_PENDING_WRITES {
+            // Bounded while Redis is away: the oldest are dropped, and those
+            // events replayed on the client's next connect.
+            let dropped = pending.len() - MAX_PENDING_WRITES;
+            pending.drain(..dropped);
+            tracing::warn!(
+                dropped,
+                "too many AI Council acknowledgements waiting for Redis; the oldest are dropped and those events will be replayed on the next connect"
+            );
+        }
+        let mut stored = 0;
+        let mut failure = None;
+        for chunk in pending.chunks(MAX_WRITES_PER_PIPELINE) {
+            let mut out = engine.batch();
+            let mut keys = std::collections::HashSet::new();
+            for write in chunk {
+                out.pipe(&write.key)
+                    .cmd("SETBIT")
+                    .arg(&write.key)
+                    .arg(write.offset)
+                    .arg(1)
+                    .ignore();
+                keys.insert(write.key.as_str());
+            }
+            for key in keys {
+                out.pipe(key).pexpire(key, ttl).ignore();
+            }
+            match engine.run_batch(RedisOp::Session, out).await {
+                Ok(()) => stored += chunk.len(),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        pending.drain(..stored);
+        match failure {
+            None => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "AI Council acknowledgements stored again");
+                }
+                retry = ACK_FLUSH;
+            }
+            Some(e) => {
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(error = %e, pending = pending.len(), "could not store AI Council acknowledgements; retrying until Redis takes them");
+                }
+                retry = (retry * 2).min(MAX_ACK_RETRY);
+            }
+        }
+        if last {
             return;
-        }
-        if batch.len() < MAX_WRITES_PER_PIPELINE {
-            tokio::time::sleep(ACK_FLUSH).await;
-        }
-        while batch.len() < MAX_WRITES_PER_PIPELINE
-            && let Ok(w) = writes.try_recv()
-        {
-            batch.push(w);
-        }
-        let mut out = engine.batch();
-        let mut keys = std::collections::HashSet::new();
-        for write in batch.drain(..) {
-            out.pipe(&write.key)
-                .cmd("SETBIT")
-                .arg(&write.key)
-                .arg(write.offset)
-                .arg(1)
-                .ignore();
-            keys.insert(write.key);
-        }
-        for key in keys {
-            out.pipe(&key).pexpire(&key, ttl).ignore();
-        }
-        if let Err(e) = engine.run_batch(RedisOp::Session, out).await {
-            tracing::warn!(error = %e, "could not store AI Council acknowledgements; those events will be replayed on the next connect");
         }
     }
 }
