@@ -83,12 +83,13 @@ fn time(buf: &[u8], scan: Scan) -> f64 {
 fn frames(buf: &[u8], mut each: impl FnMut(&[u8])) -> Result<Option<String>, FrameError> {
     let (mut pos, mut ended) = (0, None);
     let (mut partial, mut out) = (Vec::new(), BytesMut::new());
-    while let Some(f) = frame::parse_server_frame(&buf[pos..])? {
+    while let Some(f) = frame::parse_server_frame(&buf[pos..], false)? {
         let ServerFrame {
             fin,
             opcode,
             start,
             len,
+            ..
         } = f;
         let payload = &buf[pos + start..pos + start + len];
         match opcode {

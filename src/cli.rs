@@ -182,6 +182,26 @@ pub struct BenchArgs {
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "bench")]
     pub channel_prefix: String,
 
+    /// The channels by name, comma-separated, instead of --channels and
+    /// --channel-prefix (e.g. `federation,memory`, the collector's snapshots,
+    /// with --rate 0 to measure what a dashboard receives).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CHANNEL_NAMES",
+        value_delimiter = ',',
+        conflicts_with = "channels"
+    )]
+    pub channel_names: Vec<String>,
+
+    /// Offer permessage-deflate in every upgrade, as browsers do; the report's
+    /// `wire` line says what the messages cost on the wire.
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION")]
+    pub compression: bool,
+
+    /// Subscribe with `"delta": "fossil"` and apply each delta (native route).
+    #[arg(long, env = "SWITCHBOARD_DELTA")]
+    pub delta: bool,
+
     /// Messages per second over all channels; 0 holds the clients idle for --duration.
     #[arg(long, env = "SWITCHBOARD_RATE", default_value_t = 10.0)]
     pub rate: f64,
@@ -318,8 +338,13 @@ impl BenchArgs {
             targets,
             route: self.route,
             clients: self.clients,
-            channels: self.channels,
+            channels: if self.channel_names.is_empty() {
+                self.channels
+            } else {
+                self.channel_names.len()
+            },
             channel_prefix: self.channel_prefix.clone(),
+            channel_names: self.channel_names.clone(),
             rate: self.rate,
             length: match self.messages {
                 Some(n) => Length::Messages(n),
@@ -345,6 +370,8 @@ impl BenchArgs {
             server_pids: self.server_pids.clone(),
             workers: self.workers,
             token: self.token.clone(),
+            compression: self.compression,
+            delta: self.delta,
         };
         plan.validate()?;
         Ok(crate::bench::BenchConfig {

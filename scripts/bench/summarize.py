@@ -40,6 +40,30 @@ def bench_rows(d):
         print()
 
 
+def wire_rows(d):
+    """Bytes on the wire, for runs that measured them (compression.sh)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+        try:
+            r = json.load(open(path))
+        except (OSError, ValueError):
+            continue
+        w = r.get("wire") if r.get("tool") == "switchboard bench" else None
+        if not w or not w.get("messages"):
+            continue
+        st = r["server_total"]
+        rows.append("| {} | {:,} | {}/{:,} | {:,.0f} | {:,.0f} | {:.3f} | {:,} | {:,} | {} | {:.2f} | {:.2f} |".format(
+            r.get("label") or os.path.basename(path), r["connect"]["connected"],
+            w["deflate_clients"], r["setup"]["clients"], w["bytes_per_client_per_min"],
+            w["message_bytes_per_client_per_min"], w["ratio"], w["compressed"], w["deltas"],
+            w["bad_deltas"], st["cpu_s_run"], st["rss_per_conn_kb"]))
+    if rows:
+        print("| run | connected | deflate clients | wire B / client / min | message B / client / min | wire ÷ messages | compressed msgs | deltas | bad deltas | server CPU s | RSS KB/conn |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        print()
+
+
 def wsfan_rows(d):
     results = []
     for path in sorted(glob.glob(os.path.join(d, "*.wsfan.json"))):
@@ -113,4 +137,5 @@ if __name__ == "__main__":
     versus_floor(sys.argv[1])
     idle_rows(sys.argv[1])
     bench_rows(sys.argv[1])
+    wire_rows(sys.argv[1])
     wsfan_rows(sys.argv[1])

@@ -5,6 +5,9 @@
 //! The receive path takes the clock once per read, finds the fields with a few
 //! substring searches, and records latencies into a shared striped histogram
 //! once per read, so a client costs little next to the server it measures.
+//! With `--compression` it inflates compressed messages, with `--delta` it
+//! rebuilds each message from its delta (`delta.rs`), and it counts the bytes
+//! it read from the socket against the bytes of the messages they carried.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::delta::Chain;
 use super::fields::{self, Native};
 use super::hist::Striped;
 use super::plan::{LossBasis, Route};
@@ -29,6 +33,9 @@ use crate::ws::frame::{self, FrameError, OpCode, ServerFrame};
 const READ_RESERVE: usize = 8 * 1024;
 /// A read buffer grown past this is released once empty.
 const KEEP_CAPACITY: usize = 64 * 1024;
+/// Largest message a compressed frame may inflate to (the gateway's own
+/// limit on what it sends is far lower).
+const MAX_INFLATED: usize = 64 * 1024 * 1024;
 
 /// What the fleet tells its clients.
 #[derive(Debug, Clone)]
@@ -73,6 +80,10 @@ pub struct Shared {
     pub route: Route,
     pub basis: LossBasis,
     pub token: Option<String>,
+    /// Offer permessage-deflate.
+    pub compression: bool,
+    /// Subscribe with `"delta": "fossil"`.
+    pub delta: bool,
     pub connect_timeout: Duration,
     /// Messages published at or after this Unix µs count for latency and throughput.
     pub measure_from_us: AtomicU64,
@@ -119,6 +130,41 @@ pub struct Outcome {
     pub ended: Option<String>,
     pub expected: u64,
     pub seen: Seen,
+    pub wire: Wire,
+}
+
+/// What one client read, from the start of the measured window until
+/// publishing ended (or the idle run's end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wire {
+    /// Clients whose server accepted permessage-deflate.
+    pub deflate_clients: u64,
+    /// Bytes read from the socket: frame headers, pings and all.
+    pub bytes: u64,
+    /// Messages received (text and binary, replies included).
+    pub messages: u64,
+    /// Their size once inflated and rebuilt from deltas: what they would have
+    /// cost without compression or deltas, less the frame headers.
+    pub message_bytes: u64,
+    /// Messages that came compressed.
+    pub compressed: u64,
+    /// Messages that came as a delta.
+    pub deltas: u64,
+    /// Delta frames that could not be applied (a broken chain: a bug).
+    pub bad_deltas: u64,
+}
+
+impl Wire {
+    /// Adds another client's (or process's) counts.
+    pub fn add(&mut self, o: &Wire) {
+        self.deflate_clients += o.deflate_clients;
+        self.bytes += o.bytes;
+        self.messages += o.messages;
+        self.message_bytes += o.message_bytes;
+        self.compressed += o.compressed;
+        self.deltas += o.deltas;
+        self.bad_deltas += o.bad_deltas;
+    }
 }
 
 /// Runs one client until told to stop.
@@ -152,6 +198,7 @@ pub async fn run(
         ready: true,
         ..Outcome::default()
     };
+    outcome.wire.deflate_clients = u64::from(conn.deflate);
     let mut expected: Option<u64> = None;
     let mut waiting = true;
     let mut lat: Vec<u64> = Vec::with_capacity(64);
@@ -177,19 +224,32 @@ pub async fn run(
             }
             read = conn.stream.read_buf(reserve(&mut conn.buf)) => {
                 let now = unix_micros();
+                let from = shared.measure_from_us.load(Ordering::Relaxed);
+                let counting = now >= from && expected.is_none();
                 match read {
                     Ok(0) => {
                         outcome.ended = Some("eof".into());
                         break;
                     }
-                    Ok(_) => {}
+                    Ok(n) => {
+                        if counting {
+                            outcome.wire.bytes += n as u64;
+                        }
+                    }
                     Err(e) => {
                         outcome.ended = Some(format!("read: {}", e.kind()));
                         break;
                     }
                 }
-                let from = shared.measure_from_us.load(Ordering::Relaxed);
-                match conn.process(&shared, now, from, &mut outcome.seen, &mut lat, &mut out) {
+                let mut rx = Rx {
+                    shared: &shared,
+                    now,
+                    measure_from: from,
+                    seen: &mut outcome.seen,
+                    lat: &mut lat,
+                    wire: counting.then_some(&mut outcome.wire),
+                };
+                match conn.process(&mut rx, &mut out) {
                     Ok(None) => {}
                     Ok(Some(end)) => {
                         outcome.ended = Some(end);
@@ -245,33 +305,56 @@ struct Conn {
     buf: BytesMut,
     /// Offset in `subscribed` (native); messages after it are expected.
     base: u64,
-    /// A fragmented message being reassembled.
+    /// A fragmented message being reassembled, and whether it is compressed.
     partial: Vec<u8>,
+    partial_compressed: bool,
+    /// The server accepted permessage-deflate.
+    deflate: bool,
+    /// The previous message, for a delta subscription.
+    chain: Option<Chain>,
+}
+
+/// Where one read's messages are recorded.
+struct Rx<'a> {
+    shared: &'a Shared,
+    now: u64,
+    measure_from: u64,
+    seen: &'a mut Seen,
+    lat: &'a mut Vec<u64>,
+    /// Inside the measured window: count what the messages cost.
+    wire: Option<&'a mut Wire>,
 }
 
 /// Connects, upgrades and subscribes; returns a failure label.
 async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, String> {
-    let (stream, buf) = wsclient::connect(
+    let opened = wsclient::connect(
         spec.addr,
         spec.src,
         &spec.host,
         &spec.path,
         shared.token.as_deref(),
+        shared.compression,
     )
     .await
     .map_err(|e| e.label())?;
     let mut conn = Conn {
-        stream,
-        buf,
+        stream: opened.stream,
+        buf: opened.rest,
         base: 0,
         partial: Vec::new(),
+        partial_compressed: false,
+        deflate: opened.deflate,
+        chain: shared.delta.then(Chain::default),
     };
     match shared.route {
         Route::Native => {
             conn.expect(|t| matches!(fields::native(t), Native::Established).then_some(0))
                 .await?;
-            let subscribe =
+            let mut subscribe =
                 serde_json::json!({"type": "subscribe", "channel": spec.channel, "id": 1});
+            if shared.delta {
+                subscribe["delta"] = "fossil".into();
+            }
             conn.send_text(subscribe.to_string().as_bytes()).await?;
             conn.base = conn
                 .expect(|t| match fields::native(t) {
@@ -304,11 +387,15 @@ impl Conn {
     /// Reads frames until `want` accepts a text frame (setup only; not fast).
     async fn expect<T>(&mut self, want: impl Fn(&[u8]) -> Option<T>) -> Result<T, String> {
         loop {
-            while let Some(f) = frame::parse_server_frame(&self.buf)
+            while let Some(f) = frame::parse_server_frame(&self.buf, self.deflate)
                 .map_err(|e| format!("malformed frame from the server: {e}"))?
             {
-                let payload = self.buf[f.start..f.start + f.len].to_vec();
+                let mut payload = self.buf[f.start..f.start + f.len].to_vec();
                 self.buf.advance(f.start + f.len);
+                if f.compressed {
+                    payload = crate::ws::deflate::inflate(&payload, MAX_INFLATED)
+                        .map_err(|e| format!("bad compressed message: {e}"))?;
+                }
                 match f.opcode {
                     OpCode::Text => {
                         if let Some(t) = want(&payload) {
@@ -347,46 +434,57 @@ impl Conn {
     /// ended, if a close frame came.
     fn process(
         &mut self,
-        shared: &Shared,
-        now: u64,
-        measure_from: u64,
-        seen: &mut Seen,
-        lat: &mut Vec<u64>,
+        rx: &mut Rx<'_>,
         out: &mut BytesMut,
     ) -> Result<Option<String>, FrameError> {
         let mut pos = 0;
         let mut ended = None;
-        while let Some(f) = frame::parse_server_frame(&self.buf[pos..])? {
+        while let Some(f) = frame::parse_server_frame(&self.buf[pos..], self.deflate)? {
             let ServerFrame {
                 fin,
                 opcode,
                 start,
                 len,
+                compressed,
             } = f;
             let payload = &self.buf[pos + start..pos + start + len];
-            match opcode {
-                OpCode::Text | OpCode::Binary if fin => {
-                    on_message(shared, self.base, payload, now, measure_from, seen, lat);
-                }
+            let message = match opcode {
+                OpCode::Text | OpCode::Binary if fin => Some((payload, compressed)),
                 OpCode::Text | OpCode::Binary => {
                     self.partial.clear();
                     self.partial.extend_from_slice(payload);
+                    self.partial_compressed = compressed;
+                    None
                 }
                 OpCode::Continuation => {
                     self.partial.extend_from_slice(payload);
                     if fin {
                         let whole = std::mem::take(&mut self.partial);
-                        on_message(shared, self.base, &whole, now, measure_from, seen, lat);
+                        ended = on_frame(
+                            rx,
+                            self.base,
+                            &mut self.chain,
+                            &whole,
+                            self.partial_compressed,
+                        );
                     }
+                    None
                 }
-                OpCode::Ping => wsclient::encode(out, OpCode::Pong, payload),
+                OpCode::Ping => {
+                    wsclient::encode(out, OpCode::Pong, payload);
+                    None
+                }
                 OpCode::Close => {
                     ended = Some(format!(
                         "close {}",
                         wsclient::close_code(payload).unwrap_or(1005)
                     ));
+                    None
                 }
-                OpCode::Pong => {}
+                OpCode::Pong => None,
+            };
+            if let Some((payload, compressed)) = message {
+                ended = on_frame(rx, self.base, &mut self.chain, payload, compressed);
             }
             pos += start + len;
             if ended.is_some() {
@@ -401,24 +499,77 @@ impl Conn {
     }
 }
 
-/// Records one received message.
-fn on_message(
-    shared: &Shared,
+/// One whole message off the wire: inflated if compressed, rebuilt if a
+/// delta, counted, recorded. Returns why the connection must end, if it must.
+fn on_frame(
+    rx: &mut Rx<'_>,
     base: u64,
-    text: &[u8],
-    now: u64,
-    measure_from: u64,
-    seen: &mut Seen,
-    lat: &mut Vec<u64>,
-) {
-    let (offset, stamp) = match shared.route {
-        Route::Native => match fields::native(text) {
-            Native::Message { offset, stamp } => (offset, stamp),
-            // Replies, pongs and the like are not messages.
-            _ => return,
-        },
-        Route::Relay | Route::Raw => (None, fields::stamp(text)),
+    chain: &mut Option<Chain>,
+    payload: &[u8],
+    compressed: bool,
+) -> Option<String> {
+    let inflated;
+    let text = if compressed {
+        match crate::ws::deflate::inflate(payload, MAX_INFLATED) {
+            Ok(t) => {
+                inflated = t;
+                &inflated[..]
+            }
+            Err(e) => return Some(format!("bad compressed message: {e}")),
+        }
+    } else {
+        payload
     };
+    let mut size = text.len();
+    let mut was_delta = false;
+    let mut bad_delta = false;
+    // Only the native route's frames have a type to find.
+    let native = (rx.shared.route == Route::Native).then(|| fields::native(text));
+    let rebuilt = match (chain, native) {
+        (Some(chain), Some(Native::Message { .. })) => match chain.rebuild(text) {
+            Ok(r) => {
+                size = size - r.carried + r.text.len();
+                was_delta = r.was_delta;
+                Some(r.text)
+            }
+            Err(_) => {
+                bad_delta = true;
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(wire) = rx.wire.as_deref_mut() {
+        wire.messages += 1;
+        wire.message_bytes += size as u64;
+        wire.compressed += u64::from(compressed);
+        wire.deltas += u64::from(was_delta);
+        wire.bad_deltas += u64::from(bad_delta);
+    }
+    let (offset, stamp) = match native {
+        Some(Native::Message { offset, stamp }) => match &rebuilt {
+            Some(published) => (offset, fields::stamp(published)),
+            None => (offset, stamp),
+        },
+        // Replies, pongs and the like are not messages.
+        Some(_) => return None,
+        None => (None, fields::stamp(text)),
+    };
+    record(rx, base, offset, stamp);
+    None
+}
+
+/// Records one received message.
+fn record(rx: &mut Rx<'_>, base: u64, offset: Option<u64>, stamp: fields::Stamp) {
+    let Rx {
+        shared,
+        now,
+        measure_from,
+        seen,
+        lat,
+        ..
+    } = rx;
+    let (now, measure_from) = (*now, *measure_from);
     let mark = match shared.basis {
         LossBasis::Offset => match offset {
             Some(o) if o > base => seen.record(o - base - 1),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::client::{self, Control, Expectation, Outcome, Shared, Spec};
+use super::client::{self, Control, Expectation, Outcome, Shared, Spec, Wire};
 use super::hist::{self, HistData, Striped};
 use super::plan::Plan;
 
@@ -49,6 +49,9 @@ pub struct FleetReport {
     pub last_rx_us: u64,
     /// When every client had received everything, or the drain ran out (Unix µs).
     pub drained_at_us: u64,
+    /// What the messages cost on the wire in the measured window.
+    #[serde(default)]
+    pub wire: Wire,
 }
 
 /// The clients of this process.
@@ -67,6 +70,8 @@ impl Fleet {
             route: plan.route,
             basis: plan.loss_basis(),
             token: plan.token.clone(),
+            compression: plan.compression,
+            delta: plan.delta,
             connect_timeout: plan.connect_timeout,
             measure_from_us: AtomicU64::new(u64::MAX),
             latency: Striped::default(),
@@ -166,6 +171,7 @@ impl Fleet {
             report.lost += outcome.expected.saturating_sub(outcome.seen.distinct);
             report.duplicated += outcome.seen.duplicated;
             report.unexpected += outcome.seen.unexpected;
+            report.wire.add(&outcome.wire);
             if let Some(why) = outcome.ended {
                 *report.ended_early.entry(why).or_default() += 1;
             }

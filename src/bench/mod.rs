@@ -24,6 +24,7 @@
 //! | `report.rs` | the JSON report and the table |
 
 pub mod client;
+pub mod delta;
 pub mod fields;
 pub mod fleet;
 pub mod hist;
@@ -48,6 +49,7 @@ use procstat::{ProcError, Sample};
 use publisher::PublisherError;
 use report::{
     ClientUsage, ConnectSummary, DeliverySummary, Report, ServerTotal, ServerUsage, Setup,
+    WireSummary,
 };
 use worker::{FromWorker, ToWorker, Worker, WorkerError};
 
@@ -242,6 +244,7 @@ fn merge_fleet(parts: Vec<FleetReport>) -> FleetReport {
         all.lost += p.lost;
         all.duplicated += p.duplicated;
         all.unexpected += p.unexpected;
+        all.wire.add(&p.wire);
         for (k, v) in p.ended_early {
             *all.ended_early.entry(k).or_default() += v;
         }
@@ -378,6 +381,31 @@ pub async fn run(plan: Plan, threads: usize) -> Result<Report, BenchError> {
         },
         latency_ms: hist::summary(&hist::merge(&[&fleet.latency])),
     };
+    let w = &fleet.wire;
+    let per_client_min = |n: u64| {
+        if run_s > 0.0 {
+            n as f64 / connected / (run_s / 60.0)
+        } else {
+            0.0
+        }
+    };
+    let wire = WireSummary {
+        offered_deflate: plan.compression,
+        delta: plan.delta,
+        deflate_clients: w.deflate_clients,
+        bytes: w.bytes,
+        bytes_per_client_per_min: per_client_min(w.bytes),
+        messages: w.messages,
+        message_bytes_per_client_per_min: per_client_min(w.message_bytes),
+        ratio: if w.message_bytes > 0 {
+            w.bytes as f64 / w.message_bytes as f64
+        } else {
+            0.0
+        },
+        compressed: w.compressed,
+        deltas: w.deltas,
+        bad_deltas: w.bad_deltas,
+    };
     let connect_summary = ConnectSummary {
         attempted: connect.attempted,
         connected: connect.connected,
@@ -413,6 +441,7 @@ pub async fn run(plan: Plan, threads: usize) -> Result<Report, BenchError> {
         connect: connect_summary,
         publish,
         delivery,
+        wire,
         servers,
         server_total,
         client: ClientUsage {

@@ -79,6 +79,9 @@ pub struct Plan {
     /// The channel's name with one channel, else the prefix of `PREFIX-i`
     /// (`--channel-prefix`).
     pub channel_prefix: String,
+    /// The channels by name, instead of the prefix (`--channel-names`): as many
+    /// as `channels`, or none.
+    pub channel_names: Vec<String>,
     /// Messages per second over all channels; 0 holds the clients idle (`--rate`).
     pub rate: f64,
     /// Measured messages, or the measured run's length (`--messages`, `--duration`).
@@ -119,6 +122,10 @@ pub struct Plan {
     pub workers: usize,
     /// Bearer token sent with every upgrade (`--token`).
     pub token: Option<String>,
+    /// Offer permessage-deflate in every upgrade (`--compression`).
+    pub compression: bool,
+    /// Subscribe with `"delta": "fossil"` (native route; `--delta`).
+    pub delta: bool,
 }
 
 /// Why the command line does not describe a runnable plan.
@@ -137,7 +144,9 @@ pub enum PlanError {
 impl Plan {
     /// The name of channel `i`: the prefix itself when there is one channel.
     pub fn channel_name(&self, i: usize) -> String {
-        if self.channels == 1 {
+        if let Some(name) = self.channel_names.get(i) {
+            name.clone()
+        } else if self.channels == 1 {
             self.channel_prefix.clone()
         } else {
             format!("{}-{i}", self.channel_prefix)
@@ -213,12 +222,25 @@ impl Plan {
         if !(self.connect_rate >= 0.0 && self.connect_rate.is_finite()) {
             return invalid("--connect-rate must be 0 (unlimited) or a positive number");
         }
-        for i in [0, self.channels - 1] {
+        if !self.channel_names.is_empty() && self.channel_names.len() != self.channels {
+            return invalid("--channel-names gives the channels: leave --channels out");
+        }
+        if self.delta && self.route != Route::Native {
+            return invalid("--delta needs --route native (deltas are a native subscription's)");
+        }
+        let checked: Vec<usize> = if self.channel_names.is_empty() {
+            vec![0, self.channels - 1]
+        } else {
+            (0..self.channels).collect()
+        };
+        for i in checked {
             crate::channel::ChannelName::parse(
                 &self.channel_name(i),
                 crate::channel::DEFAULT_MAX_CHANNEL_LEN,
             )
-            .map_err(|e| PlanError::Invalid(format!("bad --channel-prefix: {e}")))?;
+            .map_err(|e| {
+                PlanError::Invalid(format!("bad --channel-prefix or --channel-names: {e}"))
+            })?;
         }
         Ok(())
     }

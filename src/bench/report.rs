@@ -23,6 +23,7 @@ pub struct Report {
     /// `None` when the clients were held idle (`--rate 0`).
     pub publish: Option<PublishReport>,
     pub delivery: DeliverySummary,
+    pub wire: WireSummary,
     pub servers: Vec<ServerUsage>,
     pub server_total: ServerTotal,
     pub client: ClientUsage,
@@ -71,6 +72,34 @@ pub struct DeliverySummary {
     pub deliveries_per_s: f64,
     /// Publish → receive, measured messages only.
     pub latency_ms: Summary,
+}
+
+/// What the clients read in the measured window (from its start until
+/// publishing ended, or the idle run's end).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WireSummary {
+    /// Permessage-deflate was offered (`--compression`).
+    pub offered_deflate: bool,
+    /// Subscriptions asked for deltas (`--delta`).
+    pub delta: bool,
+    /// Clients whose server accepted permessage-deflate.
+    pub deflate_clients: u64,
+    /// Bytes read from the sockets, all clients.
+    pub bytes: u64,
+    /// Bytes on the wire per client per minute.
+    pub bytes_per_client_per_min: f64,
+    /// Messages received, all clients.
+    pub messages: u64,
+    /// Their size inflated and rebuilt from deltas, per client per minute.
+    pub message_bytes_per_client_per_min: f64,
+    /// Bytes on the wire ÷ bytes of the messages they carried (1.0: no saving;
+    /// a little above 1 for plain frames, whose headers count).
+    pub ratio: f64,
+    /// Messages that came compressed, and as deltas.
+    pub compressed: u64,
+    pub deltas: u64,
+    /// Deltas that could not be applied: should be 0.
+    pub bad_deltas: u64,
 }
 
 /// One server process (`--server-pid`).
@@ -201,6 +230,25 @@ impl Report {
             );
         } else if !self.delivery.ended_early.is_empty() {
             let _ = writeln!(t, "idle      ended early {:?}", self.delivery.ended_early);
+        }
+        let w = &self.wire;
+        if w.messages > 0 {
+            let _ = writeln!(
+                t,
+                "wire      {} B per client per minute for {} B of messages: ratio {:.3}; {} of {} clients compressed ({} compressed messages, {} deltas{})",
+                thousands(w.bytes_per_client_per_min),
+                thousands(w.message_bytes_per_client_per_min),
+                w.ratio,
+                thousands(w.deflate_clients as f64),
+                thousands(s.clients as f64),
+                thousands(w.compressed as f64),
+                thousands(w.deltas as f64),
+                if w.bad_deltas > 0 {
+                    format!(", {} BAD deltas", w.bad_deltas)
+                } else {
+                    String::new()
+                }
+            );
         }
         for u in &self.servers {
             let _ = writeln!(

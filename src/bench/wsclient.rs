@@ -1,5 +1,6 @@
-//! A minimal WebSocket client for the load generator: the opening handshake and
-//! masked client frames. The framing is `ws/frame.rs`'s: the caller finds the
+//! A minimal WebSocket client for the load generator: the opening handshake
+//! (offering permessage-deflate when asked, as browsers do) and masked client
+//! frames. The framing is `ws/frame.rs`'s: the caller finds the
 //! server's unmasked frames in place with [`frame::parse_server_frame`].
 //!
 //! It keeps one growable read buffer per socket and never copies a payload, so
@@ -41,15 +42,30 @@ impl ConnectError {
     }
 }
 
-/// Opens a TCP connection (from `src` when given) and performs the upgrade.
-/// Returns the stream and whatever the server sent after its response head.
+/// The offer of permessage-deflate: each message compressed on its own both
+/// ways, which is what the gateway accepts (`ws/deflate.rs`).
+const DEFLATE_OFFER: &str =
+    "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
+
+/// An upgraded connection.
+pub struct Opened {
+    pub stream: TcpStream,
+    /// Whatever the server sent after its response head.
+    pub rest: BytesMut,
+    /// The server accepted permessage-deflate: its messages may come compressed.
+    pub deflate: bool,
+}
+
+/// Opens a TCP connection (from `src` when given) and performs the upgrade,
+/// offering permessage-deflate when `offer_deflate`.
 pub async fn connect(
     addr: SocketAddr,
     src: Option<IpAddr>,
     host: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<(TcpStream, BytesMut), ConnectError> {
+    offer_deflate: bool,
+) -> Result<Opened, ConnectError> {
     let io = |e: std::io::Error| ConnectError::Connect(e.kind().to_string());
     let socket = TcpSocket::new_v4().map_err(io)?;
     if let Some(src) = src {
@@ -61,9 +77,14 @@ pub async fn connect(
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let extensions = if offer_deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}{extensions}\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(1024);
@@ -80,12 +101,18 @@ pub async fn connect(
             ));
         }
     };
-    check_response(&buf[..head_len], &key)?;
+    let deflate = check_response(&buf[..head_len], &key, offer_deflate)?;
     let rest = buf.split_off(head_len);
-    Ok((stream, rest))
+    Ok(Opened {
+        stream,
+        rest,
+        deflate,
+    })
 }
 
-fn check_response(head: &[u8], key: &str) -> Result<(), ConnectError> {
+/// Checks the server's response head; returns whether it accepted
+/// permessage-deflate (an extension that was not offered is refused).
+fn check_response(head: &[u8], key: &str, offered_deflate: bool) -> Result<bool, ConnectError> {
     let head = std::str::from_utf8(head)
         .map_err(|_| ConnectError::Handshake("response head is not UTF-8".into()))?;
     let mut lines = head.split("\r\n");
@@ -101,17 +128,28 @@ fn check_response(head: &[u8], key: &str) -> Result<(), ConnectError> {
     h.update(key.as_bytes());
     h.update(GUID);
     let expected = base64::engine::general_purpose::STANDARD.encode(h.finalize());
-    let accept = lines.filter_map(|l| l.split_once(':')).find_map(|(k, v)| {
-        k.trim()
-            .eq_ignore_ascii_case("sec-websocket-accept")
-            .then(|| v.trim())
-    });
-    if accept != Some(expected.as_str()) {
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|&(_, v)| v)
+    };
+    if header("sec-websocket-accept") != Some(expected.as_str()) {
         return Err(ConnectError::Handshake(
             "missing or wrong Sec-WebSocket-Accept".into(),
         ));
     }
-    Ok(())
+    match header("sec-websocket-extensions") {
+        None => Ok(false),
+        Some(ext) if offered_deflate && ext.starts_with("permessage-deflate") => Ok(true),
+        Some(_) => Err(ConnectError::Handshake(
+            "the server accepted an extension that was not offered".into(),
+        )),
+    }
 }
 
 /// Appends a client frame, masked with a fresh random mask.
@@ -149,13 +187,17 @@ mod tests {
     fn handshake_response_is_checked() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(check_response(ok.as_bytes(), key), Ok(()));
+        assert_eq!(check_response(ok.as_bytes(), key, true), Ok(false));
         let busy = "HTTP/1.1 503 Service Unavailable\r\n\r\n";
         assert_eq!(
-            check_response(busy.as_bytes(), key),
+            check_response(busy.as_bytes(), key, false),
             Err(ConnectError::Status(503))
         );
         let wrong = "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
-        assert!(check_response(wrong.as_bytes(), key).is_err());
+        assert!(check_response(wrong.as_bytes(), key, false).is_err());
+        let deflate = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n";
+        assert_eq!(check_response(deflate.as_bytes(), key, true), Ok(true));
+        // An extension the client did not offer is a broken handshake.
+        assert!(check_response(deflate.as_bytes(), key, false).is_err());
     }
 }

@@ -397,16 +397,19 @@ pub struct ServerFrame {
     pub start: usize,
     /// The payload's length; the frame ends at `start + len`.
     pub len: usize,
+    /// RSV1: the first frame of a compressed message (only where
+    /// permessage-deflate was negotiated).
+    pub compressed: bool,
 }
 
 /// Finds the unmasked server frame at the start of `buf` without copying or
 /// consuming it (the client side): `Ok(None)` until all of it is in `buf`. A
-/// masked frame, reserved bits or an unknown opcode are protocol errors; size
-/// limits, fragments and control frames are the caller's.
+/// masked frame, reserved bits (RSV1 where permessage-deflate was not
+/// negotiated: `deflate`) or an unknown opcode are protocol errors; size
+/// limits, fragments, inflating and control frames are the caller's.
 #[inline]
-pub fn parse_server_frame(buf: &[u8]) -> Result<Option<ServerFrame>, FrameError> {
-    // The load generator offers no extension: RSV1 is an error too.
-    let Some(header) = parse_header::<false>(buf, false)? else {
+pub fn parse_server_frame(buf: &[u8], deflate: bool) -> Result<Option<ServerFrame>, FrameError> {
+    let Some(header) = parse_header::<false>(buf, deflate)? else {
         return Ok(None);
     };
     let len = usize::try_from(header.payload_len)
@@ -419,6 +422,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<ServerFrame>, FrameError>
         opcode: header.opcode,
         start: header.header_len,
         len,
+        compressed: header.rsv1,
     }))
 }
 
@@ -649,7 +653,7 @@ mod tests {
         encode_into(&mut buf, OpCode::Text, &vec![b'x'; 70_000]);
         let mut pos = 0;
         let mut seen = Vec::new();
-        while let Some(f) = parse_server_frame(&buf[pos..]).unwrap() {
+        while let Some(f) = parse_server_frame(&buf[pos..], false).unwrap() {
             seen.push((f.fin, f.opcode, f.start, f.len));
             pos += f.start + f.len;
         }
@@ -666,10 +670,16 @@ mod tests {
         // Every prefix of a frame waits for more.
         let whole = encode(OpCode::Text, &[b'y'; 200]);
         for cut in 0..whole.len() {
-            assert_eq!(parse_server_frame(&whole[..cut]).unwrap(), None, "{cut}");
+            assert_eq!(
+                parse_server_frame(&whole[..cut], false).unwrap(),
+                None,
+                "{cut}"
+            );
         }
         // A fragment is found as it is; reassembly is the caller's.
-        let f = parse_server_frame(&[0x01, 1, b'h']).unwrap().unwrap();
+        let f = parse_server_frame(&[0x01, 1, b'h'], false)
+            .unwrap()
+            .unwrap();
         assert_eq!((f.fin, f.opcode), (false, OpCode::Text));
         let cases: [&[u8]; 3] = [
             &[0x81, 0x81, 1, 2, 3, 4, b'x'], // masked
@@ -677,9 +687,19 @@ mod tests {
             &[0x83, 0],                      // reserved opcode
         ];
         for bytes in cases {
-            let err = parse_server_frame(bytes).unwrap_err();
+            let err = parse_server_frame(bytes, false).unwrap_err();
             assert_eq!(err.close_code(), 1002, "{bytes:?}");
         }
+        // Where the extension was negotiated, RSV1 marks a compressed message.
+        let f = parse_server_frame(&[0xC1, 1, 0], true).unwrap().unwrap();
+        assert!(f.compressed && f.fin);
+        assert!(
+            !parse_server_frame(&[0x81, 0], true)
+                .unwrap()
+                .unwrap()
+                .compressed
+        );
+        assert!(parse_server_frame(&[0xC9, 0], true).is_err()); // RSV1 on a ping
     }
 
     #[test]
