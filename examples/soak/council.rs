@@ -7,7 +7,8 @@
 //! An event replayed after a reconnect is expected when the client had not
 //! acknowledged it, or did so within 2 s of the disconnect (acknowledgements
 //! are stored every 0.5 s); an event acknowledged earlier that comes again,
-//! or one that comes twice on one connection, is a duplicate.
+//! or one that comes twice on one connection, is a duplicate — unless its
+//! producer was told the publish failed (then it is an unacknowledged repeat).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -320,8 +321,18 @@ impl Follower {
         if let Some((acked_us, connection)) = self.processed.get(&s).copied() {
             let sanctioned = connection != self.connection
                 && (acked_us == 0 || acked_us + 2_000_000 > self.last_disconnect_us);
+            let unacked = self.ledger.get(s).is_some_and(|e| e.state == State::Failed);
             if sanctioned {
                 counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            } else if unacked {
+                // Its producer was told the publish failed, and it was carried
+                // out twice (two message_ids): not an acknowledged event.
+                counters.unacked_anomalies.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.event(
+                    "unacked_repeat",
+                    json!({"route": "council", "client": self.id, "request": self.request, "seq": s,
+                        "message_id": message_id, "replica": conn.replica}),
+                );
             } else {
                 counters.duplicated.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.event(

@@ -65,6 +65,9 @@ pub struct Mismatch {
     pub seq: u64,
     pub expected: (u32, u64),
     pub got: (u32, u64),
+    /// The producer was told this publish failed (refused or timed out): a
+    /// second copy of it is not a violation, since it was never acknowledged.
+    pub unacked: bool,
 }
 
 impl Ledger {
@@ -112,6 +115,7 @@ impl Ledger {
                         seq,
                         expected: (epoch, offset),
                         got: (e.seen_epoch, e.seen_offset),
+                        unacked: false,
                     });
                 }
             }
@@ -138,6 +142,8 @@ impl Ledger {
             seq,
             expected,
             got: (epoch, offset),
+            // Still pending: it may yet be acknowledged, so it counts.
+            unacked: e.state == State::Failed,
         })
     }
 

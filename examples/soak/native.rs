@@ -467,9 +467,16 @@ impl Native {
         if let (Some(ledger), Some(seq)) = (&s.ledger, data.and_then(|d| d.s))
             && let Some(m) = ledger.observe(seq, s.epoch, o)
         {
-            counters.mismatched.fetch_add(1, Ordering::Relaxed);
+            // A publish its producer was told failed, carried out twice (e.g.
+            // by a stalled replica once it resumed): not owed to anyone.
+            let (counter, kind) = if m.unacked {
+                (&counters.unacked_anomalies, "unacked_repeat")
+            } else {
+                (&counters.mismatched, "mismatch")
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             ctx.stats.event(
-                "mismatch",
+                kind,
                 json!({"client": client, "channel": s.name, "seq": m.seq, "expected": m.expected, "got": m.got, "replica": replica}),
             );
         }
