@@ -1,0 +1,148 @@
+//! One subscription's view of a channel, for the routes that carry no offset
+//! (relay, snapshot, ESCAI): messages are known by the seq their publisher
+//! put in `data.s`. The rule while connected: from the stream's start on,
+//! every acknowledged message exactly once and in order.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::Ctx;
+use crate::check::{Check, Kind};
+use crate::clock::now_us;
+use crate::ledger::{Filter, Ledger};
+use crate::stats::Route;
+
+pub struct SeqStream {
+    pub ledger: Arc<Ledger>,
+    pub filter: Filter,
+    pub route: Route,
+    pub client: u64,
+    /// The newest seq processed (0: none yet).
+    pub last: u64,
+    /// When the subscription was confirmed (checking starts then).
+    marker: Option<u64>,
+    /// No message has arrived since the marker.
+    awaiting_first: bool,
+    /// Seqs up to this may come again (a restart replays what followed its snapshot).
+    redeliver_upto: u64,
+    /// When the connection opened: messages sent before are replays.
+    opened_us: u64,
+}
+
+impl SeqStream {
+    pub fn new(ctx: &Ctx, channel: &str, filter: Filter, route: Route, client: u64) -> Self {
+        Self {
+            ledger: ctx.ledgers.channel(channel),
+            filter,
+            route,
+            client,
+            last: 0,
+            marker: None,
+            awaiting_first: false,
+            redeliver_upto: 0,
+            opened_us: now_us(),
+        }
+    }
+
+    fn file(&self, ctx: &Ctx, kind: Kind) {
+        ctx.checks.file(Check {
+            route: self.route,
+            client: self.client,
+            ledger: self.ledger.clone(),
+            filter: self.filter,
+            kind,
+        });
+    }
+
+    /// The subscription is confirmed now: every acknowledged message sent
+    /// from now on must arrive, in order, exactly once.
+    pub fn confirm(&mut self) {
+        self.marker = Some(now_us());
+        self.awaiting_first = true;
+    }
+
+    /// Checking starts at seq `s` (a snapshot: the stream continues after it).
+    pub fn start_after(&mut self, s: u64) {
+        self.marker = Some(now_us());
+        self.awaiting_first = false;
+        self.last = s;
+    }
+
+    /// The server restarted the stream at snapshot seq `s` (history was
+    /// lost): what follows the snapshot comes again, then new messages.
+    pub fn restart_at(&mut self, s: u64) {
+        self.redeliver_upto = self.redeliver_upto.max(self.last);
+        self.last = s;
+        self.awaiting_first = false;
+    }
+
+    /// A message with seq `s`, sent at `t` µs.
+    pub fn message(&mut self, ctx: &Ctx, s: u64, t: u64) {
+        let counters = ctx.stats.route(self.route);
+        ctx.delivered(self.route, t, self.opened_us);
+        if self.marker.is_none() {
+            // Before confirmation: only the order is checked.
+            if s <= self.last {
+                self.file(ctx, Kind::Repeat { seq: s });
+            } else {
+                self.last = s;
+            }
+            return;
+        }
+        if s <= self.last {
+            self.file(ctx, Kind::Repeat { seq: s });
+            return;
+        }
+        if s <= self.redeliver_upto {
+            counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            self.last = s;
+            return;
+        }
+        if self.awaiting_first {
+            self.awaiting_first = false;
+            if let Some(marker_us) = self.marker {
+                self.file(
+                    ctx,
+                    Kind::Start {
+                        marker_us,
+                        first: s,
+                    },
+                );
+            }
+        } else if s > self.last + 1 {
+            self.file(
+                ctx,
+                Kind::SeqGap {
+                    lo: self.last,
+                    hi: s,
+                },
+            );
+        }
+        self.last = s;
+    }
+
+    /// The stream ended by the client's choice: acknowledged messages
+    /// before `until_us` must have arrived.
+    pub fn end(&mut self, ctx: &Ctx, until_us: u64) {
+        let Some(marker_us) = self.marker else {
+            return;
+        };
+        if self.awaiting_first {
+            self.file(
+                ctx,
+                Kind::Window {
+                    marker_us,
+                    until_us,
+                },
+            );
+        } else {
+            self.file(
+                ctx,
+                Kind::Tail {
+                    last: self.last,
+                    until_us,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""The soak run's report: reads a results directory written by soak.py and
+the load client, writes report.json, report.md, summary.md (the short form for
+docs/RELIABILITY.md) and, when matplotlib can be had, latency.png and memory.png.
+
+    scripts/soak/report.py target/soak/<run>      # (re)write the report of a run
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+VENV = Path.home() / ".cache" / "switchboard" / "soak-venv"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def iso_to_epoch(ts: str) -> float | None:
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z", ts or "")
+    if not m:
+        return None
+    import calendar
+    secs = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)) + (0, 0, 0))
+    return secs + (float(m.group(7)) if m.group(7) else 0.0)
+
+
+# --- statistics --------------------------------------------------------------------
+
+def linear_slope(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def regress(rows: list[tuple[float, ...]], ys: list[float]) -> list[float] | None:
+    """Least squares y ≈ b0 + b1·x1 + b2·x2 … (normal equations, Gauss-Jordan)."""
+    if len(rows) < len(rows[0]) + 3 if rows else True:
+        return None
+    X = [[1.0, *r] for r in rows]
+    k = len(X[0])
+    a = [[sum(X[i][p] * X[i][q] for i in range(len(X))) for q in range(k)] for p in range(k)]
+    b = [sum(X[i][p] * ys[i] for i in range(len(X))) for p in range(k)]
+    for col in range(k):
+        pivot = max(range(col, k), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) < 1e-12:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        b[col], b[pivot] = b[pivot], b[col]
+        for r in range(k):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * y for x, y in zip(a[r], a[col])]
+                b[r] -= f * b[col]
+    return [b[i] / a[i][i] for i in range(k)]
+
+
+# --- analysis ----------------------------------------------------------------------
+
+def fault_windows(faults: list[dict]) -> list[dict]:
+    return sorted(faults, key=lambda f: f["start"])
+
+
+def explained_by(t: float, faults: list[dict], before: float = 2.0, after: float = 30.0) -> dict | None:
+    for f in faults:
+        if f["start"] - before <= t <= f["end"] + after:
+            return f
+    return None
+
+
+def scan_logs(run: Path, faults: list[dict]) -> dict:
+    logs = run / "logs"
+    levels: Counter = Counter()
+    messages: Counter = Counter()
+    errors: list[dict] = []
+    panics: list[dict] = []
+    for path in sorted(logs.glob("*.log")):
+        name = path.stem
+        if not (name.startswith("gw-") or name.startswith("collector-")):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                v = json.loads(line)
+            except ValueError:
+                if "panicked" in line:
+                    panics.append({"process": name, "line": line[:400]})
+                continue
+            level = v.get("level", "?")
+            levels[(name.rsplit(".", 1)[0], level)] += 1
+            msg = v.get("message") or v.get("fields", {}).get("message") or ""
+            if level in ("WARN", "ERROR"):
+                messages[(level, msg[:140])] += 1
+            if "panicked" in msg:
+                panics.append({"process": name, "line": msg[:400]})
+            if level == "ERROR":
+                t = iso_to_epoch(v.get("timestamp", ""))
+                f = explained_by(t, faults) if t else None
+                errors.append({"process": name, "t": t, "message": msg[:300],
+                               "fields": {k: str(x)[:120] for k, x in v.items()
+                                          if k not in ("timestamp", "level", "message", "target")},
+                               "fault": f"{f['kind']} {f['target']}" if f else None})
+    nginx_errors = 0
+    p = logs / "nginx-error.log"
+    if p.exists():
+        nginx_errors = sum(1 for _ in p.open(errors="replace"))
+    return {
+        "levels": {f"{k[0]} {k[1]}": n for k, n in sorted(levels.items())},
+        "warn_error_messages": [{"level": k[0], "message": k[1], "count": n}
+                                for k, n in messages.most_common(40)],
+        "errors": len(errors),
+        "errors_unexplained": [e for e in errors if e["fault"] is None],
+        "errors_explained": Counter(e["fault"].split()[0] for e in errors if e["fault"]),
+        "error_samples": errors[:20],
+        "panics": panics,
+        "nginx_error_lines": nginx_errors,
+    }
+
+
+def classify_stuck(events: list[dict], faults: list[dict]) -> dict:
+    stalls = [f for f in faults if f["kind"] == "replica_stall"]
+    out = {"total": 0, "explained": 0, "unexplained": []}
+    for e in events:
+        if e.get("kind") != "stuck":
+            continue
+        out["total"] += 1
+        replica = e.get("replica")
+        ok = any(
+            (replica in (s["target"], "?", None)) and e["from"] <= s["end"] + 5 and e["to"] >= s["start"] - 1
+            for s in stalls
+        )
+        if ok:
+            out["explained"] += 1
+        else:
+            out["unexplained"].append(e)
+    out["unexplained"] = out["unexplained"][:50]
+    return out
+
+
+def memory(samples: list[dict], warmup: float, min_life: float) -> dict:
+    """Per gateway incarnation: slopes after warm-up; pooled: RSS ≈ a + b·connections + c·age."""
+    series: dict[tuple, list[dict]] = defaultdict(list)
+    for s in samples:
+        for p in s["procs"]:
+            series[(p["role"], p["name"], p["incarnation"])].append({"t": s["t"], **p})
+    incarnations = []
+    pooled_rows, pooled_rss, pooled_fds, pooled_tasks, pooled_tasks_rows = [], [], [], [], []
+    for (role, name, inc), points in sorted(series.items()):
+        pts = [p for p in points if p["age_s"] >= warmup]
+        life = points[-1]["age_s"] if points else 0
+        entry = {"role": role, "name": name, "incarnation": inc, "samples": len(points),
+                 "life_s": round(life, 1)}
+        if len(pts) >= 4 and (pts[-1]["age_s"] - pts[0]["age_s"]) >= min_life:
+            ages = [p["age_s"] for p in pts]
+            entry["rss_start_mb"] = round(pts[0]["rss"] / 2**20, 1)
+            entry["rss_end_mb"] = round(pts[-1]["rss"] / 2**20, 1)
+            slope = linear_slope(ages, [p["rss"] for p in pts])
+            entry["rss_slope_mb_per_10min"] = round(slope * 600 / 2**20, 2) if slope is not None else None
+            slope = linear_slope(ages, [p["fds"] for p in pts])
+            entry["fds_slope_per_10min"] = round(slope * 600, 1) if slope is not None else None
+            tasks = [p.get("metrics", {}).get("switchboard_runtime_alive_tasks") for p in pts]
+            if all(t is not None for t in tasks):
+                slope = linear_slope(ages, tasks)
+                entry["tasks_slope_per_10min"] = round(slope * 600, 1) if slope is not None else None
+            conns = [p.get("metrics", {}).get("switchboard_connections") for p in pts]
+            if all(c is not None for c in conns):
+                entry["connections_start_end"] = [conns[0], conns[-1]]
+            if role == "redis":
+                um = [p.get("used_memory") for p in pts]
+                if all(u is not None for u in um):
+                    slope = linear_slope(ages, um)
+                    entry["used_memory_slope_mb_per_10min"] = round(slope * 600 / 2**20, 2) if slope else 0.0
+            incarnations.append(entry)
+        if role == "gateway":
+            for p in pts:
+                m = p.get("metrics", {})
+                c = m.get("switchboard_connections")
+                if c is None:
+                    continue
+                pooled_rows.append((c, p["age_s"]))
+                pooled_rss.append(p["rss"])
+                pooled_fds.append(p["fds"] - c)
+                if m.get("switchboard_runtime_alive_tasks") is not None:
+                    pooled_tasks_rows.append((c, p["age_s"]))
+                    pooled_tasks.append(m["switchboard_runtime_alive_tasks"])
+    pooled = {}
+    fit = regress(pooled_rows, pooled_rss)
+    if fit:
+        pooled["rss"] = {"base_mb": round(fit[0] / 2**20, 1), "kb_per_connection": round(fit[1] / 1024, 2),
+                         "mb_per_10min_of_age": round(fit[2] * 600 / 2**20, 2), "samples": len(pooled_rss)}
+    fit = regress([(a,) for _, a in pooled_rows], pooled_fds)
+    if fit:
+        pooled["fds_beyond_connections"] = {"base": round(fit[0], 1), "per_10min_of_age": round(fit[1] * 600, 2)}
+    fit = regress(pooled_tasks_rows, pooled_tasks) if pooled_tasks_rows else None
+    if fit:
+        pooled["tasks"] = {"base": round(fit[0], 1), "per_connection": round(fit[1], 3),
+                           "per_10min_of_age": round(fit[2] * 600, 2)}
+    return {"incarnations": incarnations, "gateway_pooled": pooled}
+
+
+def plots(run: Path, timeseries: list[dict], samples: list[dict], faults: list[dict]) -> list[str]:
+    """latency.png and memory.png, with matplotlib from the venv (created on first use)."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        try:
+            VENV.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True,
+                           capture_output=True, timeout=600)
+        except Exception as e:
+            print(f"report: no plots (matplotlib could not be installed: {e})", file=sys.stderr)
+            return []
+    data = {"timeseries": timeseries, "samples": samples, "faults": faults, "out": str(run)}
+    script = r'''
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+d = json.load(sys.stdin)
+ts, samples, faults = d["timeseries"], d["samples"], d["faults"]
+t0 = min([x["t"] for x in ts] + [s["t"] for s in samples] or [0])
+colors = {"replica_kill": "red", "replica_stall": "orange", "rolling_restart": "purple",
+          "redis_master_kill": "brown", "redis_kill": "brown", "collector_leader_kill": "green",
+          "stopped_reader": "gray", "bad_input": "pink"}
+def marks(ax):
+    seen = set()
+    for f in faults:
+        c = colors.get(f["kind"], "black")
+        label = f["kind"] if f["kind"] not in seen else None
+        seen.add(f["kind"])
+        ax.axvspan((f["start"] - t0) / 60, (f["end"] - t0) / 60, color=c, alpha=0.15, label=label)
+fig, ax = plt.subplots(figsize=(11, 4.5))
+x = [(p["t"] - t0) / 60 for p in ts]
+ax.plot(x, [p["p99_ms"] for p in ts], label="p99 (all routes)", color="black")
+ax.plot(x, [p["p50_ms"] for p in ts], label="p50", color="steelblue")
+ax.set_yscale("log"); ax.set_xlabel("minutes"); ax.set_ylabel("publish → receive, ms (5 s windows)")
+marks(ax); ax.legend(fontsize=7, ncol=3); ax.grid(alpha=0.3)
+fig.tight_layout(); fig.savefig(d["out"] + "/latency.png", dpi=110)
+fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+by = {}
+for s in samples:
+    for p in s["procs"]:
+        if p["role"] == "gateway":
+            by.setdefault(p["name"], []).append(((s["t"] - t0) / 60, p["rss"] / 2**20,
+                                                 (p.get("metrics") or {}).get("switchboard_connections")))
+for name, pts in sorted(by.items()):
+    a1.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=3, label=name + " RSS")
+    a2.plot([p[0] for p in pts], [p[2] or 0 for p in pts], ".", ms=3, label=name + " connections")
+a1.set_ylabel("gateway RSS, MB"); a2.set_ylabel("connections"); a2.set_xlabel("minutes")
+for a in (a1, a2):
+    marks(a); a.grid(alpha=0.3); a.legend(fontsize=7, ncol=4)
+fig.tight_layout(); fig.savefig(d["out"] + "/memory.png", dpi=110)
+'''
+    r = subprocess.run([str(python), "-c", script], input=json.dumps(data), text=True, capture_output=True)
+    if r.returncode != 0:
+        print(f"report: plotting failed: {r.stderr[-500:]}", file=sys.stderr)
+        return []
+    return ["latency.png", "memory.png"]
+
+
+def per_minute(timeseries: list[dict]) -> list[dict]:
+    if not timeseries:
+        return []
+    t0 = timeseries[0]["t"]
+    buckets: dict[int, list[dict]] = defaultdict(list)
+    for p in timeseries:
+        buckets[int((p["t"] - t0) // 60)].append(p)
+    out = []
+    for m, pts in sorted(buckets.items()):
+        out.append({"minute": m, "deliveries": sum(p["deliveries"] for p in pts),
+                    "p99_ms_max_window": round(max(p["p99_ms"] for p in pts), 1),
+                    "p99_ms_median_window": round(sorted(p["p99_ms"] for p in pts)[len(pts) // 2], 1),
+                    "max_ms": round(max(p["max_ms"] for p in pts), 1)})
+    return out
+
+
+def write(run: Path, plots_wanted: bool = True) -> bool:
+    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    final = json.loads((run / "client-final.json").read_text()) if (run / "client-final.json").exists() else {}
+    faults = fault_windows(read_jsonl(run / "faults.jsonl"))
+    samples = read_jsonl(run / "samples.jsonl")
+    timeseries = read_jsonl(run / "client-timeseries.jsonl")
+    events = read_jsonl(run / "client-events.jsonl")
+    smoke = meta.get("smoke", False)
+    logs = scan_logs(run, faults)
+    stuck = classify_stuck(events, faults)
+    mem = memory(samples, warmup=30 if smoke else 60, min_life=60 if smoke else 180)
+    totals = final.get("totals", {})
+    bad_input = [e for e in events if e.get("kind") == "bad_input"]
+    bad_unexpected = [e for e in events if e.get("kind") == "bad_input_unexpected"]
+    stopped = [e for e in events if e.get("kind") == "stopped_reader"]
+    lost_events = [e for e in events if e.get("kind") == "lost"]
+    for e in lost_events:
+        f = explained_by(e.get("first_sent") or e["t"], faults, before=5, after=60)
+        e["near_fault"] = f"{f['kind']} {f['target']}" if f else None
+    kinds = Counter(f["kind"] for f in faults)
+    connect_failures = Counter(
+        f"{e.get('route')} {e.get('status') or (e.get('error') or '')[:60]}"
+        for e in events if e.get("kind") == "connect_failed")
+    publish_failures = Counter(
+        f"{e.get('method')}: {re.sub(r'[0-9]+', 'N', (e.get('error') or ''))[:90]}"
+        for e in events if e.get("kind") == "publish_failed")
+    for f in faults:
+        f["connect_failures"] = sum(1 for e in events if e.get("kind") == "connect_failed"
+                                    and f["start"] <= e["t"] <= f["end"] + 10)
+    slow_closes = 0.0
+    last_by_inc: dict = {}
+    for s in samples:
+        for p in s["procs"]:
+            if p["role"] == "gateway":
+                v = (p.get("metrics") or {}).get("switchboard_slow_consumer_closes_total")
+                if v is not None:
+                    last_by_inc[(p["name"], p["incarnation"])] = v
+    slow_closes = sum(last_by_inc.values())
+    checks = {
+        "nothing lost": totals.get("lost", -1) == 0,
+        "nothing duplicated": totals.get("duplicated", -1) == 0,
+        "nothing delivered under another offset": totals.get("mismatched", -1) == 0,
+        "no client stuck without a stalled replica": not stuck["unexplained"],
+        "no ERROR log line without a fault": not logs["errors_unexplained"],
+        "no panic": not logs["panics"],
+        "every bad input answered as documented": bool(bad_input) and not bad_unexpected if kinds.get("bad_input") else True,
+        "every stopped reader closed by the gateway": all(
+            e.get("outcome", {}).get("closed_by_gateway") for e in stopped),
+        "the client finished": meta.get("client_exit") == 0,
+        "every fault carried out": not meta.get("fault_failures"),
+    }
+    passed = all(checks.values())
+    files = plots(run, timeseries, samples, faults) if plots_wanted else []
+    report = {
+        "passed": passed, "checks": checks, "meta": meta, "faults": dict(kinds),
+        "fault_list": faults, "totals": totals, "publishes_by_kind": final.get("publishes_by_kind"),
+        "collector": final.get("collector"), "stuck": stuck, "logs": logs, "memory": mem,
+        "latency_per_minute": per_minute(timeseries), "bad_input": {"bursts": len(bad_input),
+                                                                    "unexpected": bad_unexpected},
+        "stopped_readers": stopped, "slow_consumer_closes": slow_closes,
+        "lost_events": lost_events[:100], "plots": files,
+        "connect_failures": dict(connect_failures.most_common(20)),
+        "publish_failures": dict(publish_failures.most_common(20)),
+        "unacked_repeats": sum(1 for e in events if e.get("kind") == "unacked_repeat"),
+    }
+    (run / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    md = markdown(report)
+    (run / "report.md").write_text(md)
+    (run / "summary.md").write_text(summary(report))
+    return passed
+
+
+def fmt(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def summary(r: dict) -> str:
+    m, t = r["meta"], r["totals"]
+    pub = t.get("publish", {})
+    acked = pub.get("http", {}).get("acked", 0) + pub.get("redis", {}).get("acked", 0)
+    failed = pub.get("http", {}).get("failed", 0) + pub.get("redis", {}).get("failed", 0)
+    dur = (m.get("ended", 0) - m.get("started", 0)) / 60 if m.get("ended") else m.get("duration_s", 0) / 60
+    gp = r["memory"]["gateway_pooled"].get("rss", {})
+    faults = ", ".join(f"{k} ×{v}" for k, v in sorted(r["faults"].items()))
+    lines = [
+        f"**{'Smoke' if m.get('smoke') else 'Soak'} run, {m.get('redis')} Redis, commit `{m.get('commit')}`** "
+        f"({time.strftime('%Y-%m-%d', time.gmtime(m.get('started', 0)))}, {dur:.1f} min in all, "
+        f"{m.get('duration_s', 0) / 60:.0f} min of publishing, {fmt(m.get('clients'))} clients, "
+        f"churn {m.get('churn')}/s): **{'passed' if r['passed'] else 'FAILED'}**.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| faults | {faults or 'none'} |",
+        f"| publishes acknowledged / not | {fmt(acked)} / {fmt(failed)} (HTTP {fmt(pub.get('http', {}).get('acked', 0))}, "
+        f"Redis script {fmt(pub.get('redis', {}).get('acked', 0))}) |",
+        f"| deliveries checked | {fmt(t.get('deliveries', 0))} |",
+        f"| lost / duplicated / wrong offset | {t.get('lost')} / {t.get('duplicated')} / {t.get('mismatched')} |",
+        f"| honest restarts (`recovered:false`, snapshot restarts) / events reported expired | "
+        f"{t.get('honest_restarts')} / {t.get('expired_reported')} |",
+        f"| redelivered after a resume (expected, deduplicated by offset) | {fmt(t.get('redelivered', 0))} |",
+        f"| connections / reconnects after a fault / resumes | {fmt(t.get('connects', 0))} / "
+        f"{fmt(t.get('reconnects', 0))} / {fmt(t.get('resumes', 0))} |",
+        f"| stuck clients (explained by a stalled replica / not) | {r['stuck']['explained']} / {len(r['stuck']['unexplained'])} |",
+        f"| latency p50 / p99 / p99.9 / max (whole run, ms) | {t.get('p50_ms')} / {t.get('p99_ms')} / "
+        f"{t.get('p999_ms')} / {t.get('max_ms')} |",
+        f"| ERROR lines (behind a fault / not) / panics | {r['logs']['errors'] - len(r['logs']['errors_unexplained'])} / "
+        f"{len(r['logs']['errors_unexplained'])} / {len(r['logs']['panics'])} |",
+        f"| gateway RSS: per connection, drift with age (pooled fit) | {gp.get('kb_per_connection', '?')} KB, "
+        f"{gp.get('mb_per_10min_of_age', '?')} MB per 10 min |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(r: dict) -> str:
+    out = ["# Soak report", "", summary(r), "", "## Checks", ""]
+    for k, v in r["checks"].items():
+        out.append(f"- {'✔' if v else '✘'} {k}")
+    t = r["totals"]
+    out += ["", "## Per route", "", "| route | connects | reconnects | deliveries | of which replayed | lost | dup | "
+            "honest restarts | redelivered | stuck | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, c in (t.get("routes") or {}).items():
+        out.append(f"| {name} | {c.get('connects')} | {c.get('reconnects')} | {c.get('deliveries')} | {c.get('replayed')} | {c.get('lost')} | "
+                   f"{c.get('duplicated')} | {c.get('honest_restarts')} | {c.get('redelivered')} | {c.get('stuck')} | "
+                   f"{c.get('p99_ms')} | {c.get('max_ms')} |")
+    out += ["", "## Publishes", "", "```", json.dumps(r.get("publishes_by_kind"), indent=1), "```",
+            "", f"Close codes seen by clients: `{json.dumps(t.get('close_codes'))}`",
+            "", f"Error frames seen by clients: `{json.dumps(t.get('error_codes'))}`",
+            "", f"Client events by kind: `{json.dumps(t.get('event_counts'))}`"]
+    out += ["", "Connections refused (route and status; during which faults: see the table below):", "", "```",
+            json.dumps(r.get("connect_failures"), indent=1), "```",
+            "", "Publishes not acknowledged, by reason (a producer is told; none of these is owed to anyone):", "", "```",
+            json.dumps(r.get("publish_failures"), indent=1), "```",
+            "", f"Repeats of unacknowledged messages: {r.get('unacked_repeats')} (a publish the producer gave up on "
+            "— e.g. its HTTP request timed out against a stalled replica — that the replica carried out once it "
+            "resumed, after later messages: it arrives out of the producer's order, under a later offset; not a "
+            "violation, since it was never acknowledged)."]
+    out += ["", "## Faults", "", "| start (s) | kind | target | took (s) | connections refused meanwhile | detail |",
+            "|---|---|---|---|---|---|"]
+    t0 = r["meta"].get("started", 0)
+    for f in r["fault_list"]:
+        detail = {k: v for k, v in f.items() if k not in ("kind", "target", "start", "end", "connect_failures")}
+        out.append(f"| {f['start'] - t0:.0f} | {f['kind']} | {f['target']} | {f['end'] - f['start']:.1f} | "
+                   f"{f.get('connect_failures', '')} | {json.dumps(detail) if detail else ''} |")
+    out += ["", "## Latency per minute", "", "| minute | deliveries | p99 (median 5 s window) | p99 (worst window) | max |",
+            "|---|---|---|---|---|"]
+    for m in r["latency_per_minute"]:
+        out.append(f"| {m['minute']} | {m['deliveries']} | {m['p99_ms_median_window']} | {m['p99_ms_max_window']} | {m['max_ms']} |")
+    out += ["", "## Memory, descriptors, tasks", "",
+            "Per process incarnation after warm-up (slopes by least squares):", "",
+            "| process | incarnation | life s | RSS MB start → end | RSS MB / 10 min | fds / 10 min | tasks / 10 min | connections start, end |",
+            "|---|---|---|---|---|---|---|---|"]
+    for e in r["memory"]["incarnations"]:
+        out.append(f"| {e['name']} | {e['incarnation']} | {e['life_s']} | {e.get('rss_start_mb')} → {e.get('rss_end_mb')} | "
+                   f"{e.get('rss_slope_mb_per_10min')} | {e.get('fds_slope_per_10min')} | {e.get('tasks_slope_per_10min', '')} | "
+                   f"{e.get('connections_start_end', '')} |")
+    out += ["", "Gateways pooled (RSS ≈ base + per connection × connections + drift × age):", "", "```",
+            json.dumps(r["memory"]["gateway_pooled"], indent=1), "```"]
+    out += ["", "## Logs", "", f"ERROR lines: {r['logs']['errors']} (behind a fault: "
+            f"{json.dumps(dict(r['logs']['errors_explained']))}); unexplained: {len(r['logs']['errors_unexplained'])}; "
+            f"panics: {len(r['logs']['panics'])}; nginx error-log lines: {r['logs']['nginx_error_lines']}", "",
+            "| level | count | message |", "|---|---|---|"]
+    for m in r["logs"]["warn_error_messages"]:
+        out.append(f"| {m['level']} | {m['count']} | {m['message'].replace('|', '/')} |")
+    if r["logs"]["errors_unexplained"]:
+        out += ["", "Unexplained ERROR lines:", "```"] + [json.dumps(e) for e in r["logs"]["errors_unexplained"][:20]] + ["```"]
+    if r["logs"]["panics"]:
+        out += ["", "Panics:", "```"] + [json.dumps(e) for e in r["logs"]["panics"][:20]] + ["```"]
+    out += ["", "## Stuck clients", "", f"{r['stuck']['total']} silences longer than a heartbeat interval + 5 s; "
+            f"{r['stuck']['explained']} during a stall of the client's replica."]
+    if r["stuck"]["unexplained"]:
+        out += ["```"] + [json.dumps(e) for e in r["stuck"]["unexplained"][:20]] + ["```"]
+    out += ["", "## Bad input and stopped readers", "",
+            f"{r['bad_input']['bursts']} bursts; unexpected answers: {len(r['bad_input']['unexpected'])}"]
+    if r["bad_input"]["unexpected"]:
+        out += ["```"] + [json.dumps(e) for e in r["bad_input"]["unexpected"][:20]] + ["```"]
+    out += ["", f"Stopped readers: {len(r['stopped_readers'])}; gateway slow-consumer closes: {r['slow_consumer_closes']:.0f}", "```"]
+    out += [json.dumps(e) for e in r["stopped_readers"]] + ["```"]
+    out += ["", "## Collector", "", "```", json.dumps(r.get("collector"), indent=1), "```"]
+    if r["lost_events"]:
+        out += ["", "## Lost messages", "", "```"] + [json.dumps(e) for e in r["lost_events"][:50]] + ["```"]
+    if r["plots"]:
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    ok = write(Path(sys.argv[1]))
+    print(f"{'PASSED' if ok else 'FAILED'}: {Path(sys.argv[1]) / 'report.md'}")
+    sys.exit(0 if ok else 1)
