@@ -8,6 +8,8 @@
 # HOLD sets how long they are held (default 60s), CONNECT_RATE the clients'
 # connect rate (default 5000/s), GW_BIN another
 # gateway binary (before/after runs).
+# COMPRESSION=1 has every client offer permessage-deflate (negotiated: the
+# gateway accepts it by default), to show it costs an idle connection nothing.
 # REPLICAS=3 spreads the clients over three gateways on one Redis: how to go
 # past one process's sockets (e.g. REPLICAS=3 idle.sh 50000).
 source "$(dirname "$0")/lib.sh"
@@ -24,8 +26,10 @@ for n in $COUNTS; do
   done
   workers=$(( (n + 14999) / 15000 )); [ "$workers" -lt 2 ] && workers=2
   label=idle-$n; [ "$REPLICAS" -gt 1 ] && label=idle-$n-${REPLICAS}gw
+  extra=()
+  if [ "${COMPRESSION:-0}" = 1 ]; then extra=(--compression); label=$label-deflate; fi
   bench "$label" "${urls[@]}" --redis-url "$REDIS_URL" --clients "$n" --channels 100 \
     --rate 0 --duration "$HOLD" --settle 3s --workers "$workers" --src-ips 127.0.0.1-127.0.0.8 \
-    --connect-rate "${CONNECT_RATE:-5000}" "${pids[@]}"
+    --connect-rate "${CONNECT_RATE:-5000}" "${pids[@]}" "${extra[@]}"
   cleanup
 done
