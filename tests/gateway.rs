@@ -740,7 +740,8 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_window_and_exits_
         .collect();
     gw.signal("TERM");
     // Not ready while draining: readiness answers 503, or the client port
-    // (which serves it too) no longer accepts.
+    // (which serves it too) no longer accepts — a connection the kernel had
+    // queued before the listener closed ends with no answer at all (status 0).
     let port = gw.port;
     tokio::task::spawn_blocking(move || {
         common::wait_until(
@@ -749,7 +750,7 @@ async fn sigterm_closes_every_client_with_1001_spread_over_the_window_and_exits_
             Duration::from_millis(10),
             || match common::http_get(port, "/health/ready") {
                 Ok((200, _)) => None,
-                Ok((503, _)) | Err(_) => Some(()),
+                Ok((503 | 0, _)) | Err(_) => Some(()),
                 Ok((status, body)) => panic!("readiness while draining: {status} {body}"),
             },
         )

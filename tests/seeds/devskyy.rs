@@ -309,3 +309,75 @@ fn raw_request(
         .collect();
     (status, map)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_keeps_a_share_for_clients_with_a_token() {
+    // Three places for tokenless readers on each replica, ten per address:
+    // the replica's share is what refuses the fourth.
+    let fleet = Fleet::start(&[
+        "--anonymous-subscribe",
+        crate::ark::ANONYMOUS,
+        "--max-anonymous-connections",
+        "3",
+        "--max-anonymous-connections-per-ip",
+        "10",
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(&fleet.a.ws_url("/api/ws/tasks")).await);
+    }
+    let over = Client::connect_or_refusal(&fleet.a.ws_url("/api/ws/tasks"), &[])
+        .await
+        .err()
+        .expect("the fourth tokenless client of the replica");
+    assert_eq!((over.status, over.header("retry-after")), (503, Some("5")));
+    assert_eq!(over.body["error"], "max_anonymous_connections");
+    assert!(
+        over.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("with a token")),
+        "the refusal says what to do: {}",
+        over.body
+    );
+    // The native route counts against the same share.
+    let native = Client::connect_or_refusal(&fleet.a.ws_url("/ws"), &[]).await;
+    assert_eq!(native.err().map(|r| r.status), Some(503));
+    // A client with a token is not counted in the share: it still connects.
+    let bearer = token(
+        &json!({"sub": "ops", "exp": now() + 600, "permissions": ["websocket:connect", "websocket:subscribe"], "channels": ["tasks"]}),
+    );
+    let with_token = Client::connect_or_refusal(
+        &fleet.a.ws_url(&format!("/api/ws/tasks?token={bearer}")),
+        &[],
+    )
+    .await;
+    assert!(with_token.is_ok(), "a token is outside the anonymous share");
+    // The other replica has its own share.
+    let other = Client::connect_or_refusal(&fleet.b.ws_url("/api/ws/tasks"), &[]).await;
+    assert!(other.is_ok(), "each replica has its own share");
+    // A place that frees is taken again.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match Client::connect_or_refusal(&fleet.a.ws_url("/api/ws/tasks"), &[]).await {
+            Ok(c) => {
+                held.push(c);
+                break;
+            }
+            Err(r) => {
+                assert_eq!(r.status, 503);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a closed tokenless client's place was not given back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(
+        fleet
+            .a
+            .metric("switchboard_connections", "auth=\"anonymous\""),
+        3.0
+    );
+}
