@@ -16,7 +16,7 @@
 //!
 //! Joining is two-phase so that a subscription can start with a snapshot and
 //! history and continue with live messages with no gap and no duplicate: the
-//! shard holds live messages for the new subscriber until the session has sent
+//! shard holds live messages for the new subscriber until the connection has sent
 //! the start and releases it from the last offset it sent.
 
 pub mod delivery;

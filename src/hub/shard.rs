@@ -72,16 +72,16 @@ pub(crate) enum ShardCmd {
         mode: Mode,
     },
     /// The channel's continuity was lost: hold its subscribers' messages and
-    /// ask each session to restart the subscription.
+    /// ask each connection to restart the subscription.
     Resync(ChannelName),
 }
 
 struct Subscriber {
     conn: Arc<Conn>,
-    /// `Some` until released: messages that arrived while the session was
+    /// `Some` until released: messages that arrived while the connection was
     /// sending the subscription's start (snapshot, history).
     held: Option<Vec<Arc<Delivery>>>,
-    /// After release: the start went up to this offset. The session may have
+    /// After release: the start went up to this offset. The connection may have
     /// read history further than this replica's live feed had come, so live
     /// messages up to here are dropped for this subscriber until the feed
     /// passes it (then it rejoins the shared fast path).

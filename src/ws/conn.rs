@@ -2,9 +2,9 @@
 //! bounded queue for what the kernel did not take.
 //!
 //! Any task may call [`Conn::send`]: the fan-out shard writes a broadcast frame
-//! straight into the socket (no task wake-up per client), the session task
+//! straight into the socket (no task wake-up per client), the connection task
 //! writes its replies. When the kernel buffer is full the rest is queued, and the
-//! session task, woken once, waits for the socket to become writable and drains
+//! connection task, woken once, waits for the socket to become writable and drains
 //! the queue with vectored writes. A queue that grows past its byte limit marks
 //! the client a slow consumer: what was queued is dropped, a close frame is
 //! queued in its place, and the connection ends.
@@ -29,7 +29,7 @@ pub type ConnId = u64;
 /// How many queued buffers one vectored write carries at most.
 const MAX_IOVECS: usize = 64;
 
-/// The outbound side of one client connection, shared by the session task and
+/// The outbound side of one client connection, shared by the connection task and
 /// the fan-out shard that owns the client.
 pub struct Conn {
     id: ConnId,
@@ -43,7 +43,7 @@ pub struct Conn {
     work: AtomicBool,
 }
 
-/// Wakes the session task. A flag and the one waker of its one task: no
+/// Wakes the connection task. A flag and the one waker of its one task: no
 /// waiter list and no future to keep per connection (an idle client costs the
 /// memory of what its task waits on).
 #[derive(Default)]
@@ -156,7 +156,7 @@ impl Conn {
         self.id
     }
 
-    /// The socket, for readiness and reads by the session task.
+    /// The socket, for readiness and reads by the connection task.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
