@@ -344,21 +344,13 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
     let (events_tx, mut events_rx) = mpsc::channel::<EngineEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     tracing::info!(redis = %target.describe(), "collector: engine on Redis");
-    let redis = RedisConfig {
-        target,
-        prefix: args.redis.redis_prefix.clone(),
-        response_timeout: args.redis.redis_timeout,
-        connect_timeout: args.redis.redis_connect_timeout,
-        pool_size: args.redis.redis_pool_size,
-        probe_interval: args.redis.redis_probe_interval,
-        max_channel_len: crate::channel::DEFAULT_MAX_CHANNEL_LEN,
-        max_json_depth: 64,
-        history: args.history.config(),
-        replica_id: format!("collector-{replica}-{}", std::process::id()),
-        wait_replicas: args.redis.redis_wait_replicas,
-        wait_timeout: args.redis.redis_wait_timeout,
-        tls,
-    };
+    let redis = engine_config(
+        &args.redis,
+        (target, tls),
+        args.history.config(),
+        format!("collector-{replica}-{}", std::process::id()),
+        (crate::channel::DEFAULT_MAX_CHANNEL_LEN, 64),
+    );
     let engine_stop = CancellationToken::new();
     let redis_engine = RedisEngine::start(redis, events_tx, engine_metrics, engine_stop.clone())
         .context("could not set up the Redis engine")?;
@@ -489,7 +481,26 @@ fn redis_config(
         .load(target.urls())
         .context("cannot use the Redis TLS settings")?;
     log_tls(&target, tls.as_ref());
-    Ok(RedisConfig {
+    Ok(engine_config(
+        args,
+        (target, tls),
+        history,
+        gw.replica_id.clone(),
+        (gw.limits.max_channel_len, gw.limits.max_json_depth),
+    ))
+}
+
+/// The Redis engine's configuration from its flags: the one mapping of
+/// `RedisArgs` that gateways, `standalone` and collectors share. `limits` is
+/// (longest channel name, deepest JSON) of what the engine reads back.
+fn engine_config(
+    args: &RedisArgs,
+    (target, tls): (RedisTarget, Option<crate::engine::tls::RedisTls>),
+    history: HistoryConfig,
+    replica_id: String,
+    (max_channel_len, max_json_depth): (usize, usize),
+) -> RedisConfig {
+    RedisConfig {
         target,
         tls,
         prefix: args.redis_prefix.clone(),
@@ -497,13 +508,13 @@ fn redis_config(
         connect_timeout: args.redis_connect_timeout,
         pool_size: args.redis_pool_size,
         probe_interval: args.redis_probe_interval,
-        max_channel_len: gw.limits.max_channel_len,
-        max_json_depth: gw.limits.max_json_depth,
+        max_channel_len,
+        max_json_depth,
         history,
-        replica_id: gw.replica_id.clone(),
+        replica_id,
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
-    })
+    }
 }
 
 /// Says how the engine's Redis connections are secured.
