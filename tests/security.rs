@@ -334,10 +334,16 @@ async fn run_case(gw: &Switchboard, c: &Case) {
 /// Waits until the well-behaved client is the only connection left: every
 /// connection a hostile case opened has been released.
 async fn settle(gw: &Switchboard, name: &str) {
+    settle_at(gw, 1.0, name).await;
+}
+
+/// Waits until exactly `n` connections are open on the replica (the ones a
+/// test keeps throughout): every connection a case opened has been released.
+async fn settle_at(gw: &Switchboard, n: f64, name: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let open = gw.metric("switchboard_connections", "");
-        if open == 1.0 {
+        if open == n {
             return;
         }
         assert!(
@@ -745,6 +751,339 @@ async fn hostile_cases_get_exact_answers_and_never_disturb_a_good_client() {
     ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
+}
+
+/// What a hostile frame on a seed dialect's route must produce.
+enum DialectExpect {
+    /// The dialect's error frame with this code; the connection stays usable
+    /// (proved by the dialect's own `ping` answered with `pong`).
+    ErrorFrame(&'static str),
+    /// The dialect's error frame with this code first, then the close code.
+    ErrorThenClosed(&'static str, u16),
+    /// The connection is closed with this code.
+    Closed(u16),
+}
+
+/// A seed dialect's route as the hostile cases drive it.
+struct DialectRoute {
+    name: &'static str,
+    /// The upgrade path of the `i`th hostile connection (each its own
+    /// session or request: nothing replays into it).
+    path: Box<dyn Fn(usize) -> String>,
+    /// The error code of an error frame, checked in every place the dialect
+    /// puts it.
+    error_code: fn(&Value) -> Option<String>,
+}
+
+/// ESCAI: `{"type":"error","code",…,"data":{"code",…}}`, both codes equal.
+fn escai_error_code(e: &Value) -> Option<String> {
+    let code = e["code"].as_str()?;
+    (e["data"]["code"] == code && e["message"].is_string()).then(|| code.to_owned())
+}
+
+/// AI Council: the seed's envelope, `message_id` 0, the code under `data`.
+fn council_error_code(e: &Value) -> Option<String> {
+    (e["message_id"] == 0 && e["timestamp"].is_string() && e["data"]["message"].is_string())
+        .then(|| e["data"]["code"].as_str().map(str::to_owned))?
+}
+
+async fn run_dialect_case(
+    gw: &Switchboard,
+    route: &DialectRoute,
+    i: usize,
+    name: &str,
+    send: &[Message],
+    expect: &DialectExpect,
+) {
+    let mut client = Client::connect(&gw.ws_url(&(route.path)(i))).await;
+    let hello = client.recv_json().await;
+    assert_eq!(hello["type"], "connection_established", "{name}: {hello}");
+    for m in send {
+        client.send_message(m.clone()).await;
+    }
+    let error = |code: &'static str, e: &Value| {
+        assert_eq!(
+            (route.error_code)(e).as_deref(),
+            Some(code),
+            "{name}: the error frame {e}"
+        );
+    };
+    match expect {
+        DialectExpect::ErrorFrame(code) => {
+            let e = client.recv_until(WAIT, |m| m["type"] == "error").await;
+            error(code, &e);
+            if code.eq_ignore_ascii_case("rate_limited") {
+                // 5 messages/s: two new tokens in 400 ms let the ping through.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            client.send_json(&json!({"type": "ping"})).await;
+            let pong = client
+                .recv_until(WAIT, |m| m["type"] == "pong" || m["type"] == "error")
+                .await;
+            assert_eq!(pong["type"], "pong", "{name}: still usable: {pong}");
+        }
+        DialectExpect::ErrorThenClosed(code, close) => {
+            let e = client.recv_until(WAIT, |m| m["type"] == "error").await;
+            error(code, &e);
+            assert_eq!(client.closed_code(WAIT).await, Some(*close), "{name}");
+        }
+        DialectExpect::Closed(close) => {
+            assert_eq!(client.closed_code(WAIT).await, Some(*close), "{name}");
+        }
+    }
+}
+
+/// Reads a bystander's frames until the stream stops (3 s of silence) or the
+/// connection ends; `key` picks the sequence number of a stream event.
+fn read_stream(
+    mut client: Client,
+    key: fn(&Value) -> Option<u64>,
+) -> tokio::task::JoinHandle<(Vec<u64>, Option<common::Received>)> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            match client.next(Duration::from_secs(3)).await {
+                Some(common::Received::Text(t)) => {
+                    let m: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if let Some(n) = key(&m) {
+                        seen.push(n);
+                    }
+                }
+                other => return (seen, other),
+            }
+        }
+    })
+}
+
+/// Issue 17: bad input on the ESCAI (seed 003) and AI Council (seed 004)
+/// routes gets the dialect's own error frame (binary, malformed JSON, unknown
+/// type, a flood's first refusal) or the close code every route uses
+/// (oversized 1009, flood 1008, not UTF-8 1007) — while a bystander on each
+/// of those routes and a native client keep receiving a steady publish
+/// stream exactly once, in order, without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_on_the_escai_and_council_routes_gets_their_answers_and_disturbs_no_one() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let gw = gateway(
+        &redis,
+        &keys,
+        &[
+            "--max-message-bytes",
+            "4096",
+            "--max-frame-bytes",
+            "4096",
+            "--max-messages-per-second",
+            "5",
+            "--message-burst",
+            "10",
+        ],
+        None,
+    );
+    let escai_token = |sub: &str| {
+        hs(&claims(
+            sub,
+            &[
+                "websocket:connect",
+                "websocket:subscribe",
+                "agent:agent_1:monitor",
+            ],
+            &[],
+        ))
+    };
+    // The seed's council tokens carry no permissions.
+    let council_token =
+        |sub: &str| hs(&json!({"sub": sub, "exp": now() + 3600, "aud": AUD, "iss": ISS}));
+
+    // The bystanders: a native client, an ESCAI monitor of agent_1 and an AI
+    // Council frontend reading request `stream`.
+    let native = Client::subscribed_to(
+        &gw.ws_url(&format!("/ws?token={}", hs(&viewer("good")))),
+        "dash:stream",
+    )
+    .await;
+    let mut escai = Client::connect(&gw.ws_url(&format!(
+        "/ws/monitor/watch?token={}",
+        escai_token("watcher")
+    )))
+    .await;
+    assert_eq!(escai.recv_json().await["type"], "connection_established");
+    escai
+        .send_json(&json!({"type": "subscribe", "data": {"type": "epistemic_updates", "agent_id": "agent_1"}}))
+        .await;
+    let confirmed = escai
+        .recv_until(WAIT, |m| {
+            m["type"] == "subscription_confirmed" || m["type"] == "error"
+        })
+        .await;
+    assert_eq!(confirmed["type"], "subscription_confirmed", "{confirmed}");
+    let mut council = Client::connect(&gw.ws_url(&format!(
+        "/api/v1/ws/stream?token={}",
+        council_token("reader")
+    )))
+    .await;
+    assert_eq!(council.recv_json().await["type"], "connection_established");
+    settle_at(&gw, 3.0, "the bystanders").await;
+
+    // A steady publisher on the three streams.
+    let port = gw.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (channel, data) in [
+                    ("dash:stream", json!({"n": n})),
+                    (
+                        "agents:agent_1",
+                        json!({"type": "epistemic_update", "data": {"n": n}}),
+                    ),
+                    (
+                        "council:stream",
+                        json!({"type": "progress", "data": {"n": n}}),
+                    ),
+                ] {
+                    let body = json!({"channel": channel, "data": data}).to_string();
+                    let (status, reply) = http_request(
+                        port,
+                        "POST",
+                        "/api/v1/publish",
+                        &[("X-API-Key", "the-api-key")],
+                        Some(&body),
+                    )
+                    .unwrap();
+                    assert_eq!(status, 200, "{reply}");
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+    let native_reader = read_stream(native, |m| {
+        (m["type"] == "message")
+            .then(|| m["offset"].as_u64())
+            .flatten()
+    });
+    let escai_reader = read_stream(escai, |m| {
+        (m["type"] == "epistemic_update" && m["agent_id"] == "agent_1")
+            .then(|| m["data"]["n"].as_u64())
+            .flatten()
+    });
+    let council_reader = read_stream(council, |m| {
+        (m["type"] == "progress" && m["data"]["n"].is_u64())
+            .then(|| m["message_id"].as_u64())
+            .flatten()
+    });
+
+    let escai_hostile = escai_token("hostile");
+    let council_hostile = council_token("hostile");
+    let routes = [
+        DialectRoute {
+            name: "escai",
+            path: Box::new(move |i| format!("/ws/monitor/hostile-{i}?token={escai_hostile}")),
+            error_code: escai_error_code,
+        },
+        DialectRoute {
+            name: "council",
+            path: Box::new(move |i| format!("/api/v1/ws/hostile-{i}?token={council_hostile}")),
+            error_code: council_error_code,
+        },
+    ];
+    let invalid_utf8 = Message::Frame(Frame::message(
+        vec![0xff, 0xfe, 0xfd],
+        OpCode::Data(Data::Text),
+        true,
+    ));
+    let ping = || text(r#"{"type":"ping"}"#);
+    // (case, what is sent, the ESCAI answer, the AI Council answer)
+    let cases: Vec<(&str, Vec<Message>, DialectExpect, DialectExpect)> = vec![
+        (
+            "binary frame",
+            vec![Message::binary(vec![0u8; 16])],
+            DialectExpect::ErrorFrame("BINARY_NOT_SUPPORTED"),
+            DialectExpect::ErrorFrame("binary_not_supported"),
+        ),
+        (
+            "malformed JSON",
+            vec![text("{\"type\":")],
+            DialectExpect::ErrorFrame("INVALID_JSON"),
+            DialectExpect::ErrorFrame("invalid_json"),
+        ),
+        (
+            "unknown type",
+            vec![text(r#"{"type":"sudo"}"#)],
+            DialectExpect::ErrorFrame("UNKNOWN_MESSAGE_TYPE"),
+            DialectExpect::ErrorFrame("unknown_type"),
+        ),
+        (
+            "oversized frame",
+            vec![text("x".repeat(5000))],
+            DialectExpect::Closed(1009),
+            DialectExpect::Closed(1009),
+        ),
+        (
+            "flood: warned, usable once it slows down",
+            (0..12).map(|_| ping()).collect(),
+            DialectExpect::ErrorFrame("RATE_LIMITED"),
+            DialectExpect::ErrorFrame("rate_limited"),
+        ),
+        (
+            "flood: warned, then closed",
+            (0..200).map(|_| ping()).collect(),
+            DialectExpect::ErrorThenClosed("RATE_LIMITED", 1008),
+            DialectExpect::ErrorThenClosed("rate_limited", 1008),
+        ),
+        (
+            "text frame not UTF-8",
+            vec![invalid_utf8],
+            DialectExpect::Closed(1007),
+            DialectExpect::Closed(1007),
+        ),
+    ];
+
+    // Every case runs on both routes; every failing one is reported.
+    let mut failures = Failures::default();
+    let mut i = 0;
+    for (case, send, escai_expect, council_expect) in &cases {
+        for (route, expect) in routes.iter().zip([escai_expect, council_expect]) {
+            let name = format!("{}: {case}", route.name);
+            eprintln!("case: {name}");
+            i += 1;
+            failures
+                .run(&name, async {
+                    run_dialect_case(&gw, route, i, &name, send, expect).await;
+                    settle_at(&gw, 3.0, &name).await;
+                })
+                .await;
+        }
+    }
+
+    // Every bystander saw every event, once, in order, without a gap.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    for (who, reader, first) in [
+        ("native bystander", native_reader, None),
+        ("escai bystander", escai_reader, Some(0)),
+        ("council bystander", council_reader, Some(1)),
+    ] {
+        let (seen, end) = reader.await.unwrap();
+        failures.check(
+            who,
+            seen.len() as u64 == published
+                && seen.windows(2).all(|w| w[1] == w[0] + 1)
+                && first.is_none_or(|f| seen.first() == Some(&f)),
+            format!(
+                "{} of {published} events, first {:?}, last {:?}, in order without gap: {}; ended with {end:?}",
+                seen.len(),
+                seen.first(),
+                seen.last(),
+                seen.windows(2).all(|w| w[1] == w[0] + 1)
+            ),
+        );
+    }
+    failures.finish("hostile input on the seed dialects' routes");
 }
 
 /// Every accepted way in connects (header, subprotocol, RS256, ES256, an
