@@ -175,8 +175,11 @@ def ack_at_risk_until(acked_at: float, replica: str, faults: list[dict], flush_s
             break
         if f["kind"] == "replica_stall" and f["target"] == replica and f["end"] >= acked_at:
             until = max(until, f["end"] + flush_s + ACK_SLACK_S)
-        elif f["kind"] in ("redis_master_kill", "redis_kill") and f["end"] >= acked_at:
-            until = max(until, f["end"] + ACK_MAX_RETRY_S + flush_s + ACK_SLACK_S)
+        elif f["kind"] in ("redis_master_kill", "redis_kill"):
+            # Redis refuses writes until the failover (cluster) or the restart.
+            back = f["start"] + f.get("failover_s", f["end"] - f["start"])
+            if back >= acked_at:
+                until = max(until, back + ACK_MAX_RETRY_S + flush_s + ACK_SLACK_S)
     return until
 
 
