@@ -153,7 +153,7 @@ pub struct AckWriter(JoinHandle<()>);
 
 impl AckWriter {
     /// Waits until the writer has stored what it held (one last attempt,
-    /// bounded by the Redis response timeout) once the store's `shutdown`
+    /// bounded by `--redis-timeout`) once the store's `shutdown`
     /// token is cancelled: acknowledgements made during a drain are not lost
     /// with the exiting process.
     pub async fn finish(self) {
