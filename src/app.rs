@@ -256,6 +256,12 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     // Presence, sessions and AI Council records live in Redis beside the
     // channels, so that any replica serves any client.
     let registry = Arc::new(Registry::new(&config.replica_id));
+    let (council, council_writer) = CouncilStore::redis(
+        engine.clone(),
+        config.dialects.council.retention,
+        config.dialects.council.ack_flush_interval,
+        engine_stop.clone(),
+    );
     let backing = Backing {
         presence: Presence::redis(
             engine.clone(),
@@ -264,11 +270,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
             engine_stop.clone(),
         ),
         sessions: SessionStore::redis(engine.clone(), args.server.session_ttl, engine_stop.clone()),
-        council: CouncilStore::redis(
-            engine.clone(),
-            config.dialects.council.retention,
-            engine_stop.clone(),
-        ),
+        council,
         control: Some(control_channel(registry.clone())),
         engine,
         events,
@@ -285,6 +287,8 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     };
     let served = replica::serve(replica, shutdown).await;
     engine_stop.cancel();
+    // Acknowledgements received during the drain are stored before the exit.
+    council_writer.finish().await;
     served
 }
 

@@ -1580,6 +1580,13 @@ pub struct DialectArgs {
         default_value_t = 10_000
     )]
     pub council_history_size: usize,
+
+    /// AI Council route: how long acknowledgements are gathered before one
+    /// write to Redis (sooner when a connection ends, and on shutdown). A
+    /// replica killed or stalled within this interval of an ack loses it:
+    /// that event is replayed on the client's next connect (at least once).
+    #[arg(long, env = "SWITCHBOARD_COUNCIL_ACK_FLUSH_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub council_ack_flush_interval: Duration,
 }
 
 impl DialectArgs {
@@ -1595,6 +1602,14 @@ impl DialectArgs {
             return Err(ConfigError::range(
                 "--council-history-size",
                 "must be at least 1 (the replay needs the events)",
+            ));
+        }
+        if self.council_ack_flush_interval.is_zero()
+            || self.council_ack_flush_interval > Duration::from_secs(60)
+        {
+            return Err(ConfigError::range(
+                "--council-ack-flush-interval",
+                "must be between 1ms and 60s",
             ));
         }
         if !self.escai_ping_interval.is_zero() && self.escai_pong_timeout.is_zero() {
@@ -1614,6 +1629,7 @@ impl DialectArgs {
                 idle_timeout: self.council_idle_timeout,
                 retention: self.council_retention,
                 history_size: self.council_history_size,
+                ack_flush_interval: self.council_ack_flush_interval,
             },
         })
     }

@@ -163,6 +163,10 @@ pub struct CouncilConfig {
     pub retention: Duration,
     /// Events kept per request (the history of the `council` namespace).
     pub history_size: usize,
+    /// How long acknowledgements are coalesced before they are written to
+    /// Redis: what a replica that is killed or stalled can lose (those events
+    /// are replayed; the route is at least once).
+    pub ack_flush_interval: Duration,
 }
 
 impl Default for CouncilConfig {
@@ -172,6 +176,7 @@ impl Default for CouncilConfig {
             idle_timeout: Duration::from_secs(300),
             retention: Duration::from_secs(24 * 3600),
             history_size: 10_000,
+            ack_flush_interval: Duration::from_millis(500),
         }
     }
 }

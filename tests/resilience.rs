@@ -840,3 +840,123 @@ async fn council_acknowledgements_sent_during_a_redis_outage_are_kept() {
     assert_eq!(again.recv_json().await["type"], "connection_established");
     again.expect_silence(Duration::from_secs(1)).await;
 }
+
+/// The AI Council acknowledgement bits of `request` in Redis: which of
+/// `ids` are set (any user, any epoch: the test has one of each).
+async fn council_ack_bits(redis: &RedisServer, request: &str, ids: &[u64]) -> Vec<i64> {
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*council:acks:*{request}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut bits = Vec::new();
+    if let Some(key) = keys.first() {
+        for id in ids {
+            let bit: i64 = redis::cmd("GETBIT")
+                .arg(key)
+                .arg(*id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            bits.push(bit);
+        }
+    }
+    bits
+}
+
+/// A Council client on `gw` that received events `1..=n` of `request` and
+/// acknowledged them all; returns once the gateway has read the acks (a
+/// `ping` sent after them is answered).
+async fn council_client_acked(gw: &Switchboard, request: &str, n: u64) -> Client {
+    for i in 1..=n {
+        publish(
+            gw.port,
+            &format!("council:{request}"),
+            &json!({"type": "analysis_progress", "data": {"n": i}}),
+        );
+    }
+    let mut client = Client::connect(&gw.ws_url(&format!("/api/v1/ws/{request}"))).await;
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(client.recv_json().await["message_id"].as_u64().unwrap());
+    }
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    for id in 1..=n {
+        client
+            .send_json(&json!({"type": "ack", "message_id": id}))
+            .await;
+    }
+    client.send_json(&json!({"type": "ping"})).await;
+    let pong = client.recv_until(WAIT, |m| m["type"] == "pong").await;
+    assert_eq!(pong["type"], "pong");
+    client
+}
+
+/// Acknowledgements a replica received just before a graceful shutdown (a
+/// rolling restart's SIGTERM) are stored before the process exits, not lost
+/// with it: another replica replays nothing (found by the soak harness; the
+/// writer kept them for its flush interval and the process exited first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_acknowledgements_received_before_a_shutdown_are_stored() {
+    let redis = RedisServer::start();
+    // A flush interval far longer than the shutdown: only the writer's final
+    // flush can store the acks before the process is gone.
+    let mut a = Switchboard::gateway(
+        &redis,
+        &[
+            "--council-ack-flush-interval",
+            "60s",
+            "--drain-window",
+            "0s",
+        ],
+    );
+    let b = Switchboard::gateway(&redis, &[]);
+    let mut client = council_client_acked(&a, "req-drain", 3).await;
+    a.signal("TERM");
+    assert_eq!(client.closed_code(WAIT).await, Some(1001));
+    assert!(
+        a.wait_exit(WAIT).is_some(),
+        "the drained gateway did not exit"
+    );
+    assert_eq!(
+        council_ack_bits(&redis, "req-drain", &[1, 2, 3]).await,
+        [1, 1, 1],
+        "acknowledgements received before the shutdown were lost with the process"
+    );
+    let mut again = Client::connect(&b.ws_url("/api/v1/ws/req-drain")).await;
+    assert_eq!(again.recv_json().await["type"], "connection_established");
+    again.expect_silence(Duration::from_secs(1)).await;
+}
+
+/// When a Council connection ends, its acknowledgements are written at once,
+/// not at the end of the flush interval: the client reconnecting to another
+/// replica is not replayed what it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_acknowledgements_are_written_when_their_connection_ends() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &["--council-ack-flush-interval", "60s"]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let client = council_client_acked(&a, "req-close", 2).await;
+    assert_eq!(
+        council_ack_bits(&redis, "req-close", &[1, 2])
+            .await
+            .iter()
+            .sum::<i64>(),
+        0,
+        "written before the interval and before the connection ended"
+    );
+    drop(client);
+    let deadline = Instant::now() + WAIT;
+    while council_ack_bits(&redis, "req-close", &[1, 2]).await != [1, 1] {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledgements of a closed connection waited for the flush interval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = Client::connect(&b.ws_url("/api/v1/ws/req-close")).await;
+    assert_eq!(again.recv_json().await["type"], "connection_established");
+    again.expect_silence(Duration::from_secs(1)).await;
+}

@@ -2,13 +2,18 @@
 //! the query): each client slot starts a request (its producer publishes 8–16
 //! events over ~30 s), follows it — connecting a little before or after the
 //! first event, sometimes dropping and reconnecting mid-request — and
-//! acknowledges every event. When the request is over, every acknowledged
-//! event must have been processed exactly once, or reported `events_expired`.
-//! An event replayed after a reconnect is expected when the client had not
-//! acknowledged it, or did so within 2 s of the disconnect (acknowledgements
-//! are stored every 0.5 s); an event acknowledged earlier that comes again,
-//! or one that comes twice on one connection, is a duplicate — unless its
-//! producer was told the publish failed (then it is an unacknowledged repeat).
+//! acknowledges every event it receives — a replayed one again, as the seed's
+//! frontend does (the replay says the gateway lost the earlier ack). When the
+//! request is over, every acknowledged event must have been processed exactly
+//! once, or reported `events_expired`. An event replayed after a reconnect is
+//! expected when the client had not acknowledged it, or did so within 2 s of
+//! the disconnect (acknowledgements are stored every 0.5 s); an event whose
+//! last ack is older that comes again, or one that comes twice on one
+//! connection, is a duplicate — unless its producer was told the publish
+//! failed (then it is an unacknowledged repeat). A duplicate names the replica
+//! its last ack went to and when: the report (scripts/soak/report.py) counts
+//! it as "ack lost with its replica", not as a violation, only when the fault
+//! timeline shows that replica killed or stalled before it could store the ack.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -91,13 +96,22 @@ struct Follower {
     id: u64,
     request: String,
     ledger: Arc<Ledger>,
-    /// seq → when its ack was sent (µs) and the connection it came on.
-    processed: HashMap<u64, (u64, u32)>,
+    /// seq → its last ack: when it was sent (µs), on which connection, to
+    /// which replica.
+    processed: HashMap<u64, Acked>,
     /// Offsets the gateway said it can no longer replay.
     expired: Vec<(u64, u64)>,
     connection: u32,
     last_disconnect_us: u64,
     opened_us: u64,
+}
+
+#[derive(Clone)]
+struct Acked {
+    at_us: u64,
+    message_id: u64,
+    connection: u32,
+    replica: String,
 }
 
 enum Ending {
@@ -318,7 +332,8 @@ impl Follower {
         }
         *last_id = (*last_id).max(message_id);
         ctx.delivered(ROUTE, t, self.opened_us);
-        if let Some((acked_us, connection)) = self.processed.get(&s).copied() {
+        if let Some(last) = self.processed.get(&s).cloned() {
+            let (acked_us, connection) = (last.at_us, last.connection);
             let sanctioned = connection != self.connection
                 && (acked_us == 0 || acked_us + 2_000_000 > self.last_disconnect_us);
             let unacked = self.ledger.get(s).is_some_and(|e| e.state == State::Failed);
@@ -340,14 +355,31 @@ impl Follower {
                     json!({"route": "council", "client": self.id, "request": self.request, "seq": s,
                         "message_id": message_id, "same_connection": connection == self.connection,
                         "acked_before_disconnect_s": (self.last_disconnect_us.saturating_sub(acked_us)) as f64 / 1e6,
+                        "acked_at": acked_us as f64 / 1e6,
+                        "ack_replica": last.replica,
+                        "disconnected_at": self.last_disconnect_us as f64 / 1e6,
                         "replica": conn.replica}),
                 );
             }
-            return;
+            if connection == self.connection && last.message_id == message_id {
+                // Already acknowledged on this connection: the gateway has it.
+                return;
+            }
         }
+        // Acknowledged on receipt, a replayed copy too: the replay says the
+        // gateway does not have the earlier ack, and without a new one the
+        // event would come again on every connect.
         conn.send(json!({"type": "ack", "message_id": message_id}).to_string())
             .await;
-        self.processed.insert(s, (now_us(), self.connection));
+        self.processed.insert(
+            s,
+            Acked {
+                at_us: now_us(),
+                message_id,
+                connection: self.connection,
+                replica: conn.replica.clone(),
+            },
+        );
     }
 
     /// Every event acknowledged to its producer before `until_us` must have

@@ -54,6 +54,18 @@ pub(crate) struct CouncilDialect {
     /// name events this connection could have had.
     newest: u64,
     reconnection_count: u64,
+    /// Set once this connection sent an acknowledgement to the store: when
+    /// the connection ends, the store writes what it holds at once (the
+    /// client may be reconnecting elsewhere) rather than at its interval.
+    flush: Option<store::FlushRequest>,
+}
+
+impl Drop for CouncilDialect {
+    fn drop(&mut self) {
+        if let Some(flush) = &self.flush {
+            flush.request();
+        }
+    }
 }
 
 impl CouncilDialect {
@@ -65,6 +77,7 @@ impl CouncilDialect {
             acked: AckSet::default(),
             newest: 0,
             reconnection_count: 0,
+            flush: None,
         }
     }
 
@@ -199,6 +212,9 @@ impl CouncilDialect {
             core.gw
                 .council
                 .ack(&self.channel, &epoch, &user, message_id);
+            if self.flush.is_none() {
+                self.flush = core.gw.council.flush_request();
+            }
         }
     }
 }

@@ -15,9 +15,15 @@
 //! frontend acknowledges only some types. They are keyed by the channel's
 //! epoch, so a history that was lost (offsets restarting at 1) never inherits
 //! old acknowledgements. Writes are coalesced and sent in one pipeline per
-//! interval (per hash slot on a cluster), like the native sessions' acks, and
-//! sent again while Redis does not take them (at most `MAX_PENDING_WRITES`
-//! wait; beyond, the oldest are dropped and their events replayed); an
+//! flush interval (`--council-ack-flush-interval`; per hash slot on a
+//! cluster), like the native sessions' acks, and sent again while Redis does
+//! not take them (at most `MAX_PENDING_WRITES` wait; beyond, the oldest are
+//! dropped and their events replayed). A connection that ends asks for an
+//! immediate flush, so its client's next connect finds them; on shutdown the
+//! writer stores what it holds before the process exits
+//! ([`AckWriter::finish`]). Only a replica that dies (SIGKILL, a crash) or
+//! stalls before its flush loses what it held: those events are replayed —
+//! the route is at least once. An
 //! acknowledgement can only name an event the channel has (the dialect checks
 //! against the channel's newest offset), so a bitmap is at most one bit per
 //! event of the request.
@@ -26,7 +32,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
@@ -34,8 +41,6 @@ use crate::engine::redis::RedisEngine;
 use crate::engine::{EngineError, Epoch, Offset};
 use crate::metrics::RedisOp;
 
-/// Acknowledgements are written at most this often.
-const ACK_FLUSH: Duration = Duration::from_millis(500);
 /// At most this many writes per pipeline.
 const MAX_WRITES_PER_PIPELINE: usize = 1024;
 /// Writes kept while Redis does not take them (about 100 bytes each).
@@ -127,7 +132,35 @@ enum Backend {
     Redis {
         engine: Arc<RedisEngine>,
         acks: mpsc::UnboundedSender<AckWrite>,
+        flush: FlushRequest,
     },
+}
+
+/// Asks the acknowledgement writer to store what it holds now rather than at
+/// the end of its flush interval (a connection ended: its client may be
+/// reconnecting to another replica). Cheap to clone and to call.
+#[derive(Clone, Default)]
+pub struct FlushRequest(Arc<Notify>);
+
+impl FlushRequest {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The running acknowledgement writer of a Redis-backed store.
+pub struct AckWriter(JoinHandle<()>);
+
+impl AckWriter {
+    /// Waits until the writer has stored what it held (one last attempt,
+    /// bounded by `--redis-timeout`) once the store's `shutdown`
+    /// token is cancelled: acknowledgements made during a drain are not lost
+    /// with the exiting process.
+    pub async fn finish(self) {
+        if let Err(e) = self.0.await {
+            tracing::warn!(error = %e, "the AI Council acknowledgement writer failed");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -160,17 +193,44 @@ impl CouncilStore {
         }
     }
 
-    /// Everything in Redis, shared by every replica.
+    /// Everything in Redis, shared by every replica. Acknowledgements are
+    /// written every `flush_interval` (sooner when a connection ends); once
+    /// `shutdown` is cancelled the writer stores what it holds and ends
+    /// ([`AckWriter::finish`] waits for it).
     pub fn redis(
         engine: Arc<RedisEngine>,
         retention: Duration,
+        flush_interval: Duration,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> (Self, AckWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(ack_writer(engine.clone(), rx, retention, shutdown));
-        Self {
-            backend: Backend::Redis { engine, acks: tx },
+        let flush = FlushRequest::default();
+        let writer = tokio::spawn(ack_writer(
+            engine.clone(),
+            rx,
+            WriterTiming {
+                retention,
+                flush_interval,
+            },
+            flush.clone(),
+            shutdown,
+        ));
+        let store = Self {
+            backend: Backend::Redis {
+                engine,
+                acks: tx,
+                flush,
+            },
             retention,
+        };
+        (store, AckWriter(writer))
+    }
+
+    /// What asks for an early flush of the acknowledgements (none in memory).
+    pub fn flush_request(&self) -> Option<FlushRequest> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis { flush, .. } => Some(flush.clone()),
         }
     }
 
@@ -319,8 +379,8 @@ impl CouncilStore {
         }
     }
 
-    /// Records that `user` acknowledged event `offset` (written within
-    /// [`ACK_FLUSH`] on Redis).
+    /// Records that `user` acknowledged event `offset` (written within the
+    /// flush interval on Redis).
     pub fn ack(&self, channel: &ChannelName, epoch: &Epoch, user: &str, offset: Offset) {
         let key = acks_key(epoch, channel, user);
         match &self.backend {
@@ -333,7 +393,7 @@ impl CouncilStore {
                 entry.0.insert(offset);
                 entry.1 = Instant::now();
             }
-            Backend::Redis { engine, acks } => {
+            Backend::Redis { engine, acks, .. } => {
                 let _ = acks.send(AckWrite {
                     key: engine.keys().global(&key),
                     offset,
@@ -343,41 +403,62 @@ impl CouncilStore {
     }
 }
 
+struct WriterTiming {
+    retention: Duration,
+    flush_interval: Duration,
+}
+
 async fn ack_writer(
     engine: Arc<RedisEngine>,
     mut writes: mpsc::UnboundedReceiver<AckWrite>,
-    retention: Duration,
+    timing: WriterTiming,
+    flush: FlushRequest,
     shutdown: CancellationToken,
 ) {
-    let ttl = retention.as_millis() as i64;
+    let ttl = timing.retention.as_millis() as i64;
+    let interval = timing.flush_interval;
     // Writes not yet stored: a pipeline that failed (Redis unreachable, a
     // master failing over) is sent again — SETBIT is idempotent — so an
     // acknowledged event is not replayed because Redis was away for a while.
     let mut pending: Vec<AckWrite> = Vec::new();
-    let mut retry = ACK_FLUSH;
+    let mut retry = interval;
     let mut failing_since: Option<Instant> = None;
     loop {
-        let mut last = false;
-        if pending.is_empty() {
+        // Once shut down: one last attempt with everything received, then the
+        // process goes.
+        let mut last = shutdown.is_cancelled();
+        if !last && pending.is_empty() {
             let received = tokio::select! {
                 n = writes.recv_many(&mut pending, MAX_WRITES_PER_PIPELINE) => n,
                 _ = shutdown.cancelled() => 0,
             };
-            if received == 0 && pending.is_empty() {
-                return;
+            // Nothing received: the store is gone or the process is going;
+            // anything sent meanwhile is picked up below.
+            last = received == 0;
+            if !last && pending.len() < MAX_WRITES_PER_PIPELINE {
+                // Coalesce for an interval, unless a connection ended (its
+                // client may be reading them on another replica soon) or
+                // the process is going.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = flush.0.notified() => {}
+                    _ = shutdown.cancelled() => last = true,
+                }
             }
-            if pending.len() < MAX_WRITES_PER_PIPELINE {
-                tokio::time::sleep(ACK_FLUSH).await;
-            }
-        } else {
+        } else if !last {
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
-                // One last attempt, then the process goes.
                 _ = shutdown.cancelled() => last = true,
             }
         }
         while let Ok(w) = writes.try_recv() {
             pending.push(w);
+        }
+        if pending.is_empty() {
+            if last {
+                return;
+            }
+            continue;
         }
         if pending.len() > MAX_PENDING_WRITES {
             // Bounded while Redis is away: the oldest are dropped, and those
@@ -420,14 +501,16 @@ async fn ack_writer(
                 if let Some(since) = failing_since.take() {
                     tracing::info!(after = ?since.elapsed(), "AI Council acknowledgements stored again");
                 }
-                retry = ACK_FLUSH;
+                retry = interval;
             }
             Some(e) => {
-                if failing_since.is_none() {
+                if last {
+                    tracing::warn!(error = %e, lost = pending.len(), "could not store AI Council acknowledgements before exiting; those events will be replayed on the next connect");
+                } else if failing_since.is_none() {
                     failing_since = Some(Instant::now());
                     tracing::warn!(error = %e, pending = pending.len(), "could not store AI Council acknowledgements; retrying until Redis takes them");
                 }
-                retry = (retry * 2).min(MAX_ACK_RETRY);
+                retry = (retry * 2).min(MAX_ACK_RETRY).max(interval);
             }
         }
         if last {
