@@ -1363,6 +1363,14 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
+    /// A REST request body over its endpoint's limit (e.g. a publish over
+    /// --max-message-bytes) is read and discarded up to this size before the 413,
+    /// so a load balancer in front passes the 413 on instead of a 502; larger
+    /// bodies get 413 at once and the connection is closed. Keep it at least the
+    /// load balancer's own body limit (nginx: client_max_body_size, 1m).
+    #[arg(long, env = "SWITCHBOARD_DISCARD_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub discard_body_bytes: u64,
+
     /// Bytes queued for one client that reads too slowly before it is closed with 4000.
     #[arg(long, env = "SWITCHBOARD_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
@@ -1668,6 +1676,7 @@ impl ServerArgs {
                 max_channels_per_connection: self.max_channels_per_connection,
                 max_frame_bytes: self.max_frame_bytes,
                 max_message_bytes: self.max_message_bytes,
+                discard_body_bytes: self.discard_body_bytes,
                 max_outbound_bytes: self.max_outbound_bytes,
                 read_chunk_bytes: self.read_chunk_bytes.max(256),
                 max_json_depth: self.max_json_depth,

@@ -25,6 +25,10 @@ pub struct Limits {
     /// Largest message a client may send, all fragments together (close 1009 beyond).
     /// Also the largest body accepted by `POST /api/v1/publish`.
     pub max_message_bytes: usize,
+    /// A REST request body over its endpoint's limit but not over this many
+    /// bytes is read and discarded before the 413, so a proxy in front gets the
+    /// answer (not a reset connection it reports as 502).
+    pub discard_body_bytes: u64,
     /// Bytes queued for one client before it is closed as a slow consumer (4000).
     pub max_outbound_bytes: usize,
     /// Bytes read from a socket at a time. Nothing is allocated while a client is idle.
@@ -46,6 +50,7 @@ impl Default for Limits {
             max_channels_per_connection: 64,
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024,
+            discard_body_bytes: 1024 * 1024,
             max_outbound_bytes: 1024 * 1024,
             read_chunk_bytes: 4096,
             max_json_depth: 32,

@@ -427,6 +427,17 @@ async fn clients_through_nginx_get_snapshots_and_messages_and_every_replica_repo
         .query_async(&mut redis)
         .await
         .expect("PUBLISH");
+    // A publish over --max-message-bytes through nginx: the gateway's 413, not
+    // a 502 (answered before the body was read, the gateway closed while nginx
+    // was still sending it: "Broken pipe"). Large, so that the body does not fit
+    // in the socket buffers; under nginx's own limit (client_max_body_size 1m).
+    let big = json!({"channel": channel, "data": "y".repeat(900 * 1024)}).to_string();
+    for _ in 0..3 {
+        let (status, response) =
+            http_request(cluster.lb, "POST", "/api/v1/publish", &[], Some(&big))
+                .expect("oversized publish through nginx");
+        assert_eq!(status, 413, "oversized publish through nginx: {response}");
+    }
     // Two clients leave.
     for mut c in natives.drain(..2) {
         c.send_message(tokio_tungstenite::tungstenite::Message::Close(None))

@@ -6,7 +6,12 @@
 //!   published after it, exactly once and in order; a later snapshot frame
 //!   older than what the client has is the gateway restarting the stream
 //!   (history lost), which the route's clients take as a new state (what
-//!   follows it comes again);
+//!   follows it comes again, in order, none missing). That holds for an
+//!   acknowledged snapshot only: one whose producer was told it failed may
+//!   have been applied by Redis after newer messages (the cluster client
+//!   retries a timed-out command), so its seq says nothing of its place; it
+//!   counts as an unacknowledged repeat and checking starts afresh after it
+//!   (every acknowledged message sent from then on must follow);
 //! - relay route: from the answer to the client's first `ping` (the
 //!   subscription is live before the gateway reads it) every acknowledged
 //!   message sent after it, exactly once and in order.
@@ -23,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::Ctx;
 use crate::clock::now_us;
-use crate::ledger::Filter;
+use crate::ledger::{Filter, State};
 use crate::stats::Route;
 use crate::stream::SeqStream;
 use crate::ws::{self, Frame};
@@ -139,10 +144,37 @@ async fn one_client(ctx: &Ctx, route: Route, channel: &str, id: u64, token: &str
             };
             match (b.s, b.kind.as_deref()) {
                 (Some(s), _) => {
+                    // A snapshot whose publish the producer was told failed:
+                    // Redis may have applied it after later messages, so its
+                    // seq does not place it. (The state is final here unless
+                    // it is the newest publish: the producer sends the next
+                    // one only once this one is answered.)
+                    let unplaced = route == Route::Snapshot
+                        && b.snap
+                        && stream
+                            .ledger
+                            .get(s)
+                            .is_some_and(|e| e.state == State::Failed);
                     if route == Route::Snapshot && b.snap && !got_snapshot {
                         got_snapshot = true;
                         ctx.delivered(route, b.t.unwrap_or(0), u64::MAX);
-                        stream.start_after(s);
+                        if unplaced {
+                            stream.unplaced_snapshot(s);
+                        } else {
+                            stream.start_after(s);
+                        }
+                    } else if unplaced && s <= stream.last {
+                        // Applied late (a live message after newer ones) or
+                        // stored by a late application and resent by a
+                        // restart: not a violation either way, since it was
+                        // never acknowledged; checking starts afresh.
+                        counters.unacked_anomalies.fetch_add(1, Ordering::Relaxed);
+                        ctx.stats.event(
+                            "unacked_repeat",
+                            json!({"route": route.label(), "client": id, "channel": channel, "seq": s, "had": stream.last, "snapshot": true, "replica": conn.replica}),
+                        );
+                        ctx.delivered(route, b.t.unwrap_or(0), u64::MAX);
+                        stream.unplaced_snapshot(s);
                     } else if route == Route::Snapshot && b.snap && s <= stream.last {
                         // The stored snapshot again, with what followed it:
                         // the gateway restarted the stream (history lost).

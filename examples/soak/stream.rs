@@ -70,10 +70,28 @@ impl SeqStream {
 
     /// The server restarted the stream at snapshot seq `s` (history was
     /// lost): what follows the snapshot comes again, then new messages.
+    /// Only for an acknowledged snapshot, whose place in the channel its seq
+    /// gives (see [`SeqStream::unplaced_snapshot`] for the others).
     pub fn restart_at(&mut self, s: u64) {
         self.redeliver_upto = self.redeliver_upto.max(self.last);
         self.last = s;
         self.awaiting_first = false;
+    }
+
+    /// A snapshot frame of seq `s` whose publish the producer was told failed
+    /// (timed out, refused): Redis may have applied it at any later point
+    /// (the cluster client retries a command after its caller gave up), so
+    /// its seq does not say where it stands among the channel's offsets. It
+    /// is either a live message applied late (the stream continues) or the
+    /// stored snapshot of a restart (what followed its unknown offset comes
+    /// again). Checking starts afresh, as on a new connection: messages up
+    /// to the newest one received may come again, in order, and every
+    /// acknowledged message sent from now on must follow.
+    pub fn unplaced_snapshot(&mut self, s: u64) {
+        self.redeliver_upto = self.redeliver_upto.max(self.last);
+        self.last = s;
+        self.marker = Some(now_us());
+        self.awaiting_first = true;
     }
 
     /// A message with seq `s`, sent at `t` µs.
@@ -95,8 +113,6 @@ impl SeqStream {
         }
         if s <= self.redeliver_upto {
             counters.redelivered.fetch_add(1, Ordering::Relaxed);
-            self.last = s;
-            return;
         }
         if self.awaiting_first {
             self.awaiting_first = false;

@@ -142,10 +142,10 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(state.clone())
         .and(warp::header::headers_cloned())
         .and(query)
-        .and(warp::body::content_length_limit(
+        .and(super::body::bounded(
             gw.config.limits.max_message_bytes as u64 + 1024,
+            gw.config.limits.discard_body_bytes,
         ))
-        .and(warp::body::bytes())
         .then(publish);
     let connections = warp::path!("api" / "v1" / "connections")
         .and(warp::get())
@@ -158,8 +158,10 @@ pub fn routes(gw: Arc<Gateway>) -> BoxedFilter<(Response,)> {
         .and(state.clone())
         .and(warp::header::headers_cloned())
         .and(query)
-        .and(warp::body::content_length_limit(4096))
-        .and(warp::body::bytes())
+        .and(super::body::bounded(
+            4096,
+            gw.config.limits.discard_body_bytes,
+        ))
         .then(disconnect);
     let preflight = warp::path("api")
         .and(warp::path("v1"))
@@ -872,7 +874,9 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
         )
     // A refused body comes from the route whose path and method matched:
     // it is the answer, whatever the other routes' method checks said.
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some()
+        || rejection.find::<super::body::BodyTooLarge>().is_some()
+    {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",

@@ -5,6 +5,7 @@
 //! until shutdown, then waits for the sessions — which close themselves spread
 //! over the drain window — until the drain deadline.
 
+pub mod body;
 pub mod connection;
 pub mod core;
 pub mod dialect;
