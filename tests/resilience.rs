@@ -639,6 +639,131 @@ async fn lost_history_makes_subscribers_restart_honestly() {
     assert!(gw.metric("switchboard_resyncs_total", "") >= 1.0);
 }
 
+/// Writes a message into the channel's history exactly as the publish API
+/// does, but announces it on a pub/sub channel nobody listens to: the
+/// gateway sees it only as a gap before the next message (its feed missed it).
+async fn publish_unseen(redis: &RedisServer, channel: &str, data: &Value, history: u64) {
+    let mut conn = redis.connection().await;
+    let key = |suffix: &str| format!("switchboard:{{{channel}}}{suffix}");
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg(include_str!("../src/engine/publish.lua"))
+        .arg(3)
+        .arg(key(":meta"))
+        .arg(key(":history"))
+        .arg(key(":snapshot"))
+        .arg("switchboard:nobody-listens")
+        .arg(data.to_string())
+        .arg(history)
+        .arg(600_000)
+        .arg("unused")
+        .arg(1)
+        .arg("")
+        .arg("publish")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Reads a drop-in client until the gateway closes it; returns the close code
+/// and every text frame that came before the close.
+async fn frames_until_closed(client: &mut Client) -> (Option<u16>, Vec<Value>) {
+    let mut frames = Vec::new();
+    loop {
+        match client.next(WAIT).await {
+            Some(Received::Text(t)) => frames.push(serde_json::from_str(&t).unwrap()),
+            Some(Received::Closed(code)) => return (code, frames),
+            None => panic!("not closed within {WAIT:?}; got {frames:?}"),
+        }
+    }
+}
+
+/// The soak's finding: a replica whose feed missed more of a channel than the
+/// history keeps restarts its subscribers. A native client is told with
+/// `recovered: false`; the drop-in routes have no offsets to say it with, so
+/// their connections end with 1012 — nothing past the gap is sent as if it
+/// followed — and a client that reconnects gets the current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_missed_beyond_history_close_drop_in_clients_with_1012() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &["--history-size", "4"]);
+    let channel = "missed";
+    let mut native = Client::connect(&gw.ws_url("/ws")).await;
+    native.recv_json().await;
+    let sub = native
+        .subscribe(json!({"type":"subscribe","channel":channel}))
+        .await;
+    let old_epoch = sub["epoch"].as_str().unwrap().to_string();
+    // The drop-in subscriptions are live once the answer to a ping comes.
+    let mut relay = Client::connect(&gw.ws_url(&format!("/api/ws/{channel}"))).await;
+    let mut ark = Client::connect(&gw.ws_url(&format!("/ws/{channel}"))).await;
+    for c in [&mut relay, &mut ark] {
+        c.send_text("ping").await;
+        assert_eq!(c.recv_json().await["type"], "pong");
+    }
+    assert_eq!(publish(gw.port, channel, &json!({"n": 1})), 1);
+    assert_eq!(native.recv_json().await["data"]["n"], 1);
+    assert_eq!(relay.recv_json().await["n"], 1);
+    assert_eq!(ark.recv_json().await["n"], 1);
+
+    // 2..=7 reach history but not the gateway's feed: 6 missed, 4 kept.
+    for n in 2..=7 {
+        publish_unseen(&redis, channel, &json!({"n": n}), 4).await;
+    }
+    let body = json!({"channel":channel,"data":{"n":8},"snapshot":true}).to_string();
+    let (status, reply) =
+        http_request(gw.port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+    assert_eq!(status, 200, "{reply}");
+
+    // Native: told, with the snapshot standing for what was lost.
+    let restart = native.recv_until(WAIT, |m| m["type"] == "subscribed").await;
+    assert_eq!(restart["recovered"], false, "{restart}");
+    assert_eq!(
+        restart["epoch"].as_str(),
+        Some(old_epoch.as_str()),
+        "same stream, gap in it"
+    );
+    let snap = native.recv_json().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["data"]["n"].as_u64()),
+        (Some("snapshot"), Some(8))
+    );
+
+    // Relay and ARK snapshot routes: closed with 1012, and nothing after the
+    // gap arrived first as if it followed message 1.
+    for (route, c) in [("relay", &mut relay), ("snapshot", &mut ark)] {
+        let (code, frames) = frames_until_closed(c).await;
+        assert_eq!(code, Some(1012), "{route} route: {frames:?}");
+        assert!(
+            frames.is_empty(),
+            "{route} route got {frames:?} before its close"
+        );
+    }
+    gw.wait_metric(
+        "switchboard_disconnects_total",
+        "code=\"1012\"",
+        WAIT,
+        |v| v >= 2.0,
+    )
+    .await;
+    assert!(gw.metric("switchboard_resyncs_total", "") >= 1.0);
+
+    // Reconnecting continues: the snapshot route starts with the current
+    // state, the relay route with the next message.
+    let mut ark = Client::connect(&gw.ws_url(&format!("/ws/{channel}"))).await;
+    assert_eq!(ark.recv_json().await["n"], 8);
+    let mut relay = Client::connect(&gw.ws_url(&format!("/api/ws/{channel}"))).await;
+    relay.send_text("ping").await;
+    assert_eq!(relay.recv_json().await["type"], "pong");
+    assert_eq!(publish(gw.port, channel, &json!({"n": 9})), 9);
+    assert_eq!(relay.recv_json().await["n"], 9);
+    assert_eq!(ark.recv_json().await["n"], 9);
+    let m = native.recv_json().await;
+    assert_eq!(
+        (m["type"].as_str(), m["offset"].as_u64()),
+        (Some("message"), Some(9))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_answer_pings_is_closed_with_4002() {
     let sb = Switchboard::standalone(&["--ping-interval", "1s", "--pong-timeout", "1s"]);

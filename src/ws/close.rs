@@ -20,6 +20,9 @@ pub enum CloseCode {
     TooBig,
     /// 1011: an unexpected server fault.
     Internal,
+    /// 1012: a drop-in stream (no offsets) restarted because this replica
+    /// missed more than the history keeps: reconnect for the current state.
+    ServiceRestart,
     /// 1013: the engine is unavailable right now: reconnect with backoff.
     TryAgainLater,
     /// 4000: the client did not read fast enough; its queue overflowed. Reconnect and resume.
@@ -36,7 +39,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, for metrics and documentation.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 14] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -44,6 +47,7 @@ impl CloseCode {
         Self::PolicyViolation,
         Self::TooBig,
         Self::Internal,
+        Self::ServiceRestart,
         Self::TryAgainLater,
         Self::SlowConsumer,
         Self::TokenExpired,
@@ -62,6 +66,7 @@ impl CloseCode {
             Self::PolicyViolation => 1008,
             Self::TooBig => 1009,
             Self::Internal => 1011,
+            Self::ServiceRestart => 1012,
             Self::TryAgainLater => 1013,
             Self::SlowConsumer => 4000,
             Self::TokenExpired => 4001,
@@ -81,6 +86,7 @@ impl CloseCode {
             Self::PolicyViolation => "message rate limit exceeded",
             Self::TooBig => "message too big",
             Self::Internal => "internal error",
+            Self::ServiceRestart => "missed messages: reconnect",
             Self::TryAgainLater => "engine unavailable: try again later",
             Self::SlowConsumer => "slow consumer: reconnect and resume",
             Self::TokenExpired => "token expired",
@@ -100,6 +106,7 @@ impl CloseCode {
             Self::PolicyViolation => "1008",
             Self::TooBig => "1009",
             Self::Internal => "1011",
+            Self::ServiceRestart => "1012",
             Self::TryAgainLater => "1013",
             Self::SlowConsumer => "4000",
             Self::TokenExpired => "4001",

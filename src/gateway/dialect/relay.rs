@@ -1,11 +1,12 @@
 //! The relay route `/api/ws/{channel}` (DevSkyy's channels, seed 002): each
 //! message of the channel exactly as published, from the moment of
-//! connecting; `ping` and `refresh` as on the ARK route.
+//! connecting; `ping` and `refresh` as on the ARK route. A replica that
+//! missed messages beyond history closes the connection with 1012.
 
 use bytes::Bytes;
 
 use super::Dialect;
-use super::snapshot::on_dropin_text;
+use super::snapshot::{close_for_resync, on_dropin_text};
 use crate::channel::ChannelName;
 use crate::gateway::core::{Core, Plan};
 use crate::protocol::CloseCode;
@@ -45,12 +46,10 @@ impl Dialect for RelayDialect {
         on_dropin_text(core, &self.channel, &text).await;
     }
 
-    /// The history was lost: a relay client has no way to start over, so it
-    /// simply continues with the new history's live messages.
+    /// The history was lost: a relay client has no offsets to be told so
+    /// with, so the connection ends with 1012 (reconnect) rather than
+    /// continue silently past the missed messages.
     async fn resync(&mut self, core: &mut Core, channel: ChannelName) {
-        let Some(start) = core.restart(&channel, &PLAN).await else {
-            return;
-        };
-        core.release(&channel, start.live_after()).await;
+        close_for_resync(core, &channel, "relay").await;
     }
 }

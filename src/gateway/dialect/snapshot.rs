@@ -1,6 +1,7 @@
 //! The ARK dashboards' route `/ws/{channel}` (seed 000): the channel's
 //! snapshot as a bare JSON object at once, then each new message as
-//! published; `ping` and `refresh` as plain text or `{"type": …}`.
+//! published; `ping` and `refresh` as plain text or `{"type": …}`. A replica
+//! that missed messages beyond history closes the connection with 1012.
 
 use bytes::Bytes;
 
@@ -32,6 +33,19 @@ fn send_start(core: &Core, channel: &ChannelName, start: &Start) {
         core.send_text(snapshot.data.as_str());
     }
     core.send_entries(channel, &core.mode_with(None), &start.replay, |_| false);
+}
+
+/// A drop-in route's answer to a resync (the replica missed more of `channel`
+/// than the history keeps): its clients have no offsets to be told what was
+/// lost with, and on the snapshot route the snapshot is a bare object like
+/// any message, so the restart would not show. The connection ends with
+/// 1012 ("missed messages: reconnect", counted in
+/// `switchboard_disconnects_total{code="1012"}`); a reconnecting client
+/// starts over from the current state. docs/PROTOCOL.md, "Close codes".
+pub(super) async fn close_for_resync(core: &mut Core, channel: &ChannelName, route: &'static str) {
+    tracing::info!(%channel, route, "messages missed beyond history; closing the drop-in connection with 1012 so the client reconnects");
+    core.end_subscription(channel).await;
+    core.conn.close(CloseCode::ServiceRestart);
 }
 
 /// `ping` and `refresh` of the drop-in routes.
@@ -86,12 +100,10 @@ impl Dialect for SnapshotDialect {
         on_dropin_text(core, &self.channel, &text).await;
     }
 
-    /// The history was lost: the current snapshot and what followed it.
+    /// The history was lost: a snapshot sent now would look like any message
+    /// (the route's frames are bare), so the client is closed with 1012 and
+    /// gets the snapshot again when it reconnects.
     async fn resync(&mut self, core: &mut Core, channel: ChannelName) {
-        let Some(start) = core.restart(&channel, &PLAN).await else {
-            return;
-        };
-        send_start(core, &channel, &start);
-        core.release(&channel, start.live_after()).await;
+        close_for_resync(core, &channel, "snapshot").await;
     }
 }
