@@ -3,18 +3,24 @@
 //! is a new stream, checked while it lasts (docs/RELIABILITY.md, "Soak runs"):
 //!
 //! - snapshot route: the snapshot first, then every acknowledged message
-//!   published after it, exactly once and in order; a later snapshot frame
-//!   older than what the client has is the gateway restarting the stream
-//!   (history lost), which the route's clients take as a new state (what
-//!   follows it comes again, in order, none missing). That holds for an
-//!   acknowledged snapshot only: one whose producer was told it failed may
-//!   have been applied by Redis after newer messages (the cluster client
-//!   retries a timed-out command), so its seq says nothing of its place; it
-//!   counts as an unacknowledged repeat and checking starts afresh after it
-//!   (every acknowledged message sent from then on must follow);
+//!   published after it, exactly once and in order. A snapshot frame whose
+//!   producer was told it failed may have been applied by Redis after newer
+//!   messages (the cluster client retries a timed-out command), so its seq
+//!   says nothing of its place; it counts as an unacknowledged repeat and
+//!   checking starts afresh after it (every acknowledged message sent from
+//!   then on must follow). The gateway never resends the snapshot mid-stream
+//!   (the client sends no `refresh`): an acknowledged snapshot frame older
+//!   than the stream is a repeat like any message;
 //! - relay route: from the answer to the client's first `ping` (the
 //!   subscription is live before the gateway reads it) every acknowledged
-//!   message sent after it, exactly once and in order.
+//!   message sent after it, exactly once and in order;
+//! - both: when a replica missed messages beyond history it closes the
+//!   connection with 1012 (docs/PROTOCOL.md): an honest restart, like a
+//!   native `recovered: false`. The stream ends there without a tail check
+//!   (nothing is owed after the close: the gap may lie before it), and the
+//!   client reconnects and starts a new stream, checked afresh. Any other
+//!   close is only a reconnect, and a gap before it is still counted (the
+//!   stream's gap and start checks are filed as the frames arrive).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,6 +38,10 @@ use crate::ledger::{Filter, State};
 use crate::stats::Route;
 use crate::stream::SeqStream;
 use crate::ws::{self, Frame};
+
+/// The close code of a drop-in connection whose replica missed messages
+/// beyond history (docs/PROTOCOL.md, "Close codes"): reconnect, start over.
+const MISSED_MESSAGES: u16 = 1012;
 
 #[derive(Deserialize)]
 struct Bare<'a> {
@@ -175,16 +185,6 @@ async fn one_client(ctx: &Ctx, route: Route, channel: &str, id: u64, token: &str
                         );
                         ctx.delivered(route, b.t.unwrap_or(0), u64::MAX);
                         stream.unplaced_snapshot(s);
-                    } else if route == Route::Snapshot && b.snap && s <= stream.last {
-                        // The stored snapshot again, with what followed it:
-                        // the gateway restarted the stream (history lost).
-                        counters.honest_restarts.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats.event(
-                            "snapshot_restart",
-                            json!({"client": id, "channel": channel, "at": s, "had": stream.last, "replica": conn.replica}),
-                        );
-                        ctx.delivered(route, b.t.unwrap_or(0), u64::MAX);
-                        stream.restart_at(s);
                     } else {
                         stream.message(ctx, s, b.t.unwrap_or(0));
                     }
@@ -204,6 +204,7 @@ async fn one_client(ctx: &Ctx, route: Route, channel: &str, id: u64, token: &str
             }
         };
         ctx.stats.connected(route, -1);
+        let stream_last = stream.last;
         match ending {
             None => {
                 conn.close().await;
@@ -211,6 +212,14 @@ async fn one_client(ctx: &Ctx, route: Route, channel: &str, id: u64, token: &str
             }
             Some(code) => {
                 counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                if code == Some(MISSED_MESSAGES) {
+                    // The replica missed messages beyond history and said so.
+                    counters.honest_restarts.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.event(
+                        "dropin_restart",
+                        json!({"route": route.label(), "client": id, "channel": channel, "had": stream_last, "replica": conn.replica}),
+                    );
+                }
                 conn.finish_silence(ctx, route, id, "lost");
                 ctx.stats
                     .close_code(route, &code.map_or("none".to_string(), |c| c.to_string()));

@@ -23,7 +23,7 @@ pub struct SeqStream {
     marker: Option<u64>,
     /// No message has arrived since the marker.
     awaiting_first: bool,
-    /// Seqs up to this may come again (a restart replays what followed its snapshot).
+    /// Seqs up to this may come again (after a snapshot that could not be placed).
     redeliver_upto: u64,
     /// When the connection opened: messages sent before are replays.
     opened_us: u64,
@@ -66,16 +66,6 @@ impl SeqStream {
         self.marker = Some(now_us());
         self.awaiting_first = false;
         self.last = s;
-    }
-
-    /// The server restarted the stream at snapshot seq `s` (history was
-    /// lost): what follows the snapshot comes again, then new messages.
-    /// Only for an acknowledged snapshot, whose place in the channel its seq
-    /// gives (see [`SeqStream::unplaced_snapshot`] for the others).
-    pub fn restart_at(&mut self, s: u64) {
-        self.redeliver_upto = self.redeliver_upto.max(self.last);
-        self.last = s;
-        self.awaiting_first = false;
     }
 
     /// A snapshot frame of seq `s` whose publish the producer was told failed
