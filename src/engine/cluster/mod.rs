@@ -241,7 +241,13 @@ impl ClusterPubSub {
             Err(_) => Err("CLUSTER SLOTS timed out".into()),
         };
         if let Err(why) = &result {
-            match self.read_slots_directly().await {
+            // Bounded as the read above: the coordinator answers nothing else
+            // meanwhile.
+            let direct =
+                tokio::time::timeout(self.config.response_timeout * 2, self.read_slots_directly())
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+            match direct {
                 Ok((topology, from)) => {
                     tracing::debug!(reason = %why, node = %from, "Redis Cluster: slot map read from a node directly, the command connections could not");
                     result = Ok(topology);
