@@ -93,6 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         replica_id: format!("bench-{}", std::process::id()),
         wait_replicas: args.wait_replicas,
         wait_timeout: Duration::from_millis(1000),
+        cluster_rebuild_after: switchboard::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
         tls: None,
     };
     let engine = RedisEngine::start(

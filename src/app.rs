@@ -518,6 +518,7 @@ fn engine_config(
         replica_id,
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
+        cluster_rebuild_after: args.redis_cluster_rebuild_after,
     }
 }
 

@@ -897,6 +897,14 @@ pub struct RedisArgs {
     /// twice), logged and counted in switchboard_redis_errors_total.
     #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
+
+    /// On a Redis Cluster: after this many consecutive failed Redis health
+    /// checks (one every 2 s), if a seed node answers on a new connection that
+    /// the cluster is ok, the cluster command connections are thrown away and
+    /// opened again from the seeds (logged, counted in
+    /// switchboard_redis_client_rebuilds_total); 0 never rebuilds them.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER_REBUILD_AFTER", default_value_t = crate::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER)]
+    pub redis_cluster_rebuild_after: u32,
 }
 
 impl RedisArgs {

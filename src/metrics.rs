@@ -36,6 +36,7 @@ pub struct EngineMetrics {
     pub invalid_messages: IntCounter,
     pub redis_errors: RedisErrors,
     pub redis_reconnects: IntCounter,
+    pub redis_client_rebuilds: IntCounter,
 }
 
 /// A gateway's metrics (also `standalone`'s): connections, the hub's fan-out,
@@ -337,6 +338,11 @@ impl EngineMetrics {
                 r,
                 "switchboard_redis_reconnects_total",
                 "Times the Redis pub/sub connection was lost and rebuilt.",
+            ),
+            redis_client_rebuilds: counter(
+                r,
+                "switchboard_redis_client_rebuilds_total",
+                "Times the Redis Cluster command connections were rebuilt because commands kept failing while the cluster answered.",
             ),
         }
     }

@@ -80,6 +80,7 @@ async fn engine_on(
         replica_id: "conformance".into(),
         wait_replicas,
         wait_timeout: Duration::from_millis(1000),
+        cluster_rebuild_after: switchboard::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
         tls: None,
     };
     let engine = RedisEngine::start(

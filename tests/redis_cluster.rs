@@ -515,6 +515,100 @@ async fn failover_mid_stream(stop: Stop) {
     eprintln!("failover: {ambiguous} publishes refused with 503 and retried");
 }
 
+/// A master frozen for good (SIGSTOP: its connections stay open and go
+/// silent) after its replica took over. The `redis` crate's cluster client
+/// keeps routing the master's slots to the frozen node: its connection never
+/// fails, only times out, and a timed-out request's caller has already given
+/// up (our response timeout is also the crate's overall one), so its retry
+/// logic, which would refresh the slot map, never runs; the `PING` of the
+/// health check goes to every master of that stale map and fails too. The
+/// gateway must notice (its health checks keep failing while a seed node says
+/// `cluster_state:ok`), rebuild its cluster client, and serve the channel from
+/// its new master again — publishes and the live feed — while the old master
+/// is still frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stuck_on_a_frozen_master_rebuilds_its_cluster_client() {
+    let _serial = serial().await;
+    let mut cluster = RedisCluster::start(Duration::from_millis(1000));
+    let gw = Switchboard::gateway_on_cluster(
+        &cluster,
+        &[
+            "--redis-probe-interval",
+            "1s",
+            "--redis-timeout",
+            "1s",
+            "--redis-cluster-rebuild-after",
+            "3",
+        ],
+    );
+    // A master that is not a seed node (the seeds answer the gateway's check
+    // of the cluster, and its rebuilt client starts from them).
+    let seeds = &cluster.ports[..2];
+    let victim = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.master && !n.slots.is_empty() && !seeds.contains(&n.port))
+        .map(|n| n.port)
+        .expect("a master that is not a seed");
+    let channel = channels_by_master(&cluster, victim, 1, 0).remove(0);
+    // The gateway's cluster client has used the victim.
+    common::publish(gw.port, &channel, &json!({"n": 0}));
+    assert_eq!(
+        gw.metric("switchboard_redis_client_rebuilds_total", ""),
+        0.0
+    );
+
+    let slot = cluster.slot_of(&pubsub(&channel));
+    cluster.pause_node(victim);
+    let promoted = cluster.wait_failover(slot, victim, Duration::from_secs(30));
+    assert_ne!(promoted, victim);
+
+    // The old master stays frozen: publishes through the gateway must succeed
+    // again anyway, within a bound (3 failed checks of up to 2 × 1 s each,
+    // 2 s apart, then the rebuild: ~20 s at worst; 60 s on loaded cores).
+    let started = Instant::now();
+    let port = gw.port;
+    let body = json!({"channel": channel, "data": {"n": 1}}).to_string();
+    tokio::task::spawn_blocking(move || {
+        common::wait_until(
+            "a publish on the failed-over slot succeeds",
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || match http_request(port, "POST", "/api/v1/publish", &[], Some(&body)) {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            },
+        )
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "stuck client: publishes succeed again {:?} after the failover",
+        started.elapsed()
+    );
+    assert!(
+        gw.metric("switchboard_redis_client_rebuilds_total", "") >= 1.0,
+        "the gateway served again without rebuilding its cluster client"
+    );
+    gw.wait_ready(Duration::from_secs(30));
+
+    // The live feed follows the new master too.
+    let mut client = Client::connect(&gw.ws_url("/ws")).await;
+    client.recv_json().await;
+    let sub = client
+        .subscribe(json!({"type": "subscribe", "channel": channel}))
+        .await;
+    assert_eq!(sub["type"], "subscribed");
+    common::publish(gw.port, &channel, &json!({"n": 2}));
+    let m = client
+        .recv_until(WAIT, |m| m["type"] == "message" && m["data"]["n"] == 2)
+        .await;
+    assert_eq!(m["channel"], channel.as_str());
+
+    cluster.resume_node(victim);
+    cluster.wait_healthy(Duration::from_secs(30));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_to_another_master_mid_stream_loses_no_message() {
     let _serial = serial().await;

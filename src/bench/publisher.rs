@@ -119,6 +119,7 @@ impl Sink {
                         replica_id: format!("bench-{}", std::process::id()),
                         wait_replicas: 0,
                         wait_timeout: Duration::from_millis(500),
+                        cluster_rebuild_after: crate::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
                         tls: plan.redis_tls.clone(),
                     },
                     events,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
 
@@ -391,9 +391,49 @@ impl ConnectionLike for SharedConnection {
 /// `pool_size` cluster connections used in turn (each keeps one multiplexed
 /// connection per node, so there are `pool_size` command connections per node,
 /// as on a single Redis).
+///
+/// The set can be replaced whole ([`ClusterConnections::rebuild`]): the engine's
+/// health loop does so when commands keep failing while the cluster itself
+/// answers, i.e. when the cluster client is stuck on a stale view of the
+/// cluster (see docs/OPERATIONS.md, "Redis Cluster"). Callers holding a clone
+/// of an old connection finish with it; the next [`Commands::get`] hands out a
+/// new one.
 pub struct ClusterConnections {
-    connections: Vec<ClusterConnection>,
+    client: ClusterClient,
+    config: ClusterConfig,
+    size: usize,
+    connections: std::sync::RwLock<Arc<[ClusterConnection]>>,
     next: AtomicUsize,
+}
+
+impl ClusterConnections {
+    fn open(
+        client: &ClusterClient,
+        config: &ClusterConfig,
+        size: usize,
+    ) -> Arc<[ClusterConnection]> {
+        (0..size.max(1))
+            .map(|_| client.get_pending_async_connection_with_config(config.clone()))
+            .collect()
+    }
+
+    fn get(&self) -> ClusterConnection {
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % connections.len();
+        connections[i].clone()
+    }
+
+    /// Replaces every cluster connection by a new one, which starts from the
+    /// seed nodes and reads the slot map afresh. The old connections close
+    /// once the commands still using them are done.
+    pub fn rebuild(&self) {
+        let fresh = Self::open(&self.client, &self.config, self.size);
+        *self.connections.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
 }
 
 impl Commands {
@@ -440,11 +480,14 @@ impl Commands {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(settings.connect_timeout)
                     .set_response_timeout(settings.response_timeout);
-                let connections = (0..settings.pool_size.max(1))
-                    .map(|_| client.get_pending_async_connection_with_config(config.clone()))
-                    .collect();
+                let size = settings.pool_size.max(1);
                 Ok(Self::Cluster(Arc::new(ClusterConnections {
-                    connections,
+                    connections: std::sync::RwLock::new(ClusterConnections::open(
+                        &client, &config, size,
+                    )),
+                    client,
+                    config,
+                    size,
                     next: AtomicUsize::new(0),
                 })))
             }
@@ -455,14 +498,24 @@ impl Commands {
         matches!(self, Self::Cluster(_))
     }
 
+    /// On a cluster, replaces the command connections by new ones (see
+    /// [`ClusterConnections::rebuild`]); false (nothing done) on one Redis,
+    /// whose connections are replaced one by one as they fail.
+    pub fn rebuild(&self) -> bool {
+        match self {
+            Self::Single(_) => false,
+            Self::Cluster(c) => {
+                c.rebuild();
+                true
+            }
+        }
+    }
+
     /// A connection for a few commands.
     pub async fn get(&self) -> Result<RedisConnection, EngineError> {
         match self {
             Self::Single(c) => c.get().await.map(RedisConnection::Single),
-            Self::Cluster(c) => {
-                let i = c.next.fetch_add(1, Ordering::Relaxed) % c.connections.len();
-                Ok(RedisConnection::Cluster(c.connections[i].clone()))
-            }
+            Self::Cluster(c) => Ok(RedisConnection::Cluster(c.get())),
         }
     }
 

@@ -34,7 +34,7 @@ use super::counted::{Counted, count};
 pub use super::feed::parse_payload;
 use super::feed::{FeedWriter, Health, SubCommand, unavailable};
 use super::keys::Keys;
-pub use super::redis_config::RedisConfig;
+pub use super::redis_config::{DEFAULT_CLUSTER_REBUILD_AFTER, RedisConfig};
 use super::tls::{self, RedisTls, TlsFiles};
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryPage, Offset,
@@ -278,7 +278,26 @@ impl RedisEngine {
     }
 }
 
+/// Interval of the engine's Redis health check (`PING`, on a cluster to every
+/// master).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Checks every [`HEALTH_INTERVAL`] that Redis answers commands (readiness).
+///
+/// On a Redis Cluster it also heals the command client: the `redis` crate's
+/// cluster connection can stay on a stale view of the cluster after a master
+/// died (its slot map is refreshed only on some errors, and never on those of
+/// requests whose caller already gave up at the response timeout, nor on a
+/// failed `PING` to every master), and then fails every command. After
+/// `cluster_rebuild_after` consecutive failed checks, if a seed node answers
+/// `cluster_state:ok` on a new connection (the cluster serves: the fault is
+/// this client's), the command connections are rebuilt from the seeds.
 async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: CancellationToken) {
+    let mut failed: u32 = 0;
+    let node_settings = engine.upgrade().and_then(|e| {
+        e.is_cluster()
+            .then(|| super::cluster::node_settings(&e.config, &e.keys))
+    });
     loop {
         let Some(e) = engine.upgrade() else { return };
         // A command connection Redis has closed fails once and is replaced:
@@ -296,10 +315,38 @@ async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: Cancellatio
         e.health
             .commands_ok
             .store(result.is_ok(), Ordering::Relaxed);
+        failed = match &result {
+            Ok(()) => 0,
+            Err(_) => failed.saturating_add(1),
+        };
+        let threshold = e.config.cluster_rebuild_after;
+        if let (Err(err), Some(settings)) = (&result, &node_settings)
+            && threshold > 0
+            && failed >= threshold
+        {
+            match super::cluster::cluster_serves(&e.config.target, settings).await {
+                Ok(seed) => {
+                    tracing::warn!(
+                        failed_checks = failed,
+                        error = %err,
+                        seed = %seed,
+                        "Redis Cluster commands keep failing although the cluster answers (cluster_state:ok): rebuilding the cluster command connections from the seed nodes; if this repeats, check the cluster's failovers (CLUSTER NODES), the network between this replica and each master, and --redis-timeout; counted in switchboard_redis_client_rebuilds_total"
+                    );
+                    e.commands.rebuild();
+                    e.metrics.redis_client_rebuilds.inc();
+                    failed = 0;
+                }
+                Err(why) => tracing::debug!(
+                    failed_checks = failed,
+                    reason = %why,
+                    "Redis Cluster commands fail and the cluster does not say it is ok: not rebuilding the command connections"
+                ),
+            }
+        }
         drop(e);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
     }
 }

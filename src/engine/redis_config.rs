@@ -6,6 +6,9 @@ use super::HistoryConfig;
 use super::connection::RedisTarget;
 use super::tls::RedisTls;
 
+/// Default of [`RedisConfig::cluster_rebuild_after`] (`--redis-cluster-rebuild-after`).
+pub const DEFAULT_CLUSTER_REBUILD_AFTER: u32 = 5;
+
 /// Connection settings of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -35,6 +38,11 @@ pub struct RedisConfig {
     pub wait_replicas: usize,
     /// Longest `WAIT` for those replicas.
     pub wait_timeout: Duration,
+    /// On a Redis Cluster: consecutive failed health checks (one every
+    /// [`HEALTH_INTERVAL`](super::redis::HEALTH_INTERVAL)) after which, if a
+    /// seed node says the cluster is ok, the cluster command client is
+    /// rebuilt; 0 never rebuilds it.
+    pub cluster_rebuild_after: u32,
     /// Trust and client certificate for a `rediss://` target (`None`: the
     /// system's roots, no client certificate); unused without TLS.
     pub tls: Option<RedisTls>,

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::node::{Auth, NodeEvent, NodeHandle, NodeSettings, Report};
+use self::resp::Frame;
 use self::topology::{NodeAddr, Topology};
 use super::connection::{Commands, RedisTarget};
 use super::feed::{FeedWriter, Health, SubCommand, unavailable};
@@ -138,21 +139,9 @@ impl ClusterPubSub {
         requests: mpsc::Receiver<SubCommand>,
     ) -> Self {
         let keys = feed.keys().clone();
-        let (auth, fallback_host) = seed_auth(&config.target);
+        let (_, fallback_host) = seed_auth(&config.target);
         let control = keys.control();
-        let tls = config
-            .tls
-            .as_ref()
-            .filter(|_| config.target.is_tls())
-            .map(|t| t.connector().clone());
-        let settings = Arc::new(NodeSettings {
-            auth,
-            tls,
-            connect_timeout: config.connect_timeout,
-            response_timeout: config.response_timeout,
-            probe_prefix: keys.global("probe:{sbp"),
-            control: control.clone(),
-        });
+        let settings = Arc::new(node_settings(&config, &keys));
         let (reports_tx, reports) = mpsc::channel(4096);
         Self {
             commands,
@@ -234,7 +223,9 @@ impl ClusterPubSub {
         self.refresh_at = Some(self.refresh_at.map_or(soon, |at| at.min(soon)));
     }
 
-    /// Reads the slot map through the command connections.
+    /// Reads the slot map through the command connections; when that fails,
+    /// straight from the nodes on connections of its own (see
+    /// [`ClusterPubSub::read_slots_directly`]).
     async fn refresh_topology(&mut self) {
         let read = async {
             let mut conn = self.commands.get().await?;
@@ -244,11 +235,26 @@ impl ClusterPubSub {
                 .await
                 .map_err(unavailable)
         };
-        let result = match tokio::time::timeout(self.config.response_timeout * 2, read).await {
+        let mut result = match tokio::time::timeout(self.config.response_timeout * 2, read).await {
             Ok(Ok(reply)) => Topology::parse(reply, &self.fallback_host).map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("CLUSTER SLOTS timed out".into()),
         };
+        if let Err(why) = &result {
+            // Bounded as the read above: the coordinator answers nothing else
+            // meanwhile.
+            let direct =
+                tokio::time::timeout(self.config.response_timeout * 2, self.read_slots_directly())
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+            match direct {
+                Ok((topology, from)) => {
+                    tracing::debug!(reason = %why, node = %from, "Redis Cluster: slot map read from a node directly, the command connections could not");
+                    result = Ok(topology);
+                }
+                Err(direct) => result = Err(format!("{why}; directly: {direct}")),
+            }
+        }
         match result {
             Ok(topology) => {
                 self.refresh_at = None;
@@ -294,6 +300,40 @@ impl ClusterPubSub {
                 self.refresh_at = Some(Instant::now() + self.refresh_backoff.next_delay());
             }
         }
+    }
+
+    /// The slot map as a node answers it on a new connection of its own: the
+    /// seed nodes, then the masters last known, in turn. The feed then follows
+    /// a failover even while the cluster command client is stuck on a master
+    /// that is gone (its connections to the other masters do not depend on it).
+    async fn read_slots_directly(&self) -> Result<(Topology, NodeAddr), String> {
+        let mut candidates = seed_addrs(&self.config.target);
+        if let Some(topology) = &self.topology {
+            for m in topology.masters() {
+                if !candidates.contains(m) {
+                    candidates.push(m.clone());
+                }
+            }
+        }
+        let mut last = "no node to ask".to_string();
+        let cmd = {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("SLOTS");
+            c
+        };
+        for addr in candidates {
+            let reply = match node::query(&addr, &self.settings, &cmd).await {
+                Ok(Frame::Error(e)) => Err(format!("{addr}: {e}")),
+                Ok(frame) => Topology::parse(to_value(frame), &self.fallback_host)
+                    .map_err(|e| format!("{addr}: {e}")),
+                Err(e) => Err(format!("{addr}: {e}")),
+            };
+            match reply {
+                Ok(topology) => return Ok((topology, addr)),
+                Err(why) => last = why,
+            }
+        }
+        Err(last)
     }
 
     /// Why the first seed node cannot be used, if it cannot.
@@ -896,21 +936,92 @@ fn send_grouped(node: &mut Node, subscribe: bool, names: Vec<String>) {
     }
 }
 
-/// The address of the first seed node.
-fn seed_addr(target: &RedisTarget) -> Option<NodeAddr> {
+/// The settings of the feed's own node connections (and of the engine's
+/// direct checks of the cluster): credentials, TLS and timeouts of the target.
+pub(crate) fn node_settings(config: &RedisConfig, keys: &Keys) -> NodeSettings {
+    let (auth, _) = seed_auth(&config.target);
+    let tls = config
+        .tls
+        .as_ref()
+        .filter(|_| config.target.is_tls())
+        .map(|t| t.connector().clone());
+    NodeSettings {
+        auth,
+        tls,
+        connect_timeout: config.connect_timeout,
+        response_timeout: config.response_timeout,
+        probe_prefix: keys.global("probe:{sbp"),
+        control: keys.control(),
+    }
+}
+
+/// Whether the cluster itself serves: a seed node answers `CLUSTER INFO` with
+/// `cluster_state:ok` on a new connection of its own (the seeds in turn, the
+/// first that answers decides). `Err` says why not.
+pub(crate) async fn cluster_serves(
+    target: &RedisTarget,
+    settings: &NodeSettings,
+) -> Result<NodeAddr, String> {
+    let mut last = "no seed node".to_string();
+    let cmd = {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("INFO");
+        c
+    };
+    for addr in seed_addrs(target) {
+        match node::query(&addr, settings, &cmd).await {
+            Ok(Frame::Bulk(Some(info))) => {
+                if String::from_utf8_lossy(&info)
+                    .lines()
+                    .any(|l| l.trim() == "cluster_state:ok")
+                {
+                    return Ok(addr);
+                }
+                return Err(format!("{addr}: cluster_state is not ok"));
+            }
+            Ok(Frame::Error(e)) => last = format!("{addr}: {e}"),
+            Ok(other) => last = format!("{addr}: unexpected CLUSTER INFO reply {other:?}"),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// A RESP frame as the `redis` crate's value (to parse `CLUSTER SLOTS`).
+fn to_value(frame: Frame) -> Value {
+    match frame {
+        Frame::Simple(b) => Value::SimpleString(String::from_utf8_lossy(&b).into_owned()),
+        Frame::Error(e) => Value::SimpleString(e),
+        Frame::Integer(i) => Value::Int(i),
+        Frame::Bulk(Some(b)) => Value::BulkString(b.to_vec()),
+        Frame::Bulk(None) | Frame::Array(None) => Value::Nil,
+        Frame::Array(Some(items)) => Value::Array(items.into_iter().map(to_value).collect()),
+    }
+}
+
+/// Every seed node's address.
+fn seed_addrs(target: &RedisTarget) -> Vec<NodeAddr> {
     use redis::IntoConnectionInfo;
     let RedisTarget::Cluster(nodes) = target else {
-        return None;
+        return Vec::new();
     };
-    let info = nodes.first()?.as_str().into_connection_info().ok()?;
-    match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port)
-        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some(NodeAddr {
-            host: host.clone(),
-            port: *port,
-        }),
-        _ => None,
-    }
+    nodes
+        .iter()
+        .filter_map(|n| n.as_str().into_connection_info().ok())
+        .filter_map(|info| match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => Some(NodeAddr {
+                host: host.clone(),
+                port: *port,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The address of the first seed node.
+fn seed_addr(target: &RedisTarget) -> Option<NodeAddr> {
+    seed_addrs(target).into_iter().next()
 }
 
 /// The credentials and a host for nodes announced without one, from the first seed.

@@ -282,23 +282,26 @@ async fn open(addr: &NodeAddr, settings: &NodeSettings) -> Result<NodeStream, St
 /// Connects to `addr` as a pub/sub connection would and sends `PING`: why
 /// that fails, to say more than "timed out" when the cluster is unreadable.
 pub(crate) async fn check(addr: &NodeAddr, settings: &NodeSettings) -> Result<(), String> {
-    let mut stream = open(addr, settings).await?;
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut decoder = Decoder;
-    authenticate(settings, &mut stream, &mut buf, &mut decoder).await?;
-    match exchange(
-        settings,
-        &mut stream,
-        &mut buf,
-        &mut decoder,
-        &redis::cmd("PING"),
-    )
-    .await?
-    {
+    match query(addr, settings, &redis::cmd("PING")).await? {
         Frame::Simple(_) => Ok(()),
         Frame::Error(e) => Err(format!("PING refused: {e}")),
         other => Err(format!("unexpected PING reply {other:?}")),
     }
+}
+
+/// Sends one command to `addr` on a connection of its own (connected and
+/// authenticated as a pub/sub connection would be, closed after the reply):
+/// what the node says, whatever state the cluster command client is in.
+pub(crate) async fn query(
+    addr: &NodeAddr,
+    settings: &NodeSettings,
+    cmd: &redis::Cmd,
+) -> Result<Frame, String> {
+    let mut stream = open(addr, settings).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut decoder = Decoder;
+    authenticate(settings, &mut stream, &mut buf, &mut decoder).await?;
+    exchange(settings, &mut stream, &mut buf, &mut decoder, cmd).await
 }
 
 /// Sends `AUTH` when the URLs carry credentials.
