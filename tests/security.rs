@@ -1855,3 +1855,99 @@ async fn standalone_accepts_no_auth_and_authenticates_with_a_jwt_key() {
         "the token's channels apply: {reply}"
     );
 }
+
+/// Readers without a token on the ESCAI and AI Council routes (seeds 003 and
+/// 004): what `--anonymous-subscribe` names, read-only, and nothing else — an
+/// agent or a request outside the globs is refused, system alerts need a
+/// token unless `alerts` is named, acknowledgements hold for the connection
+/// only, and a tokenless client cannot claim what needs a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenless_readers_on_the_escai_and_council_routes_read_only_what_is_allowed() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::new();
+    let gw = gateway(
+        &redis,
+        &keys,
+        &["--anonymous-subscribe", "agents:agent_1,council:open-*"],
+        None,
+    );
+    let publish = |channel: &str, data: Value| {
+        let body = json!({"channel": channel, "data": data}).to_string();
+        let (status, reply) = http_request(
+            gw.port,
+            "POST",
+            "/api/v1/publish",
+            &[("X-API-Key", "the-api-key")],
+            Some(&body),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{reply}");
+    };
+
+    // ESCAI: the allowed agent, live.
+    let mut escai = Client::connect(&gw.ws_url("/ws/monitor/anon")).await;
+    assert_eq!(escai.recv_json().await["type"], "connection_established");
+    let subscribe = |agent: Option<&str>, kind: &str| {
+        let mut data = json!({"type": kind});
+        if let Some(a) = agent {
+            data["agent_id"] = a.into();
+        }
+        json!({"type": "subscribe", "data": data})
+    };
+    escai
+        .send_json(&subscribe(Some("agent_1"), "epistemic_updates"))
+        .await;
+    let answer = escai
+        .recv_until(WAIT, |m| {
+            m["type"] == "subscription_confirmed" || m["type"] == "error"
+        })
+        .await;
+    assert_eq!(answer["type"], "subscription_confirmed", "{answer}");
+    publish(
+        "agents:agent_1",
+        json!({"type": "epistemic_update", "data": {"n": 1}}),
+    );
+    let event = escai
+        .recv_until(WAIT, |m| m["type"] == "epistemic_update")
+        .await;
+    assert_eq!(event["data"]["n"], 1, "{event}");
+    // Another agent, and the system alerts, are not among the globs.
+    escai
+        .send_json(&subscribe(Some("agent_2"), "epistemic_updates"))
+        .await;
+    let refused = escai.recv_until(WAIT, |m| m["type"] == "error").await;
+    assert_eq!(refused["code"], "AGENT_ACCESS_DENIED", "{refused}");
+    escai.send_json(&subscribe(None, "system_alerts")).await;
+    let refused = escai.recv_until(WAIT, |m| m["type"] == "error").await;
+    assert_eq!(refused["code"], "PERMISSION_DENIED", "{refused}");
+
+    // AI Council: a request outside the globs is refused before the upgrade;
+    // an allowed one is read, and its acknowledgements hold for this
+    // connection only (there is no user to keep them for).
+    let outside = Client::connect_or_refusal(&gw.ws_url("/api/v1/ws/secret-1"), &[]).await;
+    assert_eq!(outside.err().map(|r| r.status), Some(401));
+    publish(
+        "council:open-1",
+        json!({"type": "progress", "data": {"n": 1}}),
+    );
+    let mut council = Client::connect(&gw.ws_url("/api/v1/ws/open-1")).await;
+    assert_eq!(council.recv_json().await["type"], "connection_established");
+    let first = council.recv_until(WAIT, |m| m["type"] == "progress").await;
+    assert_eq!(first["data"]["n"], 1, "{first}");
+    let id = first["message_id"].as_u64().expect("a message id");
+    council
+        .send_json(&json!({"type": "ack", "message_id": id}))
+        .await;
+    drop(council);
+    let mut again = Client::connect(&gw.ws_url("/api/v1/ws/open-1")).await;
+    assert_eq!(again.recv_json().await["type"], "connection_established");
+    let replayed = again.recv_until(WAIT, |m| m["type"] == "progress").await;
+    assert_eq!(
+        replayed["message_id"], id,
+        "a tokenless client's acknowledgement is not kept across connections: {replayed}"
+    );
+    // Publishing still needs a key or a token.
+    let body = json!({"channel": "council:open-1", "data": {"n": 2}}).to_string();
+    let (status, _) = http_request(gw.port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+    assert_eq!(status, 401);
+}
