@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Client, Received, free_port};
+use crate::common::{Client, Received};
 use crate::{Fleet, WAIT};
 
 /// The channels the seeds' dashboards read without a token.
@@ -22,14 +22,14 @@ struct Collector(Child);
 
 impl Collector {
     fn start(fleet: &Fleet) -> Self {
-        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args([
                 "collector",
                 "--redis-url",
                 &fleet.redis.url(),
+                // Its listener is not used here: the kernel picks the port.
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 "--collect-interval-min",
                 "200ms",
                 "--collect-interval-max",

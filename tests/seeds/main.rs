@@ -17,7 +17,7 @@ mod escai;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{RedisServer, Switchboard, free_port};
+use common::{RedisServer, Switchboard};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::Value;
 
@@ -42,8 +42,9 @@ impl Fleet {
     /// Two replicas with `extra` flags (roles, heartbeats, …).
     pub fn start(extra: &[&str]) -> Self {
         let redis = RedisServer::start();
-        let dir =
-            std::env::temp_dir().join(format!("sb-seeds-{}-{}", std::process::id(), free_port()));
+        static FLEETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FLEETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sb-seeds-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let secret = dir.join("jwt.secret");
         std::fs::write(&secret, format!("{SECRET}\n")).expect("secret file");
@@ -58,14 +59,14 @@ impl Fleet {
         name: &str,
         extra: &[&str],
     ) -> Switchboard {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        // The kernel picks the port; the process reports it in its logs.
+        let listen = "127.0.0.1:0";
         let url = redis.url();
         let secret = secret.display().to_string();
         let mut args = vec![
             "gateway",
             "--listen",
-            &listen,
+            listen,
             "--redis-url",
             &url,
             "--replica-id",
@@ -76,7 +77,7 @@ impl Fleet {
             API_KEY,
         ];
         args.extend_from_slice(extra);
-        let gw = Switchboard::spawn(port, &args);
+        let gw = Switchboard::start(&args);
         gw.wait_ready(WAIT);
         gw
     }
