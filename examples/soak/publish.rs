@@ -44,8 +44,20 @@ enum RedisConn {
         client: Box<redis::Client>,
         conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
     },
-    Cluster(redis::cluster_async::ClusterConnection),
+    /// The `redis` cluster client can stay stuck on a master that stopped
+    /// answering (it refreshes its slot map only on MOVED or a missing
+    /// connection; a timed-out request is dropped — docs/RELIABILITY.md):
+    /// after `CLUSTER_REBUILD_AFTER` timeouts in a row the connection is
+    /// built anew, as the gateway's engine does.
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        conn: Mutex<redis::cluster_async::ClusterConnection>,
+        timeouts: std::sync::atomic::AtomicU32,
+    },
 }
+
+/// Timeouts in a row after which the cluster connection is rebuilt.
+const CLUSTER_REBUILD_AFTER: u32 = 3;
 
 pub struct Publisher {
     http: HttpClient<HttpConnector, Full<Bytes>>,
@@ -107,7 +119,12 @@ impl Publisher {
                 .response_timeout(timeout)
                 .connection_timeout(Duration::from_secs(2))
                 .build()?;
-            RedisConn::Cluster(client.get_async_connection().await?)
+            let conn = client.get_async_connection().await?;
+            RedisConn::Cluster {
+                client: Box::new(client),
+                conn: Mutex::new(conn),
+                timeouts: std::sync::atomic::AtomicU32::new(0),
+            }
         };
         let sha = redis::Script::new(SCRIPT).get_hash().to_string();
         Ok(Self {
@@ -250,7 +267,7 @@ impl Publisher {
     ) -> redis::Pipeline {
         let tag = format!("switchboard:{{{channel}}}");
         let policy = self.policy(channel);
-        let cluster = matches!(self.redis, RedisConn::Cluster(_));
+        let cluster = matches!(self.redis, RedisConn::Cluster { .. });
         let mut pipe = redis::pipe();
         pipe.cmd(eval)
             .arg(body)
@@ -277,9 +294,30 @@ impl Publisher {
 
     async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<RValue>, String> {
         match &self.redis {
-            RedisConn::Cluster(c) => {
-                let mut c = c.clone();
-                pipe.query_async(&mut c).await.map_err(|e| e.to_string())
+            RedisConn::Cluster {
+                client,
+                conn,
+                timeouts,
+            } => {
+                let mut c = conn.lock().await.clone();
+                let result: Result<Vec<RValue>, _> = pipe.query_async(&mut c).await;
+                match &result {
+                    Err(e) if e.is_timeout() => {
+                        let n = timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n >= CLUSTER_REBUILD_AFTER {
+                            if let Ok(fresh) = client.get_async_connection().await {
+                                *conn.lock().await = fresh;
+                                eprintln!(
+                                    "soak: publisher: rebuilt the Redis Cluster connection after {n} timeouts in a row"
+                                );
+                            }
+                            timeouts.store(0, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => timeouts.store(0, Ordering::Relaxed),
+                    Err(_) => {}
+                }
+                result.map_err(|e| e.to_string())
             }
             RedisConn::Single { client, conn } => {
                 let mut guard = conn.lock().await;
@@ -352,7 +390,7 @@ impl Publisher {
     /// name: the gateways must drop it (and count it), and no client may see it.
     pub async fn publish_junk(&self, channel: &str) -> Result<(), String> {
         let tag = format!("switchboard:{{{channel}}}");
-        let command = if matches!(self.redis, RedisConn::Cluster(_)) {
+        let command = if matches!(self.redis, RedisConn::Cluster { .. }) {
             "SPUBLISH"
         } else {
             "PUBLISH"
