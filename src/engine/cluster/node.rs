@@ -137,7 +137,7 @@ impl Connection {
             _ = stop.cancelled() => return,
             why = self.serve() => why,
         };
-        self.report(NodeEvent::Closed(why)).await;
+        self.report(NodeEvent::Closed(why.to_string())).await;
     }
 
     async fn report(&self, event: NodeEvent) -> bool {
@@ -151,7 +151,7 @@ impl Connection {
     }
 
     /// Runs the connection until it fails; returns why.
-    async fn serve(&mut self) -> String {
+    async fn serve(&mut self) -> NodeError {
         let mut stream = match open(&self.addr, &self.settings).await {
             Ok(stream) => stream,
             Err(why) => return why,
@@ -162,12 +162,12 @@ impl Connection {
             return why;
         }
         if !self.report(NodeEvent::Connected).await {
-            return "shutting down".into();
+            return NodeError::ShuttingDown;
         }
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => {
-                    let Some(cmd) = cmd else { return "closed by the engine".into() };
+                    let Some(cmd) = cmd else { return NodeError::ShuttingDown };
                     // TLS buffers what it encrypts: flush sends it.
                     let write = async {
                         stream.write_all(&cmd).await?;
@@ -175,25 +175,25 @@ impl Connection {
                     };
                     match tokio::time::timeout(self.settings.response_timeout, write).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => return format!("write: {e}"),
-                        Err(_) => return "write timed out".into(),
+                        Ok(Err(e)) => return NodeError::Write(e),
+                        Err(_) => return NodeError::WriteTimeout,
                     }
                 }
                 read = stream.read_buf(&mut buf) => {
                     match read {
-                        Ok(0) => return "connection closed by Redis".into(),
+                        Ok(0) => return NodeError::Closed,
                         Ok(_) => {}
-                        Err(e) => return format!("read: {}", tls::explain(e)),
+                        Err(e) => return NodeError::Read(tls::explain(e)),
                     }
                     loop {
                         match decoder.decode(&mut buf) {
                             Ok(Some(frame)) => {
                                 if !self.handle(frame).await {
-                                    return "shutting down".into();
+                                    return NodeError::ShuttingDown;
                                 }
                             }
                             Ok(None) => break,
-                            Err(e) => return e.to_string(),
+                            Err(e) => return e.into(),
                         }
                     }
                     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -257,35 +257,78 @@ impl Connection {
     }
 }
 
+/// Why a connection of our own to one cluster node failed, or ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NodeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error("read: {0}")]
+    Read(String),
+    #[error("connection closed by Redis")]
+    Closed,
+    #[error("no reply in time")]
+    NoReply,
+    #[error("{0}")]
+    Resp(#[from] super::resp::RespError),
+    #[error("{command} refused: {message}")]
+    Refused {
+        command: &'static str,
+        message: String,
+    },
+    #[error("unexpected {command} reply {reply}")]
+    Unexpected {
+        command: &'static str,
+        reply: String,
+    },
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
 /// Connects to `addr` (TLS handshake too, on a `rediss://` cluster) within
 /// the connect timeout.
-async fn open(addr: &NodeAddr, settings: &NodeSettings) -> Result<NodeStream, String> {
+async fn open(addr: &NodeAddr, settings: &NodeSettings) -> Result<NodeStream, NodeError> {
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
     let connect = TcpStream::connect((addr.host.as_str(), addr.port));
     let tcp = match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
-        Err(_) => return Err("connect timed out".into()),
+        Ok(Err(e)) => return Err(NodeError::Connect(e)),
+        Err(_) => return Err(NodeError::ConnectTimeout),
     };
     let _ = tcp.set_nodelay(true);
     let Some(connector) = &settings.tls else {
         return Ok(NodeStream::Plain(tcp));
     };
-    let name = tls::server_name(&addr.host).map_err(|why| format!("TLS: {why}"))?;
+    let name = tls::server_name(&addr.host).map_err(NodeError::Tls)?;
     match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(NodeStream::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(format!("TLS handshake: {}", tls::explain(e))),
-        Err(_) => Err("TLS handshake timed out".into()),
+        Ok(Err(e)) => Err(NodeError::Tls(format!("handshake: {}", tls::explain(e)))),
+        Err(_) => Err(NodeError::TlsTimeout),
     }
 }
 
 /// Connects to `addr` as a pub/sub connection would and sends `PING`: why
 /// that fails, to say more than "timed out" when the cluster is unreadable.
-pub(crate) async fn check(addr: &NodeAddr, settings: &NodeSettings) -> Result<(), String> {
+pub(crate) async fn check(addr: &NodeAddr, settings: &NodeSettings) -> Result<(), NodeError> {
     match query(addr, settings, &redis::cmd("PING")).await? {
         Frame::Simple(_) => Ok(()),
-        Frame::Error(e) => Err(format!("PING refused: {e}")),
-        other => Err(format!("unexpected PING reply {other:?}")),
+        Frame::Error(message) => Err(NodeError::Refused {
+            command: "PING",
+            message,
+        }),
+        other => Err(NodeError::Unexpected {
+            command: "PING",
+            reply: format!("{other:?}"),
+        }),
     }
 }
 
@@ -296,7 +339,7 @@ pub(crate) async fn query(
     addr: &NodeAddr,
     settings: &NodeSettings,
     cmd: &redis::Cmd,
-) -> Result<Frame, String> {
+) -> Result<Frame, NodeError> {
     let mut stream = open(addr, settings).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut decoder = Decoder;
@@ -310,7 +353,7 @@ async fn authenticate(
     stream: &mut NodeStream,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     let Some(password) = &settings.auth.password else {
         return Ok(());
     };
@@ -321,9 +364,15 @@ async fn authenticate(
     cmd.arg(password);
     match exchange(settings, stream, buf, decoder, &cmd).await {
         Ok(Frame::Simple(_)) => Ok(()),
-        Ok(Frame::Error(e)) => Err(format!("AUTH refused: {e}")),
-        Ok(other) => Err(format!("unexpected AUTH reply {other:?}")),
-        Err(e) => Err(format!("AUTH: {e}")),
+        Ok(Frame::Error(message)) => Err(NodeError::Refused {
+            command: "AUTH",
+            message,
+        }),
+        Ok(other) => Err(NodeError::Unexpected {
+            command: "AUTH",
+            reply: format!("{other:?}"),
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -334,27 +383,27 @@ async fn exchange(
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     cmd: &redis::Cmd,
-) -> Result<Frame, String> {
+) -> Result<Frame, NodeError> {
     let exchange = async {
         stream
             .write_all(&cmd.get_packed_command())
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        stream.flush().await.map_err(|e| format!("write: {e}"))?;
+            .map_err(NodeError::Write)?;
+        stream.flush().await.map_err(NodeError::Write)?;
         loop {
-            if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
+            if let Some(frame) = decoder.decode(buf)? {
                 return Ok(frame);
             }
             match stream.read_buf(buf).await {
-                Ok(0) => return Err("connection closed before the reply".to_string()),
+                Ok(0) => return Err(NodeError::Closed),
                 Ok(_) => {}
-                Err(e) => return Err(format!("read: {}", tls::explain(e))),
+                Err(e) => return Err(NodeError::Read(tls::explain(e))),
             }
         }
     };
     tokio::time::timeout(settings.response_timeout, exchange)
         .await
-        .map_err(|_| "no reply in time".to_string())?
+        .map_err(|_| NodeError::NoReply)?
 }
 
 /// A connection to a master: plain TCP, or TLS on a `rediss://` cluster.
