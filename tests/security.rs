@@ -1118,6 +1118,28 @@ async fn accepted_credentials_connect_and_rest_refusals_are_exact() {
             "/ws".to_string(),
             header("sec-websocket-protocol", &proto),
         ),
+        // The seeds' routes take the same credentials (ESCAI's monitor and AI
+        // Council's request route, seeds 003 and 004).
+        (
+            "Authorization header on the ESCAI route",
+            "/ws/monitor/creds".to_string(),
+            header("authorization", &bearer),
+        ),
+        (
+            "subprotocol on the ESCAI route",
+            "/ws/monitor/creds".to_string(),
+            header("sec-websocket-protocol", &proto),
+        ),
+        (
+            "Authorization header on the AI Council route",
+            "/api/v1/ws/creds".to_string(),
+            header("authorization", &bearer),
+        ),
+        (
+            "subprotocol on the AI Council route",
+            "/api/v1/ws/creds".to_string(),
+            header("sec-websocket-protocol", &proto),
+        ),
         ("RS256", format!("/ws?token={rs_ok}"), vec![]),
         ("ES256", format!("/ws?token={es_ok}"), vec![]),
         (
