@@ -538,6 +538,14 @@ mod tests {
 
     fn shard(max_held: usize) -> (Shard, Arc<super::super::Resyncs>) {
         let (_tx, rx) = mpsc::channel(16);
+        shard_on(rx, max_held)
+    }
+
+    /// A shard that reads its commands from `rx`.
+    fn shard_on(
+        rx: mpsc::Receiver<ShardCmd>,
+        max_held: usize,
+    ) -> (Shard, Arc<super::super::Resyncs>) {
         let resyncs = Arc::new(super::super::Resyncs::default());
         let shard = Shard::new(
             rx,
@@ -831,15 +839,7 @@ mod tests {
     #[tokio::test]
     async fn deliveries_queued_meanwhile_are_coalesced_per_channel_and_group() {
         let (tx, rx) = mpsc::channel(64);
-        let resyncs = Arc::new(super::super::Resyncs::default());
-        let shard = Shard::new(
-            rx,
-            metrics(),
-            100,
-            vec![HeartbeatConfig::default()],
-            resyncs,
-            DeflateConfig::default(),
-        );
+        let (shard, _) = shard_on(rx, 100);
         // a and b share a group; c takes the native form; d filters; e is on
         // another channel. a and e cannot write: each write they get queues.
         let (a, mut a_peer) = blocked(1).await;
@@ -897,15 +897,7 @@ mod tests {
     #[tokio::test]
     async fn a_join_between_deliveries_splits_the_batch() {
         let (tx, rx) = mpsc::channel(64);
-        let resyncs = Arc::new(super::super::Resyncs::default());
-        let shard = Shard::new(
-            rx,
-            metrics(),
-            100,
-            vec![HeartbeatConfig::default()],
-            resyncs,
-            DeflateConfig::default(),
-        );
+        let (shard, _) = shard_on(rx, 100);
         let (old, mut old_peer) = conn_pair(1, 1 << 20).await;
         let (new, mut new_peer) = conn_pair(2, 1 << 20).await;
         let commands = vec![
@@ -934,15 +926,7 @@ mod tests {
     #[tokio::test]
     async fn regroup_moves_a_subscriber_in_order_with_deliveries() {
         let (tx, rx) = mpsc::channel(64);
-        let resyncs = Arc::new(super::super::Resyncs::default());
-        let shard = Shard::new(
-            rx,
-            metrics(),
-            100,
-            vec![HeartbeatConfig::default()],
-            resyncs,
-            DeflateConfig::default(),
-        );
+        let (shard, _) = shard_on(rx, 100);
         let (mover, mut mover_peer) = conn_pair(1, 1 << 20).await;
         let (stayer, mut stayer_peer) = conn_pair(2, 1 << 20).await;
         let (former, mut former_peer) = conn_pair(3, 1 << 20).await;
