@@ -204,7 +204,7 @@ async fn standalone(mut args: StandaloneArgs, shutdown: CancellationToken) -> an
             events,
             presence: Presence::Local,
             sessions: SessionStore::memory(args.server.session_ttl),
-            council: CouncilStore::memory(config.dialects.council.retention),
+            council: CouncilStore::memory(config.dialects.council.record_ttl()),
             control: None,
         },
         config,
@@ -258,7 +258,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let registry = Arc::new(Registry::new(&config.replica_id));
     let (council, council_writer) = CouncilStore::redis(
         engine.clone(),
-        config.dialects.council.retention,
+        config.dialects.council.record_ttl(),
         config.dialects.council.ack_flush_interval,
         engine_stop.clone(),
     );
@@ -450,7 +450,8 @@ async fn demo_data(args: DemoDataArgs, shutdown: CancellationToken) -> anyhow::R
 }
 
 /// Gives the `council` namespace the AI Council route's history: its events
-/// (`--council-history-size`) kept for `--council-retention`.
+/// (`--council-history-size`) kept for `--council-retention`, its position
+/// for `--council-tombstone` longer.
 fn with_dialect_history(
     mut history: HistoryConfig,
     config: &GatewayConfig,
@@ -469,6 +470,7 @@ fn with_dialect_history(
         crate::engine::HistoryPolicy {
             size: council.history_size,
             ttl: council.retention,
+            tombstone: council.tombstone,
         },
     );
     Ok(history)

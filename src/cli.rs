@@ -996,6 +996,7 @@ impl HistoryArgs {
             default: HistoryPolicy {
                 size: self.history_size,
                 ttl: self.history_ttl,
+                tombstone: Duration::ZERO,
             },
             namespaces: self
                 .namespace_history
@@ -1015,7 +1016,14 @@ fn parse_namespace_history(s: &str) -> Result<(String, HistoryPolicy), String> {
     if ns.is_empty() {
         return Err(usage());
     }
-    Ok((ns.trim().to_string(), HistoryPolicy { size, ttl }))
+    Ok((
+        ns.trim().to_string(),
+        HistoryPolicy {
+            size,
+            ttl,
+            tombstone: Duration::ZERO,
+        },
+    ))
 }
 
 /// When the collector runs.
@@ -1583,11 +1591,20 @@ pub struct DialectArgs {
     #[arg(long, env = "SWITCHBOARD_COUNCIL_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub council_idle_timeout: Duration,
 
-    /// AI Council route: how long a request's events, acknowledgements and
-    /// owner are kept after its last event (older events are reported to a
-    /// reconnecting client as expired, never skipped silently).
+    /// AI Council route: how long a request's events are kept after its last
+    /// event (older events are reported to a reconnecting client as expired,
+    /// never skipped silently).
     #[arg(long, env = "SWITCHBOARD_COUNCIL_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub council_retention: Duration,
+
+    /// AI Council route: how much longer than --council-retention a request's
+    /// newest message_id, owner and acknowledgements are kept (a few bytes per
+    /// request and user), so that a client reconnecting after its events
+    /// expired is told which it missed (events_expired) instead of finding an
+    /// empty request. Past both, the request is forgotten. 0 forgets it with
+    /// its events.
+    #[arg(long, env = "SWITCHBOARD_COUNCIL_TOMBSTONE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub council_tombstone: Duration,
 
     /// AI Council route: events kept per request (the history of the `council` namespace).
     #[arg(
@@ -1644,6 +1661,7 @@ impl DialectArgs {
                 heartbeat_interval: self.council_heartbeat_interval,
                 idle_timeout: self.council_idle_timeout,
                 retention: self.council_retention,
+                tombstone: self.council_tombstone,
                 history_size: self.council_history_size,
                 ack_flush_interval: self.council_ack_flush_interval,
             },

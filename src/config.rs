@@ -163,9 +163,14 @@ pub struct CouncilConfig {
     pub heartbeat_interval: Duration,
     /// Time a client may send nothing before it is closed with 4003 (0 disables).
     pub idle_timeout: Duration,
-    /// How long a request's events, acknowledgements and owner are kept after
-    /// its last event (the seed's `cleanup_old_data(max_age_hours=24)`).
+    /// How long a request's events are kept after its last event (the seed's
+    /// `cleanup_old_data(max_age_hours=24)`).
     pub retention: Duration,
+    /// How much longer than `retention` the request's position (its newest
+    /// `message_id`), owner and acknowledgements are kept: a client that
+    /// reconnects after the events expired is told which it missed
+    /// (`events_expired`) rather than finding an empty request.
+    pub tombstone: Duration,
     /// Events kept per request (the history of the `council` namespace).
     pub history_size: usize,
     /// How long acknowledgements are coalesced before they are written to
@@ -174,12 +179,21 @@ pub struct CouncilConfig {
     pub ack_flush_interval: Duration,
 }
 
+impl CouncilConfig {
+    /// How long a request's owner, acknowledgements and position are kept
+    /// after its last write: the retention and the tombstone.
+    pub fn record_ttl(&self) -> Duration {
+        self.retention.saturating_add(self.tombstone)
+    }
+}
+
 impl Default for CouncilConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             retention: Duration::from_secs(24 * 3600),
+            tombstone: Duration::from_secs(7 * 24 * 3600),
             history_size: 10_000,
             ack_flush_interval: Duration::from_millis(500),
         }

@@ -30,6 +30,7 @@ fn history() -> HistoryConfig {
         default: HistoryPolicy {
             size: 5,
             ttl: Duration::from_secs(60),
+            tombstone: Duration::ZERO,
         },
         ..HistoryConfig::default()
     };
@@ -38,6 +39,7 @@ fn history() -> HistoryConfig {
         HistoryPolicy {
             size: 0,
             ttl: Duration::from_secs(60),
+            tombstone: Duration::ZERO,
         },
     );
     h

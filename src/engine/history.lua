@@ -3,7 +3,7 @@
 -- ARGV[1] return entries with offset > this
 -- ARGV[2] at most this many entries (0 = position only)
 -- ARGV[3] epoch to create if the channel has none (so the next publish continues it)
--- ARGV[4] history TTL in milliseconds (for a newly created epoch)
+-- ARGV[4] meta TTL in milliseconds (for a newly created epoch; 0 = none)
 -- Returns {epoch, top offset, entries} where entries is XRANGE's reply.
 local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
 local epoch, top = meta[1], meta[2]

@@ -78,6 +78,19 @@ pub struct HistoryPolicy {
     pub size: usize,
     /// How long history (and the channel's epoch) outlives the last publish.
     pub ttl: Duration,
+    /// How much longer than `ttl` the channel's position (epoch and newest
+    /// offset) is kept without its entries: a reader within it finds the
+    /// offsets it missed reported as a gap (`recovered: false`, the AI
+    /// Council's `events_expired`) instead of a new, empty channel whose
+    /// offsets start again at 1.
+    pub tombstone: Duration,
+}
+
+impl HistoryPolicy {
+    /// How long the channel's position outlives the last publish.
+    pub fn position_ttl(&self) -> Duration {
+        self.ttl.saturating_add(self.tombstone)
+    }
 }
 
 impl Default for HistoryPolicy {
@@ -85,6 +98,7 @@ impl Default for HistoryPolicy {
         Self {
             size: 1000,
             ttl: Duration::from_secs(600),
+            tombstone: Duration::ZERO,
         }
     }
 }

@@ -225,7 +225,8 @@ impl RedisEngine {
                 .arg(epoch.as_str())
                 .arg(if options.snapshot { "1" } else { "0" })
                 .arg(&version)
-                .arg(self.publish_command);
+                .arg(self.publish_command)
+                .arg(policy.position_ttl().as_millis() as u64);
             pipe.cmd("WAIT")
                 .arg(self.config.wait_replicas)
                 .arg(self.config.wait_timeout.as_millis() as u64);
@@ -380,6 +381,7 @@ impl Engine for RedisEngine {
             .arg(if options.snapshot { "1" } else { "0" })
             .arg(options.version.map(|v| v.to_string()).unwrap_or_default())
             .arg(self.publish_command)
+            .arg(policy.position_ttl().as_millis() as u64)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -401,7 +403,7 @@ impl Engine for RedisEngine {
             .arg(after)
             .arg(limit)
             .arg(Epoch::random().as_str())
-            .arg(policy.ttl.as_millis() as u64)
+            .arg(policy.position_ttl().as_millis() as u64)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

@@ -159,6 +159,7 @@ mod tests {
                 default: HistoryPolicy {
                     size: case.history,
                     ttl: Duration::from_secs(600),
+                    tombstone: Duration::ZERO,
                 },
                 namespaces: HashMap::new(),
             },

@@ -30,6 +30,7 @@ pub const CHANNEL: &str = "sys:stats";
 pub const HISTORY: HistoryPolicy = HistoryPolicy {
     size: 240,
     ttl: Duration::from_secs(600),
+    tombstone: Duration::ZERO,
 };
 
 /// Gives the `sys` namespace its small history unless one was configured.
@@ -294,6 +295,7 @@ mod tests {
         let mine = HistoryPolicy {
             size: 5,
             ttl: Duration::from_secs(1),
+            tombstone: Duration::ZERO,
         };
         configured.namespaces.insert("sys".into(), mine);
         assert_eq!(with_system_history(configured).policy(&stats), mine);

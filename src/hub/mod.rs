@@ -996,6 +996,7 @@ mod tests {
             let policy = HistoryPolicy {
                 size: history,
                 ttl: Duration::from_secs(600),
+                tombstone: Duration::ZERO,
             };
             let engine = Arc::new(MemoryEngine::new(
                 HistoryConfig {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::common::{Client, Nginx, http_request};
+use crate::common::{self, Client, Nginx, http_request};
 use crate::{API_KEY, Fleet, WAIT, now, publish, token};
 
 const CHANNEL: &str = "council:req-123";
@@ -101,34 +101,37 @@ fn wait_listed(fleet: &Fleet, port: u16, replica: Option<&str>) -> Value {
 /// written within half a second).
 fn wait_acks_stored(fleet: &Fleet, user: &str, ids: &[u64]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let mut redis = fleet.redis.connection().await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("switchboard:council:acks:*:{CHANNEL}:{user}"))
-                .query_async(&mut redis)
-                .await
-                .expect("KEYS");
-            if let Some(key) = keys.first() {
-                let mut all = true;
-                for id in ids {
-                    let bit: u8 = redis::cmd("GETBIT")
-                        .arg(key)
-                        .arg(*id)
-                        .query_async(&mut redis)
-                        .await
-                        .expect("GETBIT");
-                    all &= bit == 1;
-                }
-                if all {
-                    return;
-                }
+    rt.block_on(acks_stored(fleet, CHANNEL, user, ids));
+}
+
+/// Waits until Redis holds `user`'s acknowledgement of each of `ids` on `channel`.
+async fn acks_stored(fleet: &Fleet, channel: &str, user: &str, ids: &[u64]) {
+    let mut redis = fleet.redis.connection().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("switchboard:council:acks:*:{channel}:{user}"))
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS");
+        if let Some(key) = keys.first() {
+            let mut all = true;
+            for id in ids {
+                let bit: u8 = redis::cmd("GETBIT")
+                    .arg(key)
+                    .arg(*id)
+                    .query_async(&mut redis)
+                    .await
+                    .expect("GETBIT");
+                all &= bit == 1;
             }
-            assert!(Instant::now() < deadline, "acks {ids:?} were not stored");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if all {
+                return;
+            }
         }
-    });
+        assert!(Instant::now() < deadline, "acks {ids:?} were not stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]
@@ -448,4 +451,97 @@ async fn acking_every_event_of_a_burst_is_never_a_flood_and_silence_ends_with_40
         client.closed_code(Duration::from_secs(15)).await,
         Some(4003)
     );
+}
+
+/// A request whose events all expired (history, and with it what a replay
+/// could send) is not mistaken for a new, empty one: its position, owner and
+/// acknowledgements outlive the events by `--council-tombstone`, so the
+/// returning client is told exactly which unacknowledged events it missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_events_all_expired_reports_them_to_a_returning_client() {
+    let fleet = Fleet::start(&["--council-retention", "2s", "--council-tombstone", "1h"]);
+    let channel = "council:req-gone";
+    for i in 1..=3 {
+        let mut body = json!({"channel": channel, "data": {"type": "step", "data": {"n": i}}});
+        if i == 1 {
+            body["owner"] = json!("alice");
+        }
+        let (status, reply) = publish(&fleet.b, &body);
+        assert_eq!(status, 200, "{reply}");
+    }
+    let alice = council_token("alice");
+    let url = |gw: &common::Switchboard| gw.ws_url(&format!("/api/v1/ws/req-gone?token={alice}"));
+
+    // Alice reads the three events and acknowledges the second.
+    let mut client = Client::connect(&url(&fleet.a)).await;
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let v = client.recv_json().await;
+        assert_eq!(v["type"], "step", "{v}");
+        ids.push(v["message_id"].as_u64().expect("message_id"));
+    }
+    assert_eq!(ids, [1, 2, 3]);
+    client.send_text(r#"{"type":"ack","message_id":2}"#).await;
+    acks_stored(&fleet, channel, "alice", &[2]).await;
+    drop(client);
+
+    // The retention passes: Redis drops the request's events.
+    let mut redis = fleet.redis.connection().await;
+    let history = format!("switchboard:{{{channel}}}:history");
+    let meta = format!("switchboard:{{{channel}}}:meta");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let exists: u8 = redis::cmd("EXISTS")
+            .arg(&history)
+            .query_async(&mut redis)
+            .await
+            .expect("EXISTS");
+        if exists == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the history never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let position: u8 = redis::cmd("EXISTS")
+        .arg(&meta)
+        .query_async(&mut redis)
+        .await
+        .expect("EXISTS");
+    assert_eq!(position, 1, "the request's position outlives its events");
+
+    // Back on the other replica: the two unacknowledged events are reported
+    // as expired, the acknowledged one is not, and nothing is replayed.
+    let mut client = Client::connect(&url(&fleet.b)).await;
+    assert_eq!(client.recv_json().await["type"], "connection_established");
+    let report = client.recv_json().await;
+    assert_eq!(report["type"], "error", "{report}");
+    assert_eq!(report["data"]["code"], "events_expired", "{report}");
+    assert_eq!(report["data"]["missing"], 2, "{report}");
+    assert_eq!(report["data"]["first_missing"], 1, "{report}");
+    assert_eq!(report["data"]["last_missing"], 3, "{report}");
+    client.send_text(r#"{"type":"ping"}"#).await;
+    let next = client.recv_json().await;
+    assert_eq!(next["type"], "pong", "no replay after the report: {next}");
+
+    // The request goes on where it was: the next event is 4, live.
+    let (status, reply) = publish(
+        &fleet.a,
+        &json!({"channel": channel, "data": {"type": "step", "data": {"n": 4}}}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["offset"], 4, "{reply}");
+    let live = client.recv_until(WAIT, |v| v["type"] == "step").await;
+    assert_eq!(live["message_id"], 4, "{live}");
+
+    // And it is still alice's.
+    let bob = council_token("bob");
+    let refusal = Client::connect_or_refusal(
+        &fleet.a.ws_url(&format!("/api/v1/ws/req-gone?token={bob}")),
+        &[],
+    )
+    .await
+    .err()
+    .expect("bob is refused");
+    assert_eq!(refusal.status, 403);
 }

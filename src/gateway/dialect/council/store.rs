@@ -3,7 +3,10 @@
 //! connected to it. In Redis on a gateway (every replica sees the same), in
 //! the process on `standalone`.
 //!
-//! Redis keys, under the prefix, each expiring `retention` after its last write:
+//! Redis keys, under the prefix, each expiring `ttl` after its last write
+//! (`--council-retention` plus `--council-tombstone`: they outlive the
+//! request's events, so that what expired can still be told apart from what
+//! was acknowledged):
 //!
 //! | key | what |
 //! |---|---|
@@ -124,7 +127,7 @@ pub enum Claim {
 /// See the module documentation.
 pub struct CouncilStore {
     backend: Backend,
-    retention: Duration,
+    ttl: Duration,
 }
 
 enum Backend {
@@ -186,10 +189,10 @@ fn acks_key(epoch: &Epoch, channel: &ChannelName, user: &str) -> String {
 
 impl CouncilStore {
     /// Everything in this process (standalone).
-    pub fn memory(retention: Duration) -> Self {
+    pub fn memory(ttl: Duration) -> Self {
         Self {
             backend: Backend::Memory(Mutex::new(Memory::default())),
-            retention,
+            ttl,
         }
     }
 
@@ -199,7 +202,7 @@ impl CouncilStore {
     /// ([`AckWriter::finish`] waits for it).
     pub fn redis(
         engine: Arc<RedisEngine>,
-        retention: Duration,
+        ttl: Duration,
         flush_interval: Duration,
         shutdown: CancellationToken,
     ) -> (Self, AckWriter) {
@@ -209,7 +212,7 @@ impl CouncilStore {
             engine.clone(),
             rx,
             WriterTiming {
-                retention,
+                ttl,
                 flush_interval,
             },
             flush.clone(),
@@ -221,7 +224,7 @@ impl CouncilStore {
                 acks: tx,
                 flush,
             },
-            retention,
+            ttl,
         };
         (store, AckWriter(writer))
     }
@@ -234,20 +237,15 @@ impl CouncilStore {
         }
     }
 
-    /// How long a request's records outlive their last write.
-    pub fn retention(&self) -> Duration {
-        self.retention
-    }
-
-    fn memory_lock(memory: &Mutex<Memory>, retention: Duration) -> MutexGuard<'_, Memory> {
+    fn memory_lock(memory: &Mutex<Memory>, ttl: Duration) -> MutexGuard<'_, Memory> {
         let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
         // Expired records go at most once a minute, so a lookup stays cheap.
         if m.swept
             .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
         {
-            m.owners.retain(|_, (_, t)| t.elapsed() < retention);
-            m.acks.retain(|_, (_, t)| t.elapsed() < retention);
-            m.connects.retain(|_, (_, t)| t.elapsed() < retention);
+            m.owners.retain(|_, (_, t)| t.elapsed() < ttl);
+            m.acks.retain(|_, (_, t)| t.elapsed() < ttl);
+            m.connects.retain(|_, (_, t)| t.elapsed() < ttl);
             m.swept = Some(Instant::now());
         }
         m
@@ -275,7 +273,7 @@ impl CouncilStore {
         let key = format!("council:owner:{channel}");
         match &self.backend {
             Backend::Memory(memory) => {
-                let mut m = Self::memory_lock(memory, self.retention);
+                let mut m = Self::memory_lock(memory, self.ttl);
                 match m.owners.get_mut(&key) {
                     Some((current, _)) if current != owner => Ok(Claim::Other(current.clone())),
                     Some((_, touched)) => {
@@ -293,7 +291,7 @@ impl CouncilStore {
                 let (code, current): (i64, String) = redis::Script::new(CLAIM_SCRIPT)
                     .key(engine.keys().global(&key))
                     .arg(owner)
-                    .arg(self.retention.as_millis() as u64)
+                    .arg(self.ttl.as_millis() as u64)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
@@ -310,7 +308,7 @@ impl CouncilStore {
     pub async fn owner(&self, channel: &ChannelName) -> Result<Option<String>, EngineError> {
         let key = format!("council:owner:{channel}");
         match &self.backend {
-            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.retention)
+            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.ttl)
                 .owners
                 .get(&key)
                 .map(|(o, _)| o.clone())),
@@ -330,7 +328,7 @@ impl CouncilStore {
         let key = format!("council:connects:{channel}:{user}");
         match &self.backend {
             Backend::Memory(memory) => {
-                let mut m = Self::memory_lock(memory, self.retention);
+                let mut m = Self::memory_lock(memory, self.ttl);
                 let entry = m.connects.entry(key).or_insert((0, Instant::now()));
                 entry.0 += 1;
                 entry.1 = Instant::now();
@@ -344,7 +342,7 @@ impl CouncilStore {
                     .arg(&key)
                     .cmd("PEXPIRE")
                     .arg(&key)
-                    .arg(self.retention.as_millis() as u64)
+                    .arg(self.ttl.as_millis() as u64)
                     .query_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
@@ -362,7 +360,7 @@ impl CouncilStore {
     ) -> Result<AckSet, EngineError> {
         let key = acks_key(epoch, channel, user);
         match &self.backend {
-            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.retention)
+            Backend::Memory(memory) => Ok(Self::memory_lock(memory, self.ttl)
                 .acks
                 .get(&key)
                 .map(|(a, _)| a.clone())
@@ -385,7 +383,7 @@ impl CouncilStore {
         let key = acks_key(epoch, channel, user);
         match &self.backend {
             Backend::Memory(memory) => {
-                let mut m = Self::memory_lock(memory, self.retention);
+                let mut m = Self::memory_lock(memory, self.ttl);
                 let entry = m
                     .acks
                     .entry(key)
@@ -404,7 +402,7 @@ impl CouncilStore {
 }
 
 struct WriterTiming {
-    retention: Duration,
+    ttl: Duration,
     flush_interval: Duration,
 }
 
@@ -415,7 +413,7 @@ async fn ack_writer(
     flush: FlushRequest,
     shutdown: CancellationToken,
 ) {
-    let ttl = timing.retention.as_millis() as i64;
+    let ttl = timing.ttl.as_millis() as i64;
     let interval = timing.flush_interval;
     // Writes not yet stored: a pipeline that failed (Redis unreachable, a
     // master failing over) is sent again — SETBIT is idempotent — so an
