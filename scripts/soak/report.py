@@ -88,6 +88,58 @@ def explained_by(t: float, faults: list[dict], before: float = 2.0, after: float
     return None
 
 
+# Faults that cut or refuse a connection: a bad-input case that ran into one
+# ends the way the fault makes it end, not the way its input would.
+CONNECTION_FAULTS = ("replica_kill", "rolling_restart", "replica_stall", "redis_master_kill")
+# The documented error frames of the cases that send several bad messages on
+# one connection (examples/soak/vandal.rs), in order.
+EXPECTED_FRAMES = {
+    "native_bad_requests": ["invalid_json", "unknown_type", "bad_channel", "invalid_message",
+                            "binary_not_supported", "not_subscribed"],
+    "escai_bad_requests": ["INVALID_JSON", "VALIDATION_ERROR", "AGENT_ACCESS_DENIED", "UNKNOWN_MESSAGE_TYPE"],
+    "council_bad_requests": ["invalid_json", "unknown_message_id", "unknown_type"],
+}
+# The documented answer to a Redis outage: this error frame, then close 1013.
+UNAVAILABLE = ("unavailable", "SERVICE_UNAVAILABLE")
+
+
+def cut_by_fault(case: str, seen: str) -> bool:
+    """Whether an answer is one a fault makes: the connection refused or never
+    answered; or, on a case with several messages, every frame the documented
+    one until the connection was cut (1006) or closed for a Redis outage
+    (`unavailable` then 1013). A wrong frame is never a cut."""
+    if seen.startswith("Failed("):
+        return True
+    m = re.fullmatch(r"Frames\((\[.*\]), (Some\((\d+)\)|None)\)", seen)
+    if not m or case not in EXPECTED_FRAMES:
+        return False
+    try:
+        frames = json.loads(m.group(1))
+    except ValueError:
+        return False
+    close = int(m.group(3)) if m.group(3) else None
+    if close == 1013 and frames and frames[-1] in UNAVAILABLE:
+        frames = frames[:-1]
+    elif close != 1006:
+        return False
+    return frames == EXPECTED_FRAMES[case][:len(frames)]
+
+
+def classify_bad_input(unexpected: list[dict], faults: list[dict]) -> dict:
+    """Splits unexpected bad-input answers into those a replica or Redis fault
+    explains (`cut_by_fault` during a kill, a roll, a stall or a failover) and
+    the rest, which fail the check."""
+    near = [f for f in faults if f["kind"] in CONNECTION_FAULTS]
+    explained, unexplained = [], []
+    for e in unexpected:
+        f = explained_by(e["t"], near, before=20, after=10) if cut_by_fault(e.get("case", ""), e.get("seen", "")) else None
+        if f:
+            explained.append({**e, "fault": f"{f['kind']} {f['target']}"})
+        else:
+            unexplained.append(e)
+    return {"explained": explained, "unexplained": unexplained}
+
+
 def scan_logs(run: Path, faults: list[dict]) -> dict:
     logs = run / "logs"
     levels: Counter = Counter()
@@ -364,7 +416,8 @@ def write(run: Path, plots_wanted: bool = True) -> bool:
     mem = memory(samples, warmup=30 if smoke else 60, min_life=60 if smoke else 180)
     totals = final.get("totals", {})
     bad_input = [e for e in events if e.get("kind") == "bad_input"]
-    bad_unexpected = [e for e in events if e.get("kind") == "bad_input_unexpected"]
+    bad_classified = classify_bad_input([e for e in events if e.get("kind") == "bad_input_unexpected"], faults)
+    bad_unexpected = bad_classified["unexplained"]
     stopped = [e for e in events if e.get("kind") == "stopped_reader"]
     lost_events = [e for e in events if e.get("kind") == "lost"]
     for e in lost_events:
@@ -402,6 +455,7 @@ def write(run: Path, plots_wanted: bool = True) -> bool:
         "no client stuck without a stalled replica": not stuck["unexplained"],
         "no ERROR log line without a fault": not logs["errors_unexplained"],
         "no panic": not logs["panics"],
+        # A case cut by a replica fault is reported apart (see classify_bad_input).
         "every bad input answered as documented": bool(bad_input) and not bad_unexpected if kinds.get("bad_input") else True,
         "every stopped reader closed by the gateway": all(
             e.get("outcome", {}).get("closed_by_gateway") for e in stopped),
@@ -415,7 +469,8 @@ def write(run: Path, plots_wanted: bool = True) -> bool:
         "fault_list": faults, "totals": totals, "publishes_by_kind": final.get("publishes_by_kind"),
         "collector": final.get("collector"), "stuck": stuck, "logs": logs, "memory": mem,
         "latency_per_minute": per_minute(timeseries), "bad_input": {"bursts": len(bad_input),
-                                                                    "unexpected": bad_unexpected},
+                                                                    "unexpected": bad_unexpected,
+                                                                    "cut_by_a_fault": bad_classified["explained"]},
         "stopped_readers": stopped, "slow_consumer_closes": slow_closes,
         "lost_events": lost_events[:100], "plots": files,
         "connect_failures": dict(connect_failures.most_common(20)),
@@ -546,9 +601,13 @@ def markdown(r: dict) -> str:
     if r["stuck"]["unexplained"]:
         out += ["```"] + [json.dumps(e) for e in r["stuck"]["unexplained"][:20]] + ["```"]
     out += ["", "## Bad input and stopped readers", "",
-            f"{r['bad_input']['bursts']} bursts; unexpected answers: {len(r['bad_input']['unexpected'])}"]
+            f"{r['bad_input']['bursts']} bursts; unexpected answers: {len(r['bad_input']['unexpected'])}; "
+            f"cases cut by a replica or Redis fault (connection closed 1006 or refused, or `unavailable` / 1013 "
+            f"during a failover): {len(r['bad_input'].get('cut_by_a_fault', []))}"]
     if r["bad_input"]["unexpected"]:
         out += ["```"] + [json.dumps(e) for e in r["bad_input"]["unexpected"][:20]] + ["```"]
+    if r["bad_input"].get("cut_by_a_fault"):
+        out += ["", "Cut by a fault:", "```"] + [json.dumps(e) for e in r["bad_input"]["cut_by_a_fault"][:20]] + ["```"]
     out += ["", f"Stopped readers: {len(r['stopped_readers'])}; gateway slow-consumer closes: {r['slow_consumer_closes']:.0f}", "```"]
     out += [json.dumps(e) for e in r["stopped_readers"]] + ["```"]
     out += ["", "## Collector", "", "```", json.dumps(r.get("collector"), indent=1), "```"]
