@@ -298,7 +298,7 @@ async fn collector(mut args: CollectorArgs, shutdown: CancellationToken) -> anyh
         if args.redis.redis_url.is_none() && args.redis.redis_cluster_urls.is_empty() {
             anyhow::anyhow!("{e}; or set REDIS_URL (seed 001's variable)")
         } else {
-            anyhow::Error::msg(e)
+            anyhow::Error::new(e)
         }
     })?;
     // The federation's peers are read with SCAN from one Redis: by default the

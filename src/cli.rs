@@ -735,12 +735,8 @@ pub struct AuthArgs {
     /// Permissions a name in a token's `roles` claim grants: `NAME=PERM,PERM…`
     /// (e.g. `admin=websocket:admin`). Repeatable; in the variable, separate
     /// roles with `;`. A role not named here grants nothing.
-    #[arg(long, env = "SWITCHBOARD_JWT_ROLE", value_delimiter = ';', value_parser = parse_jwt_role)]
+    #[arg(long, env = "SWITCHBOARD_JWT_ROLE", value_delimiter = ';', value_parser = crate::auth::parse_role)]
     pub jwt_role: Vec<(String, Vec<String>)>,
-}
-
-fn parse_jwt_role(spec: &str) -> Result<(String, Vec<String>), String> {
-    crate::auth::parse_role(spec)
 }
 
 impl AuthArgs {
@@ -1007,12 +1003,28 @@ impl HistoryArgs {
     }
 }
 
-fn parse_namespace_history(s: &str) -> Result<(String, HistoryPolicy), String> {
-    let usage = || format!("expected NAMESPACE=SIZE:TTL such as agents=100:1m, got {s:?}");
+/// Why a `--namespace-history` value is not `NAMESPACE=SIZE:TTL`.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceHistoryError {
+    #[error("expected NAMESPACE=SIZE:TTL such as agents=100:1m, got {0:?}")]
+    Usage(String),
+    #[error("expected NAMESPACE=SIZE:TTL such as agents=100:1m, got {spec:?}: {source}")]
+    Ttl {
+        spec: String,
+        source: humantime::DurationError,
+    },
+}
+
+fn parse_namespace_history(s: &str) -> Result<(String, HistoryPolicy), NamespaceHistoryError> {
+    let usage = || NamespaceHistoryError::Usage(s.to_owned());
     let (ns, rest) = s.split_once('=').ok_or_else(usage)?;
     let (size, ttl) = rest.split_once(':').ok_or_else(usage)?;
     let size = size.trim().parse().map_err(|_| usage())?;
-    let ttl = humantime::parse_duration(ttl.trim()).map_err(|e| format!("{}: {e}", usage()))?;
+    let ttl =
+        humantime::parse_duration(ttl.trim()).map_err(|source| NamespaceHistoryError::Ttl {
+            spec: s.to_owned(),
+            source,
+        })?;
     if ns.is_empty() {
         return Err(usage());
     }

@@ -78,14 +78,25 @@ pub struct Claims {
 /// Role name → the permissions it grants (`--jwt-role admin=websocket:admin`).
 pub type RoleMap = HashMap<String, Vec<String>>;
 
+/// Why a `--jwt-role` value is not `NAME=PERM,PERM…`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleSpecError {
+    #[error("{0:?}: expected NAME=PERMISSION,PERMISSION…")]
+    NoEquals(String),
+    #[error("{0:?}: the role name is empty")]
+    EmptyName(String),
+    #[error("{0:?}: a role must grant at least one permission")]
+    NoPermission(String),
+}
+
 /// Parses one `--jwt-role` value: `NAME=PERM,PERM…`.
-pub fn parse_role(spec: &str) -> Result<(String, Vec<String>), String> {
+pub fn parse_role(spec: &str) -> Result<(String, Vec<String>), RoleSpecError> {
     let (name, perms) = spec
         .split_once('=')
-        .ok_or_else(|| format!("{spec:?}: expected NAME=PERMISSION,PERMISSION…"))?;
+        .ok_or_else(|| RoleSpecError::NoEquals(spec.to_owned()))?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(format!("{spec:?}: the role name is empty"));
+        return Err(RoleSpecError::EmptyName(spec.to_owned()));
     }
     let perms: Vec<String> = perms
         .split(',')
@@ -94,9 +105,7 @@ pub fn parse_role(spec: &str) -> Result<(String, Vec<String>), String> {
         .map(str::to_owned)
         .collect();
     if perms.is_empty() {
-        return Err(format!(
-            "{spec:?}: a role must grant at least one permission"
-        ));
+        return Err(RoleSpecError::NoPermission(spec.to_owned()));
     }
     Ok((name.to_owned(), perms))
 }

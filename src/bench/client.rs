@@ -179,8 +179,8 @@ pub async fn run(
     drop(permit);
     let mut conn = match opened {
         Ok(Ok(conn)) => conn,
-        Ok(Err(label)) => {
-            shared.fail(label);
+        Ok(Err(e)) => {
+            shared.fail(e.to_string());
             return Outcome::default();
         }
         Err(_) => {
@@ -325,8 +325,30 @@ struct Rx<'a> {
     wire: Option<&'a mut Wire>,
 }
 
-/// Connects, upgrades and subscribes; returns a failure label.
-async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, String> {
+/// Why a client's setup (connect, upgrade, subscribe) failed; its text is
+/// the label failures are counted by, so it stays short and bounded.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{}", .0.label())]
+    Connect(wsclient::ConnectError),
+    #[error("write: {0}")]
+    Write(std::io::ErrorKind),
+    #[error("read: {0}")]
+    Read(std::io::ErrorKind),
+    #[error("eof during setup")]
+    Eof,
+    #[error("malformed frame from the server: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad compressed message: {0}")]
+    Inflate(#[from] crate::ws::deflate::InflateError),
+    #[error("error {0}")]
+    Refused(String),
+    #[error("closed {0}")]
+    Closed(u16),
+}
+
+/// Connects, upgrades and subscribes.
+async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, SetupError> {
     let opened = wsclient::connect(
         spec.addr,
         spec.src,
@@ -336,7 +358,7 @@ async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, String> {
         shared.compression,
     )
     .await
-    .map_err(|e| e.label())?;
+    .map_err(SetupError::Connect)?;
     let mut conn = Conn {
         stream: opened.stream,
         buf: opened.rest,
@@ -375,26 +397,23 @@ async fn open(spec: &Spec, shared: &Shared) -> Result<Conn, String> {
 }
 
 impl Conn {
-    async fn send_text(&mut self, text: &[u8]) -> Result<(), String> {
+    async fn send_text(&mut self, text: &[u8]) -> Result<(), SetupError> {
         let mut out = BytesMut::with_capacity(text.len() + 14);
         wsclient::encode(&mut out, OpCode::Text, text);
         self.stream
             .write_all(&out)
             .await
-            .map_err(|e| format!("write: {}", e.kind()))
+            .map_err(|e| SetupError::Write(e.kind()))
     }
 
     /// Reads frames until `want` accepts a text frame (setup only; not fast).
-    async fn expect<T>(&mut self, want: impl Fn(&[u8]) -> Option<T>) -> Result<T, String> {
+    async fn expect<T>(&mut self, want: impl Fn(&[u8]) -> Option<T>) -> Result<T, SetupError> {
         loop {
-            while let Some(f) = frame::parse_server_frame(&self.buf, self.deflate)
-                .map_err(|e| format!("malformed frame from the server: {e}"))?
-            {
+            while let Some(f) = frame::parse_server_frame(&self.buf, self.deflate)? {
                 let mut payload = self.buf[f.start..f.start + f.len].to_vec();
                 self.buf.advance(f.start + f.len);
                 if f.compressed {
-                    payload = crate::ws::deflate::inflate(&payload, MAX_INFLATED)
-                        .map_err(|e| format!("bad compressed message: {e}"))?;
+                    payload = crate::ws::deflate::inflate(&payload, MAX_INFLATED)?;
                 }
                 match f.opcode {
                     OpCode::Text => {
@@ -402,7 +421,7 @@ impl Conn {
                             return Ok(t);
                         }
                         if let Native::Error { code } = fields::native(&payload) {
-                            return Err(format!("error {code}"));
+                            return Err(SetupError::Refused(code.to_string()));
                         }
                     }
                     OpCode::Ping => {
@@ -411,21 +430,20 @@ impl Conn {
                         self.stream
                             .write_all(&out)
                             .await
-                            .map_err(|e| format!("write: {}", e.kind()))?;
+                            .map_err(|e| SetupError::Write(e.kind()))?;
                     }
                     OpCode::Close => {
-                        return Err(format!(
-                            "closed {}",
-                            wsclient::close_code(&payload).unwrap_or(1005)
+                        return Err(SetupError::Closed(
+                            wsclient::close_code(&payload).unwrap_or(1005),
                         ));
                     }
                     _ => {}
                 }
             }
             match self.stream.read_buf(reserve(&mut self.buf)).await {
-                Ok(0) => return Err("eof during setup".into()),
+                Ok(0) => return Err(SetupError::Eof),
                 Ok(_) => {}
-                Err(e) => return Err(format!("read: {}", e.kind())),
+                Err(e) => return Err(SetupError::Read(e.kind())),
             }
         }
     }

@@ -139,17 +139,16 @@ impl Sink {
     }
 
     /// Publishes `data` on channel `i`; returns the offset (0 for a plain publish).
-    async fn publish(&self, i: usize, data: String) -> Result<u64, String> {
+    async fn publish(&self, i: usize, data: String) -> Result<u64, PublishFailure> {
         match self {
             Self::Script {
                 engine, channels, ..
             } => {
-                let json = Json::parse(Bytes::from(data), 8).map_err(|e| e.to_string())?;
-                engine
+                let json = Json::parse(Bytes::from(data), 8)?;
+                Ok(engine
                     .publish(&channels[i], &json, PublishOptions::default())
-                    .await
-                    .map(|p| p.offset)
-                    .map_err(|e| e.to_string())
+                    .await?
+                    .offset)
             }
             Self::Plain { conn, names } => {
                 let mut conn = conn.clone();
@@ -157,12 +156,22 @@ impl Sink {
                     .arg(&names[i])
                     .arg(data)
                     .query_async::<i64>(&mut conn)
-                    .await
-                    .map(|_| 0)
-                    .map_err(|e| e.to_string())
+                    .await?;
+                Ok(0)
             }
         }
     }
+}
+
+/// Why one benchmark publish failed (the first is in the report).
+#[derive(Debug, thiserror::Error)]
+enum PublishFailure {
+    #[error("the generated message is not JSON: {0}")]
+    Json(#[from] crate::json::JsonError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("PUBLISH: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 impl Drop for Sink {
@@ -225,7 +234,8 @@ pub async fn run(
                 Err(e) => {
                     if errors.fetch_add(1, Ordering::Relaxed) == 0 {
                         tracing::warn!(error = %e, "publish failed");
-                        *first_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        *first_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(e.to_string());
                     }
                 }
             }

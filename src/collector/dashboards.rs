@@ -17,7 +17,7 @@ use super::federation::PeerRecord;
 use super::formulas::{NetworkMetrics, PeerView, effective_status, network_metrics};
 use super::metrics::CollectorMetrics;
 use super::reasoning::{self, LOG_EVENTS, ReasoningValues};
-use super::section::{Section, Tracked};
+use super::section::{Section, SourceError, Tracked};
 use super::simulate::{FederationValues, MemoryValues, Simulator};
 use super::snapshot::{Federation, Memory, Peer, Provenance, SyncEvent};
 use crate::channel::ChannelName;
@@ -32,11 +32,11 @@ pub struct PeersValue {
 /// What one cycle read: `None` where the plan is not to read.
 #[derive(Default)]
 pub struct Reads {
-    pub peers: Option<Result<Vec<PeerRecord>, String>>,
-    pub sync: Option<Result<Vec<SyncEvent>, String>>,
-    pub discover: Option<Result<Vec<PeerRecord>, String>>,
-    pub reasoning: Option<Result<ReasoningValues, String>>,
-    pub ark: Option<Result<ArkValues, String>>,
+    pub peers: Option<Result<Vec<PeerRecord>, SourceError>>,
+    pub sync: Option<Result<Vec<SyncEvent>, SourceError>>,
+    pub discover: Option<Result<Vec<PeerRecord>, SourceError>>,
+    pub reasoning: Option<Result<ReasoningValues, SourceError>>,
+    pub ark: Option<Result<ArkValues, SourceError>>,
 }
 
 /// The sections' state across cycles.
@@ -368,14 +368,20 @@ impl Dashboards {
 /// simulate`), as these simulated values, marked simulated with the error.
 fn failed<T: Clone + Default>(
     tracked: &mut Tracked<T>,
-    error: String,
+    error: SourceError,
     now: SystemTime,
     metrics: &CollectorMetrics,
     fallback: Option<T>,
 ) -> (T, Provenance) {
-    let stale = tracked.record(Err(error.clone()), now, metrics);
+    let message = error.to_string();
+    let stale = tracked.record(Err(error), now, metrics);
     match fallback {
-        Some(values) => (values, Provenance::Simulated { error: Some(error) }),
+        Some(values) => (
+            values,
+            Provenance::Simulated {
+                error: Some(message),
+            },
+        ),
         None => stale,
     }
 }

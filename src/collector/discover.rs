@@ -70,7 +70,19 @@ pub enum DiscoverError {
     #[error("GET {url}: body larger than {max} bytes")]
     TooLarge { url: String, max: usize },
     #[error("GET {url}: {reason}")]
-    Format { url: String, reason: String },
+    Format {
+        url: String,
+        reason: PeersFormatError,
+    },
+}
+
+/// Why a `/discover` body is not a list of peers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeersFormatError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("expected an array of peers or {{\"peers\": [...]}}")]
+    Shape,
 }
 
 /// A `/discover` client.
@@ -154,16 +166,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Parses a `/discover` body into peer records, sorted by id.
-pub fn parse_peers(body: &[u8]) -> Result<(Vec<PeerRecord>, usize), String> {
+pub fn parse_peers(body: &[u8]) -> Result<(Vec<PeerRecord>, usize), PeersFormatError> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| PeersFormatError::NotJson(e.to_string()))?;
     let items = match &value {
         serde_json::Value::Array(items) => items,
         serde_json::Value::Object(o) => match o.get("peers") {
             Some(serde_json::Value::Array(items)) => items,
-            _ => return Err("expected an array of peers or {\"peers\": [...]}".into()),
+            _ => return Err(PeersFormatError::Shape),
         },
-        _ => return Err("expected an array of peers or {\"peers\": [...]}".into()),
+        _ => return Err(PeersFormatError::Shape),
     };
     let mut invalid = 0;
     let mut peers = Vec::new();

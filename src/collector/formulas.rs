@@ -41,21 +41,28 @@ impl Default for TrustWeights {
     }
 }
 
+/// Why a `--trust-weights` value is not `TIER=WEIGHT,…`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustWeightsError {
+    #[error("expected TIER=WEIGHT pairs such as {DEFAULT_TRUST_WEIGHTS}, got {0:?}")]
+    Usage(String),
+    #[error("trust weight of {0:?} must be 0 or more")]
+    Negative(String),
+}
+
 impl FromStr for TrustWeights {
-    type Err = String;
+    type Err = TrustWeightsError;
 
     /// `TIER=WEIGHT,…` with `*=WEIGHT` for every other tier (0 if absent).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, TrustWeightsError> {
         let mut tiers = BTreeMap::new();
         let mut other = 0.0;
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let usage = || {
-                format!("expected TIER=WEIGHT pairs such as {DEFAULT_TRUST_WEIGHTS}, got {part:?}")
-            };
+            let usage = || TrustWeightsError::Usage(part.to_owned());
             let (tier, weight) = part.split_once('=').ok_or_else(usage)?;
             let weight: f64 = weight.trim().parse().map_err(|_| usage())?;
             if !weight.is_finite() || weight < 0.0 {
-                return Err(format!("trust weight of {tier:?} must be 0 or more"));
+                return Err(TrustWeightsError::Negative(tier.to_owned()));
             }
             match tier.trim() {
                 "" => return Err(usage()),

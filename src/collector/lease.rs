@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::CollectorMetrics;
+use crate::engine::EngineError;
 use crate::engine::redis::RedisEngine;
 use crate::metrics::RedisOp;
 
@@ -231,55 +232,49 @@ impl Lease {
         }
     }
 
-    async fn try_acquire(&self) -> Result<Acquire, String> {
-        let mut conn = self
-            .engine
-            .connection(RedisOp::Lease)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn try_acquire(&self) -> Result<Acquire, LeaseError> {
+        let mut conn = self.engine.connection(RedisOp::Lease).await?;
         let (acquired, pttl): (i64, i64) = self
             .acquire
             .key(&self.config.key)
             .arg(&self.token)
             .arg(self.config.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(acquire_answer(acquired, pttl))
     }
 
-    async fn try_renew(&self) -> Result<bool, String> {
-        let mut conn = self
-            .engine
-            .connection(RedisOp::Lease)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn try_renew(&self) -> Result<bool, LeaseError> {
+        let mut conn = self.engine.connection(RedisOp::Lease).await?;
         let renewed: i64 = self
             .renew
             .key(&self.config.key)
             .arg(&self.token)
             .arg(self.config.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(renewed == 1)
     }
 
-    async fn try_release(&self) -> Result<(), String> {
-        let mut conn = self
-            .engine
-            .connection(RedisOp::Lease)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn try_release(&self) -> Result<(), LeaseError> {
+        let mut conn = self.engine.connection(RedisOp::Lease).await?;
         let _: i64 = self
             .release
             .key(&self.config.key)
             .arg(&self.token)
             .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
+}
+
+/// Why the lease could not be acquired, renewed or released this time.
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("lease script: {0}")]
+    Script(#[from] redis::RedisError),
 }
 
 /// The acquire script's reply `{acquired, PTTL}`.

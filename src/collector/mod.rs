@@ -54,7 +54,7 @@ use dashboards::{Dashboards, Reads};
 use discover::Discover;
 use federation::{FederationError, FederationRedis};
 use lease::{LeaderState, Lease};
-use section::Section;
+use section::{Section, SourceError};
 use sqlite::Database;
 
 /// The federation dashboard's channel.
@@ -335,13 +335,13 @@ impl Collector {
                 Some(f) if reads_section(Section::Peers) => {
                     let (peers, sync) = tokio::join!(f.peers(), f.sync_events());
                     (
-                        Some(peers.map_err(|e| e.to_string())),
+                        Some(peers.map_err(SourceError::from)),
                         Some(
                             sync.map(|(events, bad)| {
                                 invalid(Section::SyncEvents.name(), bad);
                                 events
                             })
-                            .map_err(|e| e.to_string()),
+                            .map_err(SourceError::from),
                         ),
                     )
                 }
@@ -357,7 +357,7 @@ impl Collector {
                             invalid(Section::Discover.name(), bad);
                             peers
                         })
-                        .map_err(|e| e.to_string()),
+                        .map_err(SourceError::from),
                 ),
                 _ => None,
             }
@@ -371,7 +371,7 @@ impl Collector {
                 Some(db) if reads_section(Section::Reasoning) => Some(
                     db.read(move |c| reasoning::query(c, &params))
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(SourceError::from),
                 ),
                 _ => None,
             }
@@ -384,7 +384,7 @@ impl Collector {
                 Some(db) if reads_section(Section::Ark) => Some(
                     db.read(move |c| ark::query(c, &ark_params))
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(SourceError::from),
                 ),
                 _ => None,
             }

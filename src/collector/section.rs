@@ -8,8 +8,22 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use super::discover::DiscoverError;
+use super::federation::FederationError;
 use super::metrics::CollectorMetrics;
 use super::snapshot::Provenance;
+use super::sqlite::SqliteError;
+
+/// Why a section's source could not be read this cycle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error(transparent)]
+    Database(#[from] SqliteError),
+}
 
 /// The sections, each read from one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,7 +64,7 @@ impl fmt::Display for Section {
 pub struct Tracked<T> {
     section: Section,
     last_good: Option<(T, SystemTime)>,
-    failing: Option<String>,
+    failing: Option<SourceError>,
     ever_read: bool,
     /// A failure is shown with simulated values (`--on-source-failure
     /// simulate`): only what the log says.
@@ -77,7 +91,7 @@ impl<T: Clone + Default> Tracked<T> {
     /// Records this cycle's read and returns the values to show with their provenance.
     pub fn record(
         &mut self,
-        result: Result<T, String>,
+        result: Result<T, SourceError>,
         now: SystemTime,
         metrics: &CollectorMetrics,
     ) -> (T, Provenance) {
@@ -102,7 +116,7 @@ impl<T: Clone + Default> Tracked<T> {
                 (value, Provenance::live())
             }
             Err(error) => {
-                if self.failing.as_deref() != Some(error.as_str()) {
+                if self.failing.as_ref() != Some(&error) {
                     tracing::warn!(
                         section,
                         %error,
@@ -112,7 +126,7 @@ impl<T: Clone + Default> Tracked<T> {
                     self.failing = Some(error.clone());
                 }
                 metrics.source_up.with_label_values(&[section]).set(0);
-                self.stale(error, now)
+                self.stale(error.to_string(), now)
             }
         }
     }
@@ -167,17 +181,15 @@ mod tests {
         let mut t: Tracked<u32> = Tracked::new(Section::Ark);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         assert_eq!(t.record(Ok(7), t0, &metrics), (7, Provenance::live()));
-        let (v, p) = t.record(
-            Err("locked".into()),
-            t0 + Duration::from_millis(2_500),
-            &metrics,
-        );
+        let locked = SourceError::Database(SqliteError::Locked("ark.db".into()));
+        let (v, p) = t.record(Err(locked), t0 + Duration::from_millis(2_500), &metrics);
         assert_eq!(v, 7, "last good value kept");
         assert_eq!(
             p,
             Provenance::Stale {
                 age_seconds: Some(2.5),
-                error: "locked".into()
+                error: "ark.db: database is locked by a writer (still busy after the busy timeout)"
+                    .into()
             }
         );
         assert_eq!(metrics.source_up.with_label_values(&["ark"]).get(), 0);
@@ -192,13 +204,14 @@ mod tests {
     fn never_read_is_stale_without_age_and_default_values() {
         let metrics = CollectorMetrics::register(&crate::metrics::MetricsRegistry::new());
         let mut t: Tracked<Vec<u8>> = Tracked::new(Section::Peers);
-        let (v, p) = t.record(Err("gone".into()), SystemTime::now(), &metrics);
+        let gone = SourceError::Database(SqliteError::Missing("ark.db".into()));
+        let (v, p) = t.record(Err(gone), SystemTime::now(), &metrics);
         assert!(v.is_empty());
         assert_eq!(
             p,
             Provenance::Stale {
                 age_seconds: None,
-                error: "gone".into()
+                error: "ark.db: no such file".into()
             }
         );
         t.seed(vec![1], SystemTime::now());

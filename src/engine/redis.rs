@@ -602,6 +602,16 @@ struct PubSubTask {
 }
 
 /// Why a pub/sub connection's life ended.
+/// Why a (un)subscription on the pub/sub connection failed: the connection
+/// is then replaced.
+#[derive(Debug, thiserror::Error)]
+enum SubscriptionError {
+    #[error("{0}")]
+    Redis(redis::RedisError),
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+}
+
 enum ConnectionEnd {
     Shutdown,
     /// The connection failed; `established` if it had been subscribed first.
@@ -731,8 +741,8 @@ impl PubSubTask {
                 _ = shutdown.cancelled() => return ConnectionEnd::Shutdown,
                 cmd = self.requests.recv() => {
                     let Some(cmd) = cmd else { return ConnectionEnd::Shutdown };
-                    if let Err(why) = self.apply(&mut sink, cmd).await {
-                        return ConnectionEnd::Lost { why, established: true };
+                    if let Err(e) = self.apply(&mut sink, cmd).await {
+                        return ConnectionEnd::Lost { why: e.to_string(), established: true };
                     }
                 }
                 msg = stream.next() => {
@@ -786,7 +796,7 @@ impl PubSubTask {
         &mut self,
         sink: &mut redis::aio::PubSubSink,
         cmd: SubCommand,
-    ) -> Result<(), String> {
+    ) -> Result<(), SubscriptionError> {
         let timeout = self.config.response_timeout * 4;
         match cmd {
             SubCommand::Subscribe(channels, reply) => {
@@ -799,11 +809,12 @@ impl PubSubTask {
                     }
                     Ok(Err(e)) => {
                         let _ = reply.send(Err(unavailable(&e)));
-                        Err(e.to_string())
+                        Err(SubscriptionError::Redis(e))
                     }
                     Err(_) => {
-                        let _ = reply.send(Err(unavailable("SUBSCRIBE timed out")));
-                        Err("SUBSCRIBE timed out".into())
+                        let e = SubscriptionError::TimedOut("SUBSCRIBE");
+                        let _ = reply.send(Err(unavailable(&e)));
+                        Err(e)
                     }
                 }
             }
@@ -816,8 +827,8 @@ impl PubSubTask {
                 let _ = reply.send(Ok(()));
                 match result {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("UNSUBSCRIBE timed out".into()),
+                    Ok(Err(e)) => Err(SubscriptionError::Redis(e)),
+                    Err(_) => Err(SubscriptionError::TimedOut("UNSUBSCRIBE")),
                 }
             }
         }

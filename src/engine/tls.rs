@@ -246,9 +246,19 @@ pub fn client(url: &str, tls: Option<&RedisTls>) -> redis::RedisResult<redis::Cl
 }
 
 /// The name the server's certificate must carry: a host name or an IP address.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host:?} cannot be checked against a TLS certificate: {e}"))
+pub fn server_name(host: &str) -> Result<ServerName<'static>, ServerNameError> {
+    ServerName::try_from(host.to_string()).map_err(|source| ServerNameError {
+        host: host.to_owned(),
+        source,
+    })
+}
+
+/// A host that is neither a DNS name nor an IP address.
+#[derive(Debug, thiserror::Error)]
+#[error("{host:?} cannot be checked against a TLS certificate: {source}")]
+pub struct ServerNameError {
+    host: String,
+    source: rustls::pki_types::InvalidDnsNameError,
 }
 
 /// A connection error with what to do about it, when it is a TLS problem.

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::node::{Auth, NodeEvent, NodeHandle, NodeSettings, Report};
+use self::node::{Auth, NodeError, NodeEvent, NodeHandle, NodeSettings, Report};
 use self::resp::Frame;
 use self::topology::{NodeAddr, Topology};
 use super::connection::{Commands, RedisTarget};
@@ -246,13 +246,14 @@ impl ClusterPubSub {
             let direct =
                 tokio::time::timeout(self.config.response_timeout * 2, self.read_slots_directly())
                     .await
-                    .unwrap_or_else(|_| Err("timed out".into()));
+                    .map_err(|_| "timed out".to_string());
             match direct {
-                Ok((topology, from)) => {
+                Ok(Ok((topology, from))) => {
                     tracing::debug!(reason = %why, node = %from, "Redis Cluster: slot map read from a node directly, the command connections could not");
                     result = Ok(topology);
                 }
-                Err(direct) => result = Err(format!("{why}; directly: {direct}")),
+                Ok(Err(direct)) => result = Err(format!("{why}; directly: {direct}")),
+                Err(timeout) => result = Err(format!("{why}; directly: {timeout}")),
             }
         }
         match result {
@@ -306,7 +307,7 @@ impl ClusterPubSub {
     /// seed nodes, then the masters last known, in turn. The feed then follows
     /// a failover even while the cluster command client is stuck on a master
     /// that is gone (its connections to the other masters do not depend on it).
-    async fn read_slots_directly(&self) -> Result<(Topology, NodeAddr), String> {
+    async fn read_slots_directly(&self) -> Result<(Topology, NodeAddr), ProbeError> {
         let mut candidates = seed_addrs(&self.config.target);
         if let Some(topology) = &self.topology {
             for m in topology.masters() {
@@ -315,23 +316,21 @@ impl ClusterPubSub {
                 }
             }
         }
-        let mut last = "no node to ask".to_string();
+        let mut last = ProbeError::NoNode;
         let cmd = {
             let mut c = redis::cmd("CLUSTER");
             c.arg("SLOTS");
             c
         };
         for addr in candidates {
-            let reply = match node::query(&addr, &self.settings, &cmd).await {
-                Ok(Frame::Error(e)) => Err(format!("{addr}: {e}")),
-                Ok(frame) => Topology::parse(to_value(frame), &self.fallback_host)
-                    .map_err(|e| format!("{addr}: {e}")),
-                Err(e) => Err(format!("{addr}: {e}")),
+            last = match node::query(&addr, &self.settings, &cmd).await {
+                Ok(Frame::Error(message)) => ProbeError::Refused { addr, message },
+                Ok(frame) => match Topology::parse(to_value(frame), &self.fallback_host) {
+                    Ok(topology) => return Ok((topology, addr)),
+                    Err(source) => ProbeError::SlotMap { addr, source },
+                },
+                Err(source) => ProbeError::Node { addr, source },
             };
-            match reply {
-                Ok(topology) => return Ok((topology, addr)),
-                Err(why) => last = why,
-            }
         }
         Err(last)
     }
@@ -961,8 +960,8 @@ pub(crate) fn node_settings(config: &RedisConfig, keys: &Keys) -> NodeSettings {
 pub(crate) async fn cluster_serves(
     target: &RedisTarget,
     settings: &NodeSettings,
-) -> Result<NodeAddr, String> {
-    let mut last = "no seed node".to_string();
+) -> Result<NodeAddr, ProbeError> {
+    let mut last = ProbeError::NoNode;
     let cmd = {
         let mut c = redis::cmd("CLUSTER");
         c.arg("INFO");
@@ -977,14 +976,40 @@ pub(crate) async fn cluster_serves(
                 {
                     return Ok(addr);
                 }
-                return Err(format!("{addr}: cluster_state is not ok"));
+                return Err(ProbeError::NotOk { addr });
             }
-            Ok(Frame::Error(e)) => last = format!("{addr}: {e}"),
-            Ok(other) => last = format!("{addr}: unexpected CLUSTER INFO reply {other:?}"),
-            Err(e) => last = format!("{addr}: {e}"),
+            Ok(Frame::Error(message)) => last = ProbeError::Refused { addr, message },
+            Ok(other) => {
+                last = ProbeError::Unexpected {
+                    addr,
+                    reply: format!("{other:?}"),
+                }
+            }
+            Err(source) => last = ProbeError::Node { addr, source },
         }
     }
     Err(last)
+}
+
+/// Why no node could say what the cluster is (its slot map, its state) on a
+/// connection of our own.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error("no node to ask")]
+    NoNode,
+    #[error("{addr}: {source}")]
+    Node { addr: NodeAddr, source: NodeError },
+    #[error("{addr}: {message}")]
+    Refused { addr: NodeAddr, message: String },
+    #[error("{addr}: {source}")]
+    SlotMap {
+        addr: NodeAddr,
+        source: topology::TopologyError,
+    },
+    #[error("{addr}: cluster_state is not ok")]
+    NotOk { addr: NodeAddr },
+    #[error("{addr}: unexpected CLUSTER INFO reply {reply}")]
+    Unexpected { addr: NodeAddr, reply: String },
 }
 
 /// A RESP frame as the `redis` crate's value (to parse `CLUSTER SLOTS`).

@@ -268,6 +268,8 @@ pub(crate) enum NodeError {
     Tls(String),
     #[error("TLS handshake timed out")]
     TlsTimeout,
+    #[error("TLS: {0}")]
+    ServerName(#[from] tls::ServerNameError),
     #[error("write: {0}")]
     Write(std::io::Error),
     #[error("write timed out")]
@@ -308,7 +310,7 @@ async fn open(addr: &NodeAddr, settings: &NodeSettings) -> Result<NodeStream, No
     let Some(connector) = &settings.tls else {
         return Ok(NodeStream::Plain(tcp));
     };
-    let name = tls::server_name(&addr.host).map_err(NodeError::Tls)?;
+    let name = tls::server_name(&addr.host)?;
     match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(NodeStream::Tls(Box::new(stream))),
         Ok(Err(e)) => Err(NodeError::Tls(format!("handshake: {}", tls::explain(e)))),

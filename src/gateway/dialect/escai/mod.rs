@@ -69,15 +69,13 @@ impl EscaiDialect {
     fn agent_filter(
         families: &BTreeMap<Family, Option<Map<String, Value>>>,
         core: &Core,
-    ) -> Result<Option<Arc<Filter>>, String> {
+    ) -> Result<Option<Arc<Filter>>, crate::filter::FilterError> {
         let limits = &core.gw.config.limits.filter;
         let mut clauses = Vec::with_capacity(families.len());
         for (family, spec) in families {
             let kind = Value::String(family.event_type().to_owned());
             let clause = match spec {
-                Some(spec) => Filter::scoped(spec, &["data"], limits)
-                    .map_err(|e| e.to_string())?
-                    .and_equal("type", kind),
+                Some(spec) => Filter::scoped(spec, &["data"], limits)?.and_equal("type", kind),
                 None => Filter::equal("type", kind),
             };
             clauses.push(clause);
