@@ -356,3 +356,70 @@ conformance!(
     snapshots_are_stored_and_fenced_by_version,
     feed_delivers_subscribed_channels_in_order,
 );
+
+/// `publish.lua` is a contract for producers that write to Redis directly
+/// (docs/REDIS.md): the eight documented arguments keep working, and the
+/// optional ninth keeps the channel's position longer than its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_script_takes_the_documented_arguments_and_an_optional_meta_ttl() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let script = include_str!("../src/engine/publish.lua");
+    let call = |channel: &str, meta_ttl: Option<u64>| {
+        let key = |suffix: &str| format!("switchboard:{{{channel}}}{suffix}");
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(3)
+            .arg(key(":meta"))
+            .arg(key(":history"))
+            .arg(key(":snapshot"))
+            .arg(format!("switchboard:{{{channel}}}"))
+            .arg(r#"{"n":1}"#)
+            .arg(10)
+            .arg(60_000)
+            .arg("epoch-1")
+            .arg(0)
+            .arg("")
+            .arg("publish");
+        if let Some(ms) = meta_ttl {
+            cmd.arg(ms);
+        }
+        cmd
+    };
+    let pttl = |channel: &str, suffix: &str| {
+        let mut cmd = ::redis::cmd("PTTL");
+        cmd.arg(format!("switchboard:{{{channel}}}{suffix}"));
+        cmd
+    };
+    // Eight arguments, as every producer written before the ninth existed.
+    let (offset, epoch): (u64, String) = call("plain", None)
+        .query_async(&mut conn)
+        .await
+        .expect("the eight-argument call is answered {offset, epoch}");
+    assert_eq!((offset, epoch.as_str()), (1, "epoch-1"));
+    let meta: i64 = pttl("plain", ":meta")
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        (1..=60_000).contains(&meta),
+        "meta expires with the history: {meta}"
+    );
+    // A ninth: the position outlives the history.
+    let _: (u64, String) = call("kept", Some(3_600_000))
+        .query_async(&mut conn)
+        .await
+        .expect("the nine-argument call");
+    let meta: i64 = pttl("kept", ":meta")
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    let history: i64 = pttl("kept", ":history")
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        meta > 60_000 && history <= 60_000,
+        "meta {meta} ms, history {history} ms"
+    );
+}

@@ -10,7 +10,8 @@
 -- ARGV[6] "1" to store the message as the snapshot
 -- ARGV[7] snapshot version ("" = none): refused unless greater than the stored one
 -- ARGV[8] publish command: "publish" or "spublish"
--- ARGV[9] meta TTL in milliseconds (>= the history TTL: the position outlives the entries)
+-- ARGV[9] optional: meta TTL in milliseconds, >= the history TTL (the channel's position
+--         outlives its entries: --council-tombstone); absent, the history TTL
 -- Returns {offset, epoch} or {-1, stored version} when the version is stale.
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -32,7 +33,7 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2], 't', ts)
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[9])) end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[9]) or ttl) end
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[3], 'o', offset, 'e', epoch, 'd', ARGV[2], 'v', ARGV[7])
 end
