@@ -427,6 +427,16 @@ impl ClusterConnections {
         connections[i].clone()
     }
 
+    /// Every connection of the set (the health check asks each: one stuck
+    /// on a stale slot map fails the commands that draw it, while the others
+    /// answer).
+    fn all(&self) -> Vec<ClusterConnection> {
+        self.connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_vec()
+    }
+
     /// Replaces every cluster connection by a new one, which starts from the
     /// seed nodes and reads the slot map afresh. The old connections close
     /// once the commands still using them are done.
@@ -508,6 +518,16 @@ impl Commands {
                 c.rebuild();
                 true
             }
+        }
+    }
+
+    /// On a cluster, each of the connections handed out in turn; on one
+    /// Redis, one connection of the pool (its connections are replaced one by
+    /// one as they fail).
+    pub async fn each(&self) -> Result<Vec<RedisConnection>, EngineError> {
+        match self {
+            Self::Single(c) => Ok(vec![RedisConnection::Single(c.get().await?)]),
+            Self::Cluster(c) => Ok(c.all().into_iter().map(RedisConnection::Cluster).collect()),
         }
     }
 

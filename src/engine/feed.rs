@@ -24,6 +24,11 @@ pub(crate) struct Health {
     pub(crate) detail: Mutex<String>,
     /// Why the last health check's commands failed.
     pub(crate) command_error: Mutex<String>,
+    /// On a cluster: one key per master of the slot map the feed last read,
+    /// in a slot that master serves. The health check reads each on every
+    /// command connection, so a connection that routes some slots wrong (a
+    /// stale slot map after a failover) is found even while it answers `PING`.
+    pub(crate) slot_probes: Mutex<Vec<String>>,
 }
 
 impl Health {

@@ -183,13 +183,42 @@ impl RedisEngine {
             .map_err(unavailable)
     }
 
-    /// PING (on a cluster: every master).
-    async fn ping(&self) -> Result<(), EngineError> {
-        let mut conn = self.connection(RedisOp::Ping).await?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
+    /// Asks each command connection (on a cluster, each of the set used in
+    /// turn) for `PING` — a second time when it fails: Redis may have closed
+    /// it, and it is replaced — and, on a cluster, to read one key on every
+    /// master ([`Health::slot_probes`]): a connection whose slot map is stale
+    /// answers `PING` on every master it knows yet fails the commands of the
+    /// slots it routes wrong. The first connection that fails says why.
+    async fn probe_each(&self) -> Result<(), EngineError> {
+        let connections = self
+            .commands
+            .each()
             .await
-            .map_err(unavailable)
+            .map_err(count(&self.metrics, RedisOp::Ping))?;
+        let probes = self
+            .health
+            .slot_probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for conn in connections {
+            let mut conn = Counted::new(conn, RedisOp::Ping, self.metrics.clone());
+            let ping = redis::cmd("PING").query_async::<()>(&mut conn).await;
+            if ping.is_err() {
+                redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            for key in &probes {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(format!("EXISTS {key}: {e}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// The publish script followed by `WAIT` on the same connection, in one
@@ -289,7 +318,9 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// cluster connection can stay on a stale view of the cluster after a master
 /// died (its slot map is refreshed only on some errors, and never on those of
 /// requests whose caller already gave up at the response timeout, nor on a
-/// failed `PING` to every master), and then fails every command. After
+/// failed `PING` to every master), and then fails the commands it routes
+/// wrong — all of them, or (one connection of the set stuck, a demoted master
+/// that answers `PING` as a replica) only some slots'. After
 /// `cluster_rebuild_after` consecutive failed checks, if a seed node answers
 /// `cluster_state:ok` on a new connection (the cluster serves: the fault is
 /// this client's), the command connections are rebuilt from the seeds.
@@ -301,12 +332,10 @@ async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: Cancellatio
     });
     loop {
         let Some(e) = engine.upgrade() else { return };
-        // A command connection Redis has closed fails once and is replaced:
-        // a second PING tells that apart from Redis being unreachable.
-        let result = match e.ping().await {
-            Ok(()) => Ok(()),
-            Err(_) => e.ping().await,
-        };
+        // Every connection is asked: on a cluster one of the set can be stuck
+        // on a stale slot map while the others answer, and the commands that
+        // draw it fail (a history read, a session write) until it is rebuilt.
+        let result = e.probe_each().await;
         if let Err(err) = &result {
             *e.health
                 .command_error
@@ -337,6 +366,14 @@ async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: Cancellatio
                     e.metrics.redis_client_rebuilds.inc();
                     failed = 0;
                 }
+                // Said once per run of failures (at the threshold), then at
+                // debug: the cluster's own failover is what to wait for.
+                Err(why) if failed == threshold => tracing::warn!(
+                    failed_checks = failed,
+                    error = %err,
+                    reason = %why,
+                    "Redis Cluster commands fail and the cluster does not say it is ok (cluster_state): not rebuilding the command connections while it fails over"
+                ),
                 Err(why) => tracing::debug!(
                     failed_checks = failed,
                     reason = %why,

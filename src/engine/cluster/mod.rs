@@ -274,6 +274,19 @@ impl ClusterPubSub {
                         );
                     }
                     tracing::info!(masters = ?masters, "Redis Cluster: slot map read");
+                    let probes: Vec<String> = topology
+                        .masters()
+                        .iter()
+                        .filter_map(|m| {
+                            topology.probe_tag(m, |tag| self.keys.shard_probe(tag, HEALTH_PROBE))
+                        })
+                        .map(|tag| self.keys.shard_probe(tag, HEALTH_PROBE))
+                        .collect();
+                    *self
+                        .health
+                        .slot_probes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = probes;
                     self.topology = Some(topology);
                     self.dirty = true;
                 }
@@ -990,6 +1003,10 @@ pub(crate) async fn cluster_serves(
     }
     Err(last)
 }
+
+/// The name part of the keys the engine's health check reads, one per
+/// master (`Health::slot_probes`): never written.
+const HEALTH_PROBE: &str = "health";
 
 /// Why no node could say what the cluster is (its slot map, its state) on a
 /// connection of our own.
