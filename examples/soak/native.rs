@@ -502,6 +502,12 @@ impl Native {
                         lo: expected,
                         hi: o - 1,
                     };
+                    // Where it was seen: the check (filed now, judged once the
+                    // ledger has settled) names no replica.
+                    ctx.stats.event(
+                        "offset_gap_seen",
+                        json!({"client": client, "channel": s.name, "from": expected, "to": o - 1, "replica": replica}),
+                    );
                     s.check(ctx, client, kind);
                 } else {
                     ctx.stats.event(
