@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 VENV = Path.home() / ".cache" / "switchboard" / "soak-venv"
@@ -235,12 +236,50 @@ def ack_at_risk_until(acked_at: float, replica: str, faults: list[dict], flush_s
     return until
 
 
-def classify_council_duplicates(events: list[dict], faults: list[dict], flush_s: float) -> dict:
+# How long a Redis command may take to fail (the gateways' --redis-timeout, 2 s in
+# the soak) before the AI Council writer logs that it could not store.
+ACK_WRITE_TIMEOUT_S = 3.0
+
+
+def ack_store_outages(run: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per replica, from its own logs: the windows in which its AI Council
+    writer held acknowledgements Redis would not take (a master failing over) —
+    from "could not store AI Council acknowledgements" to "stored again", or to
+    the end of that process's log."""
+    windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for path in sorted((run / "logs").glob("gw-*.log")):
+        name = path.stem.split(".")[0]
+        start = last = None
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                v = json.loads(line)
+                t = datetime.fromisoformat(v["timestamp"].replace("Z", "+00:00")).timestamp()
+            except (ValueError, KeyError):
+                continue
+            last = t
+            message = v.get("message", "")
+            if message.startswith("could not store AI Council acknowledgements") and start is None:
+                start = t
+            elif message.startswith("AI Council acknowledgements stored again") and start is not None:
+                windows[name].append((start, t))
+                start = None
+        if start is not None and last is not None:
+            windows[name].append((start, last))
+    return windows
+
+
+def classify_council_duplicates(events: list[dict], faults: list[dict], flush_s: float,
+                                outages: dict[str, list[tuple[float, float]]] | None = None) -> dict:
     """Splits the AI Council duplicates (an event replayed after its ack) into
     "ack lost with its replica" — the fault timeline shows the replica the ack
     went to killed, or stalled until after the replay, while it could still
-    hold the ack — and the rest, which stay violations."""
-    out = {"ack_lost_with_replica": [], "unexplained": []}
+    hold the ack —, "ack waiting for Redis" — that replica's own log shows its
+    writer unable to store acknowledgements (a master failing over) from before
+    the ack could have been written until after the replay read them — and the
+    rest, which stay violations. Both are the route's documented at least once:
+    an ack is stored after it is answered, never before."""
+    out = {"ack_lost_with_replica": [], "ack_waiting_for_redis": [], "unexplained": []}
+    outages = outages or {}
     for e in events:
         if e.get("kind") != "duplicate" or e.get("route") != "council":
             continue
@@ -261,6 +300,19 @@ def classify_council_duplicates(events: list[dict], faults: list[dict], flush_s:
         if proof:
             e["proof"] = f"{proof['kind']} {proof['target']} at {proof['start']:.1f}"
             out["ack_lost_with_replica"].append(e)
+            continue
+        waiting = None
+        if replica and acked_at and not e.get("same_connection"):
+            for start, end in outages.get(replica, []):
+                # Not yet stored when the writer first failed (it tries within
+                # the flush interval, each try up to the Redis timeout), and
+                # still not stored when the new connection read the acks.
+                if start - flush_s - ACK_WRITE_TIMEOUT_S <= acked_at <= end and e["t"] <= end + ACK_SLACK_S:
+                    waiting = (start, end)
+                    break
+        if waiting:
+            e["proof"] = f"{replica} could not store acks from {waiting[0]:.1f} to {waiting[1]:.1f}"
+            out["ack_waiting_for_redis"].append(e)
         else:
             out["unexplained"].append(e)
     return out
@@ -442,8 +494,9 @@ def write(run: Path, plots_wanted: bool = True) -> bool:
                 if v is not None:
                     last_by_inc[(p["name"], p["incarnation"])] = v
     slow_closes = sum(last_by_inc.values())
-    council_dups = classify_council_duplicates(events, faults, meta.get("council_ack_flush_s", 0.5))
-    acks_lost_with_replica = len(council_dups["ack_lost_with_replica"])
+    council_dups = classify_council_duplicates(events, faults, meta.get("council_ack_flush_s", 0.5),
+                                               ack_store_outages(run))
+    acks_lost_with_replica = len(council_dups["ack_lost_with_replica"]) + len(council_dups["ack_waiting_for_redis"])
     checks = {
         "nothing lost": totals.get("lost", -1) == 0,
         # An AI Council event replayed because the replica holding its ack was
@@ -512,8 +565,9 @@ def summary(r: dict) -> str:
         f"| deliveries checked | {fmt(t.get('deliveries', 0))} |",
         f"| lost / duplicated / wrong offset | {t.get('lost')} / "
         f"{t.get('duplicated', 0) - r.get('council_acks_lost_with_replica', 0)} / {t.get('mismatched')} |",
-        f"| AI Council events replayed: ack lost with its replica (killed or stalled before storing it) | "
-        f"{r.get('council_acks_lost_with_replica', 0)} |",
+        f"| AI Council events replayed: ack lost with its replica (killed or stalled before storing it) / "
+        f"ack still waiting for Redis (a failover) | {len(r['council_duplicates']['ack_lost_with_replica'])} / "
+        f"{len(r['council_duplicates'].get('ack_waiting_for_redis', []))} |",
         f"| honest restarts (`recovered:false`, snapshot restarts) / events reported expired | "
         f"{t.get('honest_restarts')} / {t.get('expired_reported')} |",
         f"| redelivered after a resume (expected, deduplicated by offset) | {fmt(t.get('redelivered', 0))} |",
@@ -556,13 +610,20 @@ def markdown(r: dict) -> str:
             "", f"AI Council events replayed after their ack, the ack lost with its replica: "
             f"{r.get('council_acks_lost_with_replica', 0)} (the replica the ack went to was killed, or stalled "
             "past the replay, within its flush interval + 1 s of the ack — extended by a stall or a Redis outage "
-            "it was waiting out —, as faults.jsonl shows; the route is at least once: docs/PROTOCOL.md). Other "
+            "it was waiting out —, as faults.jsonl shows; the route is at least once: docs/PROTOCOL.md), or still "
+            "waiting in a live replica for Redis to take it (a master failing over: the replica's log shows its "
+            f"writer failing from before the ack until after the replay): "
+            f"{len(r['council_duplicates'].get('ack_waiting_for_redis', []))} of them. Other "
             f"AI Council duplicates (violations): {len(r['council_duplicates']['unexplained'])}."]
     t0 = r["meta"].get("started", 0)
     for e in r["council_duplicates"]["ack_lost_with_replica"][:20]:
         out.append(f"- ack lost with its replica: client {e.get('client')} {e.get('request')} message_id "
                    f"{e.get('message_id')}, acked to {e.get('ack_replica')} at {e.get('acked_at', 0) - t0:.1f} s; "
                    f"{e.get('proof')}")
+    for e in r["council_duplicates"].get("ack_waiting_for_redis", [])[:20]:
+        out.append(f"- ack waiting for Redis: client {e.get('client')} {e.get('request')} message_id "
+                   f"{e.get('message_id')}, acked to {e.get('ack_replica')} at {e.get('acked_at', 0) - t0:.1f} s, "
+                   f"replayed at {e.get('t', 0) - t0:.1f} s; {e.get('proof')}")
     for e in r["council_duplicates"]["unexplained"][:20]:
         out.append(f"- duplicate: `{json.dumps(e)}`")
     out += ["", "## Faults", "", "| start (s) | kind | target | took (s) | connections refused meanwhile | detail |",
