@@ -895,7 +895,7 @@ pub struct RedisArgs {
     pub redis_wait_timeout: Duration,
 
     /// On a Redis Cluster: after this many consecutive failed Redis health
-    /// checks (one every 2 s), if a seed node answers on a new connection that
+    /// checks (one every 2 s, every 0.5 s while they fail), if a seed node answers on a new connection that
     /// the cluster is ok, the cluster command connections are thrown away and
     /// opened again from the seeds (logged, counted in
     /// switchboard_redis_client_rebuilds_total); 0 never rebuilds them.

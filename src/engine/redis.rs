@@ -312,6 +312,11 @@ impl RedisEngine {
 /// master).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Interval of the health check while it fails: a client stuck on a stale
+/// slot map is rebuilt within a few seconds, before clients of this replica
+/// notice more than a pause (a failed check already took its timeouts).
+pub const HEALTH_RETRY: Duration = Duration::from_millis(500);
+
 /// Checks every [`HEALTH_INTERVAL`] that Redis answers commands (readiness).
 ///
 /// On a Redis Cluster it also heals the command client: the `redis` crate's
@@ -384,7 +389,7 @@ async fn health_loop(engine: std::sync::Weak<RedisEngine>, shutdown: Cancellatio
         drop(e);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = tokio::time::sleep(if failed > 0 { HEALTH_RETRY } else { HEALTH_INTERVAL }) => {}
         }
     }
 }

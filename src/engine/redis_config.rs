@@ -7,7 +7,7 @@ use super::connection::RedisTarget;
 use super::tls::RedisTls;
 
 /// Default of [`RedisConfig::cluster_rebuild_after`] (`--redis-cluster-rebuild-after`).
-pub const DEFAULT_CLUSTER_REBUILD_AFTER: u32 = 5;
+pub const DEFAULT_CLUSTER_REBUILD_AFTER: u32 = 3;
 
 /// Connection settings of the Redis engine.
 #[derive(Debug, Clone)]
