@@ -353,7 +353,8 @@ impl Follower {
                 ctx.stats.event(
                     "duplicate",
                     json!({"route": "council", "client": self.id, "request": self.request, "seq": s,
-                        "message_id": message_id, "same_connection": connection == self.connection,
+                        "message_id": message_id, "first_message_id": last.message_id,
+                        "same_connection": connection == self.connection,
                         "acked_before_disconnect_s": (self.last_disconnect_us.saturating_sub(acked_us)) as f64 / 1e6,
                         "acked_at": acked_us as f64 / 1e6,
                         "ack_replica": last.replica,
