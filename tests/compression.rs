@@ -272,32 +272,6 @@ fn publish_snapshot(port: u16, channel: &str, data: &Value) -> u64 {
         .unwrap()
 }
 
-/// Writes a message into the channel's history exactly as the publish API
-/// does, but announces it on a pub/sub channel nobody listens to: the
-/// gateway sees it only as a gap before the next message.
-async fn publish_unseen(redis: &RedisServer, channel: &str, data: &Value) {
-    let mut conn = redis.connection().await;
-    let key = |suffix: &str| format!("switchboard:{{{channel}}}{suffix}");
-    let _: Value = redis::cmd("EVAL")
-        .arg(include_str!("../src/engine/publish.lua"))
-        .arg(3)
-        .arg(key(":meta"))
-        .arg(key(":history"))
-        .arg(key(":snapshot"))
-        .arg("switchboard:nobody-listens")
-        .arg(data.to_string())
-        .arg(4) // the gateway's --history-size
-        .arg(600_000)
-        .arg("unused")
-        .arg(1)
-        .arg("")
-        .arg("publish")
-        .query_async::<redis::Value>(&mut conn)
-        .await
-        .map(|_| Value::Null)
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressing_plain_and_delta_clients_each_get_exactly_the_published_json() {
     let redis = RedisServer::start();
@@ -363,7 +337,7 @@ async fn compressing_plain_and_delta_clients_each_get_exactly_the_published_json
         send(n);
     }
     // A gap within history: 11 is only in Redis; 12 reveals it.
-    publish_unseen(&redis, channel, &snapshot(11)).await;
+    redis.publish_unseen(channel, &snapshot(11), 4).await; // the gateway's --history-size
     send(12);
     read_until(&mut clients, &mut seen, &mut bases, |s| {
         s.messages.contains_key(&12)
@@ -372,7 +346,7 @@ async fn compressing_plain_and_delta_clients_each_get_exactly_the_published_json
     // A gap beyond history (4 messages kept): the subscriptions restart,
     // with the snapshot (19) standing for what was lost.
     for n in 13..=18 {
-        publish_unseen(&redis, channel, &snapshot(n)).await;
+        redis.publish_unseen(channel, &snapshot(n), 4).await;
     }
     send(19);
     read_until(&mut clients, &mut seen, &mut bases, |s| {

@@ -639,31 +639,6 @@ async fn lost_history_makes_subscribers_restart_honestly() {
     assert!(gw.metric("switchboard_resyncs_total", "") >= 1.0);
 }
 
-/// Writes a message into the channel's history exactly as the publish API
-/// does, but announces it on a pub/sub channel nobody listens to: the
-/// gateway sees it only as a gap before the next message (its feed missed it).
-async fn publish_unseen(redis: &RedisServer, channel: &str, data: &Value, history: u64) {
-    let mut conn = redis.connection().await;
-    let key = |suffix: &str| format!("switchboard:{{{channel}}}{suffix}");
-    let _: redis::Value = redis::cmd("EVAL")
-        .arg(include_str!("../src/engine/publish.lua"))
-        .arg(3)
-        .arg(key(":meta"))
-        .arg(key(":history"))
-        .arg(key(":snapshot"))
-        .arg("switchboard:nobody-listens")
-        .arg(data.to_string())
-        .arg(history)
-        .arg(600_000)
-        .arg("unused")
-        .arg(1)
-        .arg("")
-        .arg("publish")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-}
-
 /// Reads a drop-in client until the gateway closes it; returns the close code
 /// and every text frame that came before the close.
 async fn frames_until_closed(client: &mut Client) -> (Option<u16>, Vec<Value>) {
@@ -707,7 +682,7 @@ async fn messages_missed_beyond_history_close_drop_in_clients_with_1012() {
 
     // 2..=7 reach history but not the gateway's feed: 6 missed, 4 kept.
     for n in 2..=7 {
-        publish_unseen(&redis, channel, &json!({"n": n}), 4).await;
+        redis.publish_unseen(channel, &json!({"n": n}), 4).await;
     }
     let body = json!({"channel":channel,"data":{"n":8},"snapshot":true}).to_string();
     let (status, reply) =

@@ -292,6 +292,32 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Writes a message into `channel`'s history exactly as the publish API
+    /// does (history of `history` messages), but announces it on a pub/sub
+    /// channel nobody listens to: a gateway sees it only as a gap before the
+    /// next message (its feed missed it).
+    pub async fn publish_unseen(&self, channel: &str, data: &serde_json::Value, history: u64) {
+        let mut conn = self.connection().await;
+        let key = |suffix: &str| format!("switchboard:{{{channel}}}{suffix}");
+        let _: redis::Value = redis::cmd("EVAL")
+            .arg(include_str!("../../src/engine/publish.lua"))
+            .arg(3)
+            .arg(key(":meta"))
+            .arg(key(":history"))
+            .arg(key(":snapshot"))
+            .arg("switchboard:nobody-listens")
+            .arg(data.to_string())
+            .arg(history)
+            .arg(600_000)
+            .arg("unused")
+            .arg(1)
+            .arg("")
+            .arg("publish")
+            .query_async(&mut conn)
+            .await
+            .expect("the publish script");
+    }
+
     /// A plain Redis connection for the test's own commands.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
