@@ -94,6 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         wait_replicas: args.wait_replicas,
         wait_timeout: Duration::from_millis(1000),
         cluster_rebuild_after: switchboard::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
+        resend_guard: switchboard::engine::redis_config::DEFAULT_RESEND_GUARD,
         tls: None,
     };
     let engine = RedisEngine::start(

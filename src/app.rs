@@ -521,6 +521,7 @@ fn engine_config(
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
         cluster_rebuild_after: args.redis_cluster_rebuild_after,
+        resend_guard: args.redis_resend_guard,
     }
 }
 

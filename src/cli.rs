@@ -901,6 +901,14 @@ pub struct RedisArgs {
     /// switchboard_redis_client_rebuilds_total); 0 never rebuilds them.
     #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER_REBUILD_AFTER", default_value_t = crate::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER)]
     pub redis_cluster_rebuild_after: u32,
+
+    /// On a Redis Cluster: how long a publish made without an idempotency key
+    /// is remembered under a key of its own, so that the cluster client
+    /// resending the publish script after a connection lost before its reply (a
+    /// master failing over) does not publish the message twice; 0 turns the
+    /// guard off. One small key per publish, kept this long.
+    #[arg(long, env = "SWITCHBOARD_REDIS_RESEND_GUARD", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub redis_resend_guard: Duration,
 }
 
 impl RedisArgs {
@@ -1419,6 +1427,14 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_REPLAY", default_value_t = 10_000)]
     pub max_replay: usize,
 
+    /// How long the idempotency key of a publish (POST /api/v1/publish, body
+    /// field "idempotency_key" or header Idempotency-Key) is remembered per
+    /// channel: a repeat within it is answered with the first publish's offset
+    /// and epoch and not published again. Costs one small Redis key per keyed
+    /// publish for this long.
+    #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
     /// Conditions in one subscription filter.
     #[arg(long, env = "SWITCHBOARD_MAX_FILTER_CONDITIONS", default_value_t = 16)]
     pub max_filter_conditions: usize,
@@ -1703,6 +1719,12 @@ impl ServerArgs {
                 "must be at least 1",
             ));
         }
+        if self.idempotency_window.is_zero() {
+            return Err(ConfigError::range(
+                "--idempotency-window",
+                "must be more than 0 (a key would be forgotten at once)",
+            ));
+        }
         let replica_id = self.replica_id.clone().unwrap_or_else(default_replica_id);
         let dialects = self.dialects.config()?;
         Ok(GatewayConfig {
@@ -1720,6 +1742,7 @@ impl ServerArgs {
                 max_json_depth: self.max_json_depth,
                 max_channel_len: self.max_channel_length,
                 max_replay: self.max_replay,
+                idempotency_window: self.idempotency_window,
                 filter: FilterLimits {
                     max_conditions: self.max_filter_conditions,
                     max_bytes: self.max_filter_bytes,

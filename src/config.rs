@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_channel_len: usize,
     /// History entries replayed to one resuming subscription at most.
     pub max_replay: usize,
+    /// How long a publish's idempotency key (`POST /api/v1/publish`) is
+    /// remembered: a repeat within it is answered, not published again.
+    pub idempotency_window: Duration,
     /// Filter size limits.
     pub filter: FilterLimits,
 }
@@ -56,6 +59,7 @@ impl Default for Limits {
             max_json_depth: 32,
             max_channel_len: crate::channel::DEFAULT_MAX_CHANNEL_LEN,
             max_replay: 10_000,
+            idempotency_window: Duration::from_secs(300),
             filter: FilterLimits::default(),
         }
     }

@@ -16,7 +16,8 @@ use switchboard::engine::connection::RedisTarget;
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::{RedisConfig, RedisEngine};
 use switchboard::engine::{
-    Engine, EngineError, EngineEvent, HistoryConfig, HistoryPolicy, PublishOptions,
+    Engine, EngineError, EngineEvent, HistoryConfig, HistoryPolicy, Idempotency, IdempotencyKey,
+    PublishOptions,
 };
 use switchboard::json::Json;
 use switchboard::metrics::{EngineMetrics, MetricsRegistry};
@@ -83,6 +84,7 @@ async fn engine_on(
         wait_replicas,
         wait_timeout: Duration::from_millis(1000),
         cluster_rebuild_after: switchboard::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
+        resend_guard: switchboard::engine::redis_config::DEFAULT_RESEND_GUARD,
         tls: None,
     };
     let engine = RedisEngine::start(
@@ -209,6 +211,7 @@ async fn snapshots_are_stored_and_fenced_by_version(engine: Arc<dyn Engine>, _e:
     let v5 = PublishOptions {
         snapshot: true,
         version: Some(5),
+        ..PublishOptions::default()
     };
     let p = engine.publish(&c, &json("{\"v\":5}"), v5).await.unwrap();
     let s = engine.snapshot(&c).await.unwrap().unwrap();
@@ -218,6 +221,7 @@ async fn snapshots_are_stored_and_fenced_by_version(engine: Arc<dyn Engine>, _e:
         let options = PublishOptions {
             snapshot: true,
             version: Some(stale),
+            ..PublishOptions::default()
         };
         let err = engine.publish(&c, &json("{}"), options).await.unwrap_err();
         assert_eq!(err, EngineError::StaleVersion { current: 5 });
@@ -230,6 +234,7 @@ async fn snapshots_are_stored_and_fenced_by_version(engine: Arc<dyn Engine>, _e:
     let v6 = PublishOptions {
         snapshot: true,
         version: Some(6),
+        ..PublishOptions::default()
     };
     engine.publish(&c, &json("{\"v\":6}"), v6).await.unwrap();
     assert_eq!(engine.snapshot(&c).await.unwrap().unwrap().version, Some(6));
@@ -290,6 +295,81 @@ async fn feed_delivers_subscribed_channels_in_order(engine: Arc<dyn Engine>, mut
     );
 }
 
+fn keyed(key: &str, window: Duration) -> PublishOptions {
+    PublishOptions {
+        idempotency: Some(Idempotency {
+            key: IdempotencyKey::parse(key).unwrap(),
+            window,
+        }),
+        ..PublishOptions::default()
+    }
+}
+
+/// A producer's retry with the same key is answered with the first publish's
+/// offset and epoch, and nothing is published again: no offset, no history
+/// entry, no live message. Keys are per channel, and forgotten after their window.
+async fn an_idempotency_key_publishes_once_within_its_window(
+    engine: Arc<dyn Engine>,
+    mut events: Events,
+) {
+    let c = ch("idem");
+    let minute = Duration::from_secs(60);
+    engine.subscribe(std::slice::from_ref(&c)).await.unwrap();
+    let first = engine
+        .publish(&c, &json("{\"n\":1}"), keyed("order-1", minute))
+        .await
+        .unwrap();
+    let retry = engine
+        .publish(&c, &json("{\"n\":1}"), keyed("order-1", minute))
+        .await
+        .unwrap();
+    assert_eq!(retry, first, "the retry is answered with the first publish");
+    let other = engine
+        .publish(&c, &json("{\"n\":2}"), keyed("order-2", minute))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.offset,
+        first.offset + 1,
+        "another key is another message"
+    );
+    let elsewhere = engine
+        .publish(&ch("idem2"), &json("1"), keyed("order-1", minute))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.offset, 1, "keys are per channel");
+    let page = engine.history(&c, 0, 100).await.unwrap();
+    let offsets: Vec<_> = page.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, vec![first.offset, other.offset]);
+    for expected in [&first, &other] {
+        let m = next_message(&mut events).await;
+        assert_eq!(m.seq, Some((expected.offset, expected.epoch.clone())));
+    }
+    // A short window: once it has passed, the key publishes again.
+    let short = Duration::from_millis(200);
+    let once = engine
+        .publish(&c, &json("3"), keyed("brief", short))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .publish(&c, &json("3"), keyed("brief", short))
+            .await
+            .unwrap(),
+        once
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = engine
+        .publish(&c, &json("3"), keyed("brief", short))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.offset,
+        once.offset + 1,
+        "a key past its window is new"
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -343,6 +423,26 @@ macro_rules! conformance {
                     })
                     .sum();
                 assert!(waits > 0, "publishes with wait_replicas 1 ran WAIT on their master");
+                // Publishes without a producer's key are guarded against the
+                // cluster client resending the script: each left a record
+                // of its own that expires with the guard.
+                let guards: Vec<String> = cluster
+                    .ports
+                    .iter()
+                    .flat_map(|p| {
+                        cluster
+                            .cli(*p, &["--scan", "--pattern", "*:idem:~*"])
+                            .lines()
+                            .map(|l| (*p, l.to_string()))
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|(p, key)| cluster.cli(p, &["-c", "pttl", &key]))
+                    .collect();
+                assert!(!guards.is_empty(), "publishes on a cluster leave resend guards");
+                for ttl in &guards {
+                    let ms: i64 = ttl.parse().unwrap_or(-3);
+                    assert!((1..=60_000).contains(&ms), "a resend guard expires within 60 s: {ttl}");
+                }
             }
         }
     };
@@ -355,6 +455,7 @@ conformance!(
     namespace_policy_applies,
     snapshots_are_stored_and_fenced_by_version,
     feed_delivers_subscribed_channels_in_order,
+    an_idempotency_key_publishes_once_within_its_window,
 );
 
 /// `publish.lua` is a contract for producers that write to Redis directly
@@ -421,5 +522,62 @@ async fn the_publish_script_takes_the_documented_arguments_and_an_optional_meta_
     assert!(
         meta > 60_000 && history <= 60_000,
         "meta {meta} ms, history {history} ms"
+    );
+}
+
+/// The script's optional fourth key, as the Redis Cluster client would resend
+/// it after a connection lost before the reply: the second run is answered
+/// with the first's `{offset, epoch}` and neither assigns an offset nor adds
+/// an entry; the eight and nine-argument calls above stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_script_run_twice_with_its_record_key_publishes_once() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let script = include_str!("../src/engine/publish.lua");
+    let key = |suffix: &str| format!("switchboard:{{resent}}{suffix}");
+    let run = || {
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(4)
+            .arg(key(":meta"))
+            .arg(key(":history"))
+            .arg(key(":snapshot"))
+            .arg(key(":idem:req-7"))
+            .arg(key(""))
+            .arg(r#"{"n":1}"#)
+            .arg(10)
+            .arg(60_000)
+            .arg("epoch-1")
+            .arg(0)
+            .arg("")
+            .arg("publish")
+            .arg("")
+            .arg(30_000);
+        cmd
+    };
+    let first: (u64, String) = run().query_async(&mut conn).await.expect("first run");
+    let second: (u64, String) = run().query_async(&mut conn).await.expect("second run");
+    assert_eq!(first, (1, "epoch-1".to_string()));
+    assert_eq!(second, first, "the resent script is answered, not applied");
+    let top: u64 = ::redis::cmd("HGET")
+        .arg(key(":meta"))
+        .arg("o")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let entries: u64 = ::redis::cmd("XLEN")
+        .arg(key(":history"))
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!((top, entries), (1, 1));
+    let record: i64 = ::redis::cmd("PTTL")
+        .arg(key(":idem:req-7"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        (1..=30_000).contains(&record),
+        "the record expires: {record}"
     );
 }

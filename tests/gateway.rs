@@ -376,6 +376,80 @@ async fn two_replicas_on_one_redis_deliver_every_message_exactly_once() {
     }
 }
 
+/// A producer that retries a publish — to another replica, its first answer
+/// lost — with the same idempotency key (body field or header) gets the first
+/// publish's offset back, and subscribers get the message once.
+#[tokio::test]
+async fn a_publish_retried_with_its_idempotency_key_is_delivered_once() {
+    let redis = RedisServer::start();
+    let a = Switchboard::gateway(&redis, &[]);
+    let b = Switchboard::gateway(&redis, &[]);
+    let mut client = Client::subscribed_to(&b.ws_url("/ws"), "orders").await;
+    let post = |port: u16, headers: &[(&str, &str)], body: &str| {
+        let (status, body) =
+            http_request(port, "POST", "/api/v1/publish", headers, Some(body)).unwrap();
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    let (status, first) = post(
+        a.port,
+        &[],
+        r#"{"channel":"orders","data":{"n":1},"idempotency_key":"order-1"}"#,
+    );
+    assert_eq!(status, 200, "{first}");
+    let (status, retry) = post(
+        b.port,
+        &[("Idempotency-Key", "order-1")],
+        r#"{"channel":"orders","data":{"n":1}}"#,
+    );
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry, first, "the retry is answered with the first publish");
+    let (_, next) = post(
+        a.port,
+        &[("Idempotency-Key", "order-2")],
+        r#"{"channel":"orders","data":{"n":2}}"#,
+    );
+    assert_eq!(next["offset"], 2);
+    for n in 1..=2 {
+        let m = client.recv_json().await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"]["n"].as_u64()),
+            (Some(n), Some(n))
+        );
+    }
+    client.expect_silence(Duration::from_millis(300)).await;
+    // Bad keys are refused before anything is published.
+    let too_long = "k".repeat(129);
+    for (headers, body) in [
+        (
+            vec![("Idempotency-Key", "other")],
+            r#"{"channel":"orders","data":1,"idempotency_key":"order-3"}"#.to_string(),
+        ),
+        (
+            vec![],
+            r#"{"channel":"orders","data":1,"idempotency_key":"a b"}"#.to_string(),
+        ),
+        (
+            vec![],
+            r#"{"channel":"orders","data":1,"idempotency_key":""}"#.to_string(),
+        ),
+        (
+            vec![],
+            format!(r#"{{"channel":"orders","data":1,"idempotency_key":"{too_long}"}}"#),
+        ),
+    ] {
+        let (status, answer) = post(a.port, &headers, &body);
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("bad_idempotency_key")),
+            "{body}: {answer}"
+        );
+    }
+    client.expect_silence(Duration::from_millis(300)).await;
+}
+
 async fn numsub(redis: &RedisServer, channel: &str) -> i64 {
     let mut conn = redis.connection().await;
     let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")

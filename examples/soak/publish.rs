@@ -56,6 +56,17 @@ enum RedisConn {
     },
 }
 
+/// How long a direct publish's idempotency record is kept.
+const IDEMPOTENCY_WINDOW_MS: u64 = 60_000;
+
+/// One message of a direct publish.
+struct Message<'a> {
+    channel: &'a str,
+    seq: u64,
+    data: &'a str,
+    snapshot: bool,
+}
+
 /// Timeouts in a row after which the cluster connection is rebuilt.
 const CLUSTER_REBUILD_AFTER: u32 = 3;
 
@@ -169,7 +180,7 @@ impl Publisher {
         }
         let result = match method {
             Method::Http => self.via_http(&ledger.channel, &data, snapshot).await,
-            Method::Redis => self.via_redis(&ledger.channel, &data, snapshot).await,
+            Method::Redis => self.via_redis(&ledger.channel, seq, &data, snapshot).await,
         };
         let outcome = match result {
             Ok((epoch, offset)) => {
@@ -257,32 +268,33 @@ impl Publisher {
         }
     }
 
-    fn pipeline(
-        &self,
-        eval: &str,
-        body: &str,
-        channel: &str,
-        data: &str,
-        snapshot: bool,
-    ) -> redis::Pipeline {
-        let tag = format!("switchboard:{{{channel}}}");
-        let policy = self.policy(channel);
+    /// The script call of one message, with its idempotency record (the
+    /// documented fourth key): the `redis` cluster client resends a script
+    /// whose connection dropped before the reply, and the record makes the
+    /// resend answer instead of publish again. (HTTP publishes carry no key:
+    /// they exercise the gateways' own guard, `--redis-resend-guard`.)
+    fn pipeline(&self, eval: &str, body: &str, m: &Message<'_>) -> redis::Pipeline {
+        let tag = format!("switchboard:{{{}}}", m.channel);
+        let policy = self.policy(m.channel);
         let cluster = matches!(self.redis, RedisConn::Cluster { .. });
         let mut pipe = redis::pipe();
         pipe.cmd(eval)
             .arg(body)
-            .arg(3)
+            .arg(4)
             .arg(format!("{tag}:meta"))
             .arg(format!("{tag}:history"))
             .arg(format!("{tag}:snapshot"))
+            .arg(format!("{tag}:idem:soak-{}", m.seq))
             .arg(&tag)
-            .arg(data)
+            .arg(m.data)
             .arg(policy.size)
             .arg(policy.ttl_ms)
             .arg(random_epoch())
-            .arg(if snapshot { "1" } else { "0" })
+            .arg(if m.snapshot { "1" } else { "0" })
             .arg("")
-            .arg(if cluster { "spublish" } else { "publish" });
+            .arg(if cluster { "spublish" } else { "publish" })
+            .arg("")
+            .arg(IDEMPOTENCY_WINDOW_MS);
         if self.wait_replicas > 0 {
             pipe.cmd("WAIT")
                 .arg(self.wait_replicas)
@@ -350,16 +362,21 @@ impl Publisher {
     async fn via_redis(
         &self,
         channel: &str,
+        seq: u64,
         data: &str,
         snapshot: bool,
     ) -> Result<(String, u64), String> {
+        let message = Message {
+            channel,
+            seq,
+            data,
+            snapshot,
+        };
         let mut replies = self
-            .query(&self.pipeline("EVALSHA", &self.sha, channel, data, snapshot))
+            .query(&self.pipeline("EVALSHA", &self.sha, &message))
             .await?;
         if matches!(replies.first(), Some(RValue::ServerError(e)) if e.code() == "NOSCRIPT") {
-            replies = self
-                .query(&self.pipeline("EVAL", SCRIPT, channel, data, snapshot))
-                .await?;
+            replies = self.query(&self.pipeline("EVAL", SCRIPT, &message)).await?;
         }
         let mut replies = replies.into_iter();
         let script = replies.next().ok_or("no reply")?;

@@ -120,6 +120,7 @@ impl Sink {
                         wait_replicas: 0,
                         wait_timeout: Duration::from_millis(500),
                         cluster_rebuild_after: crate::engine::redis::DEFAULT_CLUSTER_REBUILD_AFTER,
+                        resend_guard: crate::engine::redis_config::DEFAULT_RESEND_GUARD,
                         tls: plan.redis_tls.clone(),
                     },
                     events,

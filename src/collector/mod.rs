@@ -278,6 +278,7 @@ impl Collector {
         let options = PublishOptions {
             snapshot: true,
             version: Some(version),
+            idempotency: None,
         };
         match self.engine.publish(channel, data, options).await {
             Ok(_) => {
@@ -538,6 +539,7 @@ mod tests {
                 PublishOptions {
                     snapshot: true,
                     version: Some(41),
+                    idempotency: None,
                 },
             )
             .await

@@ -11,7 +11,9 @@
 //! | history stream | `switchboard:{federation}:history` |
 //! | epoch and top offset (hash `e`, `o`) | `switchboard:{federation}:meta` |
 //! | snapshot (hash `o`, `e`, `d`, `v`) | `switchboard:{federation}:snapshot` |
+//! | a publish's idempotency record (`<offset> <epoch>`) | `switchboard:{federation}:idem:<key>` |
 
+use super::IdempotencyKey;
 use crate::channel::ChannelName;
 
 /// Why a key prefix is unusable.
@@ -56,6 +58,11 @@ impl Keys {
 
     pub fn snapshot(&self, channel: &ChannelName) -> String {
         format!("{}{{{}}}:snapshot", self.prefix, channel)
+    }
+
+    /// The record of a publish made with idempotency key `key`.
+    pub fn idempotency(&self, channel: &ChannelName, key: &IdempotencyKey) -> String {
+        format!("{}{{{}}}:idem:{}", self.prefix, channel, key.as_str())
     }
 
     /// A key outside any channel (sessions, presence, leases): `prefix` + `rest`.
@@ -149,6 +156,9 @@ mod tests {
         assert_eq!(slot(k.meta(&c).as_bytes()), s);
         assert_eq!(slot(k.history(&c).as_bytes()), s);
         assert_eq!(slot(k.snapshot(&c).as_bytes()), s);
+        // A producer's key may hold braces: the first `{…}` still decides.
+        let key = super::IdempotencyKey::parse("{x}").unwrap();
+        assert_eq!(slot(k.idempotency(&c, &key).as_bytes()), s);
         assert_eq!(
             slot(b"{}x"),
             slot(b"{}x"),

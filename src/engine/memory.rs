@@ -12,7 +12,8 @@ use tokio::sync::Mutex;
 
 use super::{
     Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryConfig,
-    HistoryPage, IncomingMessage, Offset, Position, PublishOptions, Published, Snapshot,
+    HistoryPage, Idempotency, IdempotencyKey, IncomingMessage, Offset, Position, PublishOptions,
+    Published, Snapshot,
 };
 use crate::channel::ChannelName;
 use crate::json::Json;
@@ -35,6 +36,10 @@ struct ChannelLog {
     top: Offset,
     entries: VecDeque<(Instant, Entry)>,
     snapshot: Option<Snapshot>,
+    /// Publishes made with an idempotency key, until their window ends...
+    published_keys: HashMap<IdempotencyKey, (Instant, Published)>,
+    /// ...and their keys in the order they were made, to forget them.
+    key_order: VecDeque<(Instant, IdempotencyKey)>,
 }
 
 impl ChannelLog {
@@ -44,7 +49,38 @@ impl ChannelLog {
             top: 0,
             entries: VecDeque::new(),
             snapshot: None,
+            published_keys: HashMap::new(),
+            key_order: VecDeque::new(),
         }
+    }
+
+    /// The publish already made with this key, if its window is still open;
+    /// forgets the keys whose window ended.
+    fn published_with(&mut self, key: &IdempotencyKey) -> Option<Published> {
+        let now = Instant::now();
+        while let Some((until, _)) = self.key_order.front()
+            && *until <= now
+        {
+            if let Some((_, old)) = self.key_order.pop_front()
+                && self
+                    .published_keys
+                    .get(&old)
+                    .is_some_and(|(until, _)| *until <= now)
+            {
+                self.published_keys.remove(&old);
+            }
+        }
+        self.published_keys
+            .get(key)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn remember(&mut self, idempotency: Idempotency, published: Published) {
+        let until = Instant::now() + idempotency.window;
+        self.key_order.push_back((until, idempotency.key.clone()));
+        self.published_keys
+            .insert(idempotency.key, (until, published));
     }
 }
 
@@ -85,6 +121,13 @@ impl Engine for MemoryEngine {
             .channels
             .entry(channel.clone())
             .or_insert_with(ChannelLog::new);
+        if let Some(first) = options
+            .idempotency
+            .as_ref()
+            .and_then(|i| log.published_with(&i.key))
+        {
+            return Ok(first);
+        }
         if let (true, Some(version), Some(current)) = (
             options.snapshot,
             options.version,
@@ -119,6 +162,13 @@ impl Engine for MemoryEngine {
             });
         }
         let epoch = log.epoch.clone();
+        if let Some(idempotency) = options.idempotency {
+            let published = Published {
+                offset,
+                epoch: epoch.clone(),
+            };
+            log.remember(idempotency, published);
+        }
         if subscribed {
             // Sent under the lock so the feed sees offsets in order.
             let event = EngineEvent::Message(IncomingMessage {

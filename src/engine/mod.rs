@@ -122,12 +122,75 @@ impl HistoryConfig {
 }
 
 /// Options of one publish.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
     /// Also store the message as the channel's snapshot.
     pub snapshot: bool,
     /// With `snapshot`: refuse unless greater than the stored snapshot's version.
     pub version: Option<u64>,
+    /// The producer's key for this message: a second publish with the same
+    /// key on the same channel within its window is not published again, and
+    /// is answered with the first one's offset and epoch.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A producer's idempotency key and how long it is remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: IdempotencyKey,
+    /// How long after the first publish a repeat is recognised (more than 0).
+    pub window: Duration,
+}
+
+/// A producer's idempotency key: 1 to [`IdempotencyKey::MAX_LEN`] visible
+/// ASCII characters (it becomes part of a Redis key name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(Arc<str>);
+
+/// Why an idempotency key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdempotencyKeyError {
+    #[error("the idempotency key is empty")]
+    Empty,
+    #[error("the idempotency key is longer than {max} bytes", max = IdempotencyKey::MAX_LEN)]
+    TooLong,
+    #[error(
+        "the idempotency key may only hold visible ASCII characters (no spaces or control characters)"
+    )]
+    Characters,
+}
+
+impl IdempotencyKey {
+    /// Longest key accepted.
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(key: &str) -> Result<Self, IdempotencyKeyError> {
+        if key.is_empty() {
+            return Err(IdempotencyKeyError::Empty);
+        }
+        if key.len() > Self::MAX_LEN {
+            return Err(IdempotencyKeyError::TooLong);
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(IdempotencyKeyError::Characters);
+        }
+        Ok(Self(Arc::from(key)))
+    }
+
+    /// A fresh random key (for an engine guarding against its own client
+    /// sending one command twice).
+    pub fn random() -> Self {
+        let s: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(22)
+            .map(char::from)
+            .collect();
+        Self(Arc::from(format!("~{s}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Where a publish landed.

@@ -37,8 +37,8 @@ use super::keys::Keys;
 pub use super::redis_config::{DEFAULT_CLUSTER_REBUILD_AFTER, RedisConfig};
 use super::tls::{self, RedisTls, TlsFiles};
 use super::{
-    Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryPage, Offset,
-    Position, PublishOptions, Published, Snapshot,
+    Engine, EngineError, EngineEvent, EngineHealth, Entry, Epoch, EventSink, HistoryPage,
+    IdempotencyKey, Offset, Position, PublishOptions, Published, Snapshot,
 };
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
@@ -239,15 +239,19 @@ impl RedisEngine {
         let policy = self.config.history.policy(channel);
         let epoch = Epoch::random();
         let version = options.version.map(|v| v.to_string()).unwrap_or_default();
+        let record = self.idempotency(channel, &options);
         let pipeline = |eval: &str, body: &str| {
             let mut pipe = redis::pipe();
             pipe.cmd(eval)
                 .arg(body)
-                .arg(3)
+                .arg(if record.is_some() { 4 } else { 3 })
                 .arg(self.keys.meta(channel))
                 .arg(self.keys.history(channel))
-                .arg(self.keys.snapshot(channel))
-                .arg(self.keys.pubsub(channel))
+                .arg(self.keys.snapshot(channel));
+            if let Some((key, _)) = &record {
+                pipe.arg(key);
+            }
+            pipe.arg(self.keys.pubsub(channel))
                 .arg(data.as_bytes())
                 .arg(policy.size)
                 .arg(policy.ttl.as_millis() as u64)
@@ -256,6 +260,9 @@ impl RedisEngine {
                 .arg(&version)
                 .arg(self.publish_command)
                 .arg(policy.position_ttl().as_millis() as u64);
+            if let Some((_, window)) = &record {
+                pipe.arg(window.as_millis().max(1) as u64);
+            }
             pipe.cmd("WAIT")
                 .arg(self.config.wait_replicas)
                 .arg(self.config.wait_timeout.as_millis() as u64);
@@ -292,6 +299,26 @@ impl RedisEngine {
             )));
         }
         Ok(script)
+    }
+
+    /// The idempotency record of a publish and how long to keep it: the
+    /// producer's key, else — on a Redis Cluster, whose client resends a
+    /// command after a connection lost before its reply — a fresh key kept for
+    /// `resend_guard`, so a resent script is answered, not applied twice. One
+    /// Redis is reached over connections that never resend.
+    fn idempotency(
+        &self,
+        channel: &ChannelName,
+        options: &PublishOptions,
+    ) -> Option<(String, Duration)> {
+        match &options.idempotency {
+            Some(given) => Some((self.keys.idempotency(channel, &given.key), given.window)),
+            None if self.commands.is_cluster() && !self.config.resend_guard.is_zero() => Some((
+                self.keys.idempotency(channel, &IdempotencyKey::random()),
+                self.config.resend_guard,
+            )),
+            None => None,
+        }
     }
 
     async fn subscriber_call(
@@ -410,11 +437,16 @@ impl Engine for RedisEngine {
                 .await?;
             return published(reply);
         }
-        let reply: Value = self
-            .publish_script
+        let record = self.idempotency(channel, &options);
+        let mut invocation = self.publish_script.prepare_invoke();
+        invocation
             .key(self.keys.meta(channel))
             .key(self.keys.history(channel))
-            .key(self.keys.snapshot(channel))
+            .key(self.keys.snapshot(channel));
+        if let Some((key, _)) = &record {
+            invocation.key(key);
+        }
+        invocation
             .arg(self.keys.pubsub(channel))
             .arg(data.as_bytes())
             .arg(policy.size)
@@ -423,7 +455,11 @@ impl Engine for RedisEngine {
             .arg(if options.snapshot { "1" } else { "0" })
             .arg(options.version.map(|v| v.to_string()).unwrap_or_default())
             .arg(self.publish_command)
-            .arg(policy.position_ttl().as_millis() as u64)
+            .arg(policy.position_ttl().as_millis() as u64);
+        if let Some((_, window)) = &record {
+            invocation.arg(window.as_millis().max(1) as u64);
+        }
+        let reply: Value = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

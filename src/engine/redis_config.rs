@@ -9,6 +9,9 @@ use super::tls::RedisTls;
 /// Default of [`RedisConfig::cluster_rebuild_after`] (`--redis-cluster-rebuild-after`).
 pub const DEFAULT_CLUSTER_REBUILD_AFTER: u32 = 3;
 
+/// Default of [`RedisConfig::resend_guard`] (`--redis-resend-guard`).
+pub const DEFAULT_RESEND_GUARD: Duration = Duration::from_secs(60);
+
 /// Connection settings of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -43,6 +46,13 @@ pub struct RedisConfig {
     /// seed node says the cluster is ok, the cluster command client is
     /// rebuilt; 0 never rebuilds it.
     pub cluster_rebuild_after: u32,
+    /// On a Redis Cluster: how long a publish without a producer's key is
+    /// remembered under a key of its own, so that the cluster client resending
+    /// the publish script after a connection lost before the reply (a master
+    /// failing over) does not publish the message twice; 0 turns it off. It
+    /// must outlast the client's resends of one command (each bounded by
+    /// `response_timeout`). Costs one small key per publish for this long.
+    pub resend_guard: Duration,
     /// Trust and client certificate for a `rediss://` target (`None`: the
     /// system's roots, no client certificate); unused without TLS.
     pub tls: Option<RedisTls>,

@@ -31,7 +31,7 @@ use super::route::Route;
 use super::server::PeerAddr;
 use crate::auth::{AuthError, AuthKind, Identity};
 use crate::channel::ChannelName;
-use crate::engine::{EngineError, PublishOptions};
+use crate::engine::{EngineError, Idempotency, IdempotencyKey, PublishOptions};
 use crate::json::Json;
 use crate::ws::handshake::{UpgradeRequest, take_stream};
 
@@ -614,6 +614,44 @@ struct PublishBody<'a> {
     /// that user (or an administrator) may read it.
     #[serde(default)]
     owner: Option<String>,
+    /// The producer's key for this message (or the `Idempotency-Key` header):
+    /// a retry with the same key within `--idempotency-window` is answered with
+    /// the first publish's offset and is not published again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// The header a producer may name its idempotency key in (the IETF
+/// "Idempotency-Key" HTTP header field) instead of the body field.
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The publish's idempotency key, from the body field or the header (both
+/// given must agree).
+fn idempotency(
+    body: Option<&str>,
+    headers: &HeaderMap,
+    window: std::time::Duration,
+) -> Result<Option<Idempotency>, ApiError> {
+    let bad =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", message);
+    let header = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            bad("the Idempotency-Key header may only hold visible ASCII characters".into())
+        })?),
+        None => None,
+    };
+    let key = match (body, header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(bad(
+                "\"idempotency_key\" and the Idempotency-Key header differ: send one of them"
+                    .into(),
+            ));
+        }
+        (Some(key), _) | (None, Some(key)) => key,
+        (None, None) => return Ok(None),
+    };
+    let key = IdempotencyKey::parse(key).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Idempotency { key, window }))
 }
 
 async fn publish(gw: Arc<Gateway>, headers: HeaderMap, query: String, body: Bytes) -> Response {
@@ -663,12 +701,18 @@ async fn try_publish(
         limits.max_json_depth,
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.to_string()))?;
+    let idempotency = idempotency(
+        parsed.idempotency_key.as_deref(),
+        headers,
+        limits.idempotency_window,
+    )?;
     if let Some(owner) = parsed.owner.as_deref() {
         claim_owner(gw, &channel, owner).await?;
     }
     let options = PublishOptions {
         snapshot: parsed.snapshot,
         version: None,
+        idempotency,
     };
     match gw.engine.publish(&channel, &data, options).await {
         Ok(published) => {

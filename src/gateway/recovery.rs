@@ -171,6 +171,7 @@ mod tests {
             let options = PublishOptions {
                 snapshot: case.snapshot_at == Some(n),
                 version: None,
+                idempotency: None,
             };
             engine.publish(&channel, &data, options).await?;
         }

@@ -126,6 +126,37 @@ def test_redis_publishing_is_the_gateways_publishing(env: Env) -> None:
     run(body)
 
 
+def test_a_publish_repeated_with_its_idempotency_key_is_published_once(env: Env) -> None:
+    gw = env.start_gateway("gw-a")
+    http = HttpPublisher(gw.url, token=env.publisher_token())
+
+    async def body() -> None:
+        r = aioredis.Redis.from_url(env.redis_url)
+        direct = RedisPublisher(r)
+        try:
+            # Through the gateway: the retry is answered with the first offset.
+            first = await http.publish("orders:idem", {"n": 1}, idempotency_key="order-1")
+            again = await http.publish("orders:idem", {"n": 1}, idempotency_key="order-1")
+            assert again == first
+            # On Redis, with the same records: a key the gateway saw is known here.
+            assert await direct.publish("orders:idem", {"n": 1}, idempotency_key="order-1") == first
+            second = await direct.publish("orders:idem", {"n": 2}, idempotency_key="order-2")
+            assert await direct.publish("orders:idem", {"n": 2}, idempotency_key="order-2") == second
+            assert second.offset == first.offset + 1
+            assert await http.publish("orders:idem", {"n": 2}, idempotency_key="order-2") == second
+            entries = await r.xrange("switchboard:{orders:idem}:history")
+            assert [e[0] for e in entries] == [b"1-0", b"2-0"], "each message once in history"
+            for bad in ("", "a b", "k" * 129):
+                for publisher in (http, direct):
+                    with pytest.raises(PublishError) as refused:
+                        await publisher.publish("orders:idem", {}, idempotency_key=bad)
+                    assert refused.value.code == "bad_idempotency_key"
+        finally:
+            await r.aclose()
+
+    run(body)
+
+
 def test_snapshot_versions_channel_names_and_a_synchronous_client(env: Env) -> None:
     gw = env.start_gateway("gw-a")
     token = env.mint()

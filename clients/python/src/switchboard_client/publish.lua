@@ -11,8 +11,20 @@
 -- ARGV[7] snapshot version ("" = none): refused unless greater than the stored one
 -- ARGV[8] publish command: "publish" or "spublish"
 -- ARGV[9] optional: meta TTL in milliseconds, >= the history TTL (the channel's position
---         outlives its entries: --council-tombstone); absent, the history TTL
+--         outlives its entries: --council-tombstone); absent or "", the history TTL
+-- KEYS[4] optional: the publish's idempotency record (same hash tag); with it,
+--         ARGV[10] how long to keep the record, in milliseconds (> 0)
 -- Returns {offset, epoch} or {-1, stored version} when the version is stale.
+-- With KEYS[4]: a record already there means this publish was made (a producer's
+-- retry, or a client library resending the script after a lost connection) and
+-- is answered with the first one's {offset, epoch}; nothing is published again.
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local o, e = string.match(seen, '^(%d+) (.+)$')
+    if o then return {tonumber(o), e} end
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[5]
@@ -38,4 +50,7 @@ if ARGV[6] == '1' then
   redis.call('HSET', KEYS[3], 'o', offset, 'e', epoch, 'd', ARGV[2], 'v', ARGV[7])
 end
 redis.call(ARGV[8], ARGV[1], 'sb1:' .. offset .. ':' .. epoch .. ':' .. ts .. ':' .. ARGV[2])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'PX', ARGV[10])
+end
 return {offset, epoch}

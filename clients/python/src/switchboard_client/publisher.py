@@ -73,12 +73,28 @@ def check_channel(channel: str, max_length: int = 128) -> None:
         )
 
 
+#: Longest idempotency key the gateways accept.
+MAX_IDEMPOTENCY_KEY = 128
+
+
+def check_idempotency_key(key: str) -> None:
+    """Raises PublishError unless ``key`` is 1 to 128 visible ASCII characters."""
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in key):
+        raise PublishError(
+            f"bad idempotency key {key!r}: 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
+            code="bad_idempotency_key",
+        )
+
+
 class HttpPublisher:
     """Publishes through a gateway's ``POST /api/v1/publish``.
 
     ``url`` is the gateway's base URL (``http://gw:8080``); ``token`` a JWT with
     ``websocket:publish`` and the channel in ``channels`` (or ``websocket:admin``).
-    Nothing is retried: a retried publish could be published twice.
+    Nothing is retried here. To retry safely, give each message an
+    ``idempotency_key``: a publish repeated with the same key on the same
+    channel within the gateways' ``--idempotency-window`` (default 5 minutes)
+    is answered with the first one's offset and not published again.
     """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 10.0) -> None:
@@ -86,9 +102,15 @@ class HttpPublisher:
         self.token = token
         self.timeout = timeout
 
-    async def publish(self, channel: str, data: Any, *, snapshot: bool = False) -> Published:
+    async def publish(
+        self, channel: str, data: Any, *, snapshot: bool = False, idempotency_key: str | None = None
+    ) -> Published:
         flag = "true" if snapshot else "false"
-        body = f'{{"channel":{json.dumps(channel)},"data":{encode(data)},"snapshot":{flag}}}'
+        key = ""
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            key = f',"idempotency_key":{json.dumps(idempotency_key)}'
+        body = f'{{"channel":{json.dumps(channel)},"data":{encode(data)},"snapshot":{flag}{key}}}'
         return await asyncio.to_thread(self._post, channel, body.encode())
 
     def _post(self, channel: str, body: bytes) -> Published:
@@ -170,14 +192,26 @@ class RedisPublisher:
         return self.namespace_history.get(namespace, self.history) if namespace else self.history
 
     async def publish(
-        self, channel: str, data: Any, *, snapshot: bool = False, version: int | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        snapshot: bool = False,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+        idempotency_window: float = 300.0,
     ) -> Published:
         """Publishes ``data`` on ``channel``. With ``snapshot``, also stores it as the
         channel's snapshot; with ``version``, only if newer than the stored one
-        (else PublishError with code ``stale_version``)."""
+        (else PublishError with code ``stale_version``). With ``idempotency_key``,
+        a publish repeated with the same key on the channel within
+        ``idempotency_window`` seconds (a retry after a lost reply, or the Redis
+        client resending the script) returns the first one's offset and
+        publishes nothing — the gateways' own publishes keep the same records."""
         check_channel(channel, self.max_channel_length)
         policy = self.policy(channel)
         meta, history, snapshot_key, pubsub = self.keys(channel)
+        keys = [meta, history, snapshot_key]
         args = [
             pubsub,
             encode(data),
@@ -188,14 +222,22 @@ class RedisPublisher:
             "" if version is None else str(version),
             "spublish" if self.sharded else "publish",
         ]
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            if idempotency_window <= 0:
+                raise PublishError(
+                    "idempotency_window must be more than 0 seconds", code="bad_idempotency_key"
+                )
+            keys.append(f"{self.prefix}{{{channel}}}:idem:{idempotency_key}")
+            args += ["", str(max(1, int(idempotency_window * 1000)))]
         try:
-            reply = await self._call("evalsha", PUBLISH_SCRIPT_SHA, 3, meta, history, snapshot_key, *args)
+            reply = await self._call("evalsha", PUBLISH_SCRIPT_SHA, len(keys), *keys, *args)
         except Exception as e:
             # redis-py raises NoScriptError; other clients pass the NOSCRIPT reply on.
             if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
                 raise PublishError(f"publish on {channel}: {e}", code="unavailable", channel=channel) from e
             try:
-                reply = await self._call("eval", PUBLISH_SCRIPT, 3, meta, history, snapshot_key, *args)
+                reply = await self._call("eval", PUBLISH_SCRIPT, len(keys), *keys, *args)
             except Exception as e2:
                 raise PublishError(f"publish on {channel}: {e2}", code="unavailable", channel=channel) from e2
         offset, epoch = int(reply[0]), _text(reply[1])
