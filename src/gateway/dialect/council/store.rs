@@ -20,8 +20,10 @@
 //! old acknowledgements. Writes are coalesced and sent in one pipeline per
 //! flush interval (`--council-ack-flush-interval`; per hash slot on a
 //! cluster), like the native sessions' acks, and sent again while Redis does
-//! not take them (at most `MAX_PENDING_WRITES` wait; beyond, the oldest are
-//! dropped and their events replayed). A connection that ends asks for an
+//! not take them — every flush interval (at least `MIN_ACK_RETRY`) and at
+//! once when a connection ends, with no growing backoff, so they are stored
+//! as soon as Redis is back (at most `MAX_PENDING_WRITES` wait; beyond, the
+//! oldest are dropped and their events replayed). A connection that ends asks for an
 //! immediate flush, so its client's next connect finds them; on shutdown the
 //! writer stores what it holds before the process exits
 //! ([`AckWriter::finish`]). Only a replica that dies (SIGKILL, a crash) or
@@ -48,8 +50,12 @@ use crate::metrics::RedisOp;
 const MAX_WRITES_PER_PIPELINE: usize = 1024;
 /// Writes kept while Redis does not take them (about 100 bytes each).
 const MAX_PENDING_WRITES: usize = 100_000;
-/// Longest pause between two attempts to store waiting writes.
-const MAX_ACK_RETRY: Duration = Duration::from_secs(5);
+/// Shortest pause between two attempts to store waiting writes while Redis
+/// refuses them (else the flush interval): not a growing backoff — every
+/// second an acknowledgement waits after Redis is back is a window in which
+/// its event is replayed to a client that reconnects elsewhere, and one failed
+/// pipeline per replica every 250 ms costs Redis nothing.
+const MIN_ACK_RETRY: Duration = Duration::from_millis(250);
 
 /// Claims the owner of a request: `{1, owner}` newly claimed, `{0, owner}`
 /// already this owner (its expiry refreshed), `{2, other}` another's.
@@ -419,7 +425,7 @@ async fn ack_writer(
     // master failing over) is sent again — SETBIT is idempotent — so an
     // acknowledged event is not replayed because Redis was away for a while.
     let mut pending: Vec<AckWrite> = Vec::new();
-    let mut retry = interval;
+    let retry = interval.max(MIN_ACK_RETRY);
     let mut failing_since: Option<Instant> = None;
     loop {
         // Once shut down: one last attempt with everything received, then the
@@ -444,8 +450,11 @@ async fn ack_writer(
                 }
             }
         } else if !last {
+            // Waiting writes: try again soon, or at once when a connection
+            // ends (its client may be about to read them elsewhere).
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
+                _ = flush.0.notified() => {}
                 _ = shutdown.cancelled() => last = true,
             }
         }
@@ -499,7 +508,6 @@ async fn ack_writer(
                 if let Some(since) = failing_since.take() {
                     tracing::info!(after = ?since.elapsed(), "AI Council acknowledgements stored again");
                 }
-                retry = interval;
             }
             Some(e) => {
                 if last {
@@ -508,7 +516,6 @@ async fn ack_writer(
                     failing_since = Some(Instant::now());
                     tracing::warn!(error = %e, pending = pending.len(), "could not store AI Council acknowledgements; retrying until Redis takes them");
                 }
-                retry = (retry * 2).min(MAX_ACK_RETRY).max(interval);
             }
         }
         if last {
