@@ -679,7 +679,16 @@ def build(args) -> Path:
     return binary
 
 
+def interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM and SIGINT stop the run the same way: every process it started is
+    # stopped. (A shell that starts the harness in the background ignores SIGINT
+    # for it, so `kill <pid>` is the way to stop a run started with `&`.)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--duration", type=parse_duration, default=None,
