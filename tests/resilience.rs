@@ -605,6 +605,107 @@ async fn a_session_resumes_on_another_replica_with_its_subscriptions_and_positio
     assert_ne!(hello["session"], "00000000000000000000000000000000");
 }
 
+/// Waits until the session's subscription of `channel` is stored and holds no
+/// acknowledgement (a subscription's start replaces its acknowledgements).
+async fn wait_started(redis: &RedisServer, session: &str, channel: &str) {
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (start, acked): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(format!("switchboard:session:{session}"))
+            .arg(format!("s:{channel}"))
+            .arg(format!("o:{channel}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if start.is_some() && acked.is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the start of {channel} was not stored: {start:?}, ack {acked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session restored on a replica whose replay its client never read (the
+/// connection ended first) resumes again from where the client was — not
+/// after that replay (found by the soak: a restore skipped an unread replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_replay_was_not_read_replays_it_again() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let mut first = Client::connect(&gw.ws_url("/ws")).await;
+    let session = first.recv_json().await["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first
+        .subscribe(json!({"type":"subscribe","channel":"orders"}))
+        .await;
+    publish(gw.port, "orders", &json!({"n": 1}));
+    assert_eq!(first.recv_json().await["offset"], 1);
+    first
+        .send_json(&json!({"type":"ack","channel":"orders","offset":1,"id":"a"}))
+        .await;
+    assert_eq!(first.recv_json().await["type"], "acked");
+    wait_acked(&redis, &session, "orders", 1).await;
+    drop(first);
+    publish(gw.port, "orders", &json!({"n": 2}));
+    publish(gw.port, "orders", &json!({"n": 3}));
+    // The restore replays 2 and 3; this client leaves before reading them.
+    let url = gw.ws_url(&format!("/ws?session={session}"));
+    let mut second = Client::connect(&url).await;
+    assert_eq!(second.recv_json().await["resumed"], true);
+    let sub = second.recv_until(WAIT, |m| m["type"] == "subscribed").await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["offset"].as_u64()),
+        (Some(true), Some(3))
+    );
+    drop(second);
+    wait_started(&redis, &session, "orders").await;
+    let mut third = Client::connect(&url).await;
+    assert_eq!(third.recv_json().await["resumed"], true);
+    let sub = third.recv_until(WAIT, |m| m["type"] == "subscribed").await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let replay: Vec<_> = [third.recv_json().await, third.recv_json().await]
+        .iter()
+        .map(|m| (m["offset"].as_u64(), m["data"]["n"].as_u64()))
+        .collect();
+    assert_eq!(replay, [(Some(2), Some(2)), (Some(3), Some(3))]);
+}
+
+/// A session whose subscription started with a snapshot its client never
+/// acknowledged is restarted on restore — `recovered: false` and the snapshot
+/// again — instead of resumed after a start the client may not have read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_snapshot_start_is_restarted_on_restore() {
+    let redis = RedisServer::start();
+    let gw = Switchboard::gateway(&redis, &[]);
+    let body = json!({"channel":"board","data":{"v":1},"snapshot":true}).to_string();
+    http_request(gw.port, "POST", "/api/v1/publish", &[], Some(&body)).unwrap();
+    let mut first = Client::connect(&gw.ws_url("/ws")).await;
+    let session = first.recv_json().await["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first
+        .subscribe(json!({"type":"subscribe","channel":"board"}))
+        .await;
+    drop(first);
+    wait_started(&redis, &session, "board").await;
+    let mut second = Client::connect(&gw.ws_url(&format!("/ws?session={session}"))).await;
+    assert_eq!(second.recv_json().await["resumed"], true);
+    let sub = second.recv_until(WAIT, |m| m["type"] == "subscribed").await;
+    assert_eq!(sub["recovered"], false, "{sub}");
+    let snapshot = second.recv_json().await;
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["data"]["v"].as_u64()),
+        (Some("snapshot"), Some(1))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_history_makes_subscribers_restart_honestly() {
     let redis = RedisServer::start();

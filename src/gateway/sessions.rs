@@ -9,6 +9,13 @@
 //! coalesced and written in one pipeline per interval (one per hash slot on a
 //! Redis Cluster, where each session hash lives on the master owning its slot),
 //! so a client may ack every message without costing a Redis round trip each.
+//!
+//! A subscription's stored position is only ever what its client is known to
+//! have: the `since` it resumed from, or its acknowledgements — never the
+//! channel's newest offset at the time of a start whose snapshot and replay the
+//! client may not have read before its connection ended (a start with such
+//! content is stored with `restart`, and restored afresh, `recovered: false`,
+//! until the client acknowledges something).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,13 +31,15 @@ use crate::engine::EngineError;
 use crate::engine::redis::RedisEngine;
 use crate::metrics::RedisOp;
 
-/// Rewrites the epoch and offset of a stored subscription, keeping its filters.
+/// Rewrites the epoch, offset and restart flag of a stored subscription,
+/// keeping its filters.
 const RESYNC_SCRIPT: &str = r#"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local sub = cjson.decode(raw)
 sub['epoch'] = ARGV[2]
 sub['offset'] = tonumber(ARGV[3])
+if ARGV[4] == '1' then sub['restart'] = true else sub['restart'] = nil end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(sub))
 return 1
 "#;
@@ -61,6 +70,26 @@ pub struct Position {
     pub filters: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<crate::protocol::DeltaFormat>,
+    /// The subscription started afresh (a snapshot and what followed it) at
+    /// `offset`, and its client has acknowledged nothing since: it may not have
+    /// read that start, so a restore starts it afresh again instead of
+    /// resuming after `offset`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
+}
+
+impl Position {
+    /// Takes the client's acknowledgement of `offset` into account: a
+    /// restarted subscription resumes from what its client acknowledged (it
+    /// has read its start that far), any other from the later of the two.
+    fn acknowledge(&mut self, offset: u64) {
+        if self.restart {
+            self.offset = offset;
+            self.restart = false;
+        } else {
+            self.offset = self.offset.max(offset);
+        }
+    }
 }
 
 /// A stored session.
@@ -171,7 +200,7 @@ impl SessionStore {
                         .get(&format!("o:{channel}"))
                         .and_then(|o| o.parse::<u64>().ok())
                     {
-                        position.offset = position.offset.max(acked);
+                        position.acknowledge(acked);
                     }
                     record.subscriptions.insert(channel.to_string(), position);
                 }
@@ -213,6 +242,7 @@ impl SessionStore {
                     *touched = Instant::now();
                     p.epoch = position.epoch;
                     p.offset = position.offset;
+                    p.restart = position.restart;
                 }
             }
             Backend::Redis { writes, .. } => {
@@ -251,7 +281,7 @@ impl SessionStore {
                     && let Some(position) = record.subscriptions.get_mut(channel)
                 {
                     *touched = Instant::now();
-                    position.offset = position.offset.max(offset);
+                    position.acknowledge(offset);
                 }
             }
             Backend::Redis { writes, .. } => {
@@ -346,9 +376,9 @@ async fn write_loop(
                     // Keep the stored filters: rewrite epoch and offset only.
                     let key = engine.keys().global(&format!("session:{id}"));
                     acks.remove(&(id.clone(), channel.clone()));
+                    // Acknowledgements of the old start no longer apply.
                     let pipe = batch_out.pipe(&key);
-                    pipe.hset(&key, format!("o:{channel}"), position.offset)
-                        .ignore();
+                    pipe.hdel(&key, format!("o:{channel}")).ignore();
                     pipe.cmd("EVAL")
                         .arg(RESYNC_SCRIPT)
                         .arg(1)
@@ -356,6 +386,7 @@ async fn write_loop(
                         .arg(format!("s:{channel}"))
                         .arg(&position.epoch)
                         .arg(position.offset)
+                        .arg(if position.restart { "1" } else { "0" })
                         .ignore();
                     touched.insert(key);
                 }
@@ -411,6 +442,7 @@ mod tests {
             offset: 3,
             filters: None,
             delta: None,
+            restart: false,
         };
         store.subscribed("s1", Some("u"), "c", position);
         store.acked("s1", "c", 9);
@@ -429,5 +461,66 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.load("nope").await.unwrap(), None);
+    }
+
+    /// A restarted subscription stays a restart until its client acknowledges
+    /// an offset, then resumes from that offset — not from the (later) newest
+    /// offset of its start, which the client may not have read that far.
+    #[tokio::test]
+    async fn a_restart_resumes_from_the_clients_acknowledgement() {
+        let store = SessionStore::memory(Duration::from_secs(60));
+        let start = Position {
+            epoch: "e".into(),
+            offset: 10,
+            filters: None,
+            delta: None,
+            restart: true,
+        };
+        store.subscribed("s1", None, "c", start.clone());
+        assert_eq!(
+            store.load("s1").await.unwrap().unwrap().subscriptions["c"],
+            start
+        );
+        store.acked("s1", "c", 7);
+        let restored = &store.load("s1").await.unwrap().unwrap().subscriptions["c"];
+        assert_eq!((restored.offset, restored.restart), (7, false));
+        store.acked("s1", "c", 12);
+        store.acked("s1", "c", 11);
+        assert_eq!(
+            store.load("s1").await.unwrap().unwrap().subscriptions["c"].offset,
+            12
+        );
+        // A resync restarts it again: acknowledgements of the old start are dropped.
+        store.resynced(
+            "s1",
+            "c",
+            Position {
+                offset: 20,
+                ..start
+            },
+        );
+        let restored = &store.load("s1").await.unwrap().unwrap().subscriptions["c"];
+        assert_eq!((restored.offset, restored.restart), (20, true));
+    }
+
+    #[test]
+    fn the_restart_flag_is_stored_only_when_set() {
+        let mut p = Position {
+            epoch: "e".into(),
+            offset: 1,
+            filters: None,
+            delta: None,
+            restart: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"epoch":"e","offset":1}"#
+        );
+        p.restart = true;
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Position>(&text).unwrap(), p);
+        // Positions stored before the flag existed read as resumable.
+        let old: Position = serde_json::from_str(r#"{"epoch":"e","offset":1}"#).unwrap();
+        assert!(!old.restart);
     }
 }

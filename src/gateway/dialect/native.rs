@@ -91,7 +91,7 @@ impl NativeDialect {
         &mut self,
         core: &mut Core,
         name: &str,
-        since: Option<Since>,
+        from: StartFrom,
         filters: Option<Map<String, Value>>,
         delta: Option<DeltaFormat>,
         id: Option<RequestId>,
@@ -168,14 +168,21 @@ impl NativeDialect {
         if delta.is_some() {
             mode.kind = FrameKind::NativeDelta;
         }
+        let since = match &from {
+            StartFrom::Since(since) => Some(since.clone()),
+            StartFrom::Fresh | StartFrom::Restart => None,
+        };
         let plan = Plan::Resume {
-            since,
+            since: since.clone(),
             snapshot: true,
         };
-        let pending = match core.begin(channel.clone(), mode, plan).await {
+        let mut pending = match core.begin(channel.clone(), mode, plan).await {
             Ok(p) => p,
             Err(r) => return refuse(core, r),
         };
+        if matches!(from, StartFrom::Restart) {
+            pending.start.recovered = Some(false);
+        }
         send_start(
             core,
             &pending.channel,
@@ -183,13 +190,13 @@ impl NativeDialect {
             &pending.start,
             id.as_ref(),
         );
-        let position = core.go_live(pending).await;
+        let stored = session_position(&pending.start, since.as_ref());
+        core.go_live(pending).await;
         if let Some(session) = &self.session_id {
             let position = sessions::Position {
-                epoch: position.epoch.as_str().to_string(),
-                offset: position.offset,
                 filters,
                 delta,
+                ..stored
             };
             core.gw.sessions.subscribed(
                 session,
@@ -261,6 +268,43 @@ impl NativeDialect {
     }
 }
 
+/// Where a subscription starts.
+enum StartFrom {
+    /// Afresh: the snapshot and what followed it, then live.
+    Fresh,
+    /// After the client's `since` (or `recovered: false` and afresh).
+    Since(Since),
+    /// Afresh, though the client asked to resume: its session cannot say
+    /// what it has read (its last start unacknowledged), so it is told
+    /// `recovered: false`.
+    Restart,
+}
+
+/// Where a session keeps a subscription that starts with `start` (its filters
+/// and form aside): only what its client is known to have. A resumed one is
+/// kept at the `since` it resumed from — the replay after it may not reach the
+/// client before its connection ends, and a restore replays it again (the
+/// client drops what it has by offset) —; one that started with content (a
+/// snapshot and what followed) is kept as a restart until its client
+/// acknowledges; one that started with nothing to read, at the newest offset.
+fn session_position(start: &Start, since: Option<&Since>) -> sessions::Position {
+    let (epoch, offset, restart) = match (start.recovered, since) {
+        (Some(true), Some(since)) => (since.epoch.clone(), since.offset, false),
+        _ => (
+            start.position.epoch.as_str().to_string(),
+            start.position.offset,
+            start.snapshot.is_some() || !start.replay.is_empty(),
+        ),
+    };
+    sessions::Position {
+        epoch,
+        offset,
+        filters: None,
+        delta: None,
+        restart,
+    }
+}
+
 /// Sends a subscription's start: `subscribed`, the snapshot, then the history
 /// after it, each through the subscription's filter.
 fn send_start(
@@ -303,19 +347,16 @@ impl Dialect for NativeDialect {
         });
         core.send_text(&text);
         for (channel, position) in restored.unwrap_or_default().subscriptions {
-            let since = Since {
-                offset: position.offset,
-                epoch: position.epoch,
+            let from = if position.restart {
+                StartFrom::Restart
+            } else {
+                StartFrom::Since(Since {
+                    offset: position.offset,
+                    epoch: position.epoch,
+                })
             };
-            self.subscribe(
-                core,
-                &channel,
-                Some(since),
-                position.filters,
-                position.delta,
-                None,
-            )
-            .await;
+            self.subscribe(core, &channel, from, position.filters, position.delta, None)
+                .await;
         }
     }
 
@@ -334,7 +375,10 @@ impl Dialect for NativeDialect {
                 filters,
                 delta,
                 id,
-            } => Box::pin(self.subscribe(core, &channel, since, filters, delta, id)).await,
+            } => {
+                let from = since.map_or(StartFrom::Fresh, StartFrom::Since);
+                Box::pin(self.subscribe(core, &channel, from, filters, delta, id)).await
+            }
             ClientMessage::Unsubscribe { channel, id } => {
                 Box::pin(self.unsubscribe(core, &channel, id)).await
             }
@@ -403,12 +447,7 @@ impl Dialect for NativeDialect {
         send_start(core, &channel, &mode, &start, None);
         core.release(&channel, start.live_after()).await;
         if let Some(session) = &self.session_id {
-            let position = sessions::Position {
-                epoch: start.position.epoch.as_str().to_string(),
-                offset: start.position.offset,
-                filters: None,
-                delta: None,
-            };
+            let position = session_position(&start, None);
             core.gw
                 .sessions
                 .resynced(session, channel.as_str(), position);
