@@ -32,6 +32,15 @@ use rand::distr::Alphanumeric;
 use crate::channel::ChannelName;
 use crate::json::Json;
 
+/// `len` random ASCII letters and digits.
+fn random_alphanumeric(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// Position of a message in its channel, starting at 1.
 pub type Offset = u64;
 
@@ -42,12 +51,7 @@ pub struct Epoch(Arc<str>);
 impl Epoch {
     /// A fresh random epoch.
     pub fn random() -> Self {
-        let s: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(10)
-            .map(char::from)
-            .collect();
-        Self(Arc::from(s))
+        Self(Arc::from(random_alphanumeric(10)))
     }
 
     pub fn new(s: &str) -> Self {
@@ -180,12 +184,7 @@ impl IdempotencyKey {
     /// A fresh random key (for an engine guarding against its own client
     /// sending one command twice).
     pub fn random() -> Self {
-        let s: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(22)
-            .map(char::from)
-            .collect();
-        Self(Arc::from(format!("~{s}")))
+        Self(Arc::from(format!("~{}", random_alphanumeric(22))))
     }
 
     pub fn as_str(&self) -> &str {
