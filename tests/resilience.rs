@@ -507,27 +507,43 @@ async fn resume_within_history_recovers_exactly_and_beyond_it_says_so_with_the_s
     assert!(b.metric("switchboard_resumes_total", "result=\"not_recovered\"") >= 2.0);
 }
 
-/// Waits until the session's acknowledged offset of `channel` is stored
-/// (acknowledgements are written in batches).
-async fn wait_acked(redis: &RedisServer, session: &str, channel: &str, offset: u64) {
+/// Polls the session's stored subscription (`s:<channel>`) and acknowledged
+/// offset (`o:<channel>`) of `channel` until `done` holds for them (session
+/// writes are batched); panics after `WAIT`, naming `what`.
+async fn wait_session(
+    redis: &RedisServer,
+    session: &str,
+    channel: &str,
+    what: &str,
+    done: impl Fn(Option<&str>, Option<u64>) -> bool,
+) {
     let mut conn = redis.connection().await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let stored: Option<u64> = redis::cmd("HGET")
+        let (start, acked): (Option<String>, Option<u64>) = redis::cmd("HMGET")
             .arg(format!("switchboard:session:{session}"))
+            .arg(format!("s:{channel}"))
             .arg(format!("o:{channel}"))
             .query_async(&mut conn)
             .await
             .unwrap();
-        if stored == Some(offset) {
+        if done(start.as_deref(), acked) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the ack of {channel} at {offset} was not stored: {stored:?}"
+            "{what} of {channel} was not stored: {start:?}, ack {acked:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the session's acknowledged offset of `channel` is stored.
+async fn wait_acked(redis: &RedisServer, session: &str, channel: &str, offset: u64) {
+    wait_session(redis, session, channel, "the ack", |_, acked| {
+        acked == Some(offset)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,25 +624,10 @@ async fn a_session_resumes_on_another_replica_with_its_subscriptions_and_positio
 /// Waits until the session's subscription of `channel` is stored and holds no
 /// acknowledgement (a subscription's start replaces its acknowledgements).
 async fn wait_started(redis: &RedisServer, session: &str, channel: &str) {
-    let mut conn = redis.connection().await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (start, acked): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(format!("switchboard:session:{session}"))
-            .arg(format!("s:{channel}"))
-            .arg(format!("o:{channel}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if start.is_some() && acked.is_none() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the start of {channel} was not stored: {start:?}, ack {acked:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_session(redis, session, channel, "the start", |start, acked| {
+        start.is_some() && acked.is_none()
+    })
+    .await;
 }
 
 /// A session restored on a replica whose replay its client never read (the
