@@ -436,12 +436,14 @@ SCHEDULES = {
 
 
 class Faults:
-    def __init__(self, topo: Topology, run_dir: Path, client_stdin, schedule: dict, witness: str):
+    def __init__(self, topo: Topology, run_dir: Path, client_stdin, schedule: dict, witness: str,
+                 keep_witness: bool = False):
         self.topo = topo
         self.path = run_dir / "faults.jsonl"
         self.client_stdin = client_stdin
         self.schedule = schedule
         self.witness = witness
+        self.keep_witness = keep_witness
         self.gateway_lock = threading.Lock()
         self.stop_flag = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -519,7 +521,8 @@ class Faults:
         with self.gateway_lock:
             t0 = time.time()
             steps = []
-            for g in self.topo.gateways:
+            rolled = [g for g in self.topo.gateways if not (self.keep_witness and g["name"] == self.witness)]
+            for g in rolled:
                 s0 = time.time()
                 g["proc"].signal(signal.SIGTERM)
                 clean = g["proc"].wait(20)
@@ -533,7 +536,8 @@ class Faults:
                 steps.append({"gateway": g["name"], "drained_s": round(drained, 2), "exit_code": code,
                               "ready_s": round(ready, 2)})
                 time.sleep(2)
-            self.record("rolling_restart", "all", t0, time.time(), steps=steps)
+            self.record("rolling_restart", "all" if len(rolled) == len(self.topo.gateways) else
+                        ",".join(g["name"] for g in rolled), t0, time.time(), steps=steps)
 
     def redis_master_kill(self) -> None:
         topo = self.topo
@@ -704,6 +708,9 @@ def main() -> int:
     ap.add_argument("--no-faults", action="store_true", help="load only (a baseline)")
     ap.add_argument("--witness", default="gw-1",
                     help="a replica never killed or stalled (only rolled), for a long memory series; '' for none")
+    ap.add_argument("--keep-witness", action="store_true",
+                    help="do not roll the witness either: one incarnation for the whole run, so its memory "
+                         "series spans it (rolling restarts roll the other replicas)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already in target/release")
     ap.add_argument("--no-plot", action="store_true", help="no PNG plots (no venv, no matplotlib)")
     ap.add_argument("--seed", type=int, default=None, help="random seed of the fault schedule")
@@ -729,7 +736,8 @@ def main() -> int:
     faults = None
     sampler = None
     meta = {"duration_s": duration, "smoke": args.smoke, "redis": args.redis, "clients": args.clients,
-            "churn": args.churn, "hot_rate": args.hot_rate, "witness": args.witness, "started": time.time(),
+            "churn": args.churn, "hot_rate": args.hot_rate, "witness": args.witness,
+            "keep_witness": args.keep_witness, "started": time.time(),
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip(),
             "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}}
@@ -772,7 +780,7 @@ def main() -> int:
             schedule = SCHEDULES["smoke" if args.smoke else "full"]
             warmup = 20 if args.smoke else 60
             cooldown = 40 if args.smoke else 120
-            faults = Faults(topo, run_dir, client.stdin, schedule, args.witness)
+            faults = Faults(topo, run_dir, client.stdin, schedule, args.witness, args.keep_witness)
             faults.run(t_start + warmup, t_start + duration - cooldown)
         # Wait for the client: publishing, the drain and the final checks.
         while client.poll() is None:
