@@ -328,6 +328,9 @@ def classify_council_duplicates(events: list[dict], faults: list[dict], flush_s:
     return out
 
 
+WINDOW_S = 600.0
+
+
 def memory(samples: list[dict], warmup: float, min_life: float) -> dict:
     """Per gateway incarnation: slopes after warm-up; pooled: RSS ≈ a + b·connections + c·age."""
     series: dict[tuple, list[dict]] = defaultdict(list)
@@ -356,6 +359,16 @@ def memory(samples: list[dict], warmup: float, min_life: float) -> dict:
             conns = [p.get("metrics", {}).get("switchboard_connections") for p in pts]
             if all(c is not None for c in conns):
                 entry["connections_start_end"] = [conns[0], conns[-1]]
+            if role == "gateway" and life >= 2 * WINDOW_S:
+                # A long life read window by window: a leak climbs in every window; an
+                # allocator's high-water mark (set by the most connections held) plateaus.
+                windows = defaultdict(list)
+                for p in points:
+                    windows[int(p["age_s"] // WINDOW_S)].append(p)
+                entry["by_10min"] = [{"rss_max_mb": round(max(p["rss"] for p in w) / 2**20, 1),
+                                      "connections_max": max((p.get("metrics", {}).get("switchboard_connections")
+                                                              or 0) for p in w)}
+                                     for _, w in sorted(windows.items()) if len(w) >= 4]
             if role == "redis":
                 um = [p.get("used_memory") for p in pts]
                 if all(u is not None for u in um):
@@ -594,6 +607,15 @@ def summary(r: dict) -> str:
         f"| gateway RSS: per connection, drift with age (pooled fit) | {gp.get('kb_per_connection', '?')} KB, "
         f"{gp.get('mb_per_10min_of_age', '?')} MB per 10 min |",
     ]
+    gateways = [e for e in r["memory"]["incarnations"] if e["role"] == "gateway" and "rss_start_mb" in e]
+    if gateways:
+        e = max(gateways, key=lambda e: e["life_s"])
+        peaks = ", ".join(str(w["rss_max_mb"]) for w in e.get("by_10min", []))
+        lines.append(
+            f"| longest gateway life: {e['name']} #{e['incarnation']}, {e['life_s'] / 60:.0f} min | RSS "
+            f"{e['rss_start_mb']} → {e['rss_end_mb']} MB, {e['rss_slope_mb_per_10min']} MB / 10 min; fds "
+            f"{e['fds_slope_per_10min']}, tasks {e.get('tasks_slope_per_10min', '?')} / 10 min"
+            + (f"; highest RSS per 10 min: {peaks} MB" if peaks else "") + " |")
     return "\n".join(lines) + "\n"
 
 
