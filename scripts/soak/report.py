@@ -369,6 +369,10 @@ def memory(samples: list[dict], warmup: float, min_life: float) -> dict:
                                       "connections_max": max((p.get("metrics", {}).get("switchboard_connections")
                                                               or 0) for p in w)}
                                      for _, w in sorted(windows.items()) if len(w) >= 4]
+                later = [p for p in pts if p["age_s"] >= WINDOW_S]
+                slope = linear_slope([p["age_s"] for p in later], [p["rss"] for p in later])
+                entry["rss_slope_mb_per_10min_after_first_window"] = (
+                    round(slope * 600 / 2**20, 2) if slope is not None else None)
             if role == "redis":
                 um = [p.get("used_memory") for p in pts]
                 if all(u is not None for u in um):
@@ -615,7 +619,8 @@ def summary(r: dict) -> str:
             f"| longest gateway life: {e['name']} #{e['incarnation']}, {e['life_s'] / 60:.0f} min | RSS "
             f"{e['rss_start_mb']} → {e['rss_end_mb']} MB, {e['rss_slope_mb_per_10min']} MB / 10 min; fds "
             f"{e['fds_slope_per_10min']}, tasks {e.get('tasks_slope_per_10min', '?')} / 10 min"
-            + (f"; highest RSS per 10 min: {peaks} MB" if peaks else "") + " |")
+            + (f"; highest RSS per 10 min: {peaks} MB; after the first 10 min "
+               f"{e.get('rss_slope_mb_per_10min_after_first_window')} MB / 10 min" if peaks else "") + " |")
     return "\n".join(lines) + "\n"
 
 
